@@ -1,0 +1,53 @@
+# infermesh: `make run` starts the whole mesh; `make test` runs the tests.
+# Everything is installed into .venv from pinned versions; generated code goes to
+# gen/ and build/, model weights to .data/ (all ignored by git).
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export OMP_WAIT_POLICY := PASSIVE
+export DATA_DIR ?= $(CURDIR)/.data
+
+PROTOS := $(shell find protos third_party -name '*.proto')
+
+.PHONY: run test lint install gen models clean
+
+run: install models
+	$(BIN)/python -m infermesh_mesh
+
+test: install models
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/buf lint build/infermesh.binpb --path infermesh
+	@# buf breaking against main: build main's protos the same way into a scratch tree.
+	@rm -rf build/main && mkdir -p build/main
+	@if git rev-parse --verify -q main >/dev/null && git ls-tree -r --name-only main | grep -q '^protos/'; then \
+	  git archive main protos third_party scripts | tar -x -C build/main && \
+	  cd build/main && ../../$(BIN)/python scripts/gen_protos.py >/dev/null && cd ../.. && \
+	  $(BIN)/buf breaking build/infermesh.binpb --against build/main/build/infermesh.binpb --path infermesh; \
+	else echo "buf breaking: main has no protos yet"; fi
+
+install: $(VENV)/.installed
+
+# The code generator first (pins read from pyproject.toml), then generate, then install
+# the project, whose packages include the generated code.
+GENERATOR_PINS = $(shell grep -oE '"(grpcio-tools|protovalidate|googleapis-common-protos|protobuf)==[^"]+"' pyproject.toml | tr -d '"')
+
+$(VENV)/.installed: pyproject.toml scripts/gen_protos.py $(PROTOS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(GENERATOR_PINS)
+	$(BIN)/python scripts/gen_protos.py
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+gen: install
+	$(BIN)/python scripts/gen_protos.py
+
+models: install
+	$(BIN)/python -m infermesh_inference.prepare
+
+clean:
+	rm -rf gen build $(VENV)

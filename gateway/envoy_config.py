@@ -1,0 +1,105 @@
+"""Render Envoy's bootstrap from the templates in envoy/ and the catalog, with pyyaml."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infermesh_runtime.catalog import Catalog, ServiceInstance
+
+ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
+BACKEND_HEADER = "x-infermesh-backend"
+# The health service an instance reports SERVING on once it can take traffic.
+HEALTH_SERVICES = {
+    "router": "infermesh.router.v1.RouterService",
+    "inference": "infermesh.inference.v1.InferenceService",
+    "provider": "infermesh.inference.v1.InferenceService",
+}
+
+
+@dataclass(frozen=True)
+class EnvoyPorts:
+    front_door: int = 8080
+    mesh: int = 15001
+    admin: int = 9901
+    host: str = "127.0.0.1"
+
+
+def _load(name: str) -> dict[str, Any]:
+    return yaml.safe_load((ENVOY_DIR / name).read_text())
+
+
+def _listener(config: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(listener for listener in config["static_resources"]["listeners"] if listener["name"] == name)
+
+
+def _connection_manager(listener: dict[str, Any]) -> dict[str, Any]:
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def _cluster(template: dict[str, Any], instance: ServiceInstance) -> dict[str, Any]:
+    cluster = copy.deepcopy(template)
+    cluster["name"] = instance.name
+    cluster["load_assignment"] = {
+        "cluster_name": instance.name,
+        "endpoints": [
+            {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": instance.host, "port_value": instance.port}}}}]}
+        ],
+    }
+    cluster["health_checks"][0]["grpc_health_check"]["service_name"] = HEALTH_SERVICES[instance.kind]
+    return cluster
+
+
+def _backend_route(instance: ServiceInstance) -> dict[str, Any]:
+    return {
+        "match": {"prefix": "/", "headers": [{"name": BACKEND_HEADER, "string_match": {"exact": instance.name}}]},
+        "route": {
+            "cluster": instance.name,
+            "timeout": "0s",
+            "retry_policy": {
+                "retry_on": "connect-failure,refused-stream,unavailable",
+                "num_retries": 2,
+                "retry_host_predicate": [
+                    {
+                        "name": "envoy.retry_host_predicates.previous_hosts",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                        },
+                    }
+                ],
+            },
+        },
+    }
+
+
+def render(catalog: Catalog, descriptor_set: Path, ports: EnvoyPorts) -> dict[str, Any]:
+    """The bootstrap as a dict: front door → router; mesh listener → each backend by header."""
+    config = _load("front_door.yaml")
+    cluster_template = _load("cluster.yaml")
+    config["admin"]["address"]["socket_address"] = {"address": ports.host, "port_value": ports.admin}
+
+    front = _listener(config, "front_door")
+    front["address"]["socket_address"] = {"address": ports.host, "port_value": ports.front_door}
+    transcoder = _connection_manager(front)["http_filters"][0]["typed_config"]
+    transcoder["proto_descriptor"] = str(descriptor_set)
+
+    mesh = _listener(config, "mesh")
+    mesh["address"]["socket_address"] = {"address": ports.host, "port_value": ports.mesh}
+    backends = [i for i in catalog.instances() if i.kind != "router"]
+    _connection_manager(mesh)["route_config"]["virtual_hosts"][0]["routes"] = [_backend_route(i) for i in backends]
+
+    routers = catalog.instances("router")
+    if len(routers) != 1:
+        raise ValueError(f"the front door needs exactly one router cluster, the catalog has {len(routers)}")
+    router = _cluster(cluster_template, routers[0])
+    router["name"] = router["load_assignment"]["cluster_name"] = "router"
+    config["static_resources"]["clusters"] = [router, *(_cluster(cluster_template, i) for i in backends)]
+    return config
+
+
+def write(config: dict[str, Any], path: Path) -> None:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -1,0 +1,1 @@
+"""The inference server: local models (transformers/torch) behind the inference contract."""

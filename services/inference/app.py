@@ -1,0 +1,76 @@
+"""The inference server as an Application of the runtime kit."""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from grpc_health.v1 import health_pb2
+from grpc_health.v1._async import HealthServicer
+
+from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from infermesh_inference.core import InferenceCore
+from infermesh_inference.models.builtin import build_model
+from infermesh_inference.repository import ModelEntry, ModelRepository, ModelState
+from infermesh_inference.servicer import InferenceServicer
+from infermesh_inference.settings import InferenceSettings
+from infermesh_runtime.server import Registration, mark_serving
+
+log = logging.getLogger(__name__)
+SERVICE = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+
+def model_health_name(model_id: str) -> str:
+    """Per-model health service name, so Envoy and Consul can route by model readiness."""
+    return f"{SERVICE}/{model_id}"
+
+
+class InferenceApp:
+    name = "inference"
+
+    def __init__(self, settings: InferenceSettings) -> None:
+        self.settings = settings
+        threads = settings.torch_threads or len(os.sched_getaffinity(0))
+        torch.set_num_threads(threads)
+        models = [
+            build_model(
+                model_id,
+                data_dir=settings.data_dir,
+                device=settings.device,
+                dtype=settings.dtype,
+                max_context=settings.max_context_tokens,
+            )
+            for model_id in settings.models
+        ]
+        self.repository = ModelRepository(models, settings.max_concurrent_inferences)
+        self.executor = ThreadPoolExecutor(
+            max_workers=len(models) * settings.max_concurrent_inferences + 1, thread_name_prefix="model"
+        )
+        self.core = InferenceCore(self.repository, self.executor, settings.default_max_tokens)
+
+    def registrations(self) -> list[Registration]:
+        return [Registration(SERVICE, pb_grpc.add_InferenceServiceServicer_to_server, InferenceServicer(self.core))]
+
+    async def start(self, health: HealthServicer) -> None:
+        async def on_change(entry: ModelEntry) -> None:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if entry.state is ModelState.READY
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            await health.set(model_health_name(entry.model.model_id), status)
+
+        for entry in self.repository.entries():
+            await health.set(model_health_name(entry.model.model_id), health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.repository.load_all(self.executor, on_change)
+        failed = [e.model.model_id for e in self.repository.entries() if e.state is ModelState.FAILED]
+        if failed:
+            raise RuntimeError(f"models failed to load: {', '.join(failed)}")
+        await mark_serving(health, [SERVICE])
+
+    async def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.repository.stop_all()

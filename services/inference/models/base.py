@@ -1,0 +1,101 @@
+"""The model base class (load / warmup / stop) and the plain types cores exchange."""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+
+class Capability(enum.Enum):
+    TEXT_GENERATION = "text-generation"
+    CHAT = "chat"
+    EMBEDDING = "embedding"
+    IMAGE_DESCRIPTION = "image-description"
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_sequences: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass
+class TextChunk:
+    """Text added by one step; the last chunk of a generation has finish_reason and usage."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+
+@dataclass
+class Embeddings:
+    vectors: list[list[float]]
+    usage: Usage = field(default_factory=Usage)
+
+
+class CancelToken:
+    """Set by the serving side when the caller has gone; models check it between steps."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ServedModel(abc.ABC):
+    """A model the server can hold. Methods are blocking; the core runs them in threads."""
+
+    model_id: str
+    capabilities: frozenset[Capability]
+
+    def __init__(self) -> None:
+        self.device = "cpu"
+        self.dtype = "float32"
+        self.context_length = 0
+        self.embedding_dimensions = 0
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Load weights; raise if the model cannot serve (fail fast)."""
+
+    def warmup(self) -> None:
+        """Run one tiny request so first-call latency is not paid by a user."""
+
+    def stop(self) -> None:
+        """Release weights."""
+
+    def count_tokens(self, text: str) -> int:
+        raise NotImplementedError
+
+    def generate(self, prompt: str, params: GenerationParams, cancel: CancelToken) -> Iterator[TextChunk]:
+        raise NotImplementedError
+
+    def chat_prompt(self, messages: list[tuple[str, str]]) -> tuple[str, tuple[str, ...]]:
+        """The prompt for a conversation of (role, content) pairs, and extra stop sequences."""
+        raise NotImplementedError
+
+    def embed(self, texts: list[str]) -> Embeddings:
+        raise NotImplementedError

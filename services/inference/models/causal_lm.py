@@ -1,0 +1,138 @@
+"""A decoder-only language model served with transformers, one request at a time.
+
+The decode loop is written out (rather than calling generate() with a streamer thread)
+so that every step yields its text at once and a cancelled caller stops the loop
+between two forward passes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from infermesh_inference.models.base import (
+    CancelToken,
+    Capability,
+    FinishReason,
+    GenerationParams,
+    ServedModel,
+    TextChunk,
+    Usage,
+)
+from infermesh_inference.models.chat_format import base_model_chat_prompt
+from infermesh_inference.models.text_stream import IncrementalDecoder, StopSequenceFilter
+
+log = logging.getLogger(__name__)
+
+
+class TransformersCausalLM(ServedModel):
+    capabilities = frozenset({Capability.TEXT_GENERATION, Capability.CHAT})
+
+    def __init__(
+        self, model_id: str, prepare: Callable[[], Path], device: str, dtype: torch.dtype, max_context: int
+    ) -> None:
+        super().__init__()
+        self.model_id = model_id
+        self._prepare = prepare
+        self._torch_device = torch.device(device)
+        self._torch_dtype = dtype
+        self._max_context = max_context
+        self.device, self.dtype = str(self._torch_device), str(dtype).removeprefix("torch.")
+        self.model = None
+        self.tokenizer = None
+
+    def load(self) -> None:
+        path = self._prepare()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=self._torch_dtype)
+        model = model.to(self._torch_device).eval()
+        if any(p.device.type == "meta" for p in model.parameters()):
+            raise RuntimeError(f"{self.model_id}: weights left on the meta device after loading {path}")
+        self.model = model
+        self.context_length = min(int(model.config.max_position_embeddings), self._max_context)
+        eos = model.generation_config.eos_token_id
+        self._eos = {eos} if isinstance(eos, int) else set(eos or [])
+        if self.tokenizer.eos_token_id is not None:
+            self._eos.add(self.tokenizer.eos_token_id)
+
+    def warmup(self) -> None:
+        for _ in self.generate("Hello", GenerationParams(max_tokens=2), CancelToken()):
+            pass
+
+    def stop(self) -> None:
+        self.model = None
+        if self._torch_device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text)["input_ids"])
+
+    def chat_prompt(self, messages: list[tuple[str, str]]) -> tuple[str, tuple[str, ...]]:
+        if self.tokenizer.chat_template:
+            turns = [{"role": role, "content": content} for role, content in messages]
+            return self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False), ()
+        return base_model_chat_prompt(messages)
+
+    @torch.inference_mode()
+    def generate(self, prompt: str, params: GenerationParams, cancel: CancelToken) -> Iterator[TextChunk]:
+        input_ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"].to(self._torch_device)
+        usage = Usage(input_tokens=int(input_ids.shape[1]))
+        decoder = IncrementalDecoder(lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
+        stops = StopSequenceFilter(params.stop_sequences)
+        pick = self._sampler(params)
+        output = self.model(input_ids=input_ids, use_cache=True)
+        tokens = input_ids
+        finish = FinishReason.LENGTH
+        while usage.output_tokens < params.max_tokens and not cancel.cancelled:
+            next_id = pick(tokens, output.logits[:, -1, :])
+            usage.output_tokens += 1
+            token = int(next_id)
+            if token in self._eos:
+                finish = FinishReason.STOP
+                break
+            text = stops.push(decoder.push(token))
+            if stops.stopped:
+                finish = FinishReason.STOP
+                if text:
+                    yield TextChunk(text)
+                break
+            if text:
+                yield TextChunk(text)
+            if usage.output_tokens == params.max_tokens:
+                break
+            tokens = torch.cat([tokens, next_id.view(1, 1)], dim=1)
+            output = self.model(
+                input_ids=next_id.view(1, 1), cache=output.cache, use_cache=True
+            )
+        yield TextChunk(stops.flush(), finish_reason=finish, usage=usage)
+
+    def _sampler(self, params: GenerationParams) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        if params.temperature <= 0:
+            return lambda tokens, logits: logits.argmax(dim=-1)
+        warpers = LogitsProcessorList([TemperatureLogitsWarper(params.temperature)])
+        if params.top_k:
+            warpers.append(TopKLogitsWarper(params.top_k))
+        if params.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(params.top_p))
+        generator = torch.Generator(device=self._torch_device)
+        if params.seed is not None:
+            generator.manual_seed(params.seed)
+        else:
+            generator.seed()
+
+        def pick(tokens: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+            probs = torch.softmax(warpers(tokens, logits.float()), dim=-1)
+            return torch.multinomial(probs, 1, generator=generator).view(-1)
+
+        return pick

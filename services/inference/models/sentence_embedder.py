@@ -1,0 +1,63 @@
+"""A sentence-transformers style embedding model (transformer + mean pooling + L2 norm),
+run with plain transformers so no extra framework sits between the server and torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from infermesh_inference.models.base import Capability, Embeddings, ServedModel, Usage
+
+
+class SentenceEmbedder(ServedModel):
+    capabilities = frozenset({Capability.EMBEDDING})
+
+    def __init__(self, model_id: str, path: Path, device: str, dtype: torch.dtype, batch_size: int = 64) -> None:
+        super().__init__()
+        self.model_id = model_id
+        self._path = path
+        self._torch_device = torch.device(device)
+        self._torch_dtype = dtype
+        self._batch_size = batch_size
+        self.device, self.dtype = str(self._torch_device), str(dtype).removeprefix("torch.")
+
+    def load(self) -> None:
+        config = json.loads((self._path / "sentence_bert_config.json").read_text())
+        # Inputs longer than the model was trained on are truncated, as sentence-transformers does.
+        self.max_seq_length = int(config["max_seq_length"])
+        self.tokenizer = AutoTokenizer.from_pretrained(self._path)
+        model = AutoModel.from_pretrained(self._path, dtype=self._torch_dtype)
+        self.model = model.to(self._torch_device).eval()
+        self.context_length = self.max_seq_length
+        self.embedding_dimensions = int(model.config.hidden_size)
+
+    def warmup(self) -> None:
+        self.embed(["warm up"])
+
+    def stop(self) -> None:
+        self.model = None
+
+    def count_tokens(self, text: str) -> int:
+        return min(len(self.tokenizer(text)["input_ids"]), self.max_seq_length)
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str]) -> Embeddings:
+        vectors: list[list[float]] = []
+        usage = Usage()
+        for start in range(0, len(texts), self._batch_size):
+            batch = self.tokenizer(
+                texts[start : start + self._batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_seq_length,
+                return_tensors="pt",
+            ).to(self._torch_device)
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            vectors.extend(torch.nn.functional.normalize(pooled.float(), dim=-1).tolist())
+            usage.input_tokens += int(batch["attention_mask"].sum())
+        return Embeddings(vectors=vectors, usage=usage)

@@ -1,0 +1,61 @@
+"""`make run`: start the whole mesh in the foreground; Ctrl-C stops it cleanly."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+
+from infermesh_mesh.launcher import Mesh
+from infermesh_mesh.settings import MeshSettings
+
+USAGE = """
+infermesh is ready in {seconds:.1f}s. Front door: http://{host}:{port}  (Envoy admin: http://{host}:{admin})
+
+  curl -s {host}:{port}/v1/generate-text -d '{{"model":"gemma-3-270m","prompt":"The capital of France is","max_tokens":16}}'
+  curl -sN {host}:{port}/v1/generate-text:stream -d '{{"model":"gemma-3-270m","prompt":"The capital of France is","max_tokens":16}}'
+  curl -s {host}:{port}/v1/embed -d '{{"model":"all-minilm-l6-v2","inputs":["hello world"]}}'
+  grpcurl -plaintext {host}:{port} list
+  OpenAI SDK: OpenAI(base_url="http://{host}:{port}/v1", api_key="unused")
+
+Ctrl-C stops everything.
+"""
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s mesh %(levelname)s %(message)s")
+    settings = MeshSettings()
+    mesh = Mesh(settings)
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    code = 0
+    try:
+        mesh.start()
+        print("starting: Envoy, router, inference server (first start converts Gemma's weights once)", flush=True)
+        seconds = mesh.wait_ready(progress=True, interrupted=lambda: stopping)
+        print(USAGE.format(seconds=seconds, host=settings.host, port=settings.front_door_port, admin=settings.admin_port), flush=True)
+        while not stopping:
+            if dead := mesh.exited():
+                print(f"{dead[0].name} exited with code {dead[0].process.returncode}; stopping the mesh", flush=True)
+                code = 1
+                break
+            time.sleep(0.5)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"start-up failed: {exc}", flush=True)
+        code = 1
+    finally:
+        print("stopping...", flush=True)
+        mesh.stop()
+        print("stopped", flush=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

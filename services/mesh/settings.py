@@ -1,0 +1,32 @@
+"""Settings of the one-machine mesh, from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class MeshSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MESH_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    front_door_port: int = Field(8080, description="Envoy: REST, gRPC and the OpenAI API.")
+    admin_port: int = Field(9901, description="Envoy's admin interface.")
+    mesh_port: int = Field(15001, description="Envoy's service-to-service listener.")
+    router_port: int = 50051
+    inference_port: int = 50052
+    router_metrics_port: int | None = 9100
+    inference_metrics_port: int | None = 9101
+    models: Annotated[list[str], NoDecode] = Field(["gemma-3-270m", "all-minilm-l6-v2"])
+    data_dir: Path = Field(Path(".data"), description="Prepared model weights and run files.")
+    ready_timeout_seconds: float = Field(900.0, description="Give up if the mesh is not ready by then.")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value

@@ -1,0 +1,42 @@
+"""The router as an Application of the runtime kit."""
+
+from __future__ import annotations
+
+from grpc_health.v1._async import HealthServicer
+
+from infermesh.openai.v1 import openai_service_pb2 as openai_pb
+from infermesh.openai.v1 import openai_service_pb2_grpc as openai_grpc
+from infermesh.router.v1 import router_service_pb2 as router_pb
+from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
+from infermesh_router.backends import Backends
+from infermesh_router.openai_servicer import OpenAIServicer
+from infermesh_router.servicer import RouterServicer
+from infermesh_router.settings import RouterSettings
+from infermesh_runtime.catalog import EmbeddedCatalog
+from infermesh_runtime.server import Registration, mark_serving
+
+ROUTER_SERVICE = router_pb.DESCRIPTOR.services_by_name["RouterService"].full_name
+OPENAI_SERVICE = openai_pb.DESCRIPTOR.services_by_name["OpenAIService"].full_name
+
+
+class RouterApp:
+    name = "router"
+
+    def __init__(self, settings: RouterSettings) -> None:
+        catalog = EmbeddedCatalog.load(settings.catalog_file)
+        self.backends = Backends(catalog, settings.mesh_address, settings.backend_timeout_seconds)
+
+    def registrations(self) -> list[Registration]:
+        return [
+            Registration(ROUTER_SERVICE, router_grpc.add_RouterServiceServicer_to_server, RouterServicer(self.backends)),
+            Registration(OPENAI_SERVICE, openai_grpc.add_OpenAIServiceServicer_to_server, OpenAIServicer(self.backends)),
+        ]
+
+    async def start(self, health: HealthServicer) -> None:
+        # The router holds no models: it serves as soon as it is up. Backend readiness is
+        # Envoy's concern (active health checks), so a request for a loading model gets
+        # UNAVAILABLE from the mesh rather than hanging here.
+        await mark_serving(health, [ROUTER_SERVICE, OPENAI_SERVICE])
+
+    async def close(self) -> None:
+        await self.backends.close()

@@ -1,0 +1,53 @@
+"""Calling backends through Envoy.
+
+The router never dials a backend directly: every call goes to Envoy's mesh listener
+with the chosen backend in a header, so retries, circuit breaking, outlier detection
+and health-based routing apply to service-to-service traffic too.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from infermesh_runtime.catalog import Catalog
+from infermesh_runtime.errors import NotFound
+from infermesh_runtime.telemetry import client_interceptors
+
+BACKEND_HEADER = "x-infermesh-backend"
+
+
+class Backends:
+    def __init__(self, catalog: Catalog, mesh_address: str, default_timeout: float) -> None:
+        self._catalog = catalog
+        self._default_timeout = default_timeout
+        self._channel = grpc.aio.insecure_channel(
+            mesh_address,
+            options=[("grpc.keepalive_time_ms", 30000), ("grpc.max_receive_message_length", 32 * 1024 * 1024)],
+            interceptors=client_interceptors(),
+        )
+        self.stub = pb_grpc.InferenceServiceStub(self._channel)
+
+    def models(self) -> list[str]:
+        return sorted({m for s in self._catalog.instances() for m in s.models if s.kind != "router"})
+
+    def resolve(self, model: str) -> str:
+        """The backend (Envoy cluster) that serves `model`."""
+        for instance in self._catalog.instances():
+            if instance.kind != "router" and model in instance.models:
+                return instance.name
+        raise NotFound(
+            f"model {model!r} is not served by this mesh; available: {', '.join(self.models()) or 'none'}",
+            reason="MODEL_NOT_FOUND",
+            model=model,
+        )
+
+    def call_options(self, model: str, context: grpc.aio.ServicerContext | None) -> dict:
+        """Metadata naming the backend, and the caller's deadline carried on to the backend."""
+        remaining = context.time_remaining() if context is not None else None
+        timeout = remaining if remaining is not None else self._default_timeout
+        metadata = [(BACKEND_HEADER, self.resolve(model))]
+        return {"metadata": metadata, "timeout": timeout}
+
+    async def close(self) -> None:
+        await self._channel.close()

@@ -1,0 +1,171 @@
+"""The OpenAI-compatible surface, served as google.api.HttpBody through Envoy's transcoder.
+
+One path serves streaming and non-streaming requests: the `stream` field decides.
+A stream's first frame is sent only after the backend's first chunk arrives, so any
+error before then (unknown model, context too long) is a real HTTP error status;
+an error after that is an in-band `data: {"error": ...}` event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import protovalidate
+from google.api import httpbody_pb2
+
+from infermesh.openai.v1 import openai_service_pb2_grpc as pb_grpc
+from infermesh_router import openai_schema as oa
+from infermesh_router.backends import Backends
+from infermesh_runtime.errors import InvalidArgument, NotFound
+
+log = logging.getLogger(__name__)
+
+
+def json_body(payload: dict[str, Any]) -> httpbody_pb2.HttpBody:
+    return httpbody_pb2.HttpBody(content_type="application/json", data=json.dumps(payload).encode())
+
+
+def sse(payload: dict[str, Any] | str) -> httpbody_pb2.HttpBody:
+    data = payload if isinstance(payload, str) else json.dumps(payload)
+    return httpbody_pb2.HttpBody(content_type="text/event-stream", data=f"data: {data}\n\n".encode())
+
+
+class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
+    def __init__(self, backends: Backends) -> None:
+        self.backends = backends
+        self.created = int(time.time())
+
+    async def CreateChatCompletion(self, request, context):
+        body = oa.parse(oa.ChatCompletionRequest, request.body.data)
+        proto = body.to_proto()
+        protovalidate.validate(proto)
+        ident, created = oa.completion_id("chatcmpl"), oa.now()
+        options = self.backends.call_options(body.model, context)
+        if not body.stream:
+            reply = await self.backends.stub.Chat(proto, **options)
+            yield json_body(
+                {
+                    "id": ident,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": body.model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": reply.message.content},
+                            "finish_reason": oa.finish_reason(reply.finish_reason),
+                            "logprobs": None,
+                        }
+                    ],
+                    "usage": oa.usage_dict(reply.usage),
+                }
+            )
+            return
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            return {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": body.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            }
+
+        first = True
+        async for item in _guarded(self.backends.stub.StreamChat(proto, **options)):
+            if isinstance(item, httpbody_pb2.HttpBody):
+                yield item
+                return
+            delta: dict[str, Any] = {"content": item.message.content} if item.message.content else {}
+            if first:
+                delta["role"] = "assistant"
+                delta.setdefault("content", "")
+                first = False
+            finish = oa.finish_reason(item.finish_reason)
+            if delta or finish:
+                yield sse(chunk(delta, finish))
+            if finish and body.stream_options and body.stream_options.include_usage:
+                yield sse({**chunk({}, None), "choices": [], "usage": oa.usage_dict(item.usage)})
+        yield sse("[DONE]")
+
+    async def CreateCompletion(self, request, context):
+        body = oa.parse(oa.CompletionRequest, request.body.data)
+        proto = body.to_proto()
+        protovalidate.validate(proto)
+        ident, created = oa.completion_id("cmpl"), oa.now()
+        options = self.backends.call_options(body.model, context)
+
+        def completion(text: str, finish: str | None, obj: str = "text_completion") -> dict[str, Any]:
+            return {
+                "id": ident,
+                "object": obj,
+                "created": created,
+                "model": body.model,
+                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+            }
+
+        if not body.stream:
+            reply = await self.backends.stub.GenerateText(proto, **options)
+            payload = completion(reply.text, oa.finish_reason(reply.finish_reason))
+            yield json_body({**payload, "usage": oa.usage_dict(reply.usage)})
+            return
+        async for item in _guarded(self.backends.stub.StreamGenerateText(proto, **options)):
+            if isinstance(item, httpbody_pb2.HttpBody):
+                yield item
+                return
+            finish = oa.finish_reason(item.finish_reason)
+            if item.text or finish:
+                yield sse(completion(item.text, finish))
+            if finish and body.stream_options and body.stream_options.include_usage:
+                yield sse({**completion("", None), "choices": [], "usage": oa.usage_dict(item.usage)})
+        yield sse("[DONE]")
+
+    async def CreateEmbedding(self, request, context):
+        body = oa.parse(oa.EmbeddingRequest, request.body.data)
+        proto = body.to_proto()
+        protovalidate.validate(proto)
+        reply = await self.backends.stub.Embed(proto, **self.backends.call_options(body.model, context))
+        width = len(reply.embeddings[0].values) if reply.embeddings else 0
+        if body.dimensions is not None and body.dimensions != width:
+            raise InvalidArgument(
+                f"model {body.model!r} makes {width}-dimensional embeddings; dimensions={body.dimensions} "
+                "cannot be honoured",
+                reason="UNSUPPORTED_DIMENSIONS",
+                model=body.model,
+                dimensions=body.dimensions,
+            )
+        data = [
+            {"object": "embedding", "index": e.index, "embedding": oa.encode_embedding(e.values, body.encoding_format)}
+            for e in reply.embeddings
+        ]
+        usage = {"prompt_tokens": reply.usage.input_tokens, "total_tokens": reply.usage.input_tokens}
+        return json_body({"object": "list", "data": data, "model": body.model, "usage": usage})
+
+    async def ListModels(self, request, context):
+        models = [oa.model_dict(m, self.created) for m in self.backends.models()]
+        return json_body({"object": "list", "data": models})
+
+    async def GetModel(self, request, context):
+        if request.model not in self.backends.models():
+            raise NotFound(f"model {request.model!r} does not exist", reason="MODEL_NOT_FOUND", model=request.model)
+        return json_body(oa.model_dict(request.model, self.created))
+
+
+async def _guarded(call: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """Yield a backend stream's chunks; once one has been sent, turn a failure into an
+    in-band SSE error event (an HttpBody) instead of cutting the stream silently."""
+    started = False
+    try:
+        async for item in call:
+            started = True
+            yield item
+    except grpc.aio.AioRpcError as exc:
+        if not started:
+            raise
+        log.warning("stream failed after it started: %s %s", exc.code().name, exc.details())
+        yield sse(oa.error_event(exc.code().name, exc.details() or "stream failed"))

@@ -1,0 +1,2 @@
+"""The runtime kit every infermesh service is built on: settings, server factory,
+health, reflection, error mapping, metrics, tracing and graceful shutdown."""

@@ -1,0 +1,61 @@
+"""Domain errors and their mapping to gRPC status (AIP-193).
+
+Cores raise these; they know nothing about gRPC. One interceptor turns them into a
+google.rpc.Status carrying exactly one ErrorInfo, whose metadata holds every value
+named in the message.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+DOMAIN = "infermesh.dev"
+
+
+class DomainError(Exception):
+    """An error a caller can act on. Subclasses fix the status code."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str, *, reason: str, **metadata: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+        self.metadata = {key: str(value) for key, value in metadata.items()}
+
+    def to_status(self) -> status_pb2.Status:
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+
+
+class InvalidArgument(DomainError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(DomainError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(DomainError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unavailable(DomainError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(DomainError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unimplemented(DomainError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+def internal_status() -> status_pb2.Status:
+    """The status for an unexpected failure: generic, so nothing internal leaks."""
+    return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")

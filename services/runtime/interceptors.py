@@ -1,0 +1,181 @@
+"""Server interceptors: input validation and error mapping, and Prometheus metrics.
+
+grpc.aio interceptors cannot see a call's outcome through `continuation`, so each one
+wraps the method handler's behaviour (unary or server-streaming) instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import protovalidate
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from prometheus_client import Counter, Histogram
+
+from infermesh_runtime.errors import DOMAIN, DomainError, internal_status
+
+log = logging.getLogger(__name__)
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+
+
+def _rewrap(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[UnaryBehavior], UnaryBehavior],
+    stream: Callable[[StreamBehavior], StreamBehavior],
+) -> grpc.RpcMethodHandler:
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+        )
+    return handler  # client-streaming methods are not used by infermesh
+
+
+def validation_status(error: protovalidate.ValidationError) -> status_pb2.Status:
+    """INVALID_ARGUMENT listing every violated constraint (BadRequest) plus ErrorInfo."""
+    violations = [
+        error_details_pb2.BadRequest.FieldViolation(
+            field=".".join(e.field_name for e in v.proto.field.elements), description=v.proto.message
+        )
+        for v in error.violations
+    ]
+    message = "; ".join(f"{fv.field}: {fv.description}" for fv in violations)
+    info = error_details_pb2.ErrorInfo(
+        reason="INVALID_REQUEST_FIELDS",
+        domain=DOMAIN,
+        metadata={"fields": ",".join(fv.field for fv in violations)},
+    )
+    details = []
+    for detail_message in (info, error_details_pb2.BadRequest(field_violations=violations)):
+        detail = any_pb2.Any()
+        detail.Pack(detail_message)
+        details.append(detail)
+    return status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=details)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Validates requests against their protovalidate rules and maps exceptions to status.
+
+    DomainError → its canonical code with ErrorInfo; an upstream call's error → the same
+    status; anything else → a generic INTERNAL (the traceback goes to the log, never to
+    the caller).
+    """
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+
+        async def fail(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+            if isinstance(exc, grpc.aio.AioRpcError):
+                # An upstream service's error passes through with its code and rich details.
+                details = [(k, v) for k, v in exc.trailing_metadata() or () if k == STATUS_DETAILS_KEY]
+                await context.abort(exc.code(), exc.details() or "", trailing_metadata=details)
+            if isinstance(exc, protovalidate.ValidationError):
+                status = validation_status(exc)
+            elif isinstance(exc, DomainError):
+                status = exc.to_status()
+            else:
+                log.exception("unhandled error in %s", method)
+                status = internal_status()
+            await context.abort_with_status(rpc_status.to_status(status))
+
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def wrapped(request, context):
+                try:
+                    protovalidate.validate(request)
+                    return await behavior(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - mapped to a status in fail()
+                    await fail(context, exc)
+
+            return wrapped
+
+        def stream(behavior: StreamBehavior) -> StreamBehavior:
+            async def wrapped(request, context):
+                try:
+                    protovalidate.validate(request)
+                    async for item in behavior(request, context):
+                        yield item
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - mapped to a status in fail()
+                    await fail(context, exc)
+
+            return wrapped
+
+        return _rewrap(handler, unary, stream)
+
+
+REQUESTS = Counter(
+    "infermesh_grpc_requests_total", "gRPC calls handled, by method and status code.", ["method", "code"]
+)
+LATENCY = Histogram(
+    "infermesh_grpc_request_duration_seconds",
+    "Time from a call's start to its last message, by method.",
+    ["method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+
+
+def _code_name(context: grpc.aio.ServicerContext, failed: bool) -> str:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if isinstance(code, int) and code:
+        return code_pb2.Code.Name(code)
+    return "UNKNOWN" if failed else "OK"
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts calls by method and code and records their duration."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+
+        def record(context: grpc.aio.ServicerContext, started: float, failed: bool) -> None:
+            REQUESTS.labels(method, _code_name(context, failed)).inc()
+            LATENCY.labels(method).observe(time.perf_counter() - started)
+
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def wrapped(request, context):
+                started, failed = time.perf_counter(), True
+                try:
+                    response = await behavior(request, context)
+                    failed = False
+                    return response
+                finally:
+                    record(context, started, failed)
+
+            return wrapped
+
+        def stream(behavior: StreamBehavior) -> StreamBehavior:
+            async def wrapped(request, context):
+                started, failed = time.perf_counter(), True
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                    failed = False
+                finally:
+                    record(context, started, failed)
+
+            return wrapped
+
+        return _rewrap(handler, unary, stream)

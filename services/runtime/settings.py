@@ -1,0 +1,24 @@
+"""Settings every service shares, read from the environment once in main()."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Transport, shutdown and logging settings common to all services."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    grpc_host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
+    grpc_port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus /metrics port; unset disables it."
+    )
+    drain_seconds: float = Field(
+        1.0, ge=0, description="Time between reporting NOT_SERVING and closing, so Envoy stops routing here."
+    )
+    shutdown_grace_seconds: float = Field(10.0, ge=0, description="Time in-flight calls get to finish.")
+    log_level: str = Field("INFO", description="Python logging level.")
+    log_json: bool = Field(True, description="One JSON object per log line.")
