@@ -82,7 +82,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         async def fail(context: grpc.aio.ServicerContext, exc: Exception) -> None:
             if isinstance(exc, grpc.aio.AioRpcError):
                 # An upstream service's error passes through with its code and rich details.
-                details = [(k, v) for k, v in exc.trailing_metadata() or () if k == STATUS_DETAILS_KEY]
+                details = tuple((k, v) for k, v in exc.trailing_metadata() or () if k == STATUS_DETAILS_KEY)
                 await context.abort(exc.code(), exc.details() or "", trailing_metadata=details)
             if isinstance(exc, protovalidate.ValidationError):
                 status = validation_status(exc)

@@ -1,0 +1,82 @@
+"""REST through Envoy's transcoder to the router and the real models."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+
+PROMPT = {"model": "gemma-3-270m", "prompt": "The capital of France is", "max_tokens": 16}
+
+
+def sse_events(response: httpx.Response) -> list[dict]:
+    events = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            events.append(json.loads(line.removeprefix("data: ")))
+    return events
+
+
+def test_generate_text_returns_real_text_and_token_usage(base_url):
+    reply = httpx.post(f"{base_url}/v1/generate-text", json=PROMPT, timeout=120)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["model"] == "gemma-3-270m"
+    assert len(body["text"].split()) >= 3
+    assert "paris" in body["text"].lower() or "capital" in body["text"].lower()
+    assert body["usage"]["input_tokens"] >= 5
+    assert body["usage"]["output_tokens"] == 16
+    assert body["usage"]["total_tokens"] == body["usage"]["input_tokens"] + 16
+    assert body["finish_reason"] == "FINISH_REASON_LENGTH"
+
+
+def test_streamed_generation_arrives_as_server_sent_events_token_by_token(base_url):
+    with httpx.stream("POST", f"{base_url}/v1/generate-text:stream", json=PROMPT, timeout=120) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(response)
+    texts = [e["text"] for e in events if e["text"]]
+    assert len(texts) >= 8, events  # many small events, not one blob
+    final = events[-1]
+    assert final["finish_reason"] == "FINISH_REASON_LENGTH"
+    assert final["usage"]["output_tokens"] == 16
+    # Greedy decoding: the stream says exactly what the unary call says.
+    unary = httpx.post(f"{base_url}/v1/generate-text", json=PROMPT, timeout=120).json()
+    assert "".join(texts) == unary["text"]
+
+
+def test_embed_returns_unit_384_dim_vectors_that_capture_meaning(base_url):
+    inputs = ["A cat sits on the mat.", "A kitten is sitting on a rug.", "Quarterly revenue grew by 4%."]
+    reply = httpx.post(f"{base_url}/v1/embed", json={"model": "all-minilm-l6-v2", "inputs": inputs}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    vectors = np.array([e["values"] for e in body["embeddings"]])
+    assert vectors.shape == (3, 384)
+    assert [e["index"] for e in body["embeddings"]] == [0, 1, 2]
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
+    similar, unrelated = vectors[0] @ vectors[1], vectors[0] @ vectors[2]
+    assert similar > 0.5 > unrelated
+    assert body["usage"]["input_tokens"] > 0
+
+
+def test_chat_answers_as_the_assistant_and_stops_at_the_next_turn(base_url):
+    request = {
+        "model": "gemma-3-270m",
+        "messages": [{"role": "ROLE_USER", "content": "What is the capital of France?"}],
+        "max_tokens": 24,
+    }
+    reply = httpx.post(f"{base_url}/v1/chat", json=request, timeout=120)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["message"]["role"] == "ROLE_ASSISTANT"
+    assert body["message"]["content"].strip()
+    assert "User:" not in body["message"]["content"]
+    assert not body["message"]["content"].startswith(" ")
+
+
+def test_describe_image_on_a_text_model_says_it_cannot(base_url):
+    request = {"model": "gemma-3-270m", "image": "iVBORw0KGgo=", "mime_type": "image/png"}
+    reply = httpx.post(f"{base_url}/v1/describe-image", json=request, timeout=60)
+    assert reply.status_code == 400
+    assert "does not support image-description" in reply.json()["message"]
