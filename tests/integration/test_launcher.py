@@ -1,0 +1,64 @@
+"""`make run`'s launcher: it reports readiness, and Ctrl-C stops every process it started
+and frees every port."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from conftest import ROOT, mesh_settings
+
+
+def port_is_free(port: int) -> bool:
+    """Free for a new server: nothing listens (SO_REUSEADDR, as servers bind, so closed
+    connections still in TIME_WAIT do not count)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_ctrl_c_stops_everything_cleanly(tmp_path):
+    settings = mesh_settings()
+    ports = {name: value for name, value in settings.model_dump().items() if name.endswith("_port") and value}
+    env = {**os.environ, **{f"MESH_{name.upper()}": str(value) for name, value in ports.items()}}
+    env["MESH_DATA_DIR"] = str(settings.data_dir)
+    out = (tmp_path / "mesh.out").open("w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "infermesh_mesh"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while "infermesh is ready" not in (tmp_path / "mesh.out").read_text():
+            assert process.poll() is None, (tmp_path / "mesh.out").read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        text = (tmp_path / "mesh.out").read_text()
+        assert "models: gemma-3-270m" in text  # readiness progress was printed
+        assert f"curl -s 127.0.0.1:{settings.front_door_port}/v1/generate-text" in text
+        children = [int(pid) for pid in re.findall(r"started \S+ \(pid (\d+)\)", text)]
+        assert len(children) == 3
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not [pid for pid in children if pid_alive(pid)]
+    assert [name for name, port in ports.items() if not port_is_free(port)] == []
+    assert "stopped" in (tmp_path / "mesh.out").read_text()
