@@ -26,7 +26,7 @@ lint: install
 	@if git rev-parse --verify -q main >/dev/null && git ls-tree -r --name-only main | grep -q '^protos/'; then \
 	  git archive main protos third_party scripts | tar -x -C build/main && \
 	  cd build/main && ../../$(BIN)/python scripts/gen_protos.py >/dev/null && cd ../.. && \
-	  $(BIN)/buf breaking build/infermesh.binpb --against build/main/build/infermesh.binpb --path infermesh; \
+	  $(BIN)/buf breaking build/infermesh.binpb --against build/main/build/infermesh.binpb --path infermesh && echo "buf breaking against main: no breaking changes"; \
 	else echo "buf breaking: main has no protos yet"; fi
 
 install: $(VENV)/.installed

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,8 @@ def _connection_manager(listener: dict[str, Any]) -> dict[str, Any]:
 def _cluster(template: dict[str, Any], instance: ServiceInstance) -> dict[str, Any]:
     cluster = copy.deepcopy(template)
     cluster["name"] = instance.name
+    # IP literals are static; host names (compose, Kubernetes) are resolved by DNS.
+    cluster["type"] = "STATIC" if _is_ip(instance.host) else "STRICT_DNS"
     cluster["load_assignment"] = {
         "cluster_name": instance.name,
         "endpoints": [
@@ -52,6 +56,14 @@ def _cluster(template: dict[str, Any], instance: ServiceInstance) -> dict[str, A
     }
     cluster["health_checks"][0]["grpc_health_check"]["service_name"] = HEALTH_SERVICES[instance.kind]
     return cluster
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _backend_route(instance: ServiceInstance) -> dict[str, Any]:
@@ -103,3 +115,21 @@ def render(catalog: Catalog, descriptor_set: Path, ports: EnvoyPorts) -> dict[st
 
 def write(config: dict[str, Any], path: Path) -> None:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def main() -> None:
+    """`python -m infermesh_gateway.envoy_config`: render a bootstrap from a catalog file."""
+    from infermesh_runtime.catalog import EmbeddedCatalog
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--catalog", type=Path, required=True)
+    parser.add_argument("--descriptor-set", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--listen-host", default="127.0.0.1")
+    args = parser.parse_args()
+    ports = EnvoyPorts(host=args.listen_host)
+    write(render(EmbeddedCatalog.load(args.catalog), args.descriptor_set, ports), args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+import transformers
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
@@ -33,6 +34,9 @@ class InferenceApp:
 
     def __init__(self, settings: InferenceSettings) -> None:
         self.settings = settings
+        # Progress bars and advisory warnings are noise in a server's structured log.
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
         threads = settings.torch_threads or len(os.sched_getaffinity(0))
         torch.set_num_threads(threads)
         models = [
