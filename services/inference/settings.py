@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import Field, field_validator
-from pydantic_settings import NoDecode
+from pydantic import Field
 
-from infermesh_runtime.settings import ServiceSettings
+from infermesh_runtime.settings import CommaList, ServiceSettings
 
 
 class InferenceSettings(ServiceSettings):
-    models: Annotated[list[str], NoDecode] = Field(
+    models: CommaList = Field(
         ["gemma-3-270m", "all-minilm-l6-v2"], description="Model ids to preload, comma-separated."
     )
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N.")
@@ -25,9 +23,3 @@ class InferenceSettings(ServiceSettings):
     torch_threads: int = Field(0, ge=0, description="Intra-op threads; 0 uses the CPUs this process may run on.")
     data_dir: Path = Field(Path(".data"), description="Where prepared model weights are cached.")
 
-    @field_validator("models", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value

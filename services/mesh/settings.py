@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from infermesh_runtime.settings import CommaList
 
 
 class MeshSettings(BaseSettings):
@@ -20,13 +21,7 @@ class MeshSettings(BaseSettings):
     inference_port: int = 50052
     router_metrics_port: int | None = 9100
     inference_metrics_port: int | None = 9101
-    models: Annotated[list[str], NoDecode] = Field(["gemma-3-270m", "all-minilm-l6-v2"])
+    models: CommaList = Field(["gemma-3-270m", "all-minilm-l6-v2"])
     data_dir: Path = Field(Path(".data"), description="Prepared model weights and run files.")
     ready_timeout_seconds: float = Field(900.0, description="Give up if the mesh is not ready by then.")
 
-    @field_validator("models", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value

@@ -40,12 +40,16 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         self.backends = backends
         self.created = int(time.time())
 
-    async def CreateChatCompletion(self, request, context):
-        body = oa.parse(oa.ChatCompletionRequest, request.body.data)
+    def _prepare(self, schema: type, request: Any, context: grpc.aio.ServicerContext) -> tuple[Any, Any, dict]:
+        """Parse the JSON body, check it against the typed request's rules, pick the backend."""
+        body = oa.parse(schema, request.body.data)
         proto = body.to_proto()
         protovalidate.validate(proto)
+        return body, proto, self.backends.call_options(body.model, context)
+
+    async def CreateChatCompletion(self, request, context):
+        body, proto, options = self._prepare(oa.ChatCompletionRequest, request, context)
         ident, created = oa.completion_id("chatcmpl"), oa.now()
-        options = self.backends.call_options(body.model, context)
         if not body.stream:
             reply = await self.backends.stub.Chat(proto, **options)
             yield json_body(
@@ -94,11 +98,8 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         yield sse("[DONE]")
 
     async def CreateCompletion(self, request, context):
-        body = oa.parse(oa.CompletionRequest, request.body.data)
-        proto = body.to_proto()
-        protovalidate.validate(proto)
+        body, proto, options = self._prepare(oa.CompletionRequest, request, context)
         ident, created = oa.completion_id("cmpl"), oa.now()
-        options = self.backends.call_options(body.model, context)
 
         def completion(text: str, finish: str | None, obj: str = "text_completion") -> dict[str, Any]:
             return {
@@ -126,10 +127,8 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         yield sse("[DONE]")
 
     async def CreateEmbedding(self, request, context):
-        body = oa.parse(oa.EmbeddingRequest, request.body.data)
-        proto = body.to_proto()
-        protovalidate.validate(proto)
-        reply = await self.backends.stub.Embed(proto, **self.backends.call_options(body.model, context))
+        body, proto, options = self._prepare(oa.EmbeddingRequest, request, context)
+        reply = await self.backends.stub.Embed(proto, **options)
         width = len(reply.embeddings[0].values) if reply.embeddings else 0
         if body.dimensions is not None and body.dimensions != width:
             raise InvalidArgument(
