@@ -20,6 +20,8 @@ test: install models
 	$(BIN)/python -m pytest
 
 lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/buf lint build/infermesh.binpb --path infermesh
 	@# buf breaking against main: build main's protos the same way into a scratch tree.
 	@rm -rf build/main && mkdir -p build/main

@@ -51,7 +51,15 @@ def _cluster(template: dict[str, Any], instance: ServiceInstance) -> dict[str, A
     cluster["load_assignment"] = {
         "cluster_name": instance.name,
         "endpoints": [
-            {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": instance.host, "port_value": instance.port}}}}]}
+            {
+                "lb_endpoints": [
+                    {
+                        "endpoint": {
+                            "address": {"socket_address": {"address": instance.host, "port_value": instance.port}}
+                        }
+                    }
+                ]
+            }
         ],
     }
     cluster["health_checks"][0]["grpc_health_check"]["service_name"] = HEALTH_SERVICES[instance.kind]

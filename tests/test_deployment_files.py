@@ -38,10 +38,17 @@ def test_envoy_renders_from_the_compose_catalog_with_dns_clusters(tmp_path):
     out = tmp_path / "envoy.yaml"
     subprocess.run(
         [
-            str(BIN / "python"), "-m", "infermesh_gateway.envoy_config",
-            "--catalog", str(ROOT / "envoy" / "compose_catalog.yaml"),
-            "--descriptor-set", str(ROOT / "build" / "infermesh.binpb"),
-            "--out", str(out), "--listen-host", "0.0.0.0",
+            str(BIN / "python"),
+            "-m",
+            "infermesh_gateway.envoy_config",
+            "--catalog",
+            str(ROOT / "envoy" / "compose_catalog.yaml"),
+            "--descriptor-set",
+            str(ROOT / "build" / "infermesh.binpb"),
+            "--out",
+            str(out),
+            "--listen-host",
+            "0.0.0.0",
         ],
         check=True,
         timeout=60,

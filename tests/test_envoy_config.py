@@ -56,17 +56,19 @@ def test_every_backend_gets_a_cluster_health_checked_on_its_service_and_a_header
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     assert set(clusters) == {"router", "inference-0"}
     inference = clusters["inference-0"]
-    assert inference["health_checks"][0]["grpc_health_check"]["service_name"] == "infermesh.inference.v1.InferenceService"
+    assert (
+        inference["health_checks"][0]["grpc_health_check"]["service_name"] == "infermesh.inference.v1.InferenceService"
+    )
     assert inference["common_lb_config"]["healthy_panic_threshold"] == {"value": 0}
     assert "http2_protocol_options" in str(inference["typed_extension_protocol_options"])
-    mesh = next(l for l in config["static_resources"]["listeners"] if l["name"] == "mesh")
+    mesh = next(x for x in config["static_resources"]["listeners"] if x["name"] == "mesh")
     routes = mesh["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
     assert routes[0]["match"]["headers"][0] == {"name": "x-infermesh-backend", "string_match": {"exact": "inference-0"}}
     assert routes[0]["route"]["cluster"] == "inference-0"
 
 
 def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
-    front = next(l for l in rendered()["static_resources"]["listeners"] if l["name"] == "front_door")
+    front = next(x for x in rendered()["static_resources"]["listeners"] if x["name"] == "front_door")
     manager = front["filter_chains"][0]["filters"][0]["typed_config"]
     transcoder = manager["http_filters"][0]["typed_config"]
     assert transcoder["services"] == ["infermesh.router.v1.RouterService", "infermesh.openai.v1.OpenAIService"]

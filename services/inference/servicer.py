@@ -14,7 +14,11 @@ from infermesh_inference.repository import ModelEntry, ModelState
 from infermesh_runtime.errors import InvalidArgument, Unimplemented
 
 ROLES = {types.ROLE_SYSTEM: "system", types.ROLE_USER: "user", types.ROLE_ASSISTANT: "assistant"}
-FINISH = {None: types.FINISH_REASON_UNSPECIFIED, FinishReason.STOP: types.FINISH_REASON_STOP, FinishReason.LENGTH: types.FINISH_REASON_LENGTH}
+FINISH = {
+    None: types.FINISH_REASON_UNSPECIFIED,
+    FinishReason.STOP: types.FINISH_REASON_STOP,
+    FinishReason.LENGTH: types.FINISH_REASON_LENGTH,
+}
 CAPABILITIES = {
     Capability.TEXT_GENERATION: types.CAPABILITY_TEXT_GENERATION,
     Capability.CHAT: types.CAPABILITY_CHAT,

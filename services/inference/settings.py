@@ -22,4 +22,3 @@ class InferenceSettings(ServiceSettings):
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request leaves it unset.")
     torch_threads: int = Field(0, ge=0, description="Intra-op threads; 0 uses the CPUs this process may run on.")
     data_dir: Path = Field(Path(".data"), description="Where prepared model weights are cached.")
-

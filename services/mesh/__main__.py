@@ -40,7 +40,10 @@ def main() -> None:
         mesh.start()
         print("starting: Envoy, router, inference server (first start converts Gemma's weights once)", flush=True)
         seconds = mesh.wait_ready(progress=True, interrupted=lambda: stopping)
-        print(USAGE.format(seconds=seconds, host=settings.host, port=settings.front_door_port, admin=settings.admin_port), flush=True)
+        print(
+            USAGE.format(seconds=seconds, host=settings.host, port=settings.front_door_port, admin=settings.admin_port),
+            flush=True,
+        )
         while not stopping:
             if dead := mesh.exited():
                 print(f"{dead[0].name} exited with code {dead[0].process.returncode}; stopping the mesh", flush=True)

@@ -24,4 +24,3 @@ class MeshSettings(BaseSettings):
     models: CommaList = Field(["gemma-3-270m", "all-minilm-l6-v2"])
     data_dir: Path = Field(Path(".data"), description="Prepared model weights and run files.")
     ready_timeout_seconds: float = Field(900.0, description="Give up if the mesh is not ready by then.")
-

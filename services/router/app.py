@@ -28,8 +28,12 @@ class RouterApp:
 
     def registrations(self) -> list[Registration]:
         return [
-            Registration(ROUTER_SERVICE, router_grpc.add_RouterServiceServicer_to_server, RouterServicer(self.backends)),
-            Registration(OPENAI_SERVICE, openai_grpc.add_OpenAIServiceServicer_to_server, OpenAIServicer(self.backends)),
+            Registration(
+                ROUTER_SERVICE, router_grpc.add_RouterServiceServicer_to_server, RouterServicer(self.backends)
+            ),
+            Registration(
+                OPENAI_SERVICE, openai_grpc.add_OpenAIServiceServicer_to_server, OpenAIServicer(self.backends)
+            ),
         ]
 
     async def start(self, health: HealthServicer) -> None:

@@ -25,9 +25,7 @@ class ServiceSettings(BaseSettings):
 
     grpc_host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
     grpc_port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
-    metrics_port: int | None = Field(
-        None, ge=0, le=65535, description="Prometheus /metrics port; unset disables it."
-    )
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics port; unset disables it.")
     drain_seconds: float = Field(
         1.0, ge=0, description="Time between reporting NOT_SERVING and closing, so Envoy stops routing here."
     )

@@ -9,9 +9,10 @@ from opentelemetry import trace
 
 
 def tracing_enabled() -> bool:
-    return bool(
-        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    ) and os.environ.get("OTEL_SDK_DISABLED", "").lower() != "true"
+    return (
+        bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        and os.environ.get("OTEL_SDK_DISABLED", "").lower() != "true"
+    )
 
 
 def configure_tracing(service: str) -> trace.TracerProvider | None:

@@ -19,13 +19,20 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess:
 def test_list_shows_the_public_services_and_health(front_door):
     result = grpcurl(front_door, "list")
     services = set(result.stdout.split())
-    assert {"infermesh.router.v1.RouterService", "infermesh.openai.v1.OpenAIService", "grpc.health.v1.Health"} <= services
+    assert {
+        "infermesh.router.v1.RouterService",
+        "infermesh.openai.v1.OpenAIService",
+        "grpc.health.v1.Health",
+    } <= services
 
 
 def test_describe_shows_the_rpcs_with_their_http_rules(front_door):
     result = grpcurl(front_door, "describe", "infermesh.router.v1.RouterService")
-    assert "rpc StreamGenerateText" in result.stdout and "returns ( stream .infermesh.inference.v1.GenerateTextResponse )" in result.stdout
-    assert '/v1/generate-text' in result.stdout
+    assert (
+        "rpc StreamGenerateText" in result.stdout
+        and "returns ( stream .infermesh.inference.v1.GenerateTextResponse )" in result.stdout
+    )
+    assert "/v1/generate-text" in result.stdout
 
 
 def test_unary_call(front_door):

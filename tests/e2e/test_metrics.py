@@ -12,5 +12,7 @@ def test_calls_are_counted_by_method_and_code(mesh, base_url):
     inference = httpx.get(f"http://127.0.0.1:{mesh.settings.inference_metrics_port}/metrics", timeout=10).text
     assert 'infermesh_grpc_requests_total{code="OK",method="/infermesh.router.v1.RouterService/Embed"}' in router
     assert 'infermesh_grpc_requests_total{code="NOT_FOUND",method="/infermesh.router.v1.RouterService/Embed"}' in router
-    assert 'infermesh_grpc_requests_total{code="OK",method="/infermesh.inference.v1.InferenceService/Embed"}' in inference
+    assert (
+        'infermesh_grpc_requests_total{code="OK",method="/infermesh.inference.v1.InferenceService/Embed"}' in inference
+    )
     assert "infermesh_grpc_request_duration_seconds_bucket" in inference

@@ -49,7 +49,9 @@ def test_legacy_completion_with_and_without_stream(client):
     unary = client.completions.create(model="gemma-3-270m", prompt="The capital of France is", max_tokens=8)
     streamed = "".join(
         c.choices[0].text
-        for c in client.completions.create(model="gemma-3-270m", prompt="The capital of France is", max_tokens=8, stream=True)
+        for c in client.completions.create(
+            model="gemma-3-270m", prompt="The capital of France is", max_tokens=8, stream=True
+        )
     )
     assert unary.choices[0].text and streamed == unary.choices[0].text
 

@@ -3,7 +3,6 @@ cancellation, deadlines, pagination and rich errors."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
@@ -28,9 +27,7 @@ GEMMA = "gemma-3-270m"
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def server():
-    settings = InferenceSettings(
-        grpc_port=0, models=[GEMMA], data_dir=Path(os.environ.get("DATA_DIR", ROOT / ".data"))
-    )
+    settings = InferenceSettings(grpc_port=0, models=[GEMMA], data_dir=Path(os.environ.get("DATA_DIR", ROOT / ".data")))
     app = InferenceApp(settings)
     bound = await create_server(settings, app)
     await bound.server.start()
@@ -69,7 +66,9 @@ async def test_a_cancelled_stream_stops_generating_and_frees_the_model(server):
 async def test_an_expired_deadline_ends_the_call_and_the_server_stays_free(server):
     stub = server["stub"]
     with pytest.raises(grpc.aio.AioRpcError) as error:
-        await stub.GenerateText(pb.GenerateTextRequest(model=GEMMA, prompt="Tell me a story", max_tokens=4000), timeout=1)
+        await stub.GenerateText(
+            pb.GenerateTextRequest(model=GEMMA, prompt="Tell me a story", max_tokens=4000), timeout=1
+        )
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     reply = await stub.GenerateText(pb.GenerateTextRequest(model=GEMMA, prompt="Hi", max_tokens=3), timeout=30)
     assert reply.usage.output_tokens == 3
@@ -77,7 +76,9 @@ async def test_an_expired_deadline_ends_the_call_and_the_server_stays_free(serve
 
 async def test_stop_sequences_end_generation_without_the_stop_text(server):
     stub = server["stub"]
-    free = await stub.GenerateText(pb.GenerateTextRequest(model=GEMMA, prompt="The capital of France is", max_tokens=16))
+    free = await stub.GenerateText(
+        pb.GenerateTextRequest(model=GEMMA, prompt="The capital of France is", max_tokens=16)
+    )
     word = free.text.split()[2]  # a word the model is going to say
     stopped = await stub.GenerateText(
         pb.GenerateTextRequest(model=GEMMA, prompt="The capital of France is", max_tokens=16, stop_sequences=[word])

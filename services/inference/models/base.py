@@ -81,10 +81,10 @@ class ServedModel(abc.ABC):
     def load(self) -> None:
         """Load weights; raise if the model cannot serve (fail fast)."""
 
-    def warmup(self) -> None:
+    def warmup(self) -> None:  # noqa: B027 - optional hook
         """Run one tiny request so first-call latency is not paid by a user."""
 
-    def stop(self) -> None:
+    def stop(self) -> None:  # noqa: B027 - optional hook
         """Release weights."""
 
     def count_tokens(self, text: str) -> int:

@@ -112,9 +112,7 @@ class TransformersCausalLM(ServedModel):
             if usage.output_tokens == params.max_tokens:
                 break
             tokens = torch.cat([tokens, next_id.view(1, 1)], dim=1)
-            output = self.model(
-                input_ids=next_id.view(1, 1), cache=output.cache, use_cache=True
-            )
+            output = self.model(input_ids=next_id.view(1, 1), cache=output.cache, use_cache=True)
         yield TextChunk(stops.flush(), finish_reason=finish, usage=usage)
 
     def _sampler(self, params: GenerationParams) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
