@@ -1,0 +1,65 @@
+"""SIGTERM on a service: it reports NOT_SERVING at once, lets in-flight calls finish,
+refuses new ones, and exits 0 (DESIGN.md decision 5)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from conftest import ROOT, free_port
+from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+
+
+def test_sigterm_drains_in_flight_generation_then_exits(tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "GRPC_PORT": str(port),
+        "MODELS": "gemma-3-270m",
+        "DATA_DIR": os.environ.get("DATA_DIR", str(ROOT / ".data")),
+        "DRAIN_SECONDS": "1",
+        "SHUTDOWN_GRACE_SECONDS": "30",
+    }
+    log = (tmp_path / "inference.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "infermesh_inference"], env=env, stdout=log, stderr=log)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if (
+                    health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
+                    break
+            except grpc.RpcError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "inference.log").read_text()
+            time.sleep(0.5)
+
+        stub = pb_grpc.InferenceServiceStub(channel)
+        stream = stub.StreamGenerateText(
+            pb.GenerateTextRequest(model="gemma-3-270m", prompt="Once upon a time", max_tokens=48)
+        )
+        first = next(stream)
+        assert first.text
+        server.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING  # Envoy stops routing here
+        rest = list(stream)  # the in-flight stream is not cut
+        assert rest[-1].usage.output_tokens == 48
+        assert server.wait(timeout=60) == 0
+        channel.close()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
