@@ -13,8 +13,9 @@ from grpc_health.v1._async import HealthServicer
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
-from infermesh_inference.core import InferenceCore
+from infermesh_inference.core import EmbedBatching, InferenceCore
 from infermesh_inference.models.builtin import build_model
+from infermesh_inference.models.continuous_batching import BatchingSettings
 from infermesh_inference.repository import ModelEntry, ModelRepository, ModelState
 from infermesh_inference.servicer import InferenceServicer
 from infermesh_inference.settings import InferenceSettings
@@ -46,6 +47,14 @@ class InferenceApp:
                 device=settings.device,
                 dtype=settings.dtype,
                 max_context=settings.max_context_tokens,
+                batching=BatchingSettings(
+                    max_batch_size=settings.max_batch_size,
+                    max_queue_size=settings.max_queue_size,
+                    num_blocks=settings.kv_cache_blocks,
+                    max_batch_tokens=settings.max_batch_tokens,
+                )
+                if settings.generation_batching
+                else None,
             )
             for model_id in settings.models
         ]
@@ -53,7 +62,14 @@ class InferenceApp:
         self.executor = ThreadPoolExecutor(
             max_workers=len(models) * settings.max_concurrent_inferences + 1, thread_name_prefix="model"
         )
-        self.core = InferenceCore(self.repository, self.executor, settings.default_max_tokens)
+        self.core = InferenceCore(
+            self.repository,
+            self.executor,
+            settings.default_max_tokens,
+            EmbedBatching(
+                settings.embed_max_batch_size, settings.embed_max_queue_delay_ms / 1000, settings.embed_max_queue_items
+            ),
+        )
 
     def registrations(self) -> list[Registration]:
         return [Registration(SERVICE, pb_grpc.add_InferenceServiceServicer_to_server, InferenceServicer(self.core))]
@@ -76,5 +92,6 @@ class InferenceApp:
         await mark_serving(health, [SERVICE])
 
     async def close(self) -> None:
+        await self.core.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.repository.stop_all()

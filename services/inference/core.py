@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
+from contextlib import aclosing
 from dataclasses import dataclass
 
+from infermesh_inference.batching import DynamicBatcher
 from infermesh_inference.models.base import (
     CancelToken,
     Capability,
@@ -15,6 +17,7 @@ from infermesh_inference.models.base import (
     ServedModel,
     TextChunk,
 )
+from infermesh_inference.models.continuous_batching import ContinuousBatcher
 from infermesh_inference.repository import ModelEntry, ModelRepository
 from infermesh_runtime.errors import InvalidArgument
 
@@ -29,6 +32,7 @@ class SamplingRequest:
     top_k: int = 0
     stop_sequences: tuple[str, ...] = ()
     seed: int | None = None
+    repetition_penalty: float = 1.0
 
 
 class _Failed:
@@ -39,39 +43,101 @@ class _Failed:
 _DONE = object()
 
 
+@dataclass(frozen=True)
+class EmbedBatching:
+    max_batch_size: int = 128
+    max_queue_delay: float = 0.005
+    max_queue_items: int = 8192
+
+
 class InferenceCore:
-    def __init__(self, repository: ModelRepository, executor: Executor, default_max_tokens: int) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        executor: Executor,
+        default_max_tokens: int,
+        embed_batching: EmbedBatching,
+    ) -> None:
         self.repository = repository
         self._executor = executor
         self._default_max_tokens = default_max_tokens
+        self._embed_batching = embed_batching
+        self._embedders: dict[str, DynamicBatcher] = {}
 
     async def generate(self, model_id: str, prompt: str, sampling: SamplingRequest) -> AsyncIterator[TextChunk]:
         entry = self.repository.get(model_id, Capability.TEXT_GENERATION)
-
-        def work(cancel: CancelToken) -> Iterator[TextChunk]:
-            params = self._params(entry.model, prompt, sampling, ())
-            return entry.model.generate(prompt, params, cancel)
-
-        async for chunk in self._stream(entry, work):
+        async for chunk in self._generate(entry, prompt, sampling, ()):
             yield chunk
 
     async def chat(
         self, model_id: str, messages: list[tuple[str, str]], sampling: SamplingRequest
     ) -> AsyncIterator[TextChunk]:
         entry = self.repository.get(model_id, Capability.CHAT)
+        prompt, stops = entry.model.chat_prompt(messages)
+        started = False
+        async for chunk in self._generate(entry, prompt, sampling, stops):
+            if not started:  # a reply after "Assistant:" starts with a space the user should not see
+                chunk.text = chunk.text.lstrip()
+                started = bool(chunk.text)
+            if chunk.text or chunk.finish_reason is not None:
+                yield chunk
+
+    async def _generate(
+        self, entry: ModelEntry, prompt: str, sampling: SamplingRequest, extra_stops: tuple[str, ...]
+    ) -> AsyncIterator[TextChunk]:
+        model = entry.model
+        batcher = getattr(model, "batcher", None)
+        if batcher is not None and ContinuousBatcher.can_serve(
+            self._params(model, 0, sampling, extra_stops, check=False)
+        ):
+            input_ids = model.encode(prompt)
+            params = self._params(model, len(input_ids), sampling, extra_stops)
+            text = model.assembler(len(input_ids), params)
+            async with aclosing(batcher.tokens(input_ids, params)) as batches:
+                async for new_tokens in batches:
+                    for token in new_tokens:
+                        if piece := text.push(token):
+                            yield TextChunk(piece)
+                        if text.finish is not None:
+                            break
+                    if text.finish is not None:
+                        break
+            yield text.last_chunk()
+            return
 
         def work(cancel: CancelToken) -> Iterator[TextChunk]:
-            prompt, stops = entry.model.chat_prompt(messages)
-            params = self._params(entry.model, prompt, sampling, stops)
-            return _strip_leading_space(entry.model.generate(prompt, params, cancel))
+            params = self._params(model, model.count_tokens(prompt), sampling, extra_stops)
+            return model.generate(prompt, params, cancel)
 
         async for chunk in self._stream(entry, work):
             yield chunk
 
     async def embed(self, model_id: str, texts: list[str]) -> Embeddings:
+        """Embed through the model's dynamic batcher, so concurrent callers share passes."""
         entry = self.repository.get(model_id, Capability.EMBEDDING)
-        async with entry.concurrency:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, entry.model.embed, texts)
+        batcher = self._embedders.get(model_id)
+        if batcher is None:
+
+            def run(items: list[str], model: ServedModel = entry.model) -> list[tuple[list[float], int]]:
+                result = model.embed(items)
+                return list(zip(result.vectors, result.token_counts, strict=True))
+
+            settings = self._embed_batching
+            batcher = DynamicBatcher(
+                model_id,
+                run,
+                self._executor,
+                settings.max_batch_size,
+                settings.max_queue_delay,
+                settings.max_queue_items,
+            )
+            self._embedders[model_id] = batcher
+        results = await batcher.submit(texts)
+        return Embeddings(vectors=[v for v, _ in results], token_counts=[n for _, n in results])
+
+    async def close(self) -> None:
+        for batcher in self._embedders.values():
+            await batcher.close()
 
     async def warmup(self, model_ids: list[str]) -> list[ModelEntry]:
         entries = [e for e in self.repository.entries() if not model_ids or e.model.model_id in model_ids]
@@ -86,18 +152,22 @@ class InferenceCore:
         return entries
 
     def _params(
-        self, model: ServedModel, prompt: str, sampling: SamplingRequest, extra_stops: tuple[str, ...]
+        self,
+        model: ServedModel,
+        prompt_tokens: int,
+        sampling: SamplingRequest,
+        extra_stops: tuple[str, ...],
+        check: bool = True,
     ) -> GenerationParams:
         """Check the prompt against the context window and settle max_tokens."""
         limit = model.context_length
-        prompt_tokens = model.count_tokens(prompt)
         if sampling.max_tokens is None:
-            if prompt_tokens >= limit:
+            if check and prompt_tokens >= limit:
                 raise _context_error(model.model_id, prompt_tokens, 1, limit)
-            max_tokens = min(self._default_max_tokens, limit - prompt_tokens)
+            max_tokens = max(1, min(self._default_max_tokens, limit - prompt_tokens))
         else:
             max_tokens = sampling.max_tokens
-            if prompt_tokens + max_tokens > limit:
+            if check and prompt_tokens + max_tokens > limit:
                 raise _context_error(model.model_id, prompt_tokens, max_tokens, limit)
         return GenerationParams(
             max_tokens=max_tokens,
@@ -106,6 +176,7 @@ class InferenceCore:
             top_k=sampling.top_k,
             stop_sequences=sampling.stop_sequences + extra_stops,
             seed=sampling.seed,
+            repetition_penalty=sampling.repetition_penalty,
         )
 
     async def _stream(
@@ -151,14 +222,3 @@ def _context_error(model_id: str, prompt_tokens: int, max_tokens: int, limit: in
         max_tokens=max_tokens,
         context_length=limit,
     )
-
-
-def _strip_leading_space(chunks: Iterator[TextChunk]) -> Iterator[TextChunk]:
-    """A reply after "Assistant:" starts with a space the user should not see."""
-    started = False
-    for chunk in chunks:
-        if not started:
-            chunk.text = chunk.text.lstrip()
-            started = bool(chunk.text)
-        if chunk.text or chunk.finish_reason is not None:
-            yield chunk

@@ -41,6 +41,7 @@ def sampling_from(request: pb.GenerateTextRequest | pb.ChatRequest) -> SamplingR
         top_k=request.top_k if request.HasField("top_k") else 0,
         stop_sequences=tuple(request.stop_sequences),
         seed=request.seed if request.HasField("seed") else None,
+        repetition_penalty=request.repetition_penalty if request.HasField("repetition_penalty") else 1.0,
     )
 
 

@@ -22,3 +22,16 @@ class InferenceSettings(ServiceSettings):
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request leaves it unset.")
     torch_threads: int = Field(0, ge=0, description="Intra-op threads; 0 uses the CPUs this process may run on.")
     data_dir: Path = Field(Path(".data"), description="Where prepared model weights are cached.")
+
+    generation_batching: bool = Field(True, description="Continuous batching for text generation.")
+    max_batch_size: int = Field(32, ge=1, le=512, description="Requests decoded together in one batch.")
+    max_queue_size: int = Field(
+        256, ge=1, description="Generation requests admitted per model (running + waiting); more get 429."
+    )
+    kv_cache_blocks: int = Field(128, ge=8, description="Pages of KV cache for the batch (page size 256 tokens).")
+    max_batch_tokens: int = Field(1024, ge=64, description="Tokens per forward pass (prefill chunks + decodes).")
+    embed_max_batch_size: int = Field(128, ge=1, description="Texts embedded together in one forward pass.")
+    embed_max_queue_delay_ms: float = Field(
+        5.0, ge=0, description="How long the first text of a batch waits for company."
+    )
+    embed_max_queue_items: int = Field(8192, ge=1, description="Texts waiting per embedding model; more get 429.")

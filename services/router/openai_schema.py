@@ -60,6 +60,7 @@ class _Sampling(_Request):
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    repetition_penalty: float | None = Field(None, gt=0, le=2, description="An extension, as vLLM has it.")
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -75,6 +76,8 @@ class _Sampling(_Request):
             fields["top_p"] = self.top_p
         if self.seed is not None:
             fields["seed"] = self.seed
+        if self.repetition_penalty is not None:
+            fields["repetition_penalty"] = self.repetition_penalty
         fields["stop_sequences"] = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return fields
 

@@ -8,7 +8,7 @@ named in the message.
 from __future__ import annotations
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 DOMAIN = "infermesh.dev"
@@ -19,17 +19,25 @@ class DomainError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, message: str, *, reason: str, **metadata: object) -> None:
+    def __init__(self, message: str, *, reason: str, retry_after: float | None = None, **metadata: object) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason
+        self.retry_after = retry_after
         self.metadata = {key: str(value) for key, value in metadata.items()}
 
     def to_status(self) -> status_pb2.Status:
-        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
-        detail = any_pb2.Any()
-        detail.Pack(info)
-        return status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+        details = [error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)]
+        if self.retry_after is not None:
+            delay = duration_pb2.Duration()
+            delay.FromNanoseconds(int(self.retry_after * 1e9))
+            details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+        packed = []
+        for detail in details:
+            any_detail = any_pb2.Any()
+            any_detail.Pack(detail)
+            packed.append(any_detail)
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=packed)
 
 
 class InvalidArgument(DomainError):
@@ -50,6 +58,12 @@ class Unavailable(DomainError):
 
 class ResourceExhausted(DomainError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Internal(DomainError):
+    """A failure the caller cannot fix, with a message that is safe to show."""
+
+    code = grpc.StatusCode.INTERNAL
 
 
 class Unimplemented(DomainError):

@@ -28,6 +28,7 @@ class GenerationParams:
     top_k: int = 0
     stop_sequences: tuple[str, ...] = ()
     seed: int | None = None
+    repetition_penalty: float = 1.0
 
 
 @dataclass
@@ -52,7 +53,11 @@ class TextChunk:
 @dataclass
 class Embeddings:
     vectors: list[list[float]]
-    usage: Usage = field(default_factory=Usage)
+    token_counts: list[int] = field(default_factory=list)  # per input, as the model saw it
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(input_tokens=sum(self.token_counts))
 
 
 class CancelToken:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from infermesh_inference.models.base import ServedModel
+from infermesh_inference.models.continuous_batching import BatchingSettings
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +69,21 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
 
 
-def build_model(model_id: str, *, data_dir: Path, device: str, dtype: str, max_context: int) -> ServedModel:
+def build_model(
+    model_id: str,
+    *,
+    data_dir: Path,
+    device: str,
+    dtype: str,
+    max_context: int,
+    batching: BatchingSettings | None = None,
+) -> ServedModel:
     from infermesh_inference.models.causal_lm import TransformersCausalLM
     from infermesh_inference.models.sentence_embedder import SentenceEmbedder
 
     factories: dict[str, Callable[[], ServedModel]] = {
         GEMMA_ID: lambda: TransformersCausalLM(
-            GEMMA_ID, lambda: prepare_gemma(data_dir), device, resolve_dtype(dtype, device), max_context
+            GEMMA_ID, lambda: prepare_gemma(data_dir), device, resolve_dtype(dtype, device), max_context, batching
         ),
         MINILM_ID: lambda: SentenceEmbedder(MINILM_ID, minilm_path(), device, resolve_dtype(dtype, device)),
     }

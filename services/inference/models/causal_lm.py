@@ -16,6 +16,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -24,14 +25,13 @@ from transformers import (
 from infermesh_inference.models.base import (
     CancelToken,
     Capability,
-    FinishReason,
     GenerationParams,
     ServedModel,
     TextChunk,
-    Usage,
 )
 from infermesh_inference.models.chat_format import base_model_chat_prompt
-from infermesh_inference.models.text_stream import IncrementalDecoder, StopSequenceFilter
+from infermesh_inference.models.continuous_batching import BatchingSettings, ContinuousBatcher
+from infermesh_inference.models.text_assembly import TextAssembler
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,13 @@ class TransformersCausalLM(ServedModel):
     capabilities = frozenset({Capability.TEXT_GENERATION, Capability.CHAT})
 
     def __init__(
-        self, model_id: str, prepare: Callable[[], Path], device: str, dtype: torch.dtype, max_context: int
+        self,
+        model_id: str,
+        prepare: Callable[[], Path],
+        device: str,
+        dtype: torch.dtype,
+        max_context: int,
+        batching: BatchingSettings | None = None,
     ) -> None:
         super().__init__()
         self.model_id = model_id
@@ -51,6 +57,8 @@ class TransformersCausalLM(ServedModel):
         self.device, self.dtype = str(self._torch_device), str(dtype).removeprefix("torch.")
         self.model = None
         self.tokenizer = None
+        self._batching = batching
+        self.batcher: ContinuousBatcher | None = None
 
     def load(self) -> None:
         path = self._prepare()
@@ -65,12 +73,20 @@ class TransformersCausalLM(ServedModel):
         self._eos = {eos} if isinstance(eos, int) else set(eos or [])
         if self.tokenizer.eos_token_id is not None:
             self._eos.add(self.tokenizer.eos_token_id)
+        if self._batching is not None:
+            self.batcher = ContinuousBatcher(
+                model, self._eos, int(model.config.vocab_size), self._batching, self.model_id
+            )
+            self.batcher.start()
 
     def warmup(self) -> None:
         for _ in self.generate("Hello", GenerationParams(max_tokens=2), CancelToken()):
             pass
 
     def stop(self) -> None:
+        if self.batcher is not None:
+            self.batcher.stop()
+            self.batcher = None
         self.model = None
         if self._torch_device.type == "cuda":
             torch.cuda.empty_cache()
@@ -84,41 +100,39 @@ class TransformersCausalLM(ServedModel):
             return self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False), ()
         return base_model_chat_prompt(messages)
 
+    def encode(self, prompt: str) -> list[int]:
+        return self.tokenizer(prompt)["input_ids"]
+
+    def assembler(self, input_tokens: int, params: GenerationParams) -> TextAssembler:
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        return TextAssembler(decode, self._eos, params.stop_sequences, input_tokens, params.max_tokens)
+
     @torch.inference_mode()
     def generate(self, prompt: str, params: GenerationParams, cancel: CancelToken) -> Iterator[TextChunk]:
-        input_ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"].to(self._torch_device)
-        usage = Usage(input_tokens=int(input_ids.shape[1]))
-        decoder = IncrementalDecoder(lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
-        stops = StopSequenceFilter(params.stop_sequences)
+        """One request alone: used where batching cannot honour a parameter (seeded sampling,
+        repetition penalty) and when batching is off."""
+        input_ids = torch.tensor([self.encode(prompt)], device=self._torch_device)
+        text = self.assembler(int(input_ids.shape[1]), params)
         pick = self._sampler(params)
         output = self.model(input_ids=input_ids, use_cache=True)
         tokens = input_ids
-        finish = FinishReason.LENGTH
-        while usage.output_tokens < params.max_tokens and not cancel.cancelled:
+        while not cancel.cancelled:
             next_id = pick(tokens, output.logits[:, -1, :])
-            usage.output_tokens += 1
-            token = int(next_id)
-            if token in self._eos:
-                finish = FinishReason.STOP
-                break
-            text = stops.push(decoder.push(token))
-            if stops.stopped:
-                finish = FinishReason.STOP
-                if text:
-                    yield TextChunk(text)
-                break
-            if text:
-                yield TextChunk(text)
-            if usage.output_tokens == params.max_tokens:
+            if piece := text.push(int(next_id)):
+                yield TextChunk(piece)
+            if text.finish is not None:
                 break
             tokens = torch.cat([tokens, next_id.view(1, 1)], dim=1)
             output = self.model(input_ids=next_id.view(1, 1), cache=output.cache, use_cache=True)
-        yield TextChunk(stops.flush(), finish_reason=finish, usage=usage)
+        yield text.last_chunk()
 
     def _sampler(self, params: GenerationParams) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        penalty = LogitsProcessorList()
+        if params.repetition_penalty != 1.0:
+            penalty.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
         if params.temperature <= 0:
-            return lambda tokens, logits: logits.argmax(dim=-1)
-        warpers = LogitsProcessorList([TemperatureLogitsWarper(params.temperature)])
+            return lambda tokens, logits: penalty(tokens, logits.float()).argmax(dim=-1)
+        warpers = LogitsProcessorList([*penalty, TemperatureLogitsWarper(params.temperature)])
         if params.top_k:
             warpers.append(TopKLogitsWarper(params.top_k))
         if params.top_p < 1.0:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from infermesh_inference.models.base import Capability, Embeddings, ServedModel, Usage
+from infermesh_inference.models.base import Capability, Embeddings, ServedModel
 
 
 class SentenceEmbedder(ServedModel):
@@ -46,7 +46,7 @@ class SentenceEmbedder(ServedModel):
     @torch.inference_mode()
     def embed(self, texts: list[str]) -> Embeddings:
         vectors: list[list[float]] = []
-        usage = Usage()
+        counts: list[int] = []
         for start in range(0, len(texts), self._batch_size):
             batch = self.tokenizer(
                 texts[start : start + self._batch_size],
@@ -59,5 +59,5 @@ class SentenceEmbedder(ServedModel):
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             vectors.extend(torch.nn.functional.normalize(pooled.float(), dim=-1).tolist())
-            usage.input_tokens += int(batch["attention_mask"].sum())
-        return Embeddings(vectors=vectors, usage=usage)
+            counts.extend(int(n) for n in batch["attention_mask"].sum(dim=1))
+        return Embeddings(vectors=vectors, token_counts=counts)
