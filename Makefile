@@ -11,13 +11,16 @@ export DATA_DIR ?= $(CURDIR)/.data
 
 PROTOS := $(shell find protos third_party -name '*.proto')
 
-.PHONY: run test lint install gen models clean
+.PHONY: run test lint bench install gen models clean
 
 run: install models
 	$(BIN)/python -m infermesh_mesh
 
 test: install models
 	$(BIN)/python -m pytest
+
+bench: install models
+	$(BIN)/python bench/inference_bench.py
 
 lint: install
 	$(BIN)/ruff check .

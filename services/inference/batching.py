@@ -14,6 +14,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from infermesh_inference import metrics
 from infermesh_runtime.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class DynamicBatcher(Generic[T]):
 
     async def submit(self, items: Sequence[Any]) -> list[T]:
         if self._queued_items + len(items) > self._max_queued:
+            metrics.REJECTED.labels(self.name).inc()
             raise ResourceExhausted(
                 f"{self.name}: {self._queued_items} inputs already queued (limit {self._max_queued}); retry shortly",
                 reason="QUEUE_FULL",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import aclosing
 from dataclasses import dataclass
 
+from infermesh_inference import metrics
 from infermesh_inference.batching import DynamicBatcher
 from infermesh_inference.models.base import (
     CancelToken,
@@ -85,6 +87,25 @@ class InferenceCore:
     async def _generate(
         self, entry: ModelEntry, prompt: str, sampling: SamplingRequest, extra_stops: tuple[str, ...]
     ) -> AsyncIterator[TextChunk]:
+        """Generate on the batch where it can honour the request, alone otherwise; record timings."""
+        model_id = entry.model.model_id
+        started = time.perf_counter()
+        first = None
+        async for chunk in self._generate_on_best_path(entry, prompt, sampling, extra_stops):
+            if first is None and chunk.text:
+                first = time.perf_counter()
+                metrics.TIME_TO_FIRST_TOKEN.labels(model_id).observe(first - started)
+            if chunk.usage is not None:
+                metrics.TOKENS.labels(model_id, "input").inc(chunk.usage.input_tokens)
+                metrics.TOKENS.labels(model_id, "output").inc(chunk.usage.output_tokens)
+                if first is not None and chunk.usage.output_tokens > 1:
+                    per_token = (time.perf_counter() - first) / (chunk.usage.output_tokens - 1)
+                    metrics.TIME_PER_OUTPUT_TOKEN.labels(model_id).observe(per_token)
+            yield chunk
+
+    async def _generate_on_best_path(
+        self, entry: ModelEntry, prompt: str, sampling: SamplingRequest, extra_stops: tuple[str, ...]
+    ) -> AsyncIterator[TextChunk]:
         model = entry.model
         batcher = getattr(model, "batcher", None)
         if batcher is not None and ContinuousBatcher.can_serve(
@@ -130,10 +151,16 @@ class InferenceCore:
                 settings.max_batch_size,
                 settings.max_queue_delay,
                 settings.max_queue_items,
+                on_batch=metrics.BATCH_SIZE.labels(model_id).observe,
             )
             self._embedders[model_id] = batcher
-        results = await batcher.submit(texts)
-        return Embeddings(vectors=[v for v, _ in results], token_counts=[n for _, n in results])
+        try:
+            results = await batcher.submit(texts)
+        finally:
+            metrics.QUEUE_DEPTH.labels(model_id).set(batcher.queued_items)
+        embeddings = Embeddings(vectors=[v for v, _ in results], token_counts=[n for _, n in results])
+        metrics.TOKENS.labels(model_id, "input").inc(embeddings.usage.input_tokens)
+        return embeddings
 
     async def close(self) -> None:
         for batcher in self._embedders.values():

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
+from infermesh_inference import metrics
 from infermesh_inference.models.base import Capability, ServedModel
 from infermesh_runtime.errors import FailedPrecondition, NotFound, Unavailable
 
@@ -73,6 +74,8 @@ class ModelRepository:
             else:
                 entry.state = ModelState.READY
                 entry.load_seconds = loop.time() - started
+                metrics.LOAD_SECONDS.labels(entry.model.model_id).set(entry.load_seconds)
+                metrics.MODEL_MEMORY.labels(entry.model.model_id).set(entry.model.memory_bytes())
                 log.info("model %s ready in %.1fs", entry.model.model_id, entry.load_seconds)
             await on_change(entry)
 

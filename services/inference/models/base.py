@@ -92,6 +92,14 @@ class ServedModel(abc.ABC):
     def stop(self) -> None:  # noqa: B027 - optional hook
         """Release weights."""
 
+    def memory_bytes(self) -> int:
+        """Bytes of weights and buffers the model holds (on whichever device)."""
+        module = getattr(self, "model", None)
+        if module is None:
+            return 0
+        tensors = [*module.parameters(), *module.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def count_tokens(self, text: str) -> int:
         raise NotImplementedError
 

@@ -74,9 +74,7 @@ class TransformersCausalLM(ServedModel):
         if self.tokenizer.eos_token_id is not None:
             self._eos.add(self.tokenizer.eos_token_id)
         if self._batching is not None:
-            self.batcher = ContinuousBatcher(
-                model, self._eos, int(model.config.vocab_size), self._batching, self.model_id
-            )
+            self.batcher = ContinuousBatcher(model, self._eos, self._batching, self.model_id)
             self.batcher.start()
 
     def warmup(self) -> None:

@@ -1,0 +1,230 @@
+"""`make bench`: throughput of the inference server under concurrency, measured side by side.
+
+Through the front door (Envoy → router → Envoy → inference server, REST + SSE) and then
+in-process (the inference core called directly, no gRPC, no Envoy), on the same machine
+in one run, so the ratios and the mesh's own cost can be read off together:
+
+- generation: aggregate generated tokens/s at 1, 4, 16 and 32 concurrent streams divided
+  by the sequential batch-1 rate, with time-to-first-token p50/p99;
+- embeddings: sentences/s at 64 concurrent callers divided by one-at-a-time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+PROMPTS = [
+    "Write a long story about a lighthouse keeper named",
+    "The history of the Roman Empire begins with",
+    "Here is a detailed recipe for bread. First,",
+    "The most important inventions of the twentieth century are",
+]
+SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
+
+
+@dataclass
+class Run:
+    tokens: int
+    seconds: float
+    ttfts: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def concurrently(n: int, one: Callable[[int], Awaitable[tuple[int, float]]]) -> Run:
+    started = time.perf_counter()
+    results = await asyncio.gather(*(one(i) for i in range(n)))
+    return Run(sum(t for t, _ in results), time.perf_counter() - started, [f for _, f in results])
+
+
+async def sequential(n: int, one: Callable[[int], Awaitable[tuple[int, float]]]) -> Run:
+    started, tokens, ttfts = time.perf_counter(), 0, []
+    for i in range(n):
+        t, f = await one(i)
+        tokens += t
+        ttfts.append(f)
+    return Run(tokens, time.perf_counter() - started, ttfts)
+
+
+def report_generation(title: str, baseline: Run, runs: dict[int, Run]) -> None:
+    print(f"\n{title}")
+    print(
+        f"  sequential batch-1: {baseline.rate:7.1f} tok/s   TTFT p50 {1000 * statistics.median(baseline.ttfts):6.0f} ms"
+    )
+    for n, run in runs.items():
+        print(
+            f"  {n:3d} concurrent:     {run.rate:7.1f} tok/s = {run.rate / baseline.rate:5.1f}x   "
+            f"TTFT p50 {1000 * percentile(run.ttfts, 0.5):6.0f} ms  p99 {1000 * percentile(run.ttfts, 0.99):6.0f} ms"
+        )
+
+
+async def through_front_door(base_url: str, max_tokens: int, levels: list[int], embeds: int) -> dict:
+    limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
+    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
+
+        async def stream(i: int) -> tuple[int, float]:
+            body = {"model": "gemma-3-270m", "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": max_tokens}
+            started, first, tokens = time.perf_counter(), None, 0
+            async with client.stream("POST", "/v1/generate-text:stream", json=body) as response:
+                response.raise_for_status()
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    event = json.loads(line[6:])
+                    if event["text"] and first is None:
+                        first = time.perf_counter() - started
+                    if event.get("usage"):
+                        tokens = event["usage"]["output_tokens"]
+            return tokens, first or 0.0
+
+        async def embed(i: int) -> tuple[int, float]:
+            started = time.perf_counter()
+            reply = await client.post("/v1/embed", json={"model": "all-minilm-l6-v2", "inputs": [f"{SENTENCE} {i}"]})
+            reply.raise_for_status()
+            return 1, time.perf_counter() - started
+
+        await stream(0)  # warm the path
+        baseline = await sequential(3, stream)
+        runs = {n: await concurrently(n, stream) for n in levels}
+        report_generation("Generation through the front door (REST SSE via Envoy and the router)", baseline, runs)
+        await sequential(20, embed)
+        one = await sequential(embeds, embed)
+        many = await concurrently_limited(embeds * 4, 64, embed)
+        print_embeddings("Embeddings through the front door (POST /v1/embed, one sentence per request)", one, many)
+        return {"generation": (baseline, runs), "embeddings": (one, many)}
+
+
+async def concurrently_limited(total: int, workers: int, one: Callable[[int], Awaitable[tuple[int, float]]]) -> Run:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(total):
+        queue.put_nowait(i)
+    done, latencies = 0, []
+
+    async def worker() -> None:
+        nonlocal done
+        while not queue.empty():
+            n, latency = await one(queue.get_nowait())
+            done += n
+            latencies.append(latency)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return Run(done, time.perf_counter() - started, latencies)
+
+
+def print_embeddings(title: str, one: Run, many: Run) -> None:
+    print(f"\n{title}")
+    print(f"  one at a time:   {one.rate:7.1f} sentences/s   latency p50 {1000 * statistics.median(one.ttfts):5.1f} ms")
+    print(
+        f"  64 concurrent:   {many.rate:7.1f} sentences/s = {many.rate / one.rate:5.1f}x   "
+        f"latency p50 {1000 * percentile(many.ttfts, 0.5):5.1f} ms  p99 {1000 * percentile(many.ttfts, 0.99):5.1f} ms"
+    )
+
+
+async def in_process(max_tokens: int, levels: list[int], embeds: int, data_dir: Path) -> dict:
+    from infermesh_inference.app import InferenceApp
+    from infermesh_inference.core import SamplingRequest
+    from infermesh_inference.settings import InferenceSettings
+    from infermesh_runtime.server import create_server
+
+    settings = InferenceSettings(grpc_port=0, data_dir=data_dir)
+    app = InferenceApp(settings)
+    bound = await create_server(settings, app)
+    await app.start(bound.health)
+    core = app.core
+
+    async def stream(i: int) -> tuple[int, float]:
+        started, first, tokens = time.perf_counter(), None, 0
+        sampling = SamplingRequest(max_tokens=max_tokens)
+        async for chunk in core.generate("gemma-3-270m", PROMPTS[i % len(PROMPTS)], sampling):
+            if chunk.text and first is None:
+                first = time.perf_counter() - started
+            if chunk.usage:
+                tokens = chunk.usage.output_tokens
+        return tokens, first or 0.0
+
+    async def embed(i: int) -> tuple[int, float]:
+        started = time.perf_counter()
+        await core.embed("all-minilm-l6-v2", [f"{SENTENCE} {i}"])
+        return 1, time.perf_counter() - started
+
+    try:
+        baseline = await sequential(3, stream)
+        runs = {n: await concurrently(n, stream) for n in levels}
+        report_generation("Generation in-process (inference core, no gRPC, no Envoy)", baseline, runs)
+        await sequential(20, embed)
+        one = await sequential(embeds, embed)
+        many = await concurrently_limited(embeds * 4, 64, embed)
+        print_embeddings("Embeddings in-process (inference core's dynamic batcher)", one, many)
+        return {"generation": (baseline, runs), "embeddings": (one, many)}
+    finally:
+        await app.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--levels", default="1,4,16,32")
+    parser.add_argument("--embeds", type=int, default=200, help="one-at-a-time embedding requests")
+    args = parser.parse_args()
+    levels = [int(n) for n in args.levels.split(",")]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from conftest import mesh_settings
+    from infermesh_mesh.launcher import Mesh
+
+    print(f"machine: {os.cpu_count()} CPUs ({_cpu_name()}); model gemma-3-270m, max_tokens={args.max_tokens}")
+    settings = mesh_settings()
+    with tempfile.TemporaryDirectory() as logs:
+        mesh = Mesh(settings, log_dir=Path(logs))
+        mesh.start()
+        try:
+            mesh.wait_ready()
+            mesh_results = asyncio.run(
+                through_front_door(f"http://127.0.0.1:{settings.front_door_port}", args.max_tokens, levels, args.embeds)
+            )
+        finally:
+            mesh.stop()
+    local = asyncio.run(in_process(args.max_tokens, levels, args.embeds, settings.data_dir))
+    print("\nThe mesh's own cost (front door rate / in-process rate)")
+    for n in levels:
+        mesh_rate, local_rate = mesh_results["generation"][1][n].rate, local["generation"][1][n].rate
+        print(f"  generation at {n:3d} concurrent: {mesh_rate / local_rate:5.2f}")
+    one, many = mesh_results["embeddings"][1].rate, local["embeddings"][1].rate
+    print(f"  embeddings at  64 concurrent: {one / many:5.2f}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()

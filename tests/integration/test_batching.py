@@ -1,0 +1,156 @@
+"""Batching under concurrency, in-process on port 0 with the real models: concurrent
+generations share forward passes, a cancelled or expired request leaves the batch at
+once, embeddings are batched dynamically, and full queues refuse at once with retry advice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import pytest_asyncio
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from prometheus_client import REGISTRY
+
+from conftest import ROOT
+from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from infermesh_inference.app import InferenceApp
+from infermesh_inference.settings import InferenceSettings
+from infermesh_runtime.server import create_server
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"
+
+
+async def start(**overrides):
+    data_dir = Path(os.environ.get("DATA_DIR", ROOT / ".data"))
+    settings = InferenceSettings(grpc_port=0, data_dir=data_dir, **overrides)
+    app = InferenceApp(settings)
+    bound = await create_server(settings, app)
+    await bound.server.start()
+    await app.start(bound.health)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{bound.port}")
+    return app, bound, channel
+
+
+async def stop(app, bound, channel):
+    await channel.close()
+    await bound.server.stop(1)
+    await app.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def served():
+    app, bound, channel = await start()
+    yield app, pb_grpc.InferenceServiceStub(channel)
+    await stop(app, bound, channel)
+
+
+def batch_histogram(model: str) -> tuple[float, float]:
+    """(passes with one sequence or input, all passes) so far."""
+    single = REGISTRY.get_sample_value("infermesh_inference_batch_size_bucket", {"model": model, "le": "1.0"}) or 0
+    total = REGISTRY.get_sample_value("infermesh_inference_batch_size_count", {"model": model}) or 0
+    return single, total
+
+
+def batcher(app):
+    return next(e for e in app.repository.entries() if e.model.model_id == GEMMA).model.batcher
+
+
+async def until(condition, timeout=10.0):
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    return condition()
+
+
+async def test_concurrent_generations_share_forward_passes(served):
+    app, stub = served
+    single_before, total_before = batch_histogram(GEMMA)
+    prompts = [f"Fact number {i} about the ocean:" for i in range(8)]
+    replies = await asyncio.gather(
+        *(stub.GenerateText(pb.GenerateTextRequest(model=GEMMA, prompt=p, max_tokens=12)) for p in prompts)
+    )
+    assert all(r.text and 0 < r.usage.output_tokens <= 12 for r in replies)
+    single, total = batch_histogram(GEMMA)
+    multi = (total - total_before) - (single - single_before)
+    assert multi > 0, "no forward pass held more than one sequence"
+    assert batcher(app).in_flight == 0
+
+
+async def test_a_cancelled_request_leaves_the_batch_and_the_others_go_on(served):
+    app, stub = served
+    calls = [
+        stub.StreamGenerateText(pb.GenerateTextRequest(model=GEMMA, prompt=f"Story {i}:", max_tokens=2000))
+        for i in range(3)
+    ]
+    for call in calls:
+        await call.read()
+    assert batcher(app).in_flight == 3
+    calls[0].cancel()
+    assert await until(lambda: batcher(app).in_flight == 2)
+    more = await calls[1].read()  # the others keep streaming
+    assert more.model == GEMMA
+    for call in calls[1:]:
+        call.cancel()
+    assert await until(lambda: batcher(app).in_flight == 0)
+
+
+async def test_an_expired_deadline_leaves_the_batch(served):
+    app, stub = served
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await stub.GenerateText(pb.GenerateTextRequest(model=GEMMA, prompt="Once", max_tokens=2000), timeout=1.5)
+    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert await until(lambda: batcher(app).in_flight == 0)
+
+
+async def test_embeddings_are_batched_and_match_one_at_a_time(served):
+    _, stub = served
+    texts = [f"Sentence number {i} is about {'cats' if i % 2 else 'stock markets'}." for i in range(32)]
+    alone = [(await stub.Embed(pb.EmbedRequest(model=MINILM, inputs=[t]))).embeddings[0].values for t in texts[:3]]
+    single_before, total_before = batch_histogram(MINILM)
+    together = await asyncio.gather(*(stub.Embed(pb.EmbedRequest(model=MINILM, inputs=[t])) for t in texts))
+    single, total = batch_histogram(MINILM)
+    assert (total - total_before) - (single - single_before) > 0
+    assert (total - total_before) < len(texts)  # fewer passes than callers
+    for solo, reply in zip(alone, together, strict=False):
+        assert float(np.dot(solo, reply.embeddings[0].values)) > 0.999
+    assert all(r.usage.input_tokens > 0 for r in together)
+
+
+async def test_full_queues_refuse_at_once_with_retry_advice():
+    app, bound, channel = await start(max_queue_size=2, embed_max_queue_items=4, embed_max_queue_delay_ms=200)
+    stub = pb_grpc.InferenceServiceStub(channel)
+    try:
+        running = [
+            stub.StreamGenerateText(pb.GenerateTextRequest(model=GEMMA, prompt="Go on:", max_tokens=2000))
+            for _ in range(2)
+        ]
+        for call in running:
+            await call.read()
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stub.GenerateText(pb.GenerateTextRequest(model=GEMMA, prompt="One more", max_tokens=4))
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "limit 2" in error.value.details()
+        status = rpc_status.from_call(error.value)
+        retry = [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+        assert len(retry) == 1
+        assert running[0].done() is False  # refused while the admitted ones still stream
+        for call in running:
+            call.cancel()
+
+        # Embeddings: 4 inputs may wait; a fifth is refused while they wait for their batch.
+        waiting = asyncio.ensure_future(stub.Embed(pb.EmbedRequest(model=MINILM, inputs=["a", "b", "c", "d"])))
+        await asyncio.sleep(0.05)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stub.Embed(pb.EmbedRequest(model=MINILM, inputs=["e"]))
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert len((await waiting).embeddings) == 4  # nothing admitted is lost
+    finally:
+        await stop(app, bound, channel)
