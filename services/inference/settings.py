@@ -32,6 +32,6 @@ class InferenceSettings(ServiceSettings):
     max_batch_tokens: int = Field(1024, ge=64, description="Tokens per forward pass (prefill chunks + decodes).")
     embed_max_batch_size: int = Field(128, ge=1, description="Texts embedded together in one forward pass.")
     embed_max_queue_delay_ms: float = Field(
-        5.0, ge=0, description="How long the first text of a batch waits for company."
+        2.0, ge=0, description="How long the first text of a batch waits for company."
     )
     embed_max_queue_items: int = Field(8192, ge=1, description="Texts waiting per embedding model; more get 429.")
