@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -13,16 +14,22 @@ from grpc_health.v1._async import HealthServicer
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from infermesh.inference.v1 import model_service_pb2 as model_pb
+from infermesh.inference.v1 import model_service_pb2_grpc as model_grpc
 from infermesh_inference.core import EmbedBatching, InferenceCore
+from infermesh_inference.lifecycle import ModelServicer
 from infermesh_inference.models.builtin import build_model
 from infermesh_inference.models.continuous_batching import BatchingSettings
 from infermesh_inference.repository import ModelEntry, ModelRepository, ModelState
 from infermesh_inference.servicer import InferenceServicer
 from infermesh_inference.settings import InferenceSettings
+from infermesh_runtime.operations import SERVICE as OPERATIONS_SERVICE
+from infermesh_runtime.operations import OperationsServicer, OperationStore, add_operations_servicer_to_server
 from infermesh_runtime.server import Registration, mark_serving
 
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+MODEL_SERVICE = model_pb.DESCRIPTOR.services_by_name["ModelService"].full_name
 
 
 def model_health_name(model_id: str) -> str:
@@ -38,8 +45,18 @@ class InferenceApp:
         # Progress bars and advisory warnings are noise in a server's structured log.
         transformers.utils.logging.disable_progress_bar()
         transformers.utils.logging.set_verbosity_error()
-        threads = settings.torch_threads or len(os.sched_getaffinity(0))
-        torch.set_num_threads(threads)
+        torch.set_num_threads(settings.torch_threads or len(os.sched_getaffinity(0)))
+        batching = (
+            BatchingSettings(
+                max_batch_size=settings.max_batch_size,
+                max_queue_size=settings.max_queue_size,
+                num_blocks=settings.kv_cache_blocks,
+                max_batch_tokens=settings.max_batch_tokens,
+            )
+            if settings.generation_batching
+            else None
+        )
+        known = list(dict.fromkeys([*settings.models, *settings.available_models]))
         models = [
             build_model(
                 model_id,
@@ -47,20 +64,19 @@ class InferenceApp:
                 device=settings.device,
                 dtype=settings.dtype,
                 max_context=settings.max_context_tokens,
-                batching=BatchingSettings(
-                    max_batch_size=settings.max_batch_size,
-                    max_queue_size=settings.max_queue_size,
-                    num_blocks=settings.kv_cache_blocks,
-                    max_batch_tokens=settings.max_batch_tokens,
-                )
-                if settings.generation_batching
-                else None,
+                batching=batching,
             )
-            for model_id in settings.models
+            for model_id in known
         ]
-        self.repository = ModelRepository(models, settings.max_concurrent_inferences)
         self.executor = ThreadPoolExecutor(
             max_workers=len(models) * settings.max_concurrent_inferences + 1, thread_name_prefix="model"
+        )
+        self.repository = ModelRepository(
+            models,
+            self.executor,
+            settings.max_concurrent_inferences,
+            memory_budget=settings.budget_bytes,
+            lazy_load=settings.lazy_load,
         )
         self.core = InferenceCore(
             self.repository,
@@ -70,28 +86,44 @@ class InferenceApp:
                 settings.embed_max_batch_size, settings.embed_max_queue_delay_ms / 1000, settings.embed_max_queue_items
             ),
         )
+        self.operations = OperationStore()
+        self._reaper: asyncio.Task | None = None
 
     def registrations(self) -> list[Registration]:
-        return [Registration(SERVICE, pb_grpc.add_InferenceServiceServicer_to_server, InferenceServicer(self.core))]
+        return [
+            Registration(SERVICE, pb_grpc.add_InferenceServiceServicer_to_server, InferenceServicer(self.core)),
+            Registration(
+                MODEL_SERVICE,
+                model_grpc.add_ModelServiceServicer_to_server,
+                ModelServicer(self.repository, self.operations),
+            ),
+            Registration(
+                OPERATIONS_SERVICE,
+                add_operations_servicer_to_server,
+                OperationsServicer(self.operations),
+            ),
+        ]
 
     async def start(self, health: HealthServicer) -> None:
-        async def on_change(entry: ModelEntry) -> None:
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if entry.state is ModelState.READY
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
+        async def report(entry: ModelEntry) -> None:
+            ready = entry.state is ModelState.READY
+            status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
             await health.set(model_health_name(entry.model.model_id), status)
 
         for entry in self.repository.entries():
-            await health.set(model_health_name(entry.model.model_id), health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.repository.load_all(self.executor, on_change)
-        failed = [e.model.model_id for e in self.repository.entries() if e.state is ModelState.FAILED]
+            await report(entry)
+        self.repository.on_change(report)
+        await self.repository.load_all(self.settings.models)
+        failed = [m for m in self.settings.models if self.repository.entry(m).state is ModelState.FAILED]
         if failed:
             raise RuntimeError(f"models failed to load: {', '.join(failed)}")
-        await mark_serving(health, [SERVICE])
+        if self.settings.idle_unload_seconds > 0:
+            self._reaper = asyncio.create_task(self.repository.reap_idle(self.settings.idle_unload_seconds))
+        await mark_serving(health, [SERVICE, MODEL_SERVICE, OPERATIONS_SERVICE])
 
     async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
         await self.core.close()
+        await self.repository.stop_all()
         self.executor.shutdown(wait=True, cancel_futures=True)
-        self.repository.stop_all()

@@ -20,7 +20,7 @@ from infermesh_inference.models.base import (
     TextChunk,
 )
 from infermesh_inference.models.continuous_batching import ContinuousBatcher
-from infermesh_inference.repository import ModelEntry, ModelRepository
+from infermesh_inference.repository import ModelEntry, ModelRepository, ModelState
 from infermesh_runtime.errors import InvalidArgument
 
 
@@ -65,24 +65,25 @@ class InferenceCore:
         self._default_max_tokens = default_max_tokens
         self._embed_batching = embed_batching
         self._embedders: dict[str, DynamicBatcher] = {}
+        repository.on_unload(self._forget_embedder)
 
     async def generate(self, model_id: str, prompt: str, sampling: SamplingRequest) -> AsyncIterator[TextChunk]:
-        entry = self.repository.get(model_id, Capability.TEXT_GENERATION)
-        async for chunk in self._generate(entry, prompt, sampling, ()):
-            yield chunk
+        async with self.repository.use(model_id, Capability.TEXT_GENERATION) as entry:
+            async for chunk in self._generate(entry, prompt, sampling, ()):
+                yield chunk
 
     async def chat(
         self, model_id: str, messages: list[tuple[str, str]], sampling: SamplingRequest
     ) -> AsyncIterator[TextChunk]:
-        entry = self.repository.get(model_id, Capability.CHAT)
-        prompt, stops = entry.model.chat_prompt(messages)
-        started = False
-        async for chunk in self._generate(entry, prompt, sampling, stops):
-            if not started:  # a reply after "Assistant:" starts with a space the user should not see
-                chunk.text = chunk.text.lstrip()
-                started = bool(chunk.text)
-            if chunk.text or chunk.finish_reason is not None:
-                yield chunk
+        async with self.repository.use(model_id, Capability.CHAT) as entry:
+            prompt, stops = entry.model.chat_prompt(messages)
+            started = False
+            async for chunk in self._generate(entry, prompt, sampling, stops):
+                if not started:  # a reply after "Assistant:" starts with a space the user should not see
+                    chunk.text = chunk.text.lstrip()
+                    started = bool(chunk.text)
+                if chunk.text or chunk.finish_reason is not None:
+                    yield chunk
 
     async def _generate(
         self, entry: ModelEntry, prompt: str, sampling: SamplingRequest, extra_stops: tuple[str, ...]
@@ -135,7 +136,11 @@ class InferenceCore:
 
     async def embed(self, model_id: str, texts: list[str]) -> Embeddings:
         """Embed through the model's dynamic batcher, so concurrent callers share passes."""
-        entry = self.repository.get(model_id, Capability.EMBEDDING)
+        async with self.repository.use(model_id, Capability.EMBEDDING) as entry:
+            return await self._embed(entry, texts)
+
+    async def _embed(self, entry: ModelEntry, texts: list[str]) -> Embeddings:
+        model_id = entry.model.model_id
         batcher = self._embedders.get(model_id)
         if batcher is None:
 
@@ -162,20 +167,26 @@ class InferenceCore:
         metrics.TOKENS.labels(model_id, "input").inc(embeddings.usage.input_tokens)
         return embeddings
 
-    async def close(self) -> None:
-        for batcher in self._embedders.values():
+    async def _forget_embedder(self, model_id: str) -> None:
+        """Before an unload: the batcher refers to the model's weights."""
+        batcher = self._embedders.pop(model_id, None)
+        if batcher is not None:
             await batcher.close()
 
+    async def close(self) -> None:
+        for model_id in list(self._embedders):
+            await self._forget_embedder(model_id)
+
     async def warmup(self, model_ids: list[str]) -> list[ModelEntry]:
-        entries = [e for e in self.repository.entries() if not model_ids or e.model.model_id in model_ids]
-        unknown = set(model_ids) - {e.model.model_id for e in entries}
-        if unknown:
-            self.repository.get(sorted(unknown)[0], Capability.TEXT_GENERATION)  # raises NOT_FOUND
+        """Warm the named models (every loaded one when none are named), loading them if need be."""
+        entries = [self.repository.entry(m) for m in model_ids] or [
+            e for e in self.repository.entries() if e.state is ModelState.READY
+        ]
         loop = asyncio.get_running_loop()
         for entry in entries:
-            if entry.state.value == "ready":
-                async with entry.concurrency:
-                    await loop.run_in_executor(self._executor, entry.model.warmup)
+            await self.repository.load(entry.model.model_id)
+            async with entry.concurrency:
+                await loop.run_in_executor(self._executor, entry.model.warmup)
         return entries
 
     def _params(

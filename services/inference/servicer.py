@@ -26,8 +26,10 @@ CAPABILITIES = {
     Capability.IMAGE_DESCRIPTION: types.CAPABILITY_IMAGE_DESCRIPTION,
 }
 STATES = {
+    ModelState.UNLOADED: types.MODEL_STATE_UNLOADED,
     ModelState.LOADING: types.MODEL_STATE_LOADING,
     ModelState.READY: types.MODEL_STATE_READY,
+    ModelState.DRAINING: types.MODEL_STATE_DRAINING,
     ModelState.FAILED: types.MODEL_STATE_FAILED,
 }
 DEFAULT_PAGE_SIZE = 100
@@ -55,7 +57,7 @@ def usage_proto(usage: Usage | None) -> types.Usage | None:
 
 def model_proto(entry: ModelEntry) -> types.Model:
     model = entry.model
-    return types.Model(
+    proto = types.Model(
         name=f"models/{model.model_id}",
         model_id=model.model_id,
         capabilities=sorted(CAPABILITIES[c] for c in model.capabilities),
@@ -64,7 +66,14 @@ def model_proto(entry: ModelEntry) -> types.Model:
         device=model.device,
         dtype=model.dtype,
         embedding_dimensions=model.embedding_dimensions,
+        memory_bytes=entry.memory_bytes,
+        load_seconds=entry.load_seconds,
+        active_requests=entry.active,
+        error=entry.error,
     )
+    if entry.last_used:
+        proto.last_used_time.FromNanoseconds(int(entry.last_used * 1e9))
+    return proto
 
 
 async def collect(chunks: AsyncIterator[TextChunk]) -> TextChunk:
@@ -122,7 +131,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         )
 
     async def DescribeImage(self, request, context):
-        self.core.repository.get(request.model, Capability.IMAGE_DESCRIPTION)
+        async with self.core.repository.use(request.model, Capability.IMAGE_DESCRIPTION):
+            pass
         raise Unimplemented("no local image model is implemented yet", reason="NOT_IMPLEMENTED", model=request.model)
 
     async def ListModels(self, request, context):

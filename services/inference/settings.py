@@ -4,15 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import ByteSize, Field
 
 from infermesh_runtime.settings import CommaList, ServiceSettings
 
 
 class InferenceSettings(ServiceSettings):
     models: CommaList = Field(
-        ["gemma-3-270m", "all-minilm-l6-v2"], description="Model ids to preload, comma-separated."
+        ["gemma-3-270m", "all-minilm-l6-v2"], description="Model ids to preload at start-up, comma-separated."
     )
+    available_models: CommaList = Field(
+        [], description="Further model ids this server may load on demand (the preload list is always available)."
+    )
+    lazy_load: bool = Field(True, description="Load an available model on its first request.")
+    memory_budget: ByteSize | None = Field(
+        None, description="Memory models may hold (e.g. 2GiB); least recently used models are evicted to fit."
+    )
+    gpu_memory_limit: ByteSize | None = Field(None, description="The budget on a GPU (DEVICE=cuda:N).")
+    idle_unload_seconds: float = Field(0, ge=0, description="Unload a model unused this long; 0 never does.")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N.")
     dtype: str = Field(
         "auto", description="auto, bfloat16, float16 or float32; auto picks bf16 where the hardware is fast at it."
@@ -35,3 +44,9 @@ class InferenceSettings(ServiceSettings):
         2.0, ge=0, description="How long the first text of a batch waits for company."
     )
     embed_max_queue_items: int = Field(8192, ge=1, description="Texts waiting per embedding model; more get 429.")
+
+    @property
+    def budget_bytes(self) -> int | None:
+        limit = self.gpu_memory_limit if self.device.startswith("cuda") else None
+        limit = limit or self.memory_budget
+        return int(limit) if limit is not None else None

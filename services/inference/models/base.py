@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import abc
 import enum
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 class Capability(enum.Enum):
@@ -92,6 +94,10 @@ class ServedModel(abc.ABC):
     def stop(self) -> None:  # noqa: B027 - optional hook
         """Release weights."""
 
+    def estimate_bytes(self) -> int:
+        """Bytes the model will hold once loaded, known before loading; 0 when unknown."""
+        return 0
+
     def memory_bytes(self) -> int:
         """Bytes of weights and buffers the model holds (on whichever device)."""
         module = getattr(self, "model", None)
@@ -112,3 +118,16 @@ class ServedModel(abc.ABC):
 
     def embed(self, texts: list[str]) -> Embeddings:
         raise NotImplementedError
+
+
+def safetensors_bytes(directory: Path, element_size: int) -> int:
+    """Size of the weights in `directory` at `element_size` bytes per value, read from the
+    safetensors headers alone (nothing is loaded)."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as weights:
+            for name in weights.keys():  # noqa: SIM118 - safe_open is not a dict
+                total += math.prod(weights.get_slice(name).get_shape()) * element_size
+    return total

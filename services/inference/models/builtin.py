@@ -83,7 +83,13 @@ def build_model(
 
     factories: dict[str, Callable[[], ServedModel]] = {
         GEMMA_ID: lambda: TransformersCausalLM(
-            GEMMA_ID, lambda: prepare_gemma(data_dir), device, resolve_dtype(dtype, device), max_context, batching
+            GEMMA_ID,
+            lambda: prepare_gemma(data_dir),
+            device,
+            resolve_dtype(dtype, device),
+            max_context,
+            batching,
+            weights_dir=data_dir / "models" / GEMMA_ID,
         ),
         MINILM_ID: lambda: SentenceEmbedder(MINILM_ID, minilm_path(), device, resolve_dtype(dtype, device)),
     }

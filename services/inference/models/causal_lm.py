@@ -28,6 +28,7 @@ from infermesh_inference.models.base import (
     GenerationParams,
     ServedModel,
     TextChunk,
+    safetensors_bytes,
 )
 from infermesh_inference.models.chat_format import base_model_chat_prompt
 from infermesh_inference.models.continuous_batching import BatchingSettings, ContinuousBatcher
@@ -47,6 +48,7 @@ class TransformersCausalLM(ServedModel):
         dtype: torch.dtype,
         max_context: int,
         batching: BatchingSettings | None = None,
+        weights_dir: Path | None = None,
     ) -> None:
         super().__init__()
         self.model_id = model_id
@@ -58,6 +60,7 @@ class TransformersCausalLM(ServedModel):
         self.model = None
         self.tokenizer = None
         self._batching = batching
+        self._weights_dir = weights_dir
         self.batcher: ContinuousBatcher | None = None
 
     def load(self) -> None:
@@ -77,6 +80,11 @@ class TransformersCausalLM(ServedModel):
             self.batcher = ContinuousBatcher(model, self._eos, self._batching, self.model_id)
             self.batcher.start()
 
+    def estimate_bytes(self) -> int:
+        if self._weights_dir is None or not self._weights_dir.exists():
+            return 0
+        return safetensors_bytes(self._weights_dir, self._torch_dtype.itemsize)
+
     def warmup(self) -> None:
         for _ in self.generate("Hello", GenerationParams(max_tokens=2), CancelToken()):
             pass
@@ -86,6 +94,7 @@ class TransformersCausalLM(ServedModel):
             self.batcher.stop()
             self.batcher = None
         self.model = None
+        self.tokenizer = None
         if self._torch_device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from infermesh_inference.models.base import Capability, Embeddings, ServedModel
+from infermesh_inference.models.base import Capability, Embeddings, ServedModel, safetensors_bytes
 
 
 class SentenceEmbedder(ServedModel):
@@ -34,11 +34,15 @@ class SentenceEmbedder(ServedModel):
         self.context_length = self.max_seq_length
         self.embedding_dimensions = int(model.config.hidden_size)
 
+    def estimate_bytes(self) -> int:
+        return safetensors_bytes(self._path, self._torch_dtype.itemsize)
+
     def warmup(self) -> None:
         self.embed(["warm up"])
 
     def stop(self) -> None:
         self.model = None
+        self.tokenizer = None
 
     def count_tokens(self, text: str) -> int:
         return min(len(self.tokenizer(text)["input_ids"]), self.max_seq_length)
