@@ -96,6 +96,22 @@ def _backend_route(instance: ServiceInstance) -> dict[str, Any]:
     }
 
 
+# Operators' model lifecycle calls go straight to an inference server: the one named in
+# the backend header, or the first one when there is a single server to talk to.
+LIFECYCLE_PREFIXES = ("/infermesh.inference.v1.ModelService/", "/google.longrunning.Operations/")
+
+
+def _lifecycle_routes(servers: list[ServiceInstance]) -> list[dict[str, Any]]:
+    routes = []
+    for prefix in LIFECYCLE_PREFIXES:
+        for server in servers:
+            header = {"name": BACKEND_HEADER, "string_match": {"exact": server.name}}
+            routes.append({"match": {"prefix": prefix, "headers": [header]}, "route": {"cluster": server.name}})
+        if servers:
+            routes.append({"match": {"prefix": prefix}, "route": {"cluster": servers[0].name}})
+    return routes
+
+
 def render(catalog: Catalog, descriptor_set: Path, ports: EnvoyPorts) -> dict[str, Any]:
     """The bootstrap as a dict: front door → router; mesh listener → each backend by header."""
     config = _load("front_door.yaml")
@@ -106,6 +122,8 @@ def render(catalog: Catalog, descriptor_set: Path, ports: EnvoyPorts) -> dict[st
     front["address"]["socket_address"] = {"address": ports.host, "port_value": ports.front_door}
     transcoder = _connection_manager(front)["http_filters"][0]["typed_config"]
     transcoder["proto_descriptor"] = str(descriptor_set)
+    front_routes = _connection_manager(front)["route_config"]["virtual_hosts"][0]["routes"]
+    front_routes[:0] = _lifecycle_routes(catalog.instances("inference"))
 
     mesh = _listener(config, "mesh")
     mesh["address"]["socket_address"] = {"address": ports.host, "port_value": ports.mesh}

@@ -71,9 +71,19 @@ def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
     front = next(x for x in rendered()["static_resources"]["listeners"] if x["name"] == "front_door")
     manager = front["filter_chains"][0]["filters"][0]["typed_config"]
     transcoder = manager["http_filters"][0]["typed_config"]
-    assert transcoder["services"] == ["infermesh.router.v1.RouterService", "infermesh.openai.v1.OpenAIService"]
+    assert transcoder["services"] == [
+        "infermesh.router.v1.RouterService",
+        "infermesh.openai.v1.OpenAIService",
+        "infermesh.inference.v1.ModelService",
+        "google.longrunning.Operations",
+    ]
     assert transcoder["convert_grpc_status"] is True
     assert transcoder["print_options"]["stream_sse_style_delimited"] is True
     assert manager["http_filters"][-1]["name"] == "envoy.filters.http.router"
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    # Model lifecycle goes to the inference server; everything else to the router.
+    assert routes[0]["match"]["prefix"] == "/infermesh.inference.v1.ModelService/"
+    assert {r["route"]["cluster"] for r in routes[:-1]} == {"inference-0"}
+    assert routes[-1]["match"] == {"prefix": "/"} and routes[-1]["route"]["cluster"] == "router"
     # Streams outlive Envoy's 15 s default route timeout.
-    assert manager["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["timeout"] == "0s"
+    assert routes[-1]["route"]["timeout"] == "0s"

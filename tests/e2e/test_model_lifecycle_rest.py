@@ -1,0 +1,42 @@
+"""Model lifecycle over REST through the front door (AIP-style custom methods and
+google.longrunning operations), next to the OpenAI model paths it must not clash with."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+
+def wait_done(base_url: str, operation: dict) -> dict:
+    deadline = time.monotonic() + 300
+    while not operation.get("done"):
+        assert time.monotonic() < deadline, operation
+        time.sleep(0.2)
+        operation = httpx.get(f"{base_url}/v1/{operation['name']}", timeout=30).json()
+    return operation
+
+
+def test_unload_then_load_a_model_over_rest(base_url):
+    started = httpx.post(f"{base_url}/v1/models/all-minilm-l6-v2:unload", json={}, timeout=60)
+    assert started.status_code == 200, started.text
+    done = wait_done(base_url, started.json())
+    assert done["response"]["state"] == "MODEL_STATE_UNLOADED"
+    assert done["metadata"]["verb"] == "unload"
+
+    status = httpx.get(f"{base_url}/v1/backend/models/all-minilm-l6-v2", timeout=30).json()
+    assert status["state"] == "MODEL_STATE_UNLOADED"
+
+    # The OpenAI path for the same id still answers with the OpenAI shape.
+    assert httpx.get(f"{base_url}/v1/models/all-minilm-l6-v2", timeout=30).json()["object"] == "model"
+
+    done = wait_done(base_url, httpx.post(f"{base_url}/v1/models/all-minilm-l6-v2:load", json={}, timeout=60).json())
+    assert done["response"]["state"] == "MODEL_STATE_READY"
+    assert int(done["response"]["memory_bytes"]) > 0
+
+
+def test_lifecycle_errors_are_json_with_the_right_status(base_url):
+    reply = httpx.post(f"{base_url}/v1/models/no-such-model:load", json={}, timeout=30)
+    assert reply.status_code == 404 and reply.json()["details"][0]["reason"] == "MODEL_NOT_FOUND"
+    reply = httpx.get(f"{base_url}/v1/operations/does-not-exist", timeout=30)
+    assert reply.status_code == 404

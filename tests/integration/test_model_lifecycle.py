@@ -1,0 +1,166 @@
+"""Model lifecycle on a real inference server (port 0): load and unload as long-running
+operations, lazy loading, draining, LRU eviction under a memory budget, idle unload,
+per-model health, and no memory leak across load/unload cycles."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+from google.longrunning import operations_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
+
+from conftest import ROOT
+from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from infermesh.inference.v1 import inference_types_pb2 as types
+from infermesh.inference.v1 import model_service_pb2 as model_pb
+from infermesh.inference.v1 import model_service_pb2_grpc as model_grpc
+from infermesh_inference.app import InferenceApp, model_health_name
+from infermesh_inference.settings import InferenceSettings
+from infermesh_runtime.operations import OperationsStub
+from infermesh_runtime.server import create_server
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"
+
+
+class Server:
+    def __init__(self, **overrides) -> None:
+        data_dir = Path(os.environ.get("DATA_DIR", ROOT / ".data"))
+        self.settings = InferenceSettings(grpc_port=0, data_dir=data_dir, **overrides)
+
+    async def __aenter__(self):
+        self.app = InferenceApp(self.settings)
+        self.bound = await create_server(self.settings, self.app)
+        await self.bound.server.start()
+        await self.app.start(self.bound.health)
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.bound.port}")
+        self.inference = pb_grpc.InferenceServiceStub(self.channel)
+        self.models = model_grpc.ModelServiceStub(self.channel)
+        self.operations = OperationsStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.channel.close()
+        await self.bound.server.stop(1)
+        await self.app.close()
+
+    async def run(self, operation: operations_pb2.Operation) -> model_pb.ModelOperationMetadata:
+        done = await self.operations.WaitOperation(
+            operations_pb2.WaitOperationRequest(name=operation.name), timeout=300
+        )
+        assert done.done and not done.HasField("error"), done.error
+        return done
+
+    async def state(self, model: str) -> int:
+        return (await self.models.GetModel(model_pb.GetModelRequest(model=model))).state
+
+    async def serving(self, model: str) -> bool:
+        reply = await self.health.Check(health_pb2.HealthCheckRequest(service=model_health_name(model)))
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_unload_and_load_are_operations_and_requests_load_lazily():
+    async with Server(models=[MINILM]) as server:
+        status = await server.models.GetModel(model_pb.GetModelRequest(model=MINILM))
+        assert status.state == types.MODEL_STATE_READY and status.memory_bytes > 10 * 2**20
+        assert status.device == "cpu" and await server.serving(MINILM)
+
+        operation = await server.models.UnloadModel(model_pb.UnloadModelRequest(model=MINILM))
+        assert operation.name.startswith("operations/")
+        done = await server.run(operation)
+        unloaded = types.Model()
+        done.response.Unpack(unloaded)
+        assert unloaded.state == types.MODEL_STATE_UNLOADED and unloaded.memory_bytes == 0
+        metadata = model_pb.ModelOperationMetadata()
+        done.metadata.Unpack(metadata)
+        assert metadata.verb == "unload" and metadata.progress_percent == 100 and metadata.HasField("end_time")
+        assert not await server.serving(MINILM)  # Envoy and Consul stop routing it here
+
+        reply = await server.inference.Embed(pb.EmbedRequest(model=MINILM, inputs=["loaded on demand"]))
+        assert len(reply.embeddings[0].values) == 384
+        assert await server.state(MINILM) == types.MODEL_STATE_READY and await server.serving(MINILM)
+
+        done = await server.run(await server.models.UnloadModel(model_pb.UnloadModelRequest(model=MINILM)))
+        done = await server.run(await server.models.LoadModel(model_pb.LoadModelRequest(model=MINILM)))
+        loaded = types.Model()
+        done.response.Unpack(loaded)
+        assert loaded.state == types.MODEL_STATE_READY and loaded.load_seconds > 0
+
+        listed = await server.operations.ListOperations(operations_pb2.ListOperationsRequest())
+        assert len(listed.operations) == 3
+
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await server.models.LoadModel(model_pb.LoadModelRequest(model="no-such-model"))
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_unload_drains_in_flight_requests_and_later_requests_still_succeed():
+    async with Server(models=[GEMMA]) as server:
+        stream = server.inference.StreamGenerateText(
+            pb.GenerateTextRequest(model=GEMMA, prompt="Once upon a time", max_tokens=40)
+        )
+        await stream.read()
+        operation = await server.models.UnloadModel(model_pb.UnloadModelRequest(model=GEMMA))
+        await asyncio.sleep(0.2)
+        assert await server.state(GEMMA) == types.MODEL_STATE_DRAINING
+        late = asyncio.ensure_future(
+            server.inference.GenerateText(pb.GenerateTextRequest(model=GEMMA, prompt="Hello", max_tokens=3))
+        )
+        last = await stream.read()
+        while (chunk := await stream.read()) is not grpc.aio.EOF:
+            last = chunk
+        assert last.usage.output_tokens == 40  # the in-flight stream was not cut
+        await server.run(operation)
+        assert (await late).usage.output_tokens == 3  # it waited for the unload, then reloaded the model
+
+
+async def test_a_memory_budget_evicts_the_least_recently_used_model():
+    # Gemma in bf16 is 511 MiB of weights and MiniLM 43 MiB: a 540 MiB budget holds one of them.
+    async with Server(models=[MINILM], available_models=[GEMMA], memory_budget=540 * 2**20) as server:
+        evictions = REGISTRY.get_sample_value(
+            "infermesh_inference_evictions_total", {"model": MINILM, "cause": "evicted"}
+        )
+        reply = await server.inference.GenerateText(pb.GenerateTextRequest(model=GEMMA, prompt="Hi", max_tokens=2))
+        assert reply.usage.output_tokens == 2
+        assert await server.state(MINILM) == types.MODEL_STATE_UNLOADED
+        after = REGISTRY.get_sample_value("infermesh_inference_evictions_total", {"model": MINILM, "cause": "evicted"})
+        assert (after or 0) == (evictions or 0) + 1
+        await server.inference.Embed(pb.EmbedRequest(model=MINILM, inputs=["and back"]))
+        assert await server.state(GEMMA) == types.MODEL_STATE_UNLOADED
+        assert server.app.repository.memory_used() <= 540 * 2**20
+
+
+async def test_idle_models_are_unloaded():
+    async with Server(models=[MINILM], idle_unload_seconds=0.5) as server:
+        for _ in range(100):
+            if await server.state(MINILM) == types.MODEL_STATE_UNLOADED:
+                break
+            await asyncio.sleep(0.1)
+        assert await server.state(MINILM) == types.MODEL_STATE_UNLOADED
+
+
+async def test_twenty_load_unload_cycles_do_not_leak_memory():
+    async with Server(models=[MINILM]) as server:
+        repository = server.app.repository
+        process = psutil.Process()
+
+        async def cycle() -> None:
+            await repository.unload(MINILM)
+            await repository.load(MINILM)
+            await server.inference.Embed(pb.EmbedRequest(model=MINILM, inputs=["cycle"]))
+
+        for _ in range(2):  # let allocator pools and caches reach their steady size
+            await cycle()
+        baseline = process.memory_info().rss
+        for _ in range(20):
+            await cycle()
+        grown = process.memory_info().rss / baseline
+        assert grown < 1.10, f"resident memory grew {100 * (grown - 1):.1f}% over 20 cycles"
