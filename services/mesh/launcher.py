@@ -42,6 +42,7 @@ class Child:
 class Mesh:
     settings: MeshSettings
     log_dir: Path | None = None  # None: children write to this terminal
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for every child
     children: list[Child] = field(default_factory=list)
     _logs: list[IO] = field(default_factory=list)
 
@@ -70,6 +71,7 @@ class Mesh:
 
         common = {
             **os.environ,
+            **self.env,
             "GRPC_HOST": s.host,
             "HF_HUB_OFFLINE": "1",
             "OMP_WAIT_POLICY": "PASSIVE",
