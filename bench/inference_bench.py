@@ -194,6 +194,54 @@ async def in_process(max_tokens: int, levels: list[int], embeds: int, data_dir: 
         await app.close()
 
 
+def memory_bandwidth() -> float:
+    """Bytes/s this machine copies (read + write) through main memory: numpy, 512 MiB."""
+    import numpy as np
+
+    source = np.ones(512 * 2**20 // 8)
+    target = np.empty_like(source)
+    np.copyto(target, source)
+    best = 0.0
+    for _ in range(5):
+        started = time.perf_counter()
+        np.copyto(target, source)
+        best = max(best, 2 * source.nbytes / (time.perf_counter() - started))
+    return best
+
+
+def compare_runtimes(data_dir: Path, max_tokens: int) -> None:
+    """Batch-1 decode of the same Gemma GGUF under transformers (dequantized) and llama.cpp
+    (quantized, memory-mapped), next to the bound memory bandwidth puts on each: every
+    decoded token reads all the weights once."""
+    from infermesh_inference.models.base import CancelToken, GenerationParams
+    from infermesh_inference.models.builtin import BUILTIN_SPECS, GEMMA_GGUF_ID, GEMMA_ID, BuildOptions, build_model
+
+    bandwidth = memory_bandwidth()
+    threads = len(os.sched_getaffinity(0))
+    options = BuildOptions(data_dir, "cpu", "auto", 8192, threads)
+    print(f"\nRuntimes, batch-1 decode in-process (memory bandwidth measured: {bandwidth / 1e9:.1f} GB/s)")
+    for model_id in (GEMMA_ID, GEMMA_GGUF_ID):
+        model = build_model(BUILTIN_SPECS[model_id], options)
+        model.load()
+        try:
+            params = GenerationParams(max_tokens=max_tokens)
+            for _ in model.generate(PROMPTS[0], GenerationParams(max_tokens=4), CancelToken()):
+                pass
+            first, tokens = None, 0
+            for chunk in model.generate(PROMPTS[0], params, CancelToken()):
+                first = first or time.perf_counter()
+                tokens = chunk.usage.output_tokens if chunk.usage else tokens
+            decode = (tokens - 1) / (time.perf_counter() - first)
+            weights = model.memory_bytes()
+            bound = bandwidth / weights
+            print(
+                f"  {model_id:24s} {model.dtype:9s} weights {weights / 2**20:6.0f} MiB   "
+                f"decode {decode:6.1f} tok/s   bandwidth bound {bound:6.1f} tok/s ({100 * decode / bound:3.0f}%)"
+            )
+        finally:
+            model.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -219,6 +267,7 @@ def main() -> None:
         finally:
             mesh.stop()
     local = asyncio.run(in_process(args.max_tokens, levels, args.embeds, settings.data_dir))
+    compare_runtimes(settings.data_dir, args.max_tokens)
     print("\nThe mesh's own cost (front door rate / in-process rate)")
     for n in levels:
         mesh_rate, local_rate = mesh_results["generation"][1][n].rate, local["generation"][1][n].rate

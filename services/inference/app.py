@@ -18,7 +18,7 @@ from infermesh.inference.v1 import model_service_pb2 as model_pb
 from infermesh.inference.v1 import model_service_pb2_grpc as model_grpc
 from infermesh_inference.core import EmbedBatching, InferenceCore
 from infermesh_inference.lifecycle import ModelServicer
-from infermesh_inference.models.builtin import build_model
+from infermesh_inference.models.builtin import BUILTIN_SPECS, BuildOptions, build_model, parse_specs
 from infermesh_inference.models.continuous_batching import BatchingSettings
 from infermesh_inference.repository import ModelEntry, ModelRepository, ModelState
 from infermesh_inference.servicer import InferenceServicer
@@ -45,7 +45,6 @@ class InferenceApp:
         # Progress bars and advisory warnings are noise in a server's structured log.
         transformers.utils.logging.disable_progress_bar()
         transformers.utils.logging.set_verbosity_error()
-        torch.set_num_threads(settings.torch_threads or len(os.sched_getaffinity(0)))
         batching = (
             BatchingSettings(
                 max_batch_size=settings.max_batch_size,
@@ -56,18 +55,17 @@ class InferenceApp:
             if settings.generation_batching
             else None
         )
+        threads = settings.torch_threads or len(os.sched_getaffinity(0))
+        options = BuildOptions(
+            settings.data_dir, settings.device, settings.dtype, settings.max_context_tokens, threads, batching
+        )
+        specs = {**BUILTIN_SPECS, **parse_specs(settings.model_specs)}
         known = list(dict.fromkeys([*settings.models, *settings.available_models]))
-        models = [
-            build_model(
-                model_id,
-                data_dir=settings.data_dir,
-                device=settings.device,
-                dtype=settings.dtype,
-                max_context=settings.max_context_tokens,
-                batching=batching,
-            )
-            for model_id in known
-        ]
+        unknown = [m for m in known if m not in specs]
+        if unknown:
+            raise ValueError(f"no spec for models {unknown}; known: {sorted(specs)} (add them with MODEL_SPECS)")
+        models = [build_model(specs[model_id], options) for model_id in known]
+        torch.set_num_threads(threads)
         self.executor = ThreadPoolExecutor(
             max_workers=len(models) * settings.max_concurrent_inferences + 1, thread_name_prefix="model"
         )

@@ -14,7 +14,13 @@ class InferenceSettings(ServiceSettings):
         ["gemma-3-270m", "all-minilm-l6-v2"], description="Model ids to preload at start-up, comma-separated."
     )
     available_models: CommaList = Field(
-        [], description="Further model ids this server may load on demand (the preload list is always available)."
+        ["gemma-3-270m-llamacpp", "all-minilm-l6-v2-onnx"],
+        description="Further model ids this server may load on demand (the preload list is always available).",
+    )
+    model_specs: str = Field(
+        "",
+        description='More models, as JSON: [{"id": "...", "runtime": "transformers|llama.cpp|onnxruntime", '
+        '"task": "text-generation|embedding", "path": "HF dir, GGUF file or ONNX dir"}].',
     )
     lazy_load: bool = Field(True, description="Load an available model on its first request.")
     memory_budget: ByteSize | None = Field(

@@ -27,7 +27,8 @@ GEMMA = "gemma-3-270m"
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def server():
-    settings = InferenceSettings(grpc_port=0, models=[GEMMA], data_dir=Path(os.environ.get("DATA_DIR", ROOT / ".data")))
+    data_dir = Path(os.environ.get("DATA_DIR", ROOT / ".data"))
+    settings = InferenceSettings(grpc_port=0, models=[GEMMA], available_models=[], data_dir=data_dir)
     app = InferenceApp(settings)
     bound = await create_server(settings, app)
     await bound.server.start()
@@ -93,6 +94,20 @@ async def test_seeded_sampling_is_repeatable(server):
     request = pb.GenerateTextRequest(model=GEMMA, prompt="My favourite food is", max_tokens=12, temperature=1.0, seed=7)
     first, second = await stub.GenerateText(request), await stub.GenerateText(request)
     assert first.text == second.text
+
+
+async def test_repetition_penalty_makes_the_model_repeat_itself_less(server):
+    stub = server["stub"]
+    request = pb.GenerateTextRequest(model=GEMMA, prompt="The capital of France is", max_tokens=32)
+    plain = await stub.GenerateText(request)
+    request.repetition_penalty = 1.8
+    penalised = await stub.GenerateText(request)
+
+    def repeats(text: str) -> int:
+        words = text.lower().split()
+        return len(words) - len(set(words))
+
+    assert repeats(penalised.text) < repeats(plain.text)
 
 
 async def test_list_models_pages_and_rejects_forged_tokens(server):

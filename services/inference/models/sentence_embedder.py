@@ -4,6 +4,7 @@ run with plain transformers so no extra framework sits between the server and to
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -15,27 +16,30 @@ from infermesh_inference.models.base import Capability, Embeddings, ServedModel,
 class SentenceEmbedder(ServedModel):
     capabilities = frozenset({Capability.EMBEDDING})
 
-    def __init__(self, model_id: str, path: Path, device: str, dtype: torch.dtype, batch_size: int = 64) -> None:
+    def __init__(
+        self, model_id: str, weights: Callable[[], Path], device: str, dtype: torch.dtype, batch_size: int = 64
+    ) -> None:
         super().__init__()
         self.model_id = model_id
-        self._path = path
+        self._weights = weights
         self._torch_device = torch.device(device)
         self._torch_dtype = dtype
         self._batch_size = batch_size
         self.device, self.dtype = str(self._torch_device), str(dtype).removeprefix("torch.")
 
     def load(self) -> None:
-        config = json.loads((self._path / "sentence_bert_config.json").read_text())
+        path = self._weights()
+        config = json.loads((path / "sentence_bert_config.json").read_text())
         # Inputs longer than the model was trained on are truncated, as sentence-transformers does.
         self.max_seq_length = int(config["max_seq_length"])
-        self.tokenizer = AutoTokenizer.from_pretrained(self._path)
-        model = AutoModel.from_pretrained(self._path, dtype=self._torch_dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, dtype=self._torch_dtype)
         self.model = model.to(self._torch_device).eval()
         self.context_length = self.max_seq_length
         self.embedding_dimensions = int(model.config.hidden_size)
 
     def estimate_bytes(self) -> int:
-        return safetensors_bytes(self._path, self._torch_dtype.itemsize)
+        return safetensors_bytes(self._weights(), self._torch_dtype.itemsize)
 
     def warmup(self) -> None:
         self.embed(["warm up"])

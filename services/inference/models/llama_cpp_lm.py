@@ -1,0 +1,92 @@
+"""A GGUF language model served by llama.cpp (llama-cpp-python), one request at a time.
+
+llama.cpp memory-maps the quantized file and decodes it natively, which on a small CPU
+beats dequantized weights in torch at batch 1; it has no continuous batching here, so
+requests take turns (MAX_CONCURRENT_INFERENCES, default 1).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from infermesh_inference.models.base import CancelToken, Capability, GenerationParams, ServedModel, TextChunk
+from infermesh_inference.models.chat_format import base_model_chat_prompt
+from infermesh_inference.models.text_assembly import TextAssembler
+
+
+class LlamaCppLM(ServedModel):
+    capabilities = frozenset({Capability.TEXT_GENERATION, Capability.CHAT})
+
+    def __init__(self, model_id: str, gguf: Callable[[], Path], device: str, max_context: int, threads: int) -> None:
+        super().__init__()
+        self.model_id = model_id
+        self._gguf = gguf
+        self._max_context = max_context
+        self._threads = threads
+        self.device, self.dtype = device, "gguf"
+        self.llm = None
+        self._path: Path | None = None
+
+    def load(self) -> None:
+        from llama_cpp import Llama
+
+        self._path = self._gguf()
+        # On CUDA every layer goes to the GPU; on CPU threads are sized to the cores we own.
+        self.llm = Llama(
+            model_path=str(self._path),
+            n_ctx=self._max_context,
+            n_threads=self._threads,
+            n_threads_batch=self._threads,
+            n_gpu_layers=-1 if self.device.startswith("cuda") else 0,
+            verbose=False,
+        )
+        self.context_length = min(self._max_context, int(self.llm.n_ctx()))
+        self._eos = {int(self.llm.token_eos())}
+
+    def warmup(self) -> None:
+        for _ in self.generate("Hello", GenerationParams(max_tokens=2), CancelToken()):
+            pass
+
+    def stop(self) -> None:
+        if self.llm is not None:
+            self.llm.close()
+        self.llm = None
+
+    def estimate_bytes(self) -> int:
+        path = self._path or self._gguf()
+        return path.stat().st_size
+
+    def memory_bytes(self) -> int:
+        return self.estimate_bytes() if self.llm is not None else 0
+
+    def encode(self, prompt: str) -> list[int]:
+        return self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def chat_prompt(self, messages: list[tuple[str, str]]) -> tuple[str, tuple[str, ...]]:
+        return base_model_chat_prompt(messages)
+
+    def generate(self, prompt: str, params: GenerationParams, cancel: CancelToken) -> Iterator[TextChunk]:
+        tokens = self.encode(prompt)
+        decode = lambda ids: self.llm.detokenize(ids).decode("utf-8", errors="replace")  # noqa: E731
+        text = TextAssembler(decode, self._eos, params.stop_sequences, len(tokens), params.max_tokens)
+        greedy = params.temperature <= 0
+        self.llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
+        stream = self.llm.generate(
+            tokens,
+            temp=0.0 if greedy else params.temperature,
+            top_k=1 if greedy else params.top_k,
+            top_p=1.0 if greedy else params.top_p,
+            repeat_penalty=params.repetition_penalty,
+            reset=True,
+        )
+        for token in stream:
+            if piece := text.push(int(token)):
+                yield TextChunk(piece)
+            if text.finish is not None or cancel.cancelled:
+                break
+        yield text.last_chunk()

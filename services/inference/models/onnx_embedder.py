@@ -1,0 +1,133 @@
+"""A sentence embedding model run by ONNX Runtime.
+
+The transformer is exported to ONNX once (from its safetensors, with torch) into the data
+directory; later loads read the export. Pooling and normalisation are the same as the
+transformers runtime's, so both give the same vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from infermesh_inference.models.base import Capability, Embeddings, ServedModel
+
+ONNX_FILE = "model.onnx"
+
+
+def export_to_onnx(source: Path, target: Path) -> Path:
+    """Export an HF encoder to `target/model.onnx` (fp32, dynamic batch and length), once."""
+    if (target / ONNX_FILE).exists():
+        return target
+    import torch
+    from transformers import AutoModel
+
+    scratch = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    model = AutoModel.from_pretrained(source, dtype=torch.float32).eval()
+    example = (torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))
+    torch.onnx.export(
+        model,
+        example,
+        str(scratch / ONNX_FILE),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["last_hidden_state"],
+        dynamic_axes={
+            name: {0: "batch", 1: "sequence"} for name in ("input_ids", "attention_mask", "last_hidden_state")
+        },
+        opset_version=17,
+        dynamo=False,
+    )
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(scratch, target)
+    return target
+
+
+class OnnxEmbedder(ServedModel):
+    capabilities = frozenset({Capability.EMBEDDING})
+
+    def __init__(
+        self,
+        model_id: str,
+        weights: Callable[[], Path],
+        export_dir: Path,
+        device: str,
+        threads: int,
+        batch_size: int = 64,
+    ) -> None:
+        super().__init__()
+        self.model_id = model_id
+        self._weights = weights
+        self._export_dir = export_dir
+        self._threads = threads
+        self._batch_size = batch_size
+        self.device, self.dtype = device, "float32"
+        self.session = None
+
+    def load(self) -> None:
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        source = self._weights()
+        exported = export_to_onnx(source, self._export_dir)
+        self.max_seq_length = int(json.loads((source / "sentence_bert_config.json").read_text())["max_seq_length"])
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if self.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(exported / ONNX_FILE), options, providers=providers)
+        self.context_length = self.max_seq_length
+        self.embedding_dimensions = int(self.session.get_outputs()[0].shape[-1] or 0) or self._probe_width()
+
+    def _probe_width(self) -> int:
+        return len(self.embed(["width"]).vectors[0])
+
+    def warmup(self) -> None:
+        self.embed(["warm up"])
+
+    def stop(self) -> None:
+        self.session = None
+        self.tokenizer = None
+
+    def estimate_bytes(self) -> int:
+        onnx = self._export_dir / ONNX_FILE
+        if onnx.exists():
+            return onnx.stat().st_size
+        return sum(f.stat().st_size for f in self._weights().glob("*.safetensors"))
+
+    def memory_bytes(self) -> int:
+        return self.estimate_bytes() if self.session is not None else 0
+
+    def count_tokens(self, text: str) -> int:
+        return min(len(self.tokenizer(text)["input_ids"]), self.max_seq_length)
+
+    def embed(self, texts: list[str]) -> Embeddings:
+        vectors: list[list[float]] = []
+        counts: list[int] = []
+        for start in range(0, len(texts), self._batch_size):
+            batch = self.tokenizer(
+                texts[start : start + self._batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_seq_length,
+                return_tensors="np",
+            )
+            mask = batch["attention_mask"].astype(np.int64)
+            (hidden,) = self.session.run(
+                ["last_hidden_state"], {"input_ids": batch["input_ids"].astype(np.int64), "attention_mask": mask}
+            )
+            weights = mask[..., None].astype(hidden.dtype)
+            pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+            pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+            vectors.extend(pooled.tolist())
+            counts.extend(int(n) for n in mask.sum(axis=1))
+        return Embeddings(vectors=vectors, token_counts=counts)

@@ -1,0 +1,78 @@
+"""The other runtimes behind the same contract: llama.cpp on Gemma's GGUF file, and ONNX
+Runtime on an ONNX export of MiniLM (its vectors agree with the transformers runtime's)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from conftest import ROOT
+from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from infermesh.inference.v1 import inference_types_pb2 as types
+from infermesh_inference.app import InferenceApp
+from infermesh_inference.settings import InferenceSettings
+from infermesh_runtime.server import create_server
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+LLAMA, ONNX, MINILM = "gemma-3-270m-llamacpp", "all-minilm-l6-v2-onnx", "all-minilm-l6-v2"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def stub():
+    data_dir = Path(os.environ.get("DATA_DIR", ROOT / ".data"))
+    settings = InferenceSettings(grpc_port=0, data_dir=data_dir, models=[LLAMA, ONNX, MINILM], available_models=[])
+    app = InferenceApp(settings)
+    bound = await create_server(settings, app)
+    await bound.server.start()
+    await app.start(bound.health)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{bound.port}")
+    yield pb_grpc.InferenceServiceStub(channel)
+    await channel.close()
+    await bound.server.stop(1)
+    await app.close()
+
+
+async def test_llama_cpp_generates_and_streams_the_same_text(stub):
+    request = pb.GenerateTextRequest(model=LLAMA, prompt="The capital of France is", max_tokens=16)
+    unary = await stub.GenerateText(request)
+    assert len(unary.text.split()) >= 3 and unary.usage.output_tokens == 16
+    assert unary.finish_reason == types.FINISH_REASON_LENGTH
+    chunks = [c async for c in stub.StreamGenerateText(request)]
+    assert len(chunks) > 8
+    assert "".join(c.text for c in chunks) == unary.text
+    assert chunks[-1].usage.output_tokens == 16
+
+
+async def test_llama_cpp_chat_and_stop_sequences(stub):
+    reply = await stub.Chat(
+        pb.ChatRequest(
+            model=LLAMA,
+            messages=[pb.ChatMessage(role=types.ROLE_USER, content="Name a city in France.")],
+            max_tokens=24,
+        )
+    )
+    assert reply.message.content.strip() and "User:" not in reply.message.content
+    free = await stub.GenerateText(
+        pb.GenerateTextRequest(model=LLAMA, prompt="The capital of France is", max_tokens=16)
+    )
+    word = free.text.split()[2]
+    cut = await stub.GenerateText(
+        pb.GenerateTextRequest(model=LLAMA, prompt="The capital of France is", max_tokens=16, stop_sequences=[word])
+    )
+    assert word not in cut.text and cut.finish_reason == types.FINISH_REASON_STOP
+
+
+async def test_onnx_runtime_embeddings_agree_with_transformers(stub):
+    texts = ["A cat sits on the mat.", "Stock markets fell sharply today.", "Der Hund schläft."]
+    onnx = await stub.Embed(pb.EmbedRequest(model=ONNX, inputs=texts))
+    torch_ = await stub.Embed(pb.EmbedRequest(model=MINILM, inputs=texts))
+    for a, b in zip(onnx.embeddings, torch_.embeddings, strict=True):
+        assert len(a.values) == 384
+        assert float(np.dot(a.values, b.values)) > 0.99  # transformers runs bf16 here, ONNX fp32
+    assert onnx.usage.input_tokens == torch_.usage.input_tokens
