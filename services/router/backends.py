@@ -7,6 +7,9 @@ and health-based routing apply to service-to-service traffic too.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 import grpc
 
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
@@ -51,3 +54,13 @@ class Backends:
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+async def relay(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[Any]:
+    """A backend stream's messages; if our caller goes away first, the backend call is
+    cancelled at once, so the backend stops generating for nobody."""
+    try:
+        async for message in call:
+            yield message
+    finally:
+        call.cancel()

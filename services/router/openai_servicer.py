@@ -20,7 +20,7 @@ from google.api import httpbody_pb2
 
 from infermesh.openai.v1 import openai_service_pb2_grpc as pb_grpc
 from infermesh_router import openai_schema as oa
-from infermesh_router.backends import Backends
+from infermesh_router.backends import Backends, relay
 from infermesh_runtime.errors import InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
@@ -155,12 +155,12 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         return json_body(oa.model_dict(request.model, self.created))
 
 
-async def _guarded(call: AsyncIterator[Any]) -> AsyncIterator[Any]:
+async def _guarded(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[Any]:
     """Yield a backend stream's chunks; once one has been sent, turn a failure into an
     in-band SSE error event (an HttpBody) instead of cutting the stream silently."""
     started = False
     try:
-        async for item in call:
+        async for item in relay(call):
             started = True
             yield item
     except grpc.aio.AioRpcError as exc:

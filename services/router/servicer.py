@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from infermesh.router.v1 import router_service_pb2_grpc as pb_grpc
-from infermesh_router.backends import Backends
+from infermesh_router.backends import Backends, relay
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):
@@ -15,7 +15,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
 
     async def StreamGenerateText(self, request, context):
         call = self.backends.stub.StreamGenerateText(request, **self.backends.call_options(request.model, context))
-        async for chunk in call:
+        async for chunk in relay(call):
             yield chunk
 
     async def Chat(self, request, context):
@@ -23,7 +23,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
 
     async def StreamChat(self, request, context):
         call = self.backends.stub.StreamChat(request, **self.backends.call_options(request.model, context))
-        async for chunk in call:
+        async for chunk in relay(call):
             yield chunk
 
     async def Embed(self, request, context):

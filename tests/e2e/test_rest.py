@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import numpy as np
@@ -80,3 +81,26 @@ def test_describe_image_on_a_text_model_says_it_cannot(base_url):
     reply = httpx.post(f"{base_url}/v1/describe-image", json=request, timeout=60)
     assert reply.status_code == 400
     assert "does not support image-description" in reply.json()["message"]
+
+
+def test_a_client_that_disconnects_stops_its_generation(mesh, base_url):
+    """Client → Envoy → router → Envoy → inference server: closing the HTTP connection
+    cancels the whole chain, so the model stops generating for nobody."""
+    metrics_url = f"http://127.0.0.1:{mesh.settings.inference_metrics_port}/metrics"
+
+    def in_flight() -> float:
+        for line in httpx.get(metrics_url, timeout=10).text.splitlines():
+            if line.startswith('infermesh_inference_queue_depth{model="gemma-3-270m"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    body = {"model": "gemma-3-270m", "prompt": "Tell me a very long story.", "max_tokens": 4000}
+    with httpx.stream("POST", f"{base_url}/v1/generate-text:stream", json=body, timeout=120) as response:
+        lines = response.iter_lines()
+        next(line for line in lines if line.startswith("data: "))
+        assert in_flight() == 1
+    for _ in range(100):
+        if in_flight() == 0:
+            break
+        time.sleep(0.1)
+    assert in_flight() == 0
