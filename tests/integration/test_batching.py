@@ -5,8 +5,6 @@ once, embeddings are batched dynamically, and full queues refuse at once with re
 from __future__ import annotations
 
 import asyncio
-import os
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -16,39 +14,17 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
-from conftest import ROOT
+from inference_servers import inference_server
 from infermesh.inference.v1 import inference_service_pb2 as pb
-from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
-from infermesh_inference.app import InferenceApp
-from infermesh_inference.settings import InferenceSettings
-from infermesh_runtime.server import create_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"
 
 
-async def start(**overrides):
-    data_dir = Path(os.environ.get("DATA_DIR", ROOT / ".data"))
-    settings = InferenceSettings(grpc_port=0, data_dir=data_dir, **overrides)
-    app = InferenceApp(settings)
-    bound = await create_server(settings, app)
-    await bound.server.start()
-    await app.start(bound.health)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{bound.port}")
-    return app, bound, channel
-
-
-async def stop(app, bound, channel):
-    await channel.close()
-    await bound.server.stop(1)
-    await app.close()
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def served():
-    app, bound, channel = await start()
-    yield app, pb_grpc.InferenceServiceStub(channel)
-    await stop(app, bound, channel)
+    async with inference_server() as server:
+        yield server.app, server.inference
 
 
 def batch_histogram(model: str) -> tuple[float, float]:
@@ -125,9 +101,8 @@ async def test_embeddings_are_batched_and_match_one_at_a_time(served):
 
 
 async def test_full_queues_refuse_at_once_with_retry_advice():
-    app, bound, channel = await start(max_queue_size=2, embed_max_queue_items=4, embed_max_queue_delay_ms=200)
-    stub = pb_grpc.InferenceServiceStub(channel)
-    try:
+    async with inference_server(max_queue_size=2, embed_max_queue_items=4, embed_max_queue_delay_ms=200) as server:
+        stub = server.inference
         running = [
             stub.StreamGenerateText(pb.GenerateTextRequest(model=GEMMA, prompt="Go on:", max_tokens=2000))
             for _ in range(2)
@@ -152,5 +127,3 @@ async def test_full_queues_refuse_at_once_with_retry_advice():
             await stub.Embed(pb.EmbedRequest(model=MINILM, inputs=["e"]))
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert len((await waiting).embeddings) == 4  # nothing admitted is lost
-    finally:
-        await stop(app, bound, channel)

@@ -3,23 +3,17 @@ cancellation, deadlines, pagination and rich errors."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import grpc
 import pytest
 import pytest_asyncio
 from google.rpc import error_details_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
-from conftest import ROOT
+from inference_servers import inference_server
 from infermesh.inference.v1 import inference_service_pb2 as pb
-from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from infermesh.inference.v1 import inference_types_pb2 as types
-from infermesh_inference.app import SERVICE, InferenceApp, model_health_name
-from infermesh_inference.settings import InferenceSettings
-from infermesh_runtime.server import create_server
+from infermesh_inference.app import SERVICE, model_health_name
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 GEMMA = "gemma-3-270m"
@@ -27,23 +21,16 @@ GEMMA = "gemma-3-270m"
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def server():
-    data_dir = Path(os.environ.get("DATA_DIR", ROOT / ".data"))
-    settings = InferenceSettings(grpc_port=0, models=[GEMMA], available_models=[], data_dir=data_dir)
-    app = InferenceApp(settings)
-    bound = await create_server(settings, app)
-    await bound.server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{bound.port}")
-    health = health_pb2_grpc.HealthStub(channel)
-    before = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE))
-    await app.start(bound.health)
-    yield {"channel": channel, "stub": pb_grpc.InferenceServiceStub(channel), "health": health, "before": before}
-    await channel.close()
-    await bound.server.stop(1)
-    await app.close()
+    async with inference_server(models=[GEMMA], available_models=[]) as running:
+        yield {
+            "stub": running.inference,
+            "health": running.health,
+            "before": running.health_before_start,
+        }
 
 
 async def test_not_serving_until_models_are_loaded_then_serving_per_model(server):
-    assert server["before"].status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert server["before"] == health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ("", SERVICE, model_health_name(GEMMA)):
         reply = await server["health"].Check(health_pb2.HealthCheckRequest(service=name))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, name

@@ -5,91 +5,62 @@ per-model health, and no memory leak across load/unload cycles."""
 from __future__ import annotations
 
 import asyncio
-import os
-from pathlib import Path
 
 import grpc
 import psutil
 import pytest
 from google.longrunning import operations_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from prometheus_client import REGISTRY
 
-from conftest import ROOT
+from inference_servers import inference_server
 from infermesh.inference.v1 import inference_service_pb2 as pb
-from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from infermesh.inference.v1 import inference_types_pb2 as types
 from infermesh.inference.v1 import model_service_pb2 as model_pb
-from infermesh.inference.v1 import model_service_pb2_grpc as model_grpc
-from infermesh_inference.app import InferenceApp, model_health_name
-from infermesh_inference.settings import InferenceSettings
-from infermesh_runtime.operations import OperationsStub
-from infermesh_runtime.server import create_server
+from infermesh_inference.app import model_health_name
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"
 
 
-class Server:
-    def __init__(self, **overrides) -> None:
-        data_dir = Path(os.environ.get("DATA_DIR", ROOT / ".data"))
-        self.settings = InferenceSettings(grpc_port=0, data_dir=data_dir, **overrides)
+async def run(server, operation: operations_pb2.Operation) -> operations_pb2.Operation:
+    done = await server.operations.WaitOperation(operations_pb2.WaitOperationRequest(name=operation.name), timeout=300)
+    assert done.done and not done.HasField("error"), done.error
+    return done
 
-    async def __aenter__(self):
-        self.app = InferenceApp(self.settings)
-        self.bound = await create_server(self.settings, self.app)
-        await self.bound.server.start()
-        await self.app.start(self.bound.health)
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.bound.port}")
-        self.inference = pb_grpc.InferenceServiceStub(self.channel)
-        self.models = model_grpc.ModelServiceStub(self.channel)
-        self.operations = OperationsStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
-        return self
 
-    async def __aexit__(self, *exc):
-        await self.channel.close()
-        await self.bound.server.stop(1)
-        await self.app.close()
+async def state(server, model: str) -> int:
+    return (await server.models.GetModel(model_pb.GetModelRequest(model=model))).state
 
-    async def run(self, operation: operations_pb2.Operation) -> model_pb.ModelOperationMetadata:
-        done = await self.operations.WaitOperation(
-            operations_pb2.WaitOperationRequest(name=operation.name), timeout=300
-        )
-        assert done.done and not done.HasField("error"), done.error
-        return done
 
-    async def state(self, model: str) -> int:
-        return (await self.models.GetModel(model_pb.GetModelRequest(model=model))).state
-
-    async def serving(self, model: str) -> bool:
-        reply = await self.health.Check(health_pb2.HealthCheckRequest(service=model_health_name(model)))
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
+async def serving(server, model: str) -> bool:
+    reply = await server.health.Check(health_pb2.HealthCheckRequest(service=model_health_name(model)))
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_unload_and_load_are_operations_and_requests_load_lazily():
-    async with Server(models=[MINILM]) as server:
+    async with inference_server(models=[MINILM]) as server:
         status = await server.models.GetModel(model_pb.GetModelRequest(model=MINILM))
         assert status.state == types.MODEL_STATE_READY and status.memory_bytes > 10 * 2**20
-        assert status.device == "cpu" and await server.serving(MINILM)
+        assert status.device == "cpu" and await serving(server, MINILM)
 
         operation = await server.models.UnloadModel(model_pb.UnloadModelRequest(model=MINILM))
         assert operation.name.startswith("operations/")
-        done = await server.run(operation)
+        done = await run(server, operation)
         unloaded = types.Model()
         done.response.Unpack(unloaded)
         assert unloaded.state == types.MODEL_STATE_UNLOADED and unloaded.memory_bytes == 0
         metadata = model_pb.ModelOperationMetadata()
         done.metadata.Unpack(metadata)
         assert metadata.verb == "unload" and metadata.progress_percent == 100 and metadata.HasField("end_time")
-        assert not await server.serving(MINILM)  # Envoy and Consul stop routing it here
+        assert not await serving(server, MINILM)  # Envoy and Consul stop routing it here
 
         reply = await server.inference.Embed(pb.EmbedRequest(model=MINILM, inputs=["loaded on demand"]))
         assert len(reply.embeddings[0].values) == 384
-        assert await server.state(MINILM) == types.MODEL_STATE_READY and await server.serving(MINILM)
+        assert await state(server, MINILM) == types.MODEL_STATE_READY and await serving(server, MINILM)
 
-        done = await server.run(await server.models.UnloadModel(model_pb.UnloadModelRequest(model=MINILM)))
-        done = await server.run(await server.models.LoadModel(model_pb.LoadModelRequest(model=MINILM)))
+        done = await run(server, await server.models.UnloadModel(model_pb.UnloadModelRequest(model=MINILM)))
+        done = await run(server, await server.models.LoadModel(model_pb.LoadModelRequest(model=MINILM)))
         loaded = types.Model()
         done.response.Unpack(loaded)
         assert loaded.state == types.MODEL_STATE_READY and loaded.load_seconds > 0
@@ -103,14 +74,14 @@ async def test_unload_and_load_are_operations_and_requests_load_lazily():
 
 
 async def test_unload_drains_in_flight_requests_and_later_requests_still_succeed():
-    async with Server(models=[GEMMA]) as server:
+    async with inference_server(models=[GEMMA]) as server:
         stream = server.inference.StreamGenerateText(
             pb.GenerateTextRequest(model=GEMMA, prompt="Once upon a time", max_tokens=40)
         )
         await stream.read()
         operation = await server.models.UnloadModel(model_pb.UnloadModelRequest(model=GEMMA))
         await asyncio.sleep(0.2)
-        assert await server.state(GEMMA) == types.MODEL_STATE_DRAINING
+        assert await state(server, GEMMA) == types.MODEL_STATE_DRAINING
         late = asyncio.ensure_future(
             server.inference.GenerateText(pb.GenerateTextRequest(model=GEMMA, prompt="Hello", max_tokens=3))
         )
@@ -118,37 +89,37 @@ async def test_unload_drains_in_flight_requests_and_later_requests_still_succeed
         while (chunk := await stream.read()) is not grpc.aio.EOF:
             last = chunk
         assert last.usage.output_tokens == 40  # the in-flight stream was not cut
-        await server.run(operation)
+        await run(server, operation)
         assert (await late).usage.output_tokens == 3  # it waited for the unload, then reloaded the model
 
 
 async def test_a_memory_budget_evicts_the_least_recently_used_model():
     # Gemma in bf16 is 511 MiB of weights and MiniLM 43 MiB: a 540 MiB budget holds one of them.
-    async with Server(models=[MINILM], available_models=[GEMMA], memory_budget=540 * 2**20) as server:
+    async with inference_server(models=[MINILM], available_models=[GEMMA], memory_budget=540 * 2**20) as server:
         evictions = REGISTRY.get_sample_value(
             "infermesh_inference_evictions_total", {"model": MINILM, "cause": "evicted"}
         )
         reply = await server.inference.GenerateText(pb.GenerateTextRequest(model=GEMMA, prompt="Hi", max_tokens=2))
         assert reply.usage.output_tokens == 2
-        assert await server.state(MINILM) == types.MODEL_STATE_UNLOADED
+        assert await state(server, MINILM) == types.MODEL_STATE_UNLOADED
         after = REGISTRY.get_sample_value("infermesh_inference_evictions_total", {"model": MINILM, "cause": "evicted"})
         assert (after or 0) == (evictions or 0) + 1
         await server.inference.Embed(pb.EmbedRequest(model=MINILM, inputs=["and back"]))
-        assert await server.state(GEMMA) == types.MODEL_STATE_UNLOADED
+        assert await state(server, GEMMA) == types.MODEL_STATE_UNLOADED
         assert server.app.repository.memory_used() <= 540 * 2**20
 
 
 async def test_idle_models_are_unloaded():
-    async with Server(models=[MINILM], idle_unload_seconds=0.5) as server:
+    async with inference_server(models=[MINILM], idle_unload_seconds=0.5) as server:
         for _ in range(100):
-            if await server.state(MINILM) == types.MODEL_STATE_UNLOADED:
+            if await state(server, MINILM) == types.MODEL_STATE_UNLOADED:
                 break
             await asyncio.sleep(0.1)
-        assert await server.state(MINILM) == types.MODEL_STATE_UNLOADED
+        assert await state(server, MINILM) == types.MODEL_STATE_UNLOADED
 
 
 async def test_twenty_load_unload_cycles_do_not_leak_memory():
-    async with Server(models=[MINILM]) as server:
+    async with inference_server(models=[MINILM]) as server:
         repository = server.app.repository
         process = psutil.Process()
 

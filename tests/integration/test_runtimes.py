@@ -3,21 +3,13 @@ Runtime on an ONNX export of MiniLM (its vectors agree with the transformers run
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import grpc
 import numpy as np
 import pytest
 import pytest_asyncio
 
-from conftest import ROOT
+from inference_servers import inference_server
 from infermesh.inference.v1 import inference_service_pb2 as pb
-from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from infermesh.inference.v1 import inference_types_pb2 as types
-from infermesh_inference.app import InferenceApp
-from infermesh_inference.settings import InferenceSettings
-from infermesh_runtime.server import create_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 LLAMA, ONNX, MINILM = "gemma-3-270m-llamacpp", "all-minilm-l6-v2-onnx", "all-minilm-l6-v2"
@@ -25,17 +17,8 @@ LLAMA, ONNX, MINILM = "gemma-3-270m-llamacpp", "all-minilm-l6-v2-onnx", "all-min
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def stub():
-    data_dir = Path(os.environ.get("DATA_DIR", ROOT / ".data"))
-    settings = InferenceSettings(grpc_port=0, data_dir=data_dir, models=[LLAMA, ONNX, MINILM], available_models=[])
-    app = InferenceApp(settings)
-    bound = await create_server(settings, app)
-    await bound.server.start()
-    await app.start(bound.health)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{bound.port}")
-    yield pb_grpc.InferenceServiceStub(channel)
-    await channel.close()
-    await bound.server.stop(1)
-    await app.close()
+    async with inference_server(models=[LLAMA, ONNX, MINILM], available_models=[]) as server:
+        yield server.inference
 
 
 async def test_llama_cpp_generates_and_streams_the_same_text(stub):

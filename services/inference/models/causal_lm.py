@@ -8,6 +8,7 @@ between two forward passes.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -70,6 +71,19 @@ class TransformersCausalLM(ServedModel):
         model = model.to(self._torch_device).eval()
         if any(p.device.type == "meta" for p in model.parameters()):
             raise RuntimeError(f"{self.model_id}: weights left on the meta device after loading {path}")
+        # The batch manager and the one-request loop share these weights; their forward
+        # passes must not overlap (seen: a request sampled while the manager stepped got
+        # different tokens for the same seed), so each pass holds the model's lock.
+        lock = threading.RLock()
+
+        def enter(module: torch.nn.Module, args: tuple) -> None:
+            lock.acquire()
+
+        def leave(module: torch.nn.Module, args: tuple, output: object) -> None:
+            lock.release()
+
+        model.register_forward_pre_hook(enter)
+        model.register_forward_hook(leave, always_call=True)
         self.model = model
         self.context_length = min(int(model.config.max_position_embeddings), self._max_context)
         eos = model.generation_config.eos_token_id

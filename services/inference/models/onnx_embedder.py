@@ -30,10 +30,19 @@ def export_to_onnx(source: Path, target: Path) -> Path:
     scratch = target.with_name(f".{target.name}.partial")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    model = AutoModel.from_pretrained(source, dtype=torch.float32).eval()
+    class Encoder(torch.nn.Module):
+        """Just the two inputs and the one output the server uses."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = AutoModel.from_pretrained(source, dtype=torch.float32).eval()
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
     example = (torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))
     torch.onnx.export(
-        model,
+        Encoder(),
         example,
         str(scratch / ONNX_FILE),
         input_names=["input_ids", "attention_mask"],
