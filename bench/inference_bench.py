@@ -122,7 +122,7 @@ async def through_front_door(base_url: str, max_tokens: int, levels: list[int], 
         report_generation("Generation through the front door (REST SSE via Envoy and the router)", baseline, runs)
         await sequential(20, embed)
         one = await sequential(embeds, embed)
-        many = await concurrently_limited(embeds * 4, 64, embed)
+        many = await concurrently_limited(embeds * 10, 64, embed)
         print_embeddings("Embeddings through the front door (POST /v1/embed, one sentence per request)", one, many)
         return {"generation": (baseline, runs), "embeddings": (one, many)}
 
@@ -187,7 +187,7 @@ async def in_process(max_tokens: int, levels: list[int], embeds: int, data_dir: 
         report_generation("Generation in-process (inference core, no gRPC, no Envoy)", baseline, runs)
         await sequential(20, embed)
         one = await sequential(embeds, embed)
-        many = await concurrently_limited(embeds * 4, 64, embed)
+        many = await concurrently_limited(embeds * 10, 64, embed)
         print_embeddings("Embeddings in-process (inference core's dynamic batcher)", one, many)
         return {"generation": (baseline, runs), "embeddings": (one, many)}
     finally:
@@ -242,6 +242,29 @@ def compare_runtimes(data_dir: Path, max_tokens: int) -> None:
             model.stop()
 
 
+def static_batches(data_dir: Path, max_tokens: int, levels: list[int]) -> None:
+    """The alternative to continuous batching: one padded generate() per batch (requests
+    can neither join nor leave mid-way). Same model, same dtype, EOS ignored."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from infermesh_inference.models.builtin import prepare_gemma, resolve_dtype
+
+    path = prepare_gemma(data_dir)
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype("auto", "cpu")).eval()
+    print("\nStatic padded batches in-process (one transformers generate() per batch, for comparison)")
+    base = None
+    with torch.inference_mode():
+        for n in [1, *[n for n in levels if n > 1]]:
+            batch = tokenizer([PROMPTS[i % len(PROMPTS)] for i in range(n)], return_tensors="pt", padding=True)
+            started = time.perf_counter()
+            model.generate(**batch, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False)
+            rate = n * max_tokens / (time.perf_counter() - started)
+            base = base or rate
+            print(f"  batch {n:3d}: {rate:7.1f} tok/s = {rate / base:5.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -267,6 +290,7 @@ def main() -> None:
         finally:
             mesh.stop()
     local = asyncio.run(in_process(args.max_tokens, levels, args.embeds, settings.data_dir))
+    static_batches(settings.data_dir, args.max_tokens, levels)
     compare_runtimes(settings.data_dir, args.max_tokens)
     print("\nThe mesh's own cost (front door rate / in-process rate)")
     for n in levels:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from infermesh_inference.models.base import Capability, Embeddings, ServedModel
+from infermesh_inference.models.sentence_embedder import tokenized_batches
 
 ONNX_FILE = "model.onnx"
 
@@ -30,6 +31,7 @@ def export_to_onnx(source: Path, target: Path) -> Path:
     scratch = target.with_name(f".{target.name}.partial")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
+
     class Encoder(torch.nn.Module):
         """Just the two inputs and the one output the server uses."""
 
@@ -122,14 +124,7 @@ class OnnxEmbedder(ServedModel):
     def embed(self, texts: list[str]) -> Embeddings:
         vectors: list[list[float]] = []
         counts: list[int] = []
-        for start in range(0, len(texts), self._batch_size):
-            batch = self.tokenizer(
-                texts[start : start + self._batch_size],
-                padding=True,
-                truncation=True,
-                max_length=self.max_seq_length,
-                return_tensors="np",
-            )
+        for batch in tokenized_batches(self.tokenizer, texts, self._batch_size, self.max_seq_length, "np"):
             mask = batch["attention_mask"].astype(np.int64)
             (hidden,) = self.session.run(
                 ["last_hidden_state"], {"input_ids": batch["input_ids"].astype(np.int64), "attention_mask": mask}

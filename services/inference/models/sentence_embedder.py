@@ -4,13 +4,26 @@ run with plain transformers so no extra framework sits between the server and to
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModel, AutoTokenizer
 
 from infermesh_inference.models.base import Capability, Embeddings, ServedModel, safetensors_bytes
+
+
+def tokenized_batches(tokenizer, texts: list[str], batch_size: int, max_length: int, tensors: str) -> Iterator[Any]:
+    """Texts in batches, tokenized the way sentence-transformers does (padded, truncated)."""
+    for start in range(0, len(texts), batch_size):
+        yield tokenizer(
+            texts[start : start + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors=tensors,
+        )
 
 
 class SentenceEmbedder(ServedModel):
@@ -55,14 +68,8 @@ class SentenceEmbedder(ServedModel):
     def embed(self, texts: list[str]) -> Embeddings:
         vectors: list[list[float]] = []
         counts: list[int] = []
-        for start in range(0, len(texts), self._batch_size):
-            batch = self.tokenizer(
-                texts[start : start + self._batch_size],
-                padding=True,
-                truncation=True,
-                max_length=self.max_seq_length,
-                return_tensors="pt",
-            ).to(self._torch_device)
+        for batch in tokenized_batches(self.tokenizer, texts, self._batch_size, self.max_seq_length, "pt"):
+            batch = batch.to(self._torch_device)
             hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
