@@ -1,7 +1,9 @@
 """Server interceptors: input validation and error mapping, and Prometheus metrics.
 
 grpc.aio interceptors cannot see a call's outcome through `continuation`, so each one
-wraps the method handler's behaviour (unary or server-streaming) instead.
+wraps the method handler's behaviour (unary or server-streaming) instead. A method's
+handler is the same object for every call, so its wrapped version is built once per
+method and reused: interception costs one dictionary lookup per call.
 """
 
 from __future__ import annotations
@@ -27,20 +29,40 @@ UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
 
-def _rewrap(
-    handler: grpc.RpcMethodHandler,
-    unary: Callable[[UnaryBehavior], UnaryBehavior],
-    stream: Callable[[StreamBehavior], StreamBehavior],
-) -> grpc.RpcMethodHandler:
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
-        )
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
-        )
-    return handler  # client-streaming methods are not used by infermesh
+class WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps each method's unary or server-streaming behaviour, once per method."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+        raise NotImplementedError
+
+    def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        raise NotImplementedError
+
+    async def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        if handler.unary_unary:
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                self.wrap_unary(method, handler.unary_unary), handler.request_deserializer, handler.response_serializer
+            )
+        elif handler.unary_stream:
+            wrapped = grpc.unary_stream_rpc_method_handler(
+                self.wrap_stream(method, handler.unary_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        else:
+            wrapped = handler  # client-streaming methods (reflection) pass through untouched
+        self._wrapped[method] = wrapped
+        return wrapped
 
 
 def validation_status(error: protovalidate.ValidationError) -> status_pb2.Status:
@@ -65,7 +87,22 @@ def validation_status(error: protovalidate.ValidationError) -> status_pb2.Status
     return status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=details)
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+async def _fail(method: str, context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        # An upstream service's error passes through with its code and rich details.
+        details = tuple((k, v) for k, v in exc.trailing_metadata() or () if k == STATUS_DETAILS_KEY)
+        await context.abort(exc.code(), exc.details() or "", trailing_metadata=details)
+    if isinstance(exc, protovalidate.ValidationError):
+        status = validation_status(exc)
+    elif isinstance(exc, DomainError):
+        status = exc.to_status()
+    else:
+        log.exception("unhandled error in %s", method)
+        status = internal_status()
+    await context.abort_with_status(rpc_status.to_status(status))
+
+
+class ErrorInterceptor(WrappingInterceptor):
     """Validates requests against their protovalidate rules and maps exceptions to status.
 
     DomainError → its canonical code with ErrorInfo; an upstream call's error → the same
@@ -73,52 +110,30 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     the caller).
     """
 
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
+    def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+        async def wrapped(request, context):
+            try:
+                protovalidate.validate(request)
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to a status in _fail()
+                await _fail(method, context, exc)
 
-        async def fail(context: grpc.aio.ServicerContext, exc: Exception) -> None:
-            if isinstance(exc, grpc.aio.AioRpcError):
-                # An upstream service's error passes through with its code and rich details.
-                details = tuple((k, v) for k, v in exc.trailing_metadata() or () if k == STATUS_DETAILS_KEY)
-                await context.abort(exc.code(), exc.details() or "", trailing_metadata=details)
-            if isinstance(exc, protovalidate.ValidationError):
-                status = validation_status(exc)
-            elif isinstance(exc, DomainError):
-                status = exc.to_status()
-            else:
-                log.exception("unhandled error in %s", method)
-                status = internal_status()
-            await context.abort_with_status(rpc_status.to_status(status))
+        return wrapped
 
-        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
-            async def wrapped(request, context):
-                try:
-                    protovalidate.validate(request)
-                    return await behavior(request, context)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - mapped to a status in fail()
-                    await fail(context, exc)
+    def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        async def wrapped(request, context):
+            try:
+                protovalidate.validate(request)
+                async for item in behavior(request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to a status in _fail()
+                await _fail(method, context, exc)
 
-            return wrapped
-
-        def stream(behavior: StreamBehavior) -> StreamBehavior:
-            async def wrapped(request, context):
-                try:
-                    protovalidate.validate(request)
-                    async for item in behavior(request, context):
-                        yield item
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - mapped to a status in fail()
-                    await fail(context, exc)
-
-            return wrapped
-
-        return _rewrap(handler, unary, stream)
+        return wrapped
 
 
 REQUESTS = Counter(
@@ -141,41 +156,42 @@ def _code_name(context: grpc.aio.ServicerContext, failed: bool) -> str:
     return "UNKNOWN" if failed else "OK"
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(WrappingInterceptor):
     """Counts calls by method and code and records their duration."""
 
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
+    def _recorder(self, method: str) -> Callable[[grpc.aio.ServicerContext, float, bool], None]:
+        latency = LATENCY.labels(method)
 
         def record(context: grpc.aio.ServicerContext, started: float, failed: bool) -> None:
             REQUESTS.labels(method, _code_name(context, failed)).inc()
-            LATENCY.labels(method).observe(time.perf_counter() - started)
+            latency.observe(time.perf_counter() - started)
 
-        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
-            async def wrapped(request, context):
-                started, failed = time.perf_counter(), True
-                try:
-                    response = await behavior(request, context)
-                    failed = False
-                    return response
-                finally:
-                    record(context, started, failed)
+        return record
 
-            return wrapped
+    def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+        record = self._recorder(method)
 
-        def stream(behavior: StreamBehavior) -> StreamBehavior:
-            async def wrapped(request, context):
-                started, failed = time.perf_counter(), True
-                try:
-                    async for item in behavior(request, context):
-                        yield item
-                    failed = False
-                finally:
-                    record(context, started, failed)
+        async def wrapped(request, context):
+            started, failed = time.perf_counter(), True
+            try:
+                response = await behavior(request, context)
+                failed = False
+                return response
+            finally:
+                record(context, started, failed)
 
-            return wrapped
+        return wrapped
 
-        return _rewrap(handler, unary, stream)
+    def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        record = self._recorder(method)
+
+        async def wrapped(request, context):
+            started, failed = time.perf_counter(), True
+            try:
+                async for item in behavior(request, context):
+                    yield item
+                failed = False
+            finally:
+                record(context, started, failed)
+
+        return wrapped
