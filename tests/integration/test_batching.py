@@ -60,6 +60,22 @@ async def test_concurrent_generations_share_forward_passes(served):
     assert batcher(app).in_flight == 0
 
 
+async def test_sampled_generations_are_batched_too(served):
+    app, stub = served
+    single_before, total_before = batch_histogram(GEMMA)
+    replies = await asyncio.gather(
+        *(
+            stub.GenerateText(
+                pb.GenerateTextRequest(model=GEMMA, prompt="My favourite animal is", max_tokens=12, temperature=1.0)
+            )
+            for _ in range(8)
+        )
+    )
+    single, total = batch_histogram(GEMMA)
+    assert (total - total_before) - (single - single_before) > 0
+    assert len({r.text for r in replies}) > 1  # sampling, not greedy: answers differ
+
+
 async def test_a_cancelled_request_leaves_the_batch_and_the_others_go_on(served):
     app, stub = served
     calls = [
