@@ -60,6 +60,13 @@ async def test_concurrent_generations_share_forward_passes(served):
     assert batcher(app).in_flight == 0
 
 
+async def test_greedy_decoding_in_the_batch_is_repeatable(served):
+    _, stub = served
+    request = pb.GenerateTextRequest(model=GEMMA, prompt="The capital of France is", max_tokens=16)
+    texts = {(await stub.GenerateText(request)).text for _ in range(6)}
+    assert len(texts) == 1, texts
+
+
 async def test_sampled_generations_are_batched_too(served):
     app, stub = served
     single_before, total_before = batch_histogram(GEMMA)

@@ -50,10 +50,20 @@ def inverse_cdf_sample(probs: torch.Tensor) -> torch.Tensor:
 _manager_sample = ModelRunner._sample
 
 
+# Logits divided by GREEDY_TEMPERATURE are at least this large; sampled ones are not.
+GREEDY_LOGIT_SCALE = 1e6
+
+
 def _sample(self: ModelRunner, scores: torch.Tensor, output_ids: torch.Tensor) -> None:
     if not self.do_sample or self.return_logprobs:
         return _manager_sample(self, scores, output_ids)
-    next_tokens = inverse_cdf_sample(torch.nn.functional.softmax(scores[0], dim=-1))
+    rows = scores[0]
+    # Greedy rows take the argmax: bf16 logits often tie at the top, and a draw between
+    # tied tokens would make greedy decoding differ from run to run.
+    next_tokens = rows.argmax(dim=-1)
+    sampled = rows.abs().amax(dim=-1) < GREEDY_LOGIT_SCALE
+    if sampled.any():
+        next_tokens[sampled] = inverse_cdf_sample(torch.nn.functional.softmax(rows[sampled], dim=-1))
     output_ids[0, : next_tokens.size(0)].copy_(next_tokens)
     return None
 
