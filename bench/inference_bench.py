@@ -117,14 +117,19 @@ async def through_front_door(base_url: str, max_tokens: int, levels: list[int], 
             return 1, time.perf_counter() - started
 
         await stream(0)  # warm the path
-        baseline = await sequential(3, stream)
-        runs = {n: await concurrently(n, stream) for n in levels}
-        report_generation("Generation through the front door (REST SSE via Envoy and the router)", baseline, runs)
-        await sequential(20, embed)
-        one = await sequential(embeds, embed)
-        many = await concurrently_limited(embeds * 10, 64, embed)
-        print_embeddings("Embeddings through the front door (POST /v1/embed, one sentence per request)", one, many)
-        return {"generation": (baseline, runs), "embeddings": (one, many)}
+        return await measure("through the front door", stream, embed, levels, embeds)
+
+
+async def measure(where: str, stream: Callable, embed: Callable, levels: list[int], embeds: int) -> dict:
+    """The same measurements wherever the calls go: generation, then embeddings."""
+    baseline = await sequential(3, stream)
+    runs = {n: await concurrently(n, stream) for n in levels}
+    report_generation(f"Generation {where}", baseline, runs)
+    await sequential(20, embed)  # warm the batcher
+    one = await sequential(embeds, embed)
+    many = await concurrently_limited(embeds * 10, 64, embed)
+    print_embeddings(f"Embeddings {where}, one sentence per request", one, many)
+    return {"generation": (baseline, runs), "embeddings": (one, many)}
 
 
 async def concurrently_limited(total: int, workers: int, one: Callable[[int], Awaitable[tuple[int, float]]]) -> Run:
@@ -182,14 +187,7 @@ async def in_process(max_tokens: int, levels: list[int], embeds: int, data_dir: 
         return 1, time.perf_counter() - started
 
     try:
-        baseline = await sequential(3, stream)
-        runs = {n: await concurrently(n, stream) for n in levels}
-        report_generation("Generation in-process (inference core, no gRPC, no Envoy)", baseline, runs)
-        await sequential(20, embed)
-        one = await sequential(embeds, embed)
-        many = await concurrently_limited(embeds * 10, 64, embed)
-        print_embeddings("Embeddings in-process (inference core's dynamic batcher)", one, many)
-        return {"generation": (baseline, runs), "embeddings": (one, many)}
+        return await measure("in-process (the inference core: no gRPC, no Envoy)", stream, embed, levels, embeds)
     finally:
         await app.close()
 
