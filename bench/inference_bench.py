@@ -161,7 +161,7 @@ def print_embeddings(title: str, one: Run, many: Run) -> None:
 
 async def in_process(max_tokens: int, levels: list[int], embeds: int, data_dir: Path) -> dict:
     from infermesh_inference.app import InferenceApp
-    from infermesh_inference.core import SamplingRequest
+    from infermesh_inference.models.base import GenerationParams
     from infermesh_inference.settings import InferenceSettings
     from infermesh_runtime.server import create_server
 
@@ -173,7 +173,7 @@ async def in_process(max_tokens: int, levels: list[int], embeds: int, data_dir: 
 
     async def stream(i: int) -> tuple[int, float]:
         started, first, tokens = time.perf_counter(), None, 0
-        sampling = SamplingRequest(max_tokens=max_tokens)
+        sampling = GenerationParams(max_tokens=max_tokens)
         async for chunk in core.generate("gemma-3-270m", PROMPTS[i % len(PROMPTS)], sampling):
             if chunk.text and first is None:
                 first = time.perf_counter() - started

@@ -11,10 +11,9 @@ from typing import Any
 
 import yaml
 
-from infermesh_runtime.catalog import Catalog, ServiceInstance
+from infermesh_runtime.catalog import BACKEND_HEADER, Catalog, ServiceInstance
 
 ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
-BACKEND_HEADER = "x-infermesh-backend"
 # The health service an instance reports SERVING on once it can take traffic.
 HEALTH_SERVICES = {
     "router": "infermesh.router.v1.RouterService",

@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from infermesh_inference import metrics
 from infermesh_inference.batching import DynamicBatcher
@@ -24,19 +24,6 @@ from infermesh_inference.repository import ModelEntry, ModelRepository, ModelSta
 from infermesh_runtime.errors import InvalidArgument
 
 
-@dataclass(frozen=True)
-class SamplingRequest:
-    """Sampling options as a request states them; None means the server default."""
-
-    max_tokens: int | None = None
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    stop_sequences: tuple[str, ...] = ()
-    seed: int | None = None
-    repetition_penalty: float = 1.0
-
-
 class _Failed:
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
@@ -47,9 +34,11 @@ _DONE = object()
 
 @dataclass(frozen=True)
 class EmbedBatching:
-    max_batch_size: int = 128
-    max_queue_delay: float = 0.005
-    max_queue_items: int = 8192
+    """Dynamic batching limits for embeddings (from InferenceSettings)."""
+
+    max_batch_size: int
+    max_queue_delay: float  # seconds
+    max_queue_items: int
 
 
 class InferenceCore:
@@ -67,13 +56,13 @@ class InferenceCore:
         self._embedders: dict[str, DynamicBatcher] = {}
         repository.on_unload(self._forget_embedder)
 
-    async def generate(self, model_id: str, prompt: str, sampling: SamplingRequest) -> AsyncIterator[TextChunk]:
+    async def generate(self, model_id: str, prompt: str, sampling: GenerationParams) -> AsyncIterator[TextChunk]:
         async with self.repository.use(model_id, Capability.TEXT_GENERATION) as entry:
             async for chunk in self._generate(entry, prompt, sampling, ()):
                 yield chunk
 
     async def chat(
-        self, model_id: str, messages: list[tuple[str, str]], sampling: SamplingRequest
+        self, model_id: str, messages: list[tuple[str, str]], sampling: GenerationParams
     ) -> AsyncIterator[TextChunk]:
         async with self.repository.use(model_id, Capability.CHAT) as entry:
             prompt, stops = entry.model.chat_prompt(messages)
@@ -86,7 +75,7 @@ class InferenceCore:
                     yield chunk
 
     async def _generate(
-        self, entry: ModelEntry, prompt: str, sampling: SamplingRequest, extra_stops: tuple[str, ...]
+        self, entry: ModelEntry, prompt: str, sampling: GenerationParams, extra_stops: tuple[str, ...]
     ) -> AsyncIterator[TextChunk]:
         """Generate on the batch where it can honour the request, alone otherwise; record timings."""
         model_id = entry.model.model_id
@@ -105,13 +94,11 @@ class InferenceCore:
             yield chunk
 
     async def _generate_on_best_path(
-        self, entry: ModelEntry, prompt: str, sampling: SamplingRequest, extra_stops: tuple[str, ...]
+        self, entry: ModelEntry, prompt: str, sampling: GenerationParams, extra_stops: tuple[str, ...]
     ) -> AsyncIterator[TextChunk]:
         model = entry.model
         batcher = getattr(model, "batcher", None)
-        if batcher is not None and ContinuousBatcher.can_serve(
-            self._params(model, 0, sampling, extra_stops, check=False)
-        ):
+        if batcher is not None and ContinuousBatcher.can_serve(sampling):
             input_ids = model.encode(prompt)
             params = self._params(model, len(input_ids), sampling, extra_stops)
             text = model.assembler(len(input_ids), params)
@@ -190,32 +177,19 @@ class InferenceCore:
         return entries
 
     def _params(
-        self,
-        model: ServedModel,
-        prompt_tokens: int,
-        sampling: SamplingRequest,
-        extra_stops: tuple[str, ...],
-        check: bool = True,
+        self, model: ServedModel, prompt_tokens: int, sampling: GenerationParams, extra_stops: tuple[str, ...]
     ) -> GenerationParams:
         """Check the prompt against the context window and settle max_tokens."""
         limit = model.context_length
         if sampling.max_tokens is None:
-            if check and prompt_tokens >= limit:
+            if prompt_tokens >= limit:
                 raise _context_error(model.model_id, prompt_tokens, 1, limit)
-            max_tokens = max(1, min(self._default_max_tokens, limit - prompt_tokens))
+            max_tokens = min(self._default_max_tokens, limit - prompt_tokens)
         else:
             max_tokens = sampling.max_tokens
-            if check and prompt_tokens + max_tokens > limit:
+            if prompt_tokens + max_tokens > limit:
                 raise _context_error(model.model_id, prompt_tokens, max_tokens, limit)
-        return GenerationParams(
-            max_tokens=max_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            stop_sequences=sampling.stop_sequences + extra_stops,
-            seed=sampling.seed,
-            repetition_penalty=sampling.repetition_penalty,
-        )
+        return replace(sampling, max_tokens=max_tokens, stop_sequences=sampling.stop_sequences + extra_stops)
 
     async def _stream(
         self, entry: ModelEntry, work: Callable[[CancelToken], Iterator[TextChunk]]

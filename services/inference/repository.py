@@ -223,7 +223,8 @@ class ModelRepository:
     async def _make_room(self, entry: ModelEntry) -> None:
         if self._budget is None:
             return
-        needed = entry.model.estimate_bytes()
+        # An estimate may read files (safetensors headers, a GGUF assembled once): not on the loop.
+        needed = await asyncio.get_running_loop().run_in_executor(self._executor, entry.model.estimate_bytes)
         while self.memory_used() + needed > self._budget:
             victims = sorted(
                 (e for e in self._entries.values() if e.state is ModelState.READY and e is not entry),

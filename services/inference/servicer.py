@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from infermesh.inference.v1 import inference_types_pb2 as types
-from infermesh_inference.core import InferenceCore, SamplingRequest
-from infermesh_inference.models.base import Capability, FinishReason, TextChunk, Usage
+from infermesh_inference.core import InferenceCore
+from infermesh_inference.models.base import Capability, FinishReason, GenerationParams, TextChunk, Usage
 from infermesh_inference.repository import ModelEntry, ModelState
 from infermesh_runtime.errors import InvalidArgument, Unimplemented
 
@@ -35,8 +35,8 @@ STATES = {
 DEFAULT_PAGE_SIZE = 100
 
 
-def sampling_from(request: pb.GenerateTextRequest | pb.ChatRequest) -> SamplingRequest:
-    return SamplingRequest(
+def sampling_from(request: pb.GenerateTextRequest | pb.ChatRequest) -> GenerationParams:
+    return GenerationParams(
         max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
         temperature=request.temperature if request.HasField("temperature") else 0.0,
         top_p=request.top_p if request.HasField("top_p") else 1.0,

@@ -13,11 +13,9 @@ from typing import Any
 import grpc
 
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
-from infermesh_runtime.catalog import Catalog
+from infermesh_runtime.catalog import BACKEND_HEADER, Catalog
 from infermesh_runtime.errors import NotFound
 from infermesh_runtime.telemetry import client_interceptors
-
-BACKEND_HEADER = "x-infermesh-backend"
 
 
 class Backends:

@@ -14,6 +14,9 @@ from typing import Protocol
 
 import yaml
 
+# The header naming the backend (catalog instance, Envoy cluster) a mesh call is for.
+BACKEND_HEADER = "x-infermesh-backend"
+
 
 @dataclass(frozen=True)
 class ServiceInstance:

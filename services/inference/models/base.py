@@ -24,7 +24,10 @@ class FinishReason(enum.Enum):
 
 @dataclass(frozen=True)
 class GenerationParams:
-    max_tokens: int
+    """Sampling options. max_tokens None means the server default; the core settles it
+    (against the context window) before a model sees the parameters."""
+
+    max_tokens: int | None = None
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0

@@ -134,7 +134,7 @@ class BuildOptions:
 
 def _weights(spec: ModelSpec, data_dir: Path) -> tuple[Callable[[], Path], Path | None]:
     """How to get the model's weights (may convert once), and where they end up if known."""
-    if spec.model_id in (GEMMA_ID,):
+    if spec.model_id == GEMMA_ID:
         return (lambda: prepare_gemma(data_dir)), data_dir / "models" / GEMMA_ID
     if spec.model_id == GEMMA_GGUF_ID:
         return (lambda: gemma_gguf(data_dir)), None
