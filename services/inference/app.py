@@ -37,6 +37,14 @@ def model_health_name(model_id: str) -> str:
     return f"{SERVICE}/{model_id}"
 
 
+def default_embed_instances(device: str, threads: int) -> int:
+    """Two single-threaded instances beat one two-threaded instance on a CPU: measured on
+    2 cores, MiniLM bf16 embeds 810 sentences/s as two batches of 64 side by side against
+    600-670/s for one batch on both threads (no thread hand-offs per op, and a busy core
+    stalls one batch instead of every op of the only one). A GPU runs one batch at a time."""
+    return 2 if device == "cpu" and threads >= 2 else 1
+
+
 class InferenceApp:
     name = "inference"
 
@@ -57,7 +65,13 @@ class InferenceApp:
         )
         threads = settings.torch_threads or len(os.sched_getaffinity(0))
         options = BuildOptions(
-            settings.data_dir, settings.device, settings.dtype, settings.max_context_tokens, threads, batching
+            settings.data_dir,
+            settings.device,
+            settings.dtype,
+            settings.max_context_tokens,
+            threads,
+            batching,
+            settings.embed_instances or default_embed_instances(settings.device, threads),
         )
         specs = {**BUILTIN_SPECS, **parse_specs(settings.model_specs)}
         known = list(dict.fromkeys([*settings.models, *settings.available_models]))

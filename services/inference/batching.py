@@ -1,21 +1,27 @@
 """Dynamic batching for calls that run in one forward pass (embeddings).
 
-Calls wait in a bounded queue; a worker takes up to `max_batch_size` inputs, waiting at
-most `max_queue_delay` after the first one for more to arrive, runs them as one batch,
-and hands each call its own slice of the result. A full queue is refused at once.
+Calls wait in a bounded queue. A collector takes the first waiting call, waits at most
+`max_queue_delay` for company (or until `max_batch_size` inputs are waiting), and hands a
+batch to an idle model instance, which hands each call its own slice of the result. With
+several instances, a burst is shared evenly among the idle ones (64 calls and two idle
+instances make two batches of 32 side by side, not one of 64 while the other waits), and
+the collector gathers the next batch while the others compute. A full queue is refused at
+once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from infermesh_inference import metrics
-from infermesh_runtime.errors import ResourceExhausted
+from infermesh_runtime.errors import ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -28,7 +34,8 @@ class _Pending(Generic[T]):
 
 
 class DynamicBatcher(Generic[T]):
-    """Batches calls to `run(items) -> results` (one result per item, in order)."""
+    """Batches calls to `run(items) -> results` (one result per item, in order) on
+    `instances` threads of `executor`, which the batcher owns."""
 
     def __init__(
         self,
@@ -39,6 +46,7 @@ class DynamicBatcher(Generic[T]):
         max_queue_delay: float,
         max_queue_items: int,
         on_batch: Callable[[int], None] = lambda size: None,
+        instances: int = 1,
     ) -> None:
         self.name = name
         self._run = run
@@ -47,9 +55,14 @@ class DynamicBatcher(Generic[T]):
         self._delay = max_queue_delay
         self._max_queued = max_queue_items
         self._on_batch = on_batch
-        self._queue: asyncio.Queue[_Pending[T]] = asyncio.Queue()
+        self._instances = instances
+        self._waiting: deque[_Pending[T]] = deque()
+        self._arrived = asyncio.Event()
         self._queued_items = 0
-        self._worker: asyncio.Task | None = None
+        self._idle = asyncio.Semaphore(instances)
+        self._busy = 0  # instances running a batch
+        self._collector: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
 
     @property
     def queued_items(self) -> int:
@@ -66,57 +79,88 @@ class DynamicBatcher(Generic[T]):
                 queued=self._queued_items,
                 limit=self._max_queued,
             )
-        if self._worker is None:
-            self._worker = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
+        if self._collector is None:
+            self._collector = asyncio.create_task(self._collect_forever(), name=f"batcher-{self.name}")
         pending: _Pending[T] = _Pending(items)
         self._queued_items += len(items)
-        self._queue.put_nowait(pending)
+        self._waiting.append(pending)
+        self._arrived.set()
         return await pending.future
 
     async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
+        """Stop collecting, fail calls still queued or running, and wait for the threads."""
+        tasks = [t for t in (self._collector, *self._running) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        while self._waiting:
+            self._fail(self._waiting.popleft().future)
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
 
-    async def _collect(self) -> list[_Pending[T]]:
-        batch = [await self._queue.get()]
-        size = len(batch[0].items)
-        deadline = asyncio.get_running_loop().time() + self._delay
-        while size < self._max_batch:
-            timeout = deadline - asyncio.get_running_loop().time()
-            if self._queue.empty() and timeout <= 0:
-                break
+    def _fail(self, future: asyncio.Future) -> None:
+        if not future.done():
+            future.set_exception(
+                Unavailable(f"{self.name} is shutting down; retry", reason="MODEL_NOT_READY", model=self.name)
+            )
+
+    async def _collect_forever(self) -> None:
+        while True:
+            await self._idle.acquire()
             try:
-                nxt = (
-                    self._queue.get_nowait()
-                    if not self._queue.empty()
-                    else await asyncio.wait_for(self._queue.get(), timeout)
-                )
+                batch = await self._next_batch()
+            except BaseException:
+                self._idle.release()
+                raise
+            self._busy += 1
+            task = asyncio.create_task(self._run_batch(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _next_batch(self) -> list[_Pending[T]]:
+        while not self._waiting:
+            self._arrived.clear()
+            await self._arrived.wait()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._delay
+        while self._queued_items < self._max_batch and (timeout := deadline - loop.time()) > 0:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout)
             except TimeoutError:
                 break
-            batch.append(nxt)
-            size += len(nxt.items)
+        idle_instances = self._instances - self._busy  # counted now: batches may have ended meanwhile
+        share = min(self._max_batch, math.ceil(self._queued_items / idle_instances))
+        batch, size = [], 0
+        while self._waiting and (not batch or size + len(self._waiting[0].items) <= share):
+            pending = self._waiting.popleft()
+            batch.append(pending)
+            size += len(pending.items)
+        self._queued_items -= size
         return batch
 
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._collect()
-            live = [p for p in batch if not p.future.done()]  # callers that gave up are dropped
-            self._queued_items -= sum(len(p.items) for p in batch)
+    async def _run_batch(self, batch: list[_Pending[T]]) -> None:
+        live = [p for p in batch if not p.future.done()]  # callers that gave up are dropped
+        try:
             if not live:
-                continue
+                return
             items = [item for p in live for item in p.items]
             self._on_batch(len(items))
             try:
-                results = await loop.run_in_executor(self._executor, self._run, items)
+                results = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, items)
+            except asyncio.CancelledError:
+                for p in live:
+                    self._fail(p.future)
+                raise
             except Exception as exc:  # noqa: BLE001 - every caller in the batch gets the error
                 for p in live:
                     if not p.future.done():
                         p.future.set_exception(exc)
-                continue
+                return
             start = 0
             for p in live:
                 if not p.future.done():
                     p.future.set_result(results[start : start + len(p.items)])
                 start += len(p.items)
+        finally:
+            self._busy -= 1
+            self._idle.release()

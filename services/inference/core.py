@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
@@ -130,22 +130,7 @@ class InferenceCore:
         model_id = entry.model.model_id
         batcher = self._embedders.get(model_id)
         if batcher is None:
-
-            def run(items: list[str], model: ServedModel = entry.model) -> list[tuple[list[float], int]]:
-                result = model.embed(items)
-                return list(zip(result.vectors, result.token_counts, strict=True))
-
-            settings = self._embed_batching
-            batcher = DynamicBatcher(
-                model_id,
-                run,
-                self._executor,
-                settings.max_batch_size,
-                settings.max_queue_delay,
-                settings.max_queue_items,
-                on_batch=metrics.BATCH_SIZE.labels(model_id).observe,
-            )
-            self._embedders[model_id] = batcher
+            batcher = self._embedders[model_id] = self._embed_batcher(entry.model)
         try:
             results = await batcher.submit(texts)
         finally:
@@ -153,6 +138,26 @@ class InferenceCore:
         embeddings = Embeddings(vectors=[v for v, _ in results], token_counts=[n for _, n in results])
         metrics.TOKENS.labels(model_id, "input").inc(embeddings.usage.input_tokens)
         return embeddings
+
+    def _embed_batcher(self, model: ServedModel) -> DynamicBatcher:
+        def run(items: list[str]) -> list[tuple[list[float], int]]:
+            result = model.embed(items)
+            return list(zip(result.vectors, result.token_counts, strict=True))
+
+        settings = self._embed_batching
+        # Threads of its own, one per instance: a model sets its thread count on the
+        # thread that runs it, and generation calls must not inherit an instance's share.
+        threads = ThreadPoolExecutor(model.instances, thread_name_prefix=f"embed-{model.model_id}")
+        return DynamicBatcher(
+            model.model_id,
+            run,
+            threads,
+            settings.max_batch_size,
+            settings.max_queue_delay,
+            settings.max_queue_items,
+            on_batch=metrics.BATCH_SIZE.labels(model.model_id).observe,
+            instances=model.instances,
+        )
 
     async def _forget_embedder(self, model_id: str) -> None:
         """Before an unload: the batcher refers to the model's weights."""

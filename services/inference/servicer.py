@@ -125,7 +125,10 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def Embed(self, request, context):
         result = await self.core.embed(request.model, list(request.inputs))
         return pb.EmbedResponse(
-            embeddings=[pb.Embedding(index=i, values=v) for i, v in enumerate(result.vectors)],
+            embeddings=[
+                pb.Embedding(index=i, values=v, input_tokens=n)
+                for i, (v, n) in enumerate(zip(result.vectors, result.token_counts, strict=True))
+            ],
             usage=usage_proto(result.usage),
             model=request.model,
         )

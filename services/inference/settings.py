@@ -49,6 +49,13 @@ class InferenceSettings(ServiceSettings):
     embed_max_queue_delay_ms: float = Field(
         2.0, ge=0, description="How long the first text of a batch waits for company."
     )
+    embed_instances: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Embedding batches run side by side, each on its share of the threads (Triton's instance "
+        "count); 0: two on a CPU with two or more cores, one on a GPU.",
+    )
     embed_max_queue_items: int = Field(8192, ge=1, description="Texts waiting per embedding model; more get 429.")
 
     @property

@@ -24,7 +24,9 @@ class RouterApp:
 
     def __init__(self, settings: RouterSettings) -> None:
         catalog = EmbeddedCatalog.load(settings.catalog_file)
-        self.backends = Backends(catalog, settings.mesh_address, settings.backend_timeout_seconds)
+        self.backends = Backends(
+            catalog, settings.mesh_address, settings.backend_timeout_seconds, settings.embed_coalesce_in_flight
+        )
 
     def registrations(self) -> list[Registration]:
         return [

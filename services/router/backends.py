@@ -12,14 +12,18 @@ from typing import Any
 
 import grpc
 
+from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from infermesh_router.coalescing import EmbedCoalescer
 from infermesh_runtime.catalog import BACKEND_HEADER, Catalog
 from infermesh_runtime.errors import NotFound
 from infermesh_runtime.telemetry import client_interceptors
 
 
 class Backends:
-    def __init__(self, catalog: Catalog, mesh_address: str, default_timeout: float) -> None:
+    def __init__(
+        self, catalog: Catalog, mesh_address: str, default_timeout: float, embed_coalesce_in_flight: int = 0
+    ) -> None:
         self._catalog = catalog
         self._default_timeout = default_timeout
         self._channel = grpc.aio.insecure_channel(
@@ -28,6 +32,14 @@ class Backends:
             interceptors=client_interceptors(),
         )
         self.stub = pb_grpc.InferenceServiceStub(self._channel)
+        self._embed_in_flight = embed_coalesce_in_flight
+        self._embeddings = EmbedCoalescer(lambda request, options: self.stub.Embed(request, **options))
+
+    async def embed(self, request: pb.EmbedRequest, options: dict) -> pb.EmbedResponse:
+        """Embed on the model's backend, sharing a backend call with others when it is busy
+        (the in-flight allowance is per replica that serves the model)."""
+        replicas = sum(1 for s in self._catalog.instances() if s.kind != "router" and request.model in s.models)
+        return await self._embeddings.embed(request, options, self._embed_in_flight * max(replicas, 1))
 
     def models(self) -> list[str]:
         return sorted({m for s in self._catalog.instances() for m in s.models if s.kind != "router"})
@@ -51,6 +63,7 @@ class Backends:
         return {"metadata": metadata, "timeout": timeout}
 
     async def close(self) -> None:
+        await self._embeddings.close()
         await self._channel.close()
 
 

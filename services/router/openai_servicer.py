@@ -128,7 +128,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
 
     async def CreateEmbedding(self, request, context):
         body, proto, options = self._prepare(oa.EmbeddingRequest, request, context)
-        reply = await self.backends.stub.Embed(proto, **options)
+        reply = await self.backends.embed(proto, options)
         width = len(reply.embeddings[0].values) if reply.embeddings else 0
         if body.dimensions is not None and body.dimensions != width:
             raise InvalidArgument(

@@ -27,7 +27,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             yield chunk
 
     async def Embed(self, request, context):
-        return await self.backends.stub.Embed(request, **self.backends.call_options(request.model, context))
+        return await self.backends.embed(request, self.backends.call_options(request.model, context))
 
     async def DescribeImage(self, request, context):
         return await self.backends.stub.DescribeImage(request, **self.backends.call_options(request.model, context))

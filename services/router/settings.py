@@ -17,3 +17,10 @@ class RouterSettings(ServiceSettings):
     backend_timeout_seconds: float = Field(
         300.0, gt=0, description="Deadline for a backend call when the caller set none."
     )
+    embed_coalesce_in_flight: int = Field(
+        2,
+        ge=0,
+        description="Embedding calls outstanding per model and replica before further requests wait and leave "
+        "together as one call (no added latency below that; 2 matches an inference server's two embedding "
+        "instances on CPU); 0 sends every request alone.",
+    )

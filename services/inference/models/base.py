@@ -80,6 +80,9 @@ class ServedModel(abc.ABC):
 
     model_id: str
     capabilities: frozenset[Capability]
+    # How many embed() calls the model runs side by side, each on its own share of the
+    # threads (Triton's instance count); the core's batcher keeps that many batches going.
+    instances: int = 1
 
     def __init__(self) -> None:
         self.device = "cpu"

@@ -130,6 +130,11 @@ class BuildOptions:
     max_context: int
     threads: int
     batching: BatchingSettings | None = None
+    embed_instances: int = 1  # embedding models: batches run side by side, threads split among them
+
+    @property
+    def threads_per_instance(self) -> int:
+        return max(1, self.threads // self.embed_instances)
 
 
 def _weights(spec: ModelSpec, data_dir: Path) -> tuple[Callable[[], Path], Path | None]:
@@ -155,12 +160,21 @@ def build_model(spec: ModelSpec, options: BuildOptions) -> ServedModel:
         from infermesh_inference.models.causal_lm import TransformersCausalLM
 
         return TransformersCausalLM(
-            spec.model_id, weights, options.device, dtype, options.max_context, options.batching, weights_dir
+            spec.model_id,
+            weights,
+            options.device,
+            dtype,
+            options.max_context,
+            options.batching,
+            weights_dir,
+            options.threads,
         )
     if spec.runtime == "transformers" and spec.task == "embedding":
         from infermesh_inference.models.sentence_embedder import SentenceEmbedder
 
-        return SentenceEmbedder(spec.model_id, weights, options.device, dtype)
+        return SentenceEmbedder(
+            spec.model_id, weights, options.device, dtype, options.embed_instances, options.threads_per_instance
+        )
     if spec.runtime == "llama.cpp" and spec.task == "text-generation":
         from infermesh_inference.models.llama_cpp_lm import LlamaCppLM
 
@@ -169,5 +183,7 @@ def build_model(spec: ModelSpec, options: BuildOptions) -> ServedModel:
         from infermesh_inference.models.onnx_embedder import OnnxEmbedder
 
         export_dir = options.data_dir / "models" / spec.model_id if spec.path is None else spec.path
-        return OnnxEmbedder(spec.model_id, weights, export_dir, options.device, options.threads)
+        return OnnxEmbedder(
+            spec.model_id, weights, export_dir, options.device, options.embed_instances, options.threads_per_instance
+        )
     raise ValueError(f"model {spec.model_id!r}: no {spec.runtime} runtime for {spec.task}")

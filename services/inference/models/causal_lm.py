@@ -34,6 +34,7 @@ from infermesh_inference.models.base import (
 from infermesh_inference.models.chat_format import base_model_chat_prompt
 from infermesh_inference.models.continuous_batching import BatchingSettings, ContinuousBatcher
 from infermesh_inference.models.text_assembly import TextAssembler
+from infermesh_inference.models.torch_threads import use_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,11 @@ class TransformersCausalLM(ServedModel):
         max_context: int,
         batching: BatchingSettings | None = None,
         weights_dir: Path | None = None,
+        threads: int | None = None,
     ) -> None:
         super().__init__()
         self.model_id = model_id
+        self._threads = threads or torch.get_num_threads()
         self._prepare = prepare
         self._torch_device = torch.device(device)
         self._torch_dtype = dtype
@@ -73,11 +76,14 @@ class TransformersCausalLM(ServedModel):
             raise RuntimeError(f"{self.model_id}: weights left on the meta device after loading {path}")
         # The batch manager and the one-request loop share these weights; their forward
         # passes must not overlap (seen: a request sampled while the manager stepped got
-        # different tokens for the same seed), so each pass holds the model's lock.
+        # different tokens for the same seed), so each pass holds the model's lock. Passes
+        # run on the manager's thread and on executor threads: each sets its thread count.
         lock = threading.RLock()
+        threads = self._threads
 
         def enter(module: torch.nn.Module, args: tuple) -> None:
             lock.acquire()
+            use_torch_threads(threads)
 
         def leave(module: torch.nn.Module, args: tuple, output: object) -> None:
             lock.release()

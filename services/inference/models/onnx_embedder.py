@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,15 +70,18 @@ class OnnxEmbedder(ServedModel):
         weights: Callable[[], Path],
         export_dir: Path,
         device: str,
-        threads: int,
-        batch_size: int = 64,
+        instances: int = 1,
+        threads: int = 1,
+        batch_size: int = 128,
     ) -> None:
         super().__init__()
         self.model_id = model_id
         self._weights = weights
         self._export_dir = export_dir
-        self._threads = threads
+        self.instances = instances
+        self._threads = threads  # per instance: concurrent run() calls share the session
         self._batch_size = batch_size
+        self._tokenizer_lock = threading.Lock()
         self.device, self.dtype = device, "float32"
         self.session = None
 
@@ -119,12 +123,16 @@ class OnnxEmbedder(ServedModel):
         return self.estimate_bytes() if self.session is not None else 0
 
     def count_tokens(self, text: str) -> int:
-        return min(len(self.tokenizer(text)["input_ids"]), self.max_seq_length)
+        with self._tokenizer_lock:
+            return min(len(self.tokenizer(text)["input_ids"]), self.max_seq_length)
 
     def embed(self, texts: list[str]) -> Embeddings:
         vectors: list[list[float]] = []
         counts: list[int] = []
-        for batch in tokenized_batches(self.tokenizer, texts, self._batch_size, self.max_seq_length, "np"):
+        batches = tokenized_batches(
+            self.tokenizer, self._tokenizer_lock, texts, self._batch_size, self.max_seq_length, "np"
+        )
+        for batch in batches:
             mask = batch["attention_mask"].astype(np.int64)
             (hidden,) = self.session.run(
                 ["last_hidden_state"], {"input_ids": batch["input_ids"].astype(np.int64), "attention_mask": mask}
