@@ -19,7 +19,9 @@ HEALTH_SERVICES = {
     "router": "infermesh.router.v1.RouterService",
     "inference": "infermesh.inference.v1.InferenceService",
     "provider": "infermesh.inference.v1.InferenceService",
+    "registry": "infermesh.registry.v1.RegistryService",
 }
+REGISTRY_PREFIX = "/infermesh.registry.v1.RegistryService/"
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,14 @@ def _lifecycle_routes(servers: list[ServiceInstance]) -> list[dict[str, Any]]:
     return routes
 
 
+def _registry_routes(registries: list[ServiceInstance]) -> list[dict[str, Any]]:
+    """Operators reach the registry directly (it is not behind the router). Unary calls
+    carry their own deadlines; a watch is a stream that lasts as long as its client."""
+    if not registries:
+        return []
+    return [{"match": {"prefix": REGISTRY_PREFIX}, "route": {"cluster": registries[0].name, "timeout": "0s"}}]
+
+
 def render(catalog: Catalog, descriptor_set: Path, ports: EnvoyPorts) -> dict[str, Any]:
     """The bootstrap as a dict: front door → router; mesh listener → each backend by header."""
     config = _load("front_door.yaml")
@@ -122,7 +132,10 @@ def render(catalog: Catalog, descriptor_set: Path, ports: EnvoyPorts) -> dict[st
     transcoder = _connection_manager(front)["http_filters"][0]["typed_config"]
     transcoder["proto_descriptor"] = str(descriptor_set)
     front_routes = _connection_manager(front)["route_config"]["virtual_hosts"][0]["routes"]
-    front_routes[:0] = _lifecycle_routes(catalog.instances("inference"))
+    front_routes[:0] = [
+        *_lifecycle_routes(catalog.instances("inference")),
+        *_registry_routes(catalog.instances("registry")),
+    ]
 
     mesh = _listener(config, "mesh")
     mesh["address"]["socket_address"] = {"address": ports.host, "port_value": ports.mesh}

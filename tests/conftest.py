@@ -4,6 +4,7 @@ real models) started by the same launcher `make run` uses."""
 from __future__ import annotations
 
 import os
+import random
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +18,26 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, below the kernel's ephemeral range: a port the kernel
+    picked (bind to 0) can be taken again by an outgoing connection before the service
+    that was meant to have it binds (seen: the registry failing to start)."""
+    low, _ = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    for _ in range(1000):
+        port = random.randrange(10000, low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def mesh_settings(**overrides: object) -> MeshSettings:
@@ -30,6 +47,8 @@ def mesh_settings(**overrides: object) -> MeshSettings:
         "mesh_port": free_port(),
         "router_port": free_port(),
         "inference_port": free_port(),
+        "registry_port": free_port(),
+        "registry_metrics_port": free_port(),
         "router_metrics_port": free_port(),
         "inference_metrics_port": free_port(),
     }
@@ -40,7 +59,9 @@ def mesh_settings(**overrides: object) -> MeshSettings:
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     logs = tmp_path_factory.mktemp("mesh-logs")
-    running = Mesh(mesh_settings(), log_dir=logs)
+    # A registry of its own, so test runs never see each other's (or `make run`'s) changes.
+    registry = tmp_path_factory.mktemp("registry") / "registry.db"
+    running = Mesh(mesh_settings(registry_database_url=f"sqlite:///{registry}"), log_dir=logs)
     running.start()
     try:
         running.wait_ready()

@@ -14,11 +14,12 @@ import yaml
 from conftest import BIN, ROOT
 from infermesh_gateway import envoy_config
 from infermesh_inference.settings import InferenceSettings
+from infermesh_registry.settings import RegistrySettings
 from infermesh_router.settings import RouterSettings
 from infermesh_runtime.catalog import EmbeddedCatalog
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-SETTINGS = {"inference": InferenceSettings, "router": RouterSettings}
+SETTINGS = {"inference": InferenceSettings, "router": RouterSettings, "registry": RegistrySettings}
 TRACING = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"}  # read by OpenTelemetry itself
 
 

@@ -22,6 +22,7 @@ def catalog() -> EmbeddedCatalog:
         [
             ServiceInstance("router", "router", "127.0.0.1", 50051),
             ServiceInstance("inference-0", "inference", "127.0.0.1", 50052, ("gemma-3-270m", "all-minilm-l6-v2")),
+            ServiceInstance("registry", "registry", "127.0.0.1", 50053),
         ]
     )
 
@@ -54,7 +55,9 @@ def test_real_envoy_accepts_the_rendered_config(tmp_path):
 def test_every_backend_gets_a_cluster_health_checked_on_its_service_and_a_header_route():
     config = rendered()
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
-    assert set(clusters) == {"router", "inference-0"}
+    assert set(clusters) == {"router", "inference-0", "registry"}
+    registry = clusters["registry"]["health_checks"][0]["grpc_health_check"]["service_name"]
+    assert registry == "infermesh.registry.v1.RegistryService"
     inference = clusters["inference-0"]
     assert (
         inference["health_checks"][0]["grpc_health_check"]["service_name"] == "infermesh.inference.v1.InferenceService"
@@ -75,15 +78,21 @@ def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
         "infermesh.router.v1.RouterService",
         "infermesh.openai.v1.OpenAIService",
         "infermesh.inference.v1.ModelService",
+        "infermesh.registry.v1.RegistryService",
         "google.longrunning.Operations",
     ]
     assert transcoder["convert_grpc_status"] is True
     assert transcoder["print_options"]["stream_sse_style_delimited"] is True
     assert manager["http_filters"][-1]["name"] == "envoy.filters.http.router"
     routes = manager["route_config"]["virtual_hosts"][0]["routes"]
-    # Model lifecycle goes to the inference server; everything else to the router.
+    # Model lifecycle goes to the inference server, the registry API to the registry
+    # (with no route timeout: a watch lasts as long as its client); everything else to the router.
     assert routes[0]["match"]["prefix"] == "/infermesh.inference.v1.ModelService/"
-    assert {r["route"]["cluster"] for r in routes[:-1]} == {"inference-0"}
+    assert {r["route"]["cluster"] for r in routes[:-2]} == {"inference-0"}
+    assert routes[-2] == {
+        "match": {"prefix": "/infermesh.registry.v1.RegistryService/"},
+        "route": {"cluster": "registry", "timeout": "0s"},
+    }
     assert routes[-1]["match"] == {"prefix": "/"} and routes[-1]["route"]["cluster"] == "router"
     # Streams outlive Envoy's 15 s default route timeout.
     assert routes[-1]["route"]["timeout"] == "0s"

@@ -56,6 +56,7 @@ class Mesh:
             [
                 ServiceInstance("router", "router", s.host, s.router_port),
                 ServiceInstance("inference-0", "inference", s.host, s.inference_port, tuple(s.models)),
+                ServiceInstance("registry", "registry", s.host, s.registry_port),
             ]
         )
 
@@ -86,6 +87,17 @@ class Mesh:
                 "MODELS": ",".join(s.models),
                 "DATA_DIR": str(s.data_dir.resolve()),
                 **_metrics_env(s.inference_metrics_port),
+            },
+        )
+        self._spawn(
+            "registry",
+            [sys.executable, "-m", "infermesh_registry"],
+            {
+                **common,
+                "GRPC_PORT": str(s.registry_port),
+                "DATA_DIR": str(s.data_dir.resolve()),
+                "REGISTRY_DATABASE_URL": s.registry_database_url,
+                **_metrics_env(s.registry_metrics_port),
             },
         )
         self._spawn(

@@ -19,8 +19,11 @@ class MeshSettings(BaseSettings):
     mesh_port: int = Field(15001, description="Envoy's service-to-service listener.")
     router_port: int = 50051
     inference_port: int = 50052
+    registry_port: int = 50053
     router_metrics_port: int | None = 9100
     inference_metrics_port: int | None = 9101
+    registry_metrics_port: int | None = 9102
+    registry_database_url: str = Field("", description="The registry's database; empty: SQLite in data_dir.")
     models: CommaList = Field(["gemma-3-270m", "all-minilm-l6-v2"])
     data_dir: Path = Field(Path(".data"), description="Prepared model weights and run files.")
     ready_timeout_seconds: float = Field(900.0, description="Give up if the mesh is not ready by then.")

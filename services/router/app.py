@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from grpc_health.v1._async import HealthServicer
 
+from infermesh.inference.v1 import model_service_pb2 as model_pb
 from infermesh.openai.v1 import openai_service_pb2 as openai_pb
 from infermesh.openai.v1 import openai_service_pb2_grpc as openai_grpc
+from infermesh.registry.v1 import registry_service_pb2 as registry_pb
 from infermesh.router.v1 import router_service_pb2 as router_pb
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from infermesh_router.backends import Backends
@@ -21,6 +23,11 @@ OPENAI_SERVICE = openai_pb.DESCRIPTOR.services_by_name["OpenAIService"].full_nam
 
 class RouterApp:
     name = "router"
+    # Served by inference servers and the registry behind the same front door.
+    front_door_services = (
+        model_pb.DESCRIPTOR.services_by_name["ModelService"].full_name,
+        registry_pb.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+    )
 
     def __init__(self, settings: RouterSettings) -> None:
         catalog = EmbeddedCatalog.load(settings.catalog_file)

@@ -61,6 +61,13 @@ class Application(Protocol):
         """Release models and clients; called after the server has stopped."""
 
 
+def reflected_elsewhere(app: Application) -> Sequence[str]:
+    """Services another process serves behind the same Envoy front door, which this
+    server's reflection describes too (reflection through the front door reaches the
+    router, and grpcurl should see every public service there)."""
+    return getattr(app, "front_door_services", ())
+
+
 @dataclass
 class BoundServer:
     server: grpc.aio.Server
@@ -80,8 +87,9 @@ async def create_server(settings: ServiceSettings, app: Application) -> BoundSer
         names.append(registration.full_name)
         await health.set(registration.full_name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+        [*names, *reflected_elsewhere(app), health_name, reflection.SERVICE_NAME], server
     )
     port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
     if port == 0:
