@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
 from google.protobuf import empty_pb2
 
+from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from infermesh_registry.store import RegistryStore
 
 FEED_BATCH = 256
+BOOKMARK_SECONDS = 30.0  # well inside Envoy's 300 s stream idle timeout
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
@@ -79,11 +83,18 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     async def WatchChanges(self, request, context):
         after = request.after_sequence
+        bookmarked, quiet_since = False, time.monotonic()
         while True:
             signal = self.store.next_change()
             batch = await self.store.changes_after(after, FEED_BATCH)
             for change in batch:
                 yield change
                 after = change.sequence
-            if len(batch) < FEED_BATCH:
-                await self.store.wait(signal, self._poll)
+            if batch:
+                quiet_since = time.monotonic()
+            if len(batch) == FEED_BATCH:
+                continue
+            if not bookmarked or time.monotonic() - quiet_since >= BOOKMARK_SECONDS:
+                yield res.Change(kind=res.Change.KIND_BOOKMARK, sequence=after)
+                bookmarked, quiet_since = True, time.monotonic()
+            await self.store.wait(signal, self._poll)

@@ -30,6 +30,7 @@ class RouterApp:
     )
 
     def __init__(self, settings: RouterSettings) -> None:
+        self.settings = settings
         catalog = EmbeddedCatalog.load(settings.catalog_file)
         self.backends = Backends(
             catalog, settings.mesh_address, settings.backend_timeout_seconds, settings.embed_coalesce_in_flight
@@ -46,6 +47,8 @@ class RouterApp:
         ]
 
     async def start(self, health: HealthServicer) -> None:
+        # Serve only once the registry's models are known (the feed's backlog replayed).
+        await self.backends.start(self.settings.registry_timeout_seconds)
         # The router holds no models: it serves as soon as it is up. Backend readiness is
         # Envoy's concern (active health checks), so a request for a loading model gets
         # UNAVAILABLE from the mesh rather than hanging here.

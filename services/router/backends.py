@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from infermesh_router.coalescing import EmbedCoalescer
+from infermesh_router.directory import ModelDirectory, Route
 from infermesh_runtime.catalog import BACKEND_HEADER, Catalog
-from infermesh_runtime.errors import NotFound
+from infermesh_runtime.errors import InvalidArgument, NotFound
 from infermesh_runtime.telemetry import client_interceptors
 
 
@@ -34,6 +36,14 @@ class Backends:
         self.stub = pb_grpc.InferenceServiceStub(self._channel)
         self._embed_in_flight = embed_coalesce_in_flight
         self._embeddings = EmbedCoalescer(lambda request, options: self.stub.Embed(request, **options))
+        # With a registry in the catalog, it says which models exist and where they run;
+        # without one, the catalog's model lists do.
+        registries = catalog.instances("registry")
+        self.directory = ModelDirectory(self._channel, registries[0].name, catalog) if registries else None
+
+    async def start(self, timeout: float) -> None:
+        if self.directory is not None:
+            await self.directory.start(timeout)
 
     async def embed(self, request: pb.EmbedRequest, options: dict) -> pb.EmbedResponse:
         """Embed on the model's backend, sharing a backend call with others when it is busy
@@ -42,27 +52,46 @@ class Backends:
         return await self._embeddings.embed(request, options, self._embed_in_flight * max(replicas, 1))
 
     def models(self) -> list[str]:
-        return sorted({m for s in self._catalog.instances() for m in s.models if s.kind != "router"})
+        if self.directory is not None:
+            return self.directory.models()
+        return sorted({m for s in self._catalog.instances() for m in s.models if s.kind not in ("router", "registry")})
 
-    def resolve(self, model: str) -> str:
-        """The backend (Envoy cluster) that serves `model`."""
+    def route(self, requested: str) -> Route:
+        """Which backend answers a request for `requested` (`model` or `model@version`)."""
+        if self.directory is not None:
+            return self.directory.route(requested)
         for instance in self._catalog.instances():
-            if instance.kind != "router" and model in instance.models:
-                return instance.name
+            if instance.kind not in ("router", "registry") and requested in instance.models:
+                return Route(model=requested, version="", backend=instance.name, backend_model=requested)
         raise NotFound(
-            f"model {model!r} is not served by this mesh; available: {', '.join(self.models()) or 'none'}",
+            f"model {requested!r} is not served by this mesh; available: {', '.join(self.models()) or 'none'}",
             reason="MODEL_NOT_FOUND",
-            model=model,
+            model=requested,
         )
 
-    def call_options(self, model: str, context: grpc.aio.ServicerContext | None) -> dict:
-        """Metadata naming the backend, and the caller's deadline carried on to the backend."""
+    def prepare(self, request: Message, context: grpc.aio.ServicerContext | None) -> tuple[Message, dict, Route]:
+        """The request as the chosen backend should get it (its own model id), the call's
+        metadata and deadline, and the route; limits from the registry are checked here."""
+        route = self.route(request.model)
+        limit = route.max_output_tokens
+        if limit and getattr(request, "max_tokens", 0) > limit:
+            raise InvalidArgument(
+                f"max_tokens {request.max_tokens} is above {route.model}'s limit of {limit} output tokens",
+                reason="MAX_TOKENS_TOO_LARGE",
+                model=route.model,
+                max_tokens=request.max_tokens,
+                limit=limit,
+            )
+        outgoing = type(request)()
+        outgoing.CopyFrom(request)
+        outgoing.model = route.backend_model
         remaining = context.time_remaining() if context is not None else None
         timeout = remaining if remaining is not None else self._default_timeout
-        metadata = [(BACKEND_HEADER, self.resolve(model))]
-        return {"metadata": metadata, "timeout": timeout}
+        return outgoing, {"metadata": [(BACKEND_HEADER, route.backend)], "timeout": timeout}, route
 
     async def close(self) -> None:
+        if self.directory is not None:
+            await self.directory.close()
         await self._embeddings.close()
         await self._channel.close()
 

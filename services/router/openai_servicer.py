@@ -21,6 +21,8 @@ from google.api import httpbody_pb2
 from infermesh.openai.v1 import openai_service_pb2_grpc as pb_grpc
 from infermesh_router import openai_schema as oa
 from infermesh_router.backends import Backends, relay
+from infermesh_router.directory import Route
+from infermesh_router.metering import meter
 from infermesh_runtime.errors import InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
@@ -40,18 +42,19 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         self.backends = backends
         self.created = int(time.time())
 
-    def _prepare(self, schema: type, request: Any, context: grpc.aio.ServicerContext) -> tuple[Any, Any, dict]:
+    def _prepare(self, schema: type, request: Any, context: grpc.aio.ServicerContext) -> tuple[Any, Any, dict, Route]:
         """Parse the JSON body, check it against the typed request's rules, pick the backend."""
         body = oa.parse(schema, request.body.data)
         proto = body.to_proto()
         protovalidate.validate(proto)
-        return body, proto, self.backends.call_options(body.model, context)
+        return body, *self.backends.prepare(proto, context)
 
     async def CreateChatCompletion(self, request, context):
-        body, proto, options = self._prepare(oa.ChatCompletionRequest, request, context)
+        body, proto, options, route = self._prepare(oa.ChatCompletionRequest, request, context)
         ident, created = oa.completion_id("chatcmpl"), oa.now()
         if not body.stream:
             reply = await self.backends.stub.Chat(proto, **options)
+            meter(route, reply.usage)
             yield json_body(
                 {
                     "id": ident,
@@ -91,6 +94,8 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
                 delta.setdefault("content", "")
                 first = False
             finish = oa.finish_reason(item.finish_reason)
+            if item.HasField("usage"):
+                meter(route, item.usage)
             if delta or finish:
                 yield sse(chunk(delta, finish))
             if finish and body.stream_options and body.stream_options.include_usage:
@@ -98,7 +103,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         yield sse("[DONE]")
 
     async def CreateCompletion(self, request, context):
-        body, proto, options = self._prepare(oa.CompletionRequest, request, context)
+        body, proto, options, route = self._prepare(oa.CompletionRequest, request, context)
         ident, created = oa.completion_id("cmpl"), oa.now()
 
         def completion(text: str, finish: str | None, obj: str = "text_completion") -> dict[str, Any]:
@@ -112,6 +117,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
 
         if not body.stream:
             reply = await self.backends.stub.GenerateText(proto, **options)
+            meter(route, reply.usage)
             payload = completion(reply.text, oa.finish_reason(reply.finish_reason))
             yield json_body({**payload, "usage": oa.usage_dict(reply.usage)})
             return
@@ -120,6 +126,8 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
                 yield item
                 return
             finish = oa.finish_reason(item.finish_reason)
+            if item.HasField("usage"):
+                meter(route, item.usage)
             if item.text or finish:
                 yield sse(completion(item.text, finish))
             if finish and body.stream_options and body.stream_options.include_usage:
@@ -127,8 +135,9 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         yield sse("[DONE]")
 
     async def CreateEmbedding(self, request, context):
-        body, proto, options = self._prepare(oa.EmbeddingRequest, request, context)
+        body, proto, options, route = self._prepare(oa.EmbeddingRequest, request, context)
         reply = await self.backends.embed(proto, options)
+        meter(route, reply.usage)
         width = len(reply.embeddings[0].values) if reply.embeddings else 0
         if body.dimensions is not None and body.dimensions != width:
             raise InvalidArgument(

@@ -24,3 +24,6 @@ class RouterSettings(ServiceSettings):
         "together as one call (no added latency below that; 2 matches an inference server's two embedding "
         "instances on CPU); 0 sends every request alone.",
     )
+    registry_timeout_seconds: float = Field(
+        60.0, gt=0, description="How long start-up waits for the registry's models before giving up."
+    )

@@ -211,11 +211,11 @@ async def test_the_feed_replays_every_change_and_streams_new_ones(registry):
 
     follower = asyncio.create_task(follow())
     try:
-        # Everything so far replays in sequence order.
+        # Everything so far replays in sequence order, then a bookmark says it is all there.
         while True:
-            try:
-                change = await asyncio.wait_for(received.get(), 1.0)
-            except TimeoutError:
+            change = await asyncio.wait_for(received.get(), 5.0)
+            if change.kind == res.Change.KIND_BOOKMARK:
+                assert change.sequence == last and not change.WhichOneof("resource")
                 break
             assert change.sequence > last
             last = change.sequence

@@ -1,0 +1,176 @@
+"""What the router knows about models: the registry's models, versions and deployments,
+kept current from the registry's watch feed, and how a request's `model` becomes a
+backend to call.
+
+`model` is a model id (`gemma-3-270m`) or a model and version (`gemma-3-270m@q4-k-m`).
+Without a version, one of the model's deployments with traffic is picked at random in
+proportion to its weight (A/B splits, canaries); with one, a deployment serving that
+version is used whatever its weight (so a canary can be tried before it gets traffic).
+The deployment names a backend kind or instance; the catalog says which instances exist
+and which models they have ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from infermesh.registry.v1 import registry_resources_pb2 as res
+from infermesh.registry.v1 import registry_service_pb2 as registry_pb
+from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
+from infermesh_runtime.catalog import BACKEND_HEADER, Catalog, ServiceInstance
+from infermesh_runtime.errors import NotFound, Unavailable
+
+log = logging.getLogger(__name__)
+RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one request goes."""
+
+    model: str  # the model id the client asked for
+    version: str  # the version id ("" when the model is not in a registry)
+    backend: str  # the catalog instance (Envoy cluster) to call
+    backend_model: str  # the id the backend serves it under
+    max_output_tokens: int = 0
+    pricing: res.Pricing | None = None
+    fallbacks: tuple[str, ...] = ()
+
+
+@dataclass
+class _Registry:
+    """The registry's state as replayed from its feed."""
+
+    models: dict[str, res.Model] = field(default_factory=dict)
+    versions: dict[str, res.ModelVersion] = field(default_factory=dict)
+    deployments: dict[str, res.Deployment] = field(default_factory=dict)
+    sequence: int = 0
+
+    def apply(self, change: res.Change) -> None:
+        self.sequence = max(self.sequence, change.sequence)
+        kind = change.WhichOneof("resource")
+        if kind is None:
+            return
+        table = {"model": self.models, "model_version": self.versions, "deployment": self.deployments}[kind]
+        if change.kind == res.Change.KIND_DELETED:
+            table.pop(change.name, None)
+        else:
+            table[change.name] = getattr(change, kind)
+
+
+class ModelDirectory:
+    def __init__(self, channel: grpc.aio.Channel, registry_backend: str, catalog: Catalog) -> None:
+        self._stub = registry_grpc.RegistryServiceStub(channel)
+        self._metadata = [(BACKEND_HEADER, registry_backend)]
+        self._catalog = catalog
+        self._state = _Registry()
+        self._current = asyncio.Event()
+        self._follower: asyncio.Task | None = None
+
+    async def start(self, timeout: float) -> None:
+        """Follow the feed; return once the backlog has been replayed."""
+        self._follower = asyncio.create_task(self._follow(), name="registry-feed")
+        try:
+            await asyncio.wait_for(self._current.wait(), timeout)
+        except TimeoutError:
+            raise RuntimeError(f"the registry's feed did not catch up within {timeout:.0f}s") from None
+
+    async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.gather(self._follower, return_exceptions=True)
+
+    async def _follow(self) -> None:
+        failures = 0
+        while True:
+            try:
+                call = self._stub.WatchChanges(
+                    registry_pb.WatchChangesRequest(after_sequence=self._state.sequence), metadata=self._metadata
+                )
+                async for change in call:
+                    self._state.apply(change)
+                    failures = 0
+                    if change.kind == res.Change.KIND_BOOKMARK:
+                        self._current.set()
+                problem = "ended"
+            except grpc.aio.AioRpcError as error:
+                problem = error.code().name
+            delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
+            failures += 1
+            log.warning(
+                "registry feed interrupted; resuming",
+                extra={"problem": problem, "after_sequence": self._state.sequence, "retry_in": delay},
+            )
+            await asyncio.sleep(delay)
+
+    # -- resolution --------------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        """Model ids that have at least one deployment."""
+        deployed = {_model_of(d.name) for d in self._state.deployments.values()}
+        return sorted(name.removeprefix("models/") for name in deployed if name in self._state.models)
+
+    def route(self, requested: str) -> Route:
+        model_id, _, version_id = requested.partition("@")
+        model = self._state.models.get(f"models/{model_id}")
+        if model is None:
+            raise NotFound(
+                f"model {model_id!r} is not registered; available: {', '.join(self.models()) or 'none'}",
+                reason="MODEL_NOT_FOUND",
+                model=model_id,
+            )
+        deployments = [d for d in self._state.deployments.values() if _model_of(d.name) == model.name]
+        if version_id:
+            version_name = f"{model.name}/versions/{version_id}"
+            if version_name not in self._state.versions:
+                raise NotFound(
+                    f"model {model_id!r} has no version {version_id!r}", reason="VERSION_NOT_FOUND", model=model_id
+                )
+            candidates = [d for d in deployments if d.version == version_name]
+            weights = [max(d.traffic_weight, 1) for d in candidates]
+        else:
+            candidates = [d for d in deployments if d.traffic_weight > 0]
+            weights = [d.traffic_weight for d in candidates]
+        options = [(d, w) for d, w in zip(candidates, weights, strict=True) if self._instances(d)]
+        if not options:
+            raise Unavailable(
+                f"model {requested!r} has no deployment with traffic on a backend of this mesh",
+                reason="MODEL_NOT_DEPLOYED",
+                model=requested,
+            )
+        deployment = random.choices([d for d, _ in options], weights=[w for _, w in options])[0]
+        version = self._state.versions[deployment.version]
+        backend_model = version.runtime.backend_model or model_id
+        instance = self._pick_instance(self._instances(deployment), backend_model)
+        return Route(
+            model=model_id,
+            version=deployment.version.rsplit("/", 1)[-1],
+            backend=instance.name,
+            backend_model=backend_model,
+            max_output_tokens=model.parameters.max_output_tokens,
+            pricing=model.pricing if model.HasField("pricing") else None,
+            fallbacks=tuple(f.removeprefix("models/") for f in model.fallbacks),
+        )
+
+    def _instances(self, deployment: res.Deployment) -> list[ServiceInstance]:
+        return [
+            i
+            for i in self._catalog.instances()
+            if deployment.backend in (i.kind, i.name) and i.kind not in ("router", "registry")
+        ]
+
+    @staticmethod
+    def _pick_instance(instances: Sequence[ServiceInstance], backend_model: str) -> ServiceInstance:
+        # Instances that have the model ready first; any other one loads it on demand.
+        ready = [i for i in instances if backend_model in i.models]
+        return random.choice(ready or list(instances))
+
+
+def _model_of(name: str) -> str:
+    return "/".join(name.split("/")[:2])

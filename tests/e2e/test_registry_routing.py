@@ -1,0 +1,138 @@
+"""The router resolves models from the registry, end to end: an operator deploys the
+llama.cpp version of Gemma with REST alone, tries it by name (`model@version`) before it
+gets traffic, then shifts the traffic to it; the inference server's and the router's own
+metrics show which backend model answered, at what price."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+GEMMA = "gemma-3-270m"
+
+
+def sample(port: int, name: str, **labels: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+def generate(base_url: str, model: str) -> dict:
+    reply = httpx.post(
+        f"{base_url}/v1/generate-text", json={"model": model, "prompt": "Paris is", "max_tokens": 4}, timeout=120
+    )
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def set_weight(base_url: str, deployment: str, weight: int) -> None:
+    reply = httpx.patch(
+        f"{base_url}/v1/registry/models/{GEMMA}/deployments/{deployment}",
+        params={"update_mask": "traffic_weight"},
+        json={"traffic_weight": weight},
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+
+
+def test_an_operator_shifts_traffic_to_a_new_version_with_rest_alone(base_url, mesh):
+    inference, router = mesh.settings.inference_metrics_port, mesh.settings.router_metrics_port
+    created = httpx.post(
+        f"{base_url}/v1/registry/models/{GEMMA}/deployments",
+        params={"deployment_id": "llamacpp"},
+        json={"version": f"models/{GEMMA}/versions/q4-k-m", "backend": "inference", "traffic_weight": 0},
+        timeout=30,
+    )
+    assert created.status_code == 200, created.text
+    try:
+        # By name, before it has traffic. (The router learns of the deployment from the feed.)
+        llama_before = sample(
+            inference, "infermesh_inference_tokens_total", model="gemma-3-270m-llamacpp", direction="output"
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            reply = httpx.post(
+                f"{base_url}/v1/generate-text",
+                json={"model": f"{GEMMA}@q4-k-m", "prompt": "Paris is", "max_tokens": 4},
+                timeout=120,
+            )
+            if reply.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["model"] == f"{GEMMA}@q4-k-m"
+        assert (
+            sample(inference, "infermesh_inference_tokens_total", model="gemma-3-270m-llamacpp", direction="output")
+            > llama_before
+        )
+        assert sample(router, "infermesh_router_tokens_total", model=GEMMA, version="q4-k-m", direction="output") > 0
+
+        # Plain requests still go to the default deployment...
+        bf16_before = sample(inference, "infermesh_inference_tokens_total", model=GEMMA, direction="output")
+        assert generate(base_url, GEMMA)["model"] == GEMMA
+        assert sample(inference, "infermesh_inference_tokens_total", model=GEMMA, direction="output") > bf16_before
+
+        # ...until the traffic moves.
+        set_weight(base_url, "llamacpp", 100)
+        set_weight(base_url, "local", 0)
+        deadline = time.monotonic() + 10
+        while True:
+            llama_before = sample(
+                inference, "infermesh_inference_tokens_total", model="gemma-3-270m-llamacpp", direction="output"
+            )
+            generate(base_url, GEMMA)
+            moved = (
+                sample(inference, "infermesh_inference_tokens_total", model="gemma-3-270m-llamacpp", direction="output")
+                > llama_before
+            )
+            if moved or time.monotonic() > deadline:
+                break
+        assert moved
+    finally:
+        set_weight(base_url, "local", 100)
+        httpx.delete(f"{base_url}/v1/registry/models/{GEMMA}/deployments/llamacpp", timeout=30)
+
+
+def test_a_request_over_the_registry_output_limit_is_refused_naming_it(base_url):
+    reply = httpx.post(
+        f"{base_url}/v1/generate-text", json={"model": GEMMA, "prompt": "x", "max_tokens": 9000}, timeout=30
+    )
+    assert reply.status_code == 400 and "8192" in reply.json()["message"], reply.text
+
+
+def test_unknown_models_and_versions_are_404_with_what_is_available(base_url):
+    reply = httpx.post(f"{base_url}/v1/generate-text", json={"model": "no-such", "prompt": "x"}, timeout=30)
+    assert reply.status_code == 404 and GEMMA in reply.json()["message"]
+    reply = httpx.post(f"{base_url}/v1/generate-text", json={"model": f"{GEMMA}@v9", "prompt": "x"}, timeout=30)
+    assert reply.status_code == 404 and reply.json()["details"][0]["reason"] == "VERSION_NOT_FOUND"
+
+
+def test_cost_is_metered_at_the_registry_price(base_url, mesh):
+    router = mesh.settings.router_metrics_port
+    priced = {"pricing": {"input_per_1k_tokens": 0.5, "output_per_1k_tokens": 1.5, "currency": "EUR"}}
+    reply = httpx.patch(
+        f"{base_url}/v1/registry/models/{GEMMA}", params={"update_mask": "pricing"}, json=priced, timeout=30
+    )
+    assert reply.status_code == 200, reply.text
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # until the router has the new price from the feed
+            before = sample(router, "infermesh_router_cost_total", model=GEMMA, currency="EUR")
+            usage = generate(base_url, GEMMA)["usage"]
+            spent = sample(router, "infermesh_router_cost_total", model=GEMMA, currency="EUR") - before
+            if spent > 0 or time.monotonic() > deadline:
+                break
+        expected = (usage["input_tokens"] * 0.5 + usage["output_tokens"] * 1.5) / 1000
+        assert abs(spent - expected) < 1e-9, (spent, usage)
+    finally:
+        httpx.patch(
+            f"{base_url}/v1/registry/models/{GEMMA}",
+            params={"update_mask": "pricing"},
+            json={"pricing": {"currency": "USD"}},
+            timeout=30,
+        )

@@ -1,0 +1,143 @@
+"""The router's model directory against a real registry (SQLite, in this process): it
+replays the feed before serving, resolves `model` and `model@version` to a backend by
+deployment weights, follows changes live, resumes after the registry restarts, and
+turns registry limits into clear errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import grpc
+import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
+
+from infermesh.inference.v1 import inference_service_pb2 as inference_pb
+from infermesh.registry.v1 import registry_resources_pb2 as res
+from infermesh.registry.v1 import registry_service_pb2 as pb
+from infermesh_router.backends import Backends
+from infermesh_router.directory import ModelDirectory
+from infermesh_runtime.catalog import EmbeddedCatalog, ServiceInstance
+from infermesh_runtime.errors import DomainError, InvalidArgument, NotFound, Unavailable
+from registry_servers import database, registry_server
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def catalog(registry_port: int) -> EmbeddedCatalog:
+    return EmbeddedCatalog(
+        [
+            ServiceInstance("router", "router", "127.0.0.1", 1),
+            ServiceInstance("inference-0", "inference", "127.0.0.1", 2, ("gemma-3-270m", "all-minilm-l6-v2")),
+            ServiceInstance("registry", "registry", "127.0.0.1", registry_port),
+        ]
+    )
+
+
+def holds(condition) -> bool:
+    try:
+        return bool(condition())
+    except DomainError:  # e.g. not routable yet
+        return False
+
+
+async def until(condition, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if holds(condition):
+            return
+        await asyncio.sleep(0.05)
+    assert condition()
+
+
+async def test_routes_follow_the_registry(tmp_path):
+    with database("sqlite") as (url, data_dir):
+        async with registry_server(url, data_dir) as server:
+            # Without Envoy in between, the registry is dialled directly (the header is unused).
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+            directory = ModelDirectory(channel, "registry", catalog(server.port))
+            await directory.start(timeout=10)
+            try:
+                route = directory.route("gemma-3-270m")
+                assert (route.backend, route.backend_model, route.version) == ("inference-0", "gemma-3-270m", "bf16")
+                assert route.max_output_tokens == 8192
+                assert directory.models() == ["all-minilm-l6-v2", "gemma-3-270m"]
+
+                # An explicit version reaches a deployment with no traffic (try a canary first).
+                registry = server.registry
+                await registry.CreateDeployment(
+                    pb.CreateDeploymentRequest(
+                        parent="models/gemma-3-270m",
+                        deployment_id="q4",
+                        deployment=res.Deployment(
+                            version="models/gemma-3-270m/versions/q4-k-m", backend="inference", traffic_weight=0
+                        ),
+                    )
+                )
+                await until(lambda: directory.route("gemma-3-270m@q4-k-m").backend_model == "gemma-3-270m-llamacpp")
+                assert {directory.route("gemma-3-270m").backend_model for _ in range(200)} == {"gemma-3-270m"}
+
+                # Weights split the traffic, and a change of weights applies live.
+                current = await registry.GetDeployment(
+                    pb.GetDeploymentRequest(name="models/gemma-3-270m/deployments/q4")
+                )
+                await registry.UpdateDeployment(
+                    pb.UpdateDeploymentRequest(
+                        deployment=res.Deployment(name=current.name, traffic_weight=300),
+                        update_mask=FieldMask(paths=["traffic_weight"]),
+                    )
+                )
+                await until(lambda: directory._state.deployments[current.name].traffic_weight == 300)
+                split = Counter(directory.route("gemma-3-270m").backend_model for _ in range(4000))
+                share = split["gemma-3-270m-llamacpp"] / 4000
+                assert 0.70 < share < 0.80, split  # 300 / (300 + 100)
+
+                # Errors a client can act on.
+                with pytest.raises(NotFound):
+                    directory.route("no-such-model")
+                with pytest.raises(NotFound):
+                    directory.route("gemma-3-270m@v99")
+                await registry.CreateModel(pb.CreateModelRequest(model_id="undeployed", model=res.Model()))
+                await until(lambda: "models/undeployed" in directory._state.models)
+                with pytest.raises(Unavailable):
+                    directory.route("undeployed")
+            finally:
+                await directory.close()
+                await channel.close()
+
+
+async def test_the_directory_resumes_after_the_registry_restarts(tmp_path):
+    with database("sqlite") as (url, data_dir):
+        async with registry_server(url, data_dir) as first:
+            port = first.port
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+            directory = ModelDirectory(channel, "registry", catalog(port))
+            await directory.start(timeout=10)
+        # The registry is down: routing goes on from what the directory knows.
+        assert directory.route("all-minilm-l6-v2").backend == "inference-0"
+        try:
+            async with registry_server(url, data_dir, grpc_port=port) as second:
+                await second.registry.CreateModel(pb.CreateModelRequest(model_id="after-restart", model=res.Model()))
+                await until(lambda: "models/after-restart" in directory._state.models, timeout=20)
+        finally:
+            await directory.close()
+            await channel.close()
+
+
+async def test_the_router_rewrites_the_model_and_checks_the_registry_limits(tmp_path):
+    with database("sqlite") as (url, data_dir):
+        async with registry_server(url, data_dir) as server:
+            backends = Backends(catalog(server.port), f"127.0.0.1:{server.port}", 30)
+            await backends.start(timeout=10)
+            try:
+                request = inference_pb.GenerateTextRequest(model="gemma-3-270m@q4-k-m", prompt="hi", max_tokens=16)
+                with pytest.raises(Unavailable):  # q4-k-m has no deployment in this registry
+                    backends.prepare(request, None)
+                request.model = "gemma-3-270m"
+                outgoing, options, route = backends.prepare(request, None)
+                assert outgoing.model == "gemma-3-270m" and outgoing.prompt == "hi"
+                assert options["metadata"] == [("x-infermesh-backend", "inference-0")]
+                request.max_tokens = 9000
+                with pytest.raises(InvalidArgument, match="limit of 8192"):
+                    backends.prepare(request, None)
+            finally:
+                await backends.close()
