@@ -9,15 +9,22 @@ from google.protobuf import empty_pb2
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as pb_grpc
+from infermesh_registry.artifacts import ArtifactStore
 from infermesh_registry.store import RegistryStore
+from infermesh_runtime.errors import AlreadyExists
+from infermesh_runtime.operations import OperationStore, now
 
 FEED_BATCH = 256
 BOOKMARK_SECONDS = 30.0  # well inside Envoy's 300 s stream idle timeout
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
-    def __init__(self, store: RegistryStore, watch_poll_seconds: float) -> None:
+    def __init__(
+        self, store: RegistryStore, artifacts: ArtifactStore, operations: OperationStore, watch_poll_seconds: float
+    ) -> None:
         self.store = store
+        self.artifacts = artifacts
+        self.operations = operations
         self._poll = watch_poll_seconds
 
     async def CreateModel(self, request, context):
@@ -36,7 +43,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         return await self.store.update_model(request.model, request.update_mask)
 
     async def DeleteModel(self, request, context):
-        await self.store.delete_model(request.name, request.etag, request.force)
+        for version in await self.store.delete_model(request.name, request.etag, request.force):
+            self.artifacts.discard(version.artifact_uri)
         return empty_pb2.Empty()
 
     async def CreateModelVersion(self, request, context):
@@ -57,7 +65,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         return await self.store.update_version(request.model_version, request.update_mask)
 
     async def DeleteModelVersion(self, request, context):
-        await self.store.delete_version(request.name, request.etag, request.force)
+        version = await self.store.delete_version(request.name, request.etag, request.force)
+        self.artifacts.discard(version.artifact_uri)
         return empty_pb2.Empty()
 
     async def CreateDeployment(self, request, context):
@@ -80,6 +89,45 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def DeleteDeployment(self, request, context):
         await self.store.delete_deployment(request.name, request.etag)
         return empty_pb2.Empty()
+
+    async def ImportModelVersion(self, request, context):
+        name = f"{request.parent}/versions/{request.model_version_id}"
+        await self.store.get_model(request.parent)  # NOT_FOUND now, not inside the operation
+        if await self.store.version_exists(name):
+            raise AlreadyExists(f"{name} already exists", reason="RESOURCE_EXISTS", name=name)
+        self.artifacts.check_source(request.source_uri)
+        metadata = pb.ImportModelVersionMetadata(
+            version=name, source_uri=request.source_uri, stage="queued", create_time=now()
+        )
+        model_id = request.parent.removeprefix("models/")
+
+        async def work(publish):
+            def progress(copied: int, total: int) -> None:
+                metadata.stage, metadata.bytes_copied, metadata.bytes_total = "copying", copied, total
+                metadata.progress_percent = 100 * copied / total if total else 0
+                publish()
+
+            artifact = await self.artifacts.import_artifact(
+                request.source_uri, model_id, request.model_version_id, request.sha256, progress
+            )
+            metadata.stage = "registering"
+            publish()
+            version = res.ModelVersion()
+            version.CopyFrom(request.model_version)
+            version.artifact_uri, version.artifact_sha256 = artifact.uri, artifact.sha256
+            version.artifact_size_bytes = artifact.size_bytes
+            try:
+                created = await self.store.create_version(request.parent, request.model_version_id, version)
+            except BaseException:
+                self.artifacts.remove(model_id, request.model_version_id)
+                raise
+            metadata.stage, metadata.progress_percent = "done", 100
+            return created
+
+        return self.operations.start(metadata, work)
+
+    async def GetOperation(self, request, context):
+        return self.operations.get(request.name)
 
     async def WatchChanges(self, request, context):
         after = request.after_sequence

@@ -16,6 +16,7 @@ class RegistrySettings(ServiceSettings):
         "DATA_DIR/registry.db.",
     )
     data_dir: Path = Field(Path(".data"), description="Where the SQLite database lives.")
+    artifact_dir: Path | None = Field(None, description="Where imported artifacts go; default DATA_DIR/artifacts.")
     seed_defaults: bool = Field(True, description="Register the mesh's default models at start (idempotent).")
     watch_poll_seconds: float = Field(
         1.0, gt=0, description="How often a watch looks for changes made by other registry replicas."

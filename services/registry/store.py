@@ -112,7 +112,9 @@ class RegistryStore:
             _check_fallbacks(merged)
             return await self._replace(conn, MODELS, merged, {})
 
-    async def delete_model(self, name: str, etag: str, force: bool) -> None:
+    async def delete_model(self, name: str, etag: str, force: bool) -> list[res.ModelVersion]:
+        """Deletes the model (and, with force, its versions and deployments); returns the
+        versions deleted, whose artifacts may go too."""
         async with self._write() as conn:
             model = await self._get(conn, MODELS, name)
             _check_etag(model, etag)
@@ -130,6 +132,7 @@ class RegistryStore:
             for child, collection in [*((d, DEPLOYMENTS) for d in deployments), *((v, VERSIONS) for v in versions)]:
                 await self._remove(conn, collection, child)
             await self._remove(conn, MODELS, model)
+        return versions
 
     # -- versions --------------------------------------------------------------------
 
@@ -147,6 +150,11 @@ class RegistryStore:
     async def get_version(self, name: str) -> res.ModelVersion:
         async with self.db.read() as conn:
             return await self._get(conn, VERSIONS, name)
+
+    async def version_exists(self, name: str) -> bool:
+        query = select(func.count()).where(schema.model_versions.c.name == name)
+        async with self.db.read() as conn:
+            return bool((await conn.execute(query)).scalar_one())
 
     async def list_versions(
         self, parent: str, page_size: int, page_token: str, filter_text: str, order_by: str
@@ -169,7 +177,7 @@ class RegistryStore:
                 await self._clear_default(conn, others)
             return await self._replace(conn, VERSIONS, merged, {"is_default": merged.is_default})
 
-    async def delete_version(self, name: str, etag: str, force: bool) -> None:
+    async def delete_version(self, name: str, etag: str, force: bool) -> res.ModelVersion:
         async with self._write() as conn:
             version = await self._get(conn, VERSIONS, name)
             _check_etag(version, etag)
@@ -192,6 +200,7 @@ class RegistryStore:
             for deployment in serving:
                 await self._remove(conn, DEPLOYMENTS, deployment)
             await self._remove(conn, VERSIONS, version)
+        return version
 
     # -- deployments -----------------------------------------------------------------
 

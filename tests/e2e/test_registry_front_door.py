@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import httpx
 
@@ -103,3 +104,26 @@ def test_grpcurl_describes_and_calls_the_registry_through_the_front_door(front_d
     )
     assert reply["capabilities"] == ["embedding"], reply
     assert reply["parameters"]["embedding_dimensions"] == 384, reply
+
+
+def test_an_artifact_is_imported_over_rest_as_a_long_running_operation(base_url):
+    from infermesh_inference.models.builtin import minilm_path
+
+    started = httpx.post(
+        f"{base_url}/v1/registry/models/all-minilm-l6-v2/versions:import",
+        json={"model_version_id": "rest-import", "source_uri": minilm_path().as_uri()},
+        timeout=30,
+    )
+    assert started.status_code == 200, started.text
+    operation = started.json()
+    assert operation["name"].startswith("operations/")
+    deadline = time.monotonic() + 60
+    while not operation.get("done"):
+        assert time.monotonic() < deadline, operation
+        time.sleep(0.1)
+        operation = httpx.get(f"{base_url}/v1/registry/{operation['name']}", timeout=30).json()
+    assert operation["metadata"]["stage"] == "done", operation
+    assert operation["response"]["name"] == "models/all-minilm-l6-v2/versions/rest-import"
+    assert len(operation["response"]["artifact_sha256"]) == 64
+    removed = httpx.delete(f"{base_url}/v1/registry/models/all-minilm-l6-v2/versions/rest-import", timeout=30)
+    assert removed.status_code == 200, removed.text

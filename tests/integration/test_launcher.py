@@ -39,6 +39,7 @@ def test_ctrl_c_stops_everything_cleanly(tmp_path):
     ports = {name: value for name, value in settings.model_dump().items() if name.endswith("_port") and value}
     env = {**os.environ, **{f"MESH_{name.upper()}": str(value) for name, value in ports.items()}}
     env["MESH_DATA_DIR"] = str(settings.data_dir)
+    env["MESH_REGISTRY_DATABASE_URL"] = f"sqlite:///{tmp_path / 'registry.db'}"
     out = (tmp_path / "mesh.out").open("w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "infermesh_mesh"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
@@ -53,7 +54,7 @@ def test_ctrl_c_stops_everything_cleanly(tmp_path):
         assert "models: gemma-3-270m" in text  # readiness progress was printed
         assert f"curl -s 127.0.0.1:{settings.front_door_port}/v1/generate-text" in text
         children = [int(pid) for pid in re.findall(r"started \S+ \(pid (\d+)\)", text)]
-        assert len(children) == 3
+        assert len(children) == 4  # inference server, registry, router, Envoy
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
     finally:
