@@ -60,8 +60,12 @@ def mesh_settings(**overrides: object) -> MeshSettings:
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     logs = tmp_path_factory.mktemp("mesh-logs")
     # A registry of its own, so test runs never see each other's (or `make run`'s) changes.
-    registry = tmp_path_factory.mktemp("registry") / "registry.db"
-    running = Mesh(mesh_settings(registry_database_url=f"sqlite:///{registry}"), log_dir=logs)
+    registry = tmp_path_factory.mktemp("registry")
+    running = Mesh(
+        mesh_settings(registry_database_url=f"sqlite:///{registry / 'registry.db'}"),
+        log_dir=logs,
+        env={"ARTIFACT_DIR": str(registry / "artifacts")},
+    )
     running.start()
     try:
         running.wait_ready()

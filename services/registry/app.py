@@ -42,7 +42,7 @@ class RegistryApp:
     async def start(self, health: HealthServicer) -> None:
         await self.database.migrate()
         if self.settings.seed_defaults:
-            await seed_defaults(self.store)
+            await seed_defaults(self.store, self.settings)
         log.info("registry ready", extra={"database": self.database.dialect})
         await mark_serving(health, [SERVICE, OPERATIONS_SERVICE])
 

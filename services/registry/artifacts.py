@@ -35,6 +35,7 @@ class Artifact:
 class ArtifactStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._importing: set[Path] = set()
 
     def target(self, model_id: str, version_id: str) -> Path:
         return self.root / model_id / version_id
@@ -53,9 +54,21 @@ class ArtifactStore:
         self, source_uri: str, model_id: str, version_id: str, expected_sha256: str, progress: Progress
     ) -> Artifact:
         target = self.target(model_id, version_id)
-        if target.exists():
-            raise AlreadyExists(f"{target} already holds an artifact", reason="ARTIFACT_EXISTS", path=str(target))
-        partial = target.with_name(f".{version_id}.partial")
+        if target in self._importing:
+            raise AlreadyExists(
+                f"{model_id}/{version_id} is being imported already", reason="IMPORT_IN_PROGRESS", path=str(target)
+            )
+        self._importing.add(target)
+        try:
+            return await self._import(source_uri, target, expected_sha256, progress)
+        finally:
+            self._importing.discard(target)
+
+    async def _import(self, source_uri: str, target: Path, expected_sha256: str, progress: Progress) -> Artifact:
+        # The caller checked that no version owns `target`: anything there is left over
+        # from an import that was cut short after it was placed, and goes.
+        shutil.rmtree(target, ignore_errors=True)
+        partial = target.with_name(f".{target.name}.partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         stop = threading.Event()

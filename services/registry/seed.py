@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from infermesh.registry.v1 import registry_resources_pb2 as res
+from infermesh_registry.settings import RegistrySettings
 from infermesh_registry.store import RegistryStore
 from infermesh_runtime.errors import AlreadyExists
 
@@ -64,10 +65,46 @@ def _defaults() -> dict[str, tuple[res.Model, dict[str, res.ModelVersion], dict[
     }
 
 
-async def seed_defaults(store: RegistryStore) -> list[str]:
+def _hosted(settings: RegistrySettings) -> dict[str, tuple[res.Model, dict, dict]]:
+    """Models of the providers with a key configured. Prices are list prices per 1K
+    tokens in USD when this was written; operators update them in the registry."""
+    chat = ["text-generation", "chat", "image-description"]
+    offers = []
+    if settings.openai_api_key is not None:
+        offers += [
+            (
+                "openai",
+                settings.openai_text_model,
+                chat,
+                res.Pricing(input_per_1k_tokens=0.00015, output_per_1k_tokens=0.0006),
+            ),
+            ("openai", settings.openai_embedding_model, ["embedding"], res.Pricing(input_per_1k_tokens=0.00002)),
+        ]
+    if settings.gemini_api_key is not None:
+        offers += [
+            (
+                "gemini",
+                settings.gemini_text_model,
+                chat,
+                res.Pricing(input_per_1k_tokens=0.0001, output_per_1k_tokens=0.0004),
+            ),
+            ("gemini", settings.gemini_embedding_model, ["embedding"], res.Pricing()),
+        ]
+    models = {}
+    for provider, name, capabilities, pricing in offers:
+        pricing.currency = "USD"
+        model = res.Model(display_name=name, provider=provider, capabilities=capabilities, pricing=pricing)
+        version = res.ModelVersion(
+            artifact_uri=f"{provider}:{name}", runtime=res.RuntimeSpec(runtime=provider, backend_model=name)
+        )
+        models[name] = (model, {"hosted": version}, {provider: res.Deployment(backend=provider, traffic_weight=100)})
+    return models
+
+
+async def seed_defaults(store: RegistryStore, settings: RegistrySettings) -> list[str]:
     """Register the default models that are missing; returns the names registered."""
     created = []
-    for model_id, (model, versions, deployments) in _defaults().items():
+    for model_id, (model, versions, deployments) in {**_defaults(), **_hosted(settings)}.items():
         try:
             await store.create_model_tree(model_id, model, versions, deployments)
         except AlreadyExists:

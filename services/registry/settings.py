@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from infermesh_runtime.settings import ServiceSettings
 
@@ -21,3 +21,11 @@ class RegistrySettings(ServiceSettings):
     watch_poll_seconds: float = Field(
         1.0, gt=0, description="How often a watch looks for changes made by other registry replicas."
     )
+    # Hosted providers: their models are registered when a key is configured (the registry
+    # only checks that a key is there; it never stores or logs it).
+    openai_api_key: SecretStr | None = Field(None, description="Registers OpenAI's models when set.")
+    openai_text_model: str = Field("gpt-4o-mini", description="OpenAI model for text and chat.")
+    openai_embedding_model: str = Field("text-embedding-3-small", description="OpenAI embedding model.")
+    gemini_api_key: SecretStr | None = Field(None, description="Registers Gemini's models when set.")
+    gemini_text_model: str = Field("gemini-2.0-flash", description="Gemini model for text and chat.")
+    gemini_embedding_model: str = Field("text-embedding-004", description="Gemini embedding model.")

@@ -206,9 +206,18 @@ class RegistryStore:
 
     async def create_deployment(self, parent: str, deployment_id: str, deployment: res.Deployment) -> res.Deployment:
         deployment.name = DEPLOYMENTS.name(parent, deployment_id)
-        _require(deployment, "version", "backend")
+        _require(deployment, "backend")
         async with self._write() as conn:
             await self._get(conn, MODELS, parent)
+            if not deployment.version:  # the model's default version
+                defaults = [v.name for v in await self._children(conn, VERSIONS, parent) if v.is_default]
+                if not defaults:
+                    raise FailedPrecondition(
+                        f"{parent} has no versions yet; create one before deploying it",
+                        reason="NO_VERSION",
+                        model=parent,
+                    )
+                deployment.version = defaults[0]
             await self._check_version(conn, deployment)
             columns = {"model": parent, "version": deployment.version}
             return await self._insert(conn, DEPLOYMENTS, deployment, columns)

@@ -168,6 +168,11 @@ async def test_deployments_reference_versions_of_their_own_model_and_deletes_cas
         )
     )
     assert deployment.name == "models/dep-a/deployments/main"
+    implied = await registry.CreateDeployment(
+        pb.CreateDeploymentRequest(parent=model.name, deployment_id="implied", deployment=res.Deployment(backend="x"))
+    )
+    assert implied.version == version.name  # no version named: the default one
+    await registry.DeleteDeployment(pb.DeleteDeploymentRequest(name=implied.name, etag=implied.etag))
     foreign = registry.CreateDeployment(
         pb.CreateDeploymentRequest(
             parent=model.name,
