@@ -69,6 +69,11 @@ class Backends:
             model=requested,
         )
 
+    def candidates(self, requested: str) -> list[str]:
+        """`requested`, then its fallbacks from the registry, each once."""
+        fallbacks = self.directory.fallbacks(requested) if self.directory is not None else ()
+        return list(dict.fromkeys([requested, *fallbacks]))
+
     def prepare(self, request: Message, context: grpc.aio.ServicerContext | None) -> tuple[Message, dict, Route]:
         """The request as the chosen backend should get it (its own model id), the call's
         metadata and deadline, and the route; limits from the registry are checked here."""

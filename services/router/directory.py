@@ -116,6 +116,10 @@ class ModelDirectory:
         deployed = {_model_of(d.name) for d in self._state.deployments.values()}
         return sorted(name.removeprefix("models/") for name in deployed if name in self._state.models)
 
+    def fallbacks(self, requested: str) -> tuple[str, ...]:
+        model = self._state.models.get(f"models/{requested.partition('@')[0]}")
+        return tuple(f.removeprefix("models/") for f in model.fallbacks) if model is not None else ()
+
     def route(self, requested: str) -> Route:
         model_id, _, version_id = requested.partition("@")
         model = self._state.models.get(f"models/{model_id}")

@@ -19,10 +19,9 @@ import protovalidate
 from google.api import httpbody_pb2
 
 from infermesh.openai.v1 import openai_service_pb2_grpc as pb_grpc
+from infermesh_router import failover
 from infermesh_router import openai_schema as oa
-from infermesh_router.backends import Backends, relay
-from infermesh_router.directory import Route
-from infermesh_router.metering import meter
+from infermesh_router.backends import Backends
 from infermesh_runtime.errors import InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
@@ -41,26 +40,31 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
     def __init__(self, backends: Backends) -> None:
         self.backends = backends
         self.created = int(time.time())
+        stub = backends.stub
+        self._generate = lambda request, options: stub.GenerateText(request, **options)
+        self._stream_generate = lambda request, options: stub.StreamGenerateText(request, **options)
+        self._chat = lambda request, options: stub.Chat(request, **options)
+        self._stream_chat = lambda request, options: stub.StreamChat(request, **options)
 
-    def _prepare(self, schema: type, request: Any, context: grpc.aio.ServicerContext) -> tuple[Any, Any, dict, Route]:
-        """Parse the JSON body, check it against the typed request's rules, pick the backend."""
+    @staticmethod
+    def _parse(schema: type, request: Any) -> tuple[Any, Any]:
+        """Parse the JSON body and check it against the typed request's rules."""
         body = oa.parse(schema, request.body.data)
         proto = body.to_proto()
         protovalidate.validate(proto)
-        return body, *self.backends.prepare(proto, context)
+        return body, proto
 
     async def CreateChatCompletion(self, request, context):
-        body, proto, options, route = self._prepare(oa.ChatCompletionRequest, request, context)
+        body, proto = self._parse(oa.ChatCompletionRequest, request)
         ident, created = oa.completion_id("chatcmpl"), oa.now()
         if not body.stream:
-            reply = await self.backends.stub.Chat(proto, **options)
-            meter(route, reply.usage)
+            reply, _ = await failover.unary(self.backends, self._chat, proto, context)
             yield json_body(
                 {
                     "id": ident,
                     "object": "chat.completion",
                     "created": created,
-                    "model": body.model,
+                    "model": reply.model,
                     "choices": [
                         {
                             "index": 0,
@@ -74,17 +78,17 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
             )
             return
 
-        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        def chunk(delta: dict[str, Any], finish: str | None, model: str) -> dict[str, Any]:
             return {
                 "id": ident,
                 "object": "chat.completion.chunk",
                 "created": created,
-                "model": body.model,
+                "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
             }
 
         first = True
-        async for item in _guarded(self.backends.stub.StreamChat(proto, **options)):
+        async for item in _guarded(failover.stream(self.backends, self._stream_chat, proto, context)):
             if isinstance(item, httpbody_pb2.HttpBody):
                 yield item
                 return
@@ -94,50 +98,44 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
                 delta.setdefault("content", "")
                 first = False
             finish = oa.finish_reason(item.finish_reason)
-            if item.HasField("usage"):
-                meter(route, item.usage)
             if delta or finish:
-                yield sse(chunk(delta, finish))
+                yield sse(chunk(delta, finish, item.model))
             if finish and body.stream_options and body.stream_options.include_usage:
-                yield sse({**chunk({}, None), "choices": [], "usage": oa.usage_dict(item.usage)})
+                yield sse({**chunk({}, None, item.model), "choices": [], "usage": oa.usage_dict(item.usage)})
         yield sse("[DONE]")
 
     async def CreateCompletion(self, request, context):
-        body, proto, options, route = self._prepare(oa.CompletionRequest, request, context)
+        body, proto = self._parse(oa.CompletionRequest, request)
         ident, created = oa.completion_id("cmpl"), oa.now()
 
-        def completion(text: str, finish: str | None, obj: str = "text_completion") -> dict[str, Any]:
+        def completion(text: str, finish: str | None, model: str) -> dict[str, Any]:
             return {
                 "id": ident,
-                "object": obj,
+                "object": "text_completion",
                 "created": created,
-                "model": body.model,
+                "model": model,
                 "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
             }
 
         if not body.stream:
-            reply = await self.backends.stub.GenerateText(proto, **options)
-            meter(route, reply.usage)
-            payload = completion(reply.text, oa.finish_reason(reply.finish_reason))
+            reply, _ = await failover.unary(self.backends, self._generate, proto, context)
+            payload = completion(reply.text, oa.finish_reason(reply.finish_reason), reply.model)
             yield json_body({**payload, "usage": oa.usage_dict(reply.usage)})
             return
-        async for item in _guarded(self.backends.stub.StreamGenerateText(proto, **options)):
+        async for item in _guarded(failover.stream(self.backends, self._stream_generate, proto, context)):
             if isinstance(item, httpbody_pb2.HttpBody):
                 yield item
                 return
             finish = oa.finish_reason(item.finish_reason)
-            if item.HasField("usage"):
-                meter(route, item.usage)
             if item.text or finish:
-                yield sse(completion(item.text, finish))
+                yield sse(completion(item.text, finish, item.model))
             if finish and body.stream_options and body.stream_options.include_usage:
-                yield sse({**completion("", None), "choices": [], "usage": oa.usage_dict(item.usage)})
+                yield sse({**completion("", None, item.model), "choices": [], "usage": oa.usage_dict(item.usage)})
         yield sse("[DONE]")
 
     async def CreateEmbedding(self, request, context):
-        body, proto, options, route = self._prepare(oa.EmbeddingRequest, request, context)
-        reply = await self.backends.embed(proto, options)
-        meter(route, reply.usage)
+        body, proto = self._parse(oa.EmbeddingRequest, request)
+        reply, _ = await failover.unary(self.backends, self.backends.embed, proto, context)
         width = len(reply.embeddings[0].values) if reply.embeddings else 0
         if body.dimensions is not None and body.dimensions != width:
             raise InvalidArgument(
@@ -152,7 +150,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
             for e in reply.embeddings
         ]
         usage = {"prompt_tokens": reply.usage.input_tokens, "total_tokens": reply.usage.input_tokens}
-        return json_body({"object": "list", "data": data, "model": body.model, "usage": usage})
+        return json_body({"object": "list", "data": data, "model": reply.model, "usage": usage})
 
     async def ListModels(self, request, context):
         models = [oa.model_dict(m, self.created) for m in self.backends.models()]
@@ -164,12 +162,12 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         return json_body(oa.model_dict(request.model, self.created))
 
 
-async def _guarded(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[Any]:
-    """Yield a backend stream's chunks; once one has been sent, turn a failure into an
-    in-band SSE error event (an HttpBody) instead of cutting the stream silently."""
+async def _guarded(chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """Yield a stream's chunks; once one has been sent, turn a failure into an in-band SSE
+    error event (an HttpBody) instead of cutting the stream silently."""
     started = False
     try:
-        async for item in relay(call):
+        async for item in chunks:
             started = True
             yield item
     except grpc.aio.AioRpcError as exc:

@@ -1,57 +1,40 @@
-"""The router's typed public API: resolve the model to a backend, forward the request,
-answer in the client's terms (its model name), and meter what it cost."""
+"""The router's typed public API: resolve the model to a backend (falling back along the
+registry's chain when it cannot answer), forward the request, and answer saying which
+model did."""
 
 from __future__ import annotations
 
 from infermesh.router.v1 import router_service_pb2_grpc as pb_grpc
-from infermesh_router.backends import Backends, relay
-from infermesh_router.metering import meter
+from infermesh_router import failover
+from infermesh_router.backends import Backends
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):
     def __init__(self, backends: Backends) -> None:
         self.backends = backends
+        stub = backends.stub
+        self._generate = lambda request, options: stub.GenerateText(request, **options)
+        self._stream_generate = lambda request, options: stub.StreamGenerateText(request, **options)
+        self._chat = lambda request, options: stub.Chat(request, **options)
+        self._stream_chat = lambda request, options: stub.StreamChat(request, **options)
+        self._describe = lambda request, options: stub.DescribeImage(request, **options)
 
     async def GenerateText(self, request, context):
-        outgoing, options, route = self.backends.prepare(request, context)
-        reply = await self.backends.stub.GenerateText(outgoing, **options)
-        meter(route, reply.usage)
-        reply.model = request.model
-        return reply
+        return (await failover.unary(self.backends, self._generate, request, context))[0]
 
     async def StreamGenerateText(self, request, context):
-        outgoing, options, route = self.backends.prepare(request, context)
-        async for chunk in relay(self.backends.stub.StreamGenerateText(outgoing, **options)):
-            if chunk.HasField("usage"):
-                meter(route, chunk.usage)
-            chunk.model = request.model
+        async for chunk in failover.stream(self.backends, self._stream_generate, request, context):
             yield chunk
 
     async def Chat(self, request, context):
-        outgoing, options, route = self.backends.prepare(request, context)
-        reply = await self.backends.stub.Chat(outgoing, **options)
-        meter(route, reply.usage)
-        reply.model = request.model
-        return reply
+        return (await failover.unary(self.backends, self._chat, request, context))[0]
 
     async def StreamChat(self, request, context):
-        outgoing, options, route = self.backends.prepare(request, context)
-        async for chunk in relay(self.backends.stub.StreamChat(outgoing, **options)):
-            if chunk.HasField("usage"):
-                meter(route, chunk.usage)
-            chunk.model = request.model
+        async for chunk in failover.stream(self.backends, self._stream_chat, request, context):
             yield chunk
 
     async def Embed(self, request, context):
-        outgoing, options, route = self.backends.prepare(request, context)
-        reply = await self.backends.embed(outgoing, options)
-        meter(route, reply.usage)
-        reply.model = request.model
-        return reply
+        return (await failover.unary(self.backends, self.backends.embed, request, context))[0]
 
     async def DescribeImage(self, request, context):
-        outgoing, options, route = self.backends.prepare(request, context)
-        reply = await self.backends.stub.DescribeImage(outgoing, **options)
-        meter(route, reply.usage)
-        reply.model = request.model
-        return reply
+        return (await failover.unary(self.backends, self._describe, request, context))[0]

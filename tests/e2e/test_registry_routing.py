@@ -136,3 +136,55 @@ def test_cost_is_metered_at_the_registry_price(base_url, mesh):
             json={"pricing": {"currency": "USD"}},
             timeout=30,
         )
+
+
+def register_offline_model(base_url: str, model_id: str, fallbacks: list[str]) -> None:
+    """A model whose only deployment is on a backend this mesh does not have."""
+    model = {"provider": "local", "capabilities": ["text-generation"], "fallbacks": fallbacks}
+    steps = [
+        ("/v1/registry/models", {"model_id": model_id}, model),
+        (
+            f"/v1/registry/models/{model_id}/versions",
+            {"model_version_id": "v1"},
+            {"runtime": {"runtime": "transformers", "backend_model": GEMMA}},
+        ),
+        (f"/v1/registry/models/{model_id}/deployments", {"deployment_id": "away"}, {"backend": "offline-pool"}),
+    ]
+    for path, params, body in steps:
+        reply = httpx.post(f"{base_url}{path}", params=params, json=body, timeout=30)
+        assert reply.status_code == 200, reply.text
+
+
+def test_a_model_that_cannot_answer_falls_back_along_its_registry_chain(base_url, mesh):
+    router = mesh.settings.router_metrics_port
+    register_offline_model(base_url, "primary-offline", [f"models/{GEMMA}"])
+    register_offline_model(base_url, "lonely-offline", [])
+    before = sample(router, "infermesh_router_fallbacks_total", model="primary-offline", fallback=GEMMA)
+    deadline = time.monotonic() + 10
+    while True:  # until the router has the new models from the feed
+        reply = httpx.post(
+            f"{base_url}/v1/generate-text",
+            json={"model": "primary-offline", "prompt": "Paris is", "max_tokens": 4},
+            timeout=120,
+        )
+        if reply.status_code != 404 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["model"] == GEMMA  # the answer says who answered
+    # Streams fail over too, before their first chunk.
+    with httpx.stream(
+        "POST",
+        f"{base_url}/v1/generate-text:stream",
+        json={"model": "primary-offline", "prompt": "Paris is", "max_tokens": 4},
+        timeout=120,
+    ) as streamed:
+        assert streamed.status_code == 200
+        events = [line for line in streamed.iter_lines() if line.startswith("data: ")]
+    assert events and all(f'"model":"{GEMMA}"' in e for e in events)
+    assert sample(router, "infermesh_router_fallbacks_total", model="primary-offline", fallback=GEMMA) == before + 2
+    # With nothing to fall back to, the caller learns why.
+    alone = httpx.post(
+        f"{base_url}/v1/generate-text", json={"model": "lonely-offline", "prompt": "x", "max_tokens": 4}, timeout=30
+    )
+    assert alone.status_code == 503 and alone.json()["details"][0]["reason"] == "MODEL_NOT_DEPLOYED"

@@ -1,0 +1,116 @@
+"""Calling a model, and its registry fallbacks in order when it cannot answer.
+
+A fallback is tried when the model has no deployment on a live backend or its backend
+answers UNAVAILABLE or RESOURCE_EXHAUSTED; other errors (bad input, an unknown model)
+are the caller's to see. A stream fails over only until its first chunk: after that the
+client has part of an answer, and a failure reaches it as an error, never as a silent
+switch to another model mid-answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+from prometheus_client import Counter
+
+from infermesh_router.backends import Backends, relay
+from infermesh_router.directory import Route
+from infermesh_router.metering import meter
+from infermesh_runtime.errors import DomainError
+
+log = logging.getLogger(__name__)
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+FALLBACKS = Counter(
+    "infermesh_router_fallbacks_total",
+    "Requests answered by a fallback, by the model asked for and the one that answered.",
+    ["model", "fallback"],
+)
+
+Send = Callable[[Message, dict], Awaitable[Any]]
+Open = Callable[[Message, dict], grpc.aio.UnaryStreamCall]
+
+
+def can_fall_back(error: BaseException) -> bool:
+    if isinstance(error, DomainError):
+        return error.code in RETRYABLE
+    if isinstance(error, grpc.aio.AioRpcError):
+        return error.code() in RETRYABLE
+    return False
+
+
+def _attempts(backends: Backends, request: Message) -> list[Message]:
+    attempts = []
+    for model in backends.candidates(request.model):
+        attempt = type(request)()
+        attempt.CopyFrom(request)
+        attempt.model = model
+        attempts.append(attempt)
+    return attempts
+
+
+def _fell_back(request: Message, attempt: Message, error: BaseException) -> None:
+    log.warning(
+        "falling back", extra={"model": request.model, "fallback": attempt.model, "error": type(error).__name__}
+    )
+
+
+async def unary(backends: Backends, send: Send, request: Message, context) -> tuple[Any, Route]:
+    """The first answer among the model and its fallbacks; `reply.model` says who answered."""
+    error: BaseException | None = None
+    for attempt in _attempts(backends, request):
+        if error is not None:
+            _fell_back(request, attempt, error)
+        try:
+            outgoing, options, route = backends.prepare(attempt, context)
+            reply = await send(outgoing, options)
+        except Exception as exc:
+            if not can_fall_back(exc):
+                raise
+            error = exc
+            continue
+        meter(route, reply.usage)
+        reply.model = attempt.model
+        if attempt.model != request.model:
+            FALLBACKS.labels(request.model, attempt.model).inc()
+        return reply, route
+    assert error is not None
+    raise error
+
+
+async def stream(backends: Backends, open_call: Open, request: Message, context) -> AsyncIterator[Any]:
+    """Chunks from the first of the model and its fallbacks that starts answering."""
+    error: BaseException | None = None
+    for attempt in _attempts(backends, request):
+        if error is not None:
+            _fell_back(request, attempt, error)
+        try:
+            outgoing, options, route = backends.prepare(attempt, context)
+            chunks = relay(open_call(outgoing, options))
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except Exception as exc:
+            if not can_fall_back(exc):
+                raise
+            error = exc
+            continue
+        if attempt.model != request.model:
+            FALLBACKS.labels(request.model, attempt.model).inc()
+        async for chunk in _prepend(first, chunks):
+            if chunk.HasField("usage"):
+                meter(route, chunk.usage)
+            chunk.model = attempt.model
+            yield chunk
+        return
+    assert error is not None
+    raise error
+
+
+async def _prepend(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    yield first
+    async for item in rest:
+        yield item
