@@ -44,6 +44,7 @@ def test_ctrl_c_stops_everything_cleanly(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "infermesh_mesh"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
     )
+    children: list[int] = []
     try:
         deadline = time.monotonic() + 600
         while "infermesh is ready" not in (tmp_path / "mesh.out").read_text():
@@ -58,8 +59,19 @@ def test_ctrl_c_stops_everything_cleanly(tmp_path):
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
     finally:
+        # Even when an assertion failed: the launcher's children run in their own
+        # sessions, so killing the launcher alone would leave them running.
         if process.poll() is None:
-            process.kill()
-    assert not [pid for pid in children if pid_alive(pid)]
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        text = (tmp_path / "mesh.out").read_text()
+        children = children or [int(pid) for pid in re.findall(r"started \S+ \(pid (\d+)\)", text)]
+        leftovers = [pid for pid in children if pid_alive(pid)]
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+    assert not leftovers
     assert [name for name, port in ports.items() if not port_is_free(port)] == []
     assert "stopped" in (tmp_path / "mesh.out").read_text()
