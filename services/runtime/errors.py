@@ -48,6 +48,18 @@ class NotFound(DomainError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class Unauthenticated(DomainError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(DomainError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class DeadlineExceeded(DomainError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class AlreadyExists(DomainError):
     code = grpc.StatusCode.ALREADY_EXISTS
 

@@ -1,0 +1,141 @@
+"""Google's Gemini API through its current SDK, google-genai (google-generativeai, which
+the design card names, reached its end of life in 2025)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from infermesh_inference.models.base import Embeddings, FinishReason, GenerationParams, TextChunk, Usage
+from infermesh_providers import errors
+from infermesh_providers.apportion import apportion
+from infermesh_providers.retrying import Retrier
+from infermesh_providers.settings import ProviderSettings
+from infermesh_runtime.errors import DomainError, InvalidArgument
+
+ROLES = {"user": "user", "assistant": "model"}
+
+
+class GeminiBackend:
+    provider = "gemini"
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        key = settings.gemini_api_key.get_secret_value() if settings.gemini_api_key else ""
+        self._redact = errors.Redactor(key)
+        options = types.HttpOptions(
+            base_url=settings.gemini_base_url,
+            timeout=int(settings.request_timeout_seconds * 1000),
+            retry_options=types.HttpRetryOptions(attempts=1),  # retries are ours (retrying.py)
+        )
+        self._client = genai.Client(api_key=key or "unset", http_options=options)
+        self._retry = Retrier(settings.max_attempts, settings.max_retry_wait_seconds)
+
+    async def close(self) -> None:
+        await self._client.aio.aclose()
+
+    def _error(self, exc: Exception) -> DomainError:
+        if isinstance(exc, genai_errors.APIError):
+            response = getattr(exc, "response", None)
+            headers = getattr(response, "headers", None)
+            retry_after = errors.retry_after_header(headers) or errors.retry_delay_detail(exc.details)
+            return errors.from_status(
+                self.provider, exc.code or 500, exc.message or str(exc), retry_after, self._redact
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return errors.timed_out(self.provider, str(exc), self._redact)
+        return errors.unreachable(self.provider, str(exc), self._redact)
+
+    async def _call(self, make) -> Any:
+        async def attempt():
+            try:
+                return await make()
+            except (genai_errors.APIError, httpx.HTTPError) as exc:
+                raise self._error(exc) from None
+
+        return await self._retry.call(attempt)
+
+    @staticmethod
+    def _config(sampling: GenerationParams, system: str | None = None) -> types.GenerateContentConfig:
+        if sampling.repetition_penalty != 1.0:
+            raise InvalidArgument(
+                "the Gemini API has no repetition_penalty", reason="UNSUPPORTED_PARAMETER", provider="gemini"
+            )
+        return types.GenerateContentConfig(
+            max_output_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k or None,
+            stop_sequences=list(sampling.stop_sequences) or None,
+            seed=sampling.seed,
+            system_instruction=system,
+        )
+
+    def generate(self, model_id: str, prompt: str, sampling: GenerationParams) -> AsyncIterator[TextChunk]:
+        return self._stream(model_id, prompt, self._config(sampling))
+
+    def chat(
+        self, model_id: str, messages: list[tuple[str, str]], sampling: GenerationParams
+    ) -> AsyncIterator[TextChunk]:
+        system = "\n".join(content for role, content in messages if role == "system") or None
+        contents = [
+            types.Content(role=ROLES[role], parts=[types.Part(text=content)])
+            for role, content in messages
+            if role != "system"
+        ]
+        return self._stream(model_id, contents, self._config(sampling, system))
+
+    async def _stream(
+        self, model_id: str, contents: Any, config: types.GenerateContentConfig
+    ) -> AsyncIterator[TextChunk]:
+        """streamGenerateContent chunks; retried until the first chunk has arrived."""
+
+        async def start():
+            stream = await self._client.aio.models.generate_content_stream(
+                model=model_id, contents=contents, config=config
+            )
+            return stream, await anext(stream, None)
+
+        stream, chunk = await self._call(start)
+        finish: FinishReason | None = None
+        usage = Usage()
+        while chunk is not None:
+            for candidate in chunk.candidates or []:
+                if (
+                    candidate.finish_reason is not None
+                    and candidate.finish_reason != types.FinishReason.FINISH_REASON_UNSPECIFIED
+                ):
+                    limited = candidate.finish_reason == types.FinishReason.MAX_TOKENS
+                    finish = FinishReason.LENGTH if limited else FinishReason.STOP
+            if chunk.usage_metadata is not None:
+                metadata = chunk.usage_metadata
+                usage = Usage(metadata.prompt_token_count or 0, metadata.candidates_token_count or 0)
+            if text := chunk.text or "":
+                yield TextChunk(text)
+            try:
+                chunk = await anext(stream, None)
+            except (genai_errors.APIError, httpx.HTTPError) as exc:
+                raise self._error(exc) from None
+        yield TextChunk("", finish or FinishReason.STOP, usage)
+
+    async def embed(self, model_id: str, texts: list[str]) -> Embeddings:
+        reply = await self._call(lambda: self._client.aio.models.embed_content(model=model_id, contents=texts))
+        vectors = [list(e.values or []) for e in reply.embeddings or []]
+        # The Gemini API reports no token counts for embeddings.
+        return Embeddings(vectors=vectors, token_counts=apportion(0, texts))
+
+    async def describe_image(
+        self, model_id: str, image: bytes, mime_type: str, prompt: str, max_tokens: int | None
+    ) -> tuple[str, Usage]:
+        contents = [types.Part.from_bytes(data=image, mime_type=mime_type), prompt]
+        config = types.GenerateContentConfig(max_output_tokens=max_tokens)
+        reply = await self._call(
+            lambda: self._client.aio.models.generate_content(model=model_id, contents=contents, config=config)
+        )
+        metadata = reply.usage_metadata
+        usage = Usage(metadata.prompt_token_count or 0, metadata.candidates_token_count or 0) if metadata else Usage()
+        return reply.text or "", usage

@@ -1,0 +1,149 @@
+"""OpenAI, or any OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp's server, this
+mesh's own front door), through the official SDK.
+
+Text generation and chat both use chat completions: OpenAI's current models serve no
+other text endpoint, and every compatible server implements it."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+
+from infermesh_inference.models.base import Embeddings, FinishReason, GenerationParams, TextChunk, Usage
+from infermesh_providers import errors
+from infermesh_providers.apportion import apportion
+from infermesh_providers.retrying import Retrier
+from infermesh_providers.settings import ProviderSettings
+from infermesh_runtime.errors import DomainError, InvalidArgument
+
+FINISH = {"length": FinishReason.LENGTH}
+
+
+class OpenAIBackend:
+    provider = "openai"
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
+        self._redact = errors.Redactor(key)
+        self._client = openai.AsyncOpenAI(
+            api_key=key or "unset",
+            base_url=settings.openai_base_url,
+            timeout=settings.request_timeout_seconds,
+            max_retries=0,  # retries are ours (retrying.py), so they never stack
+        )
+        self._retry = Retrier(settings.max_attempts, settings.max_retry_wait_seconds)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def _error(self, exc: Exception) -> DomainError:
+        if isinstance(exc, openai.APITimeoutError):
+            return errors.timed_out(self.provider, str(exc), self._redact)
+        if isinstance(exc, openai.APIConnectionError):
+            return errors.unreachable(self.provider, str(exc), self._redact)
+        if isinstance(exc, openai.APIStatusError):
+            retry_after = errors.retry_after_header(exc.response.headers)
+            return errors.from_status(self.provider, exc.status_code, exc.message, retry_after, self._redact)
+        return errors.unreachable(self.provider, str(exc), self._redact)
+
+    async def _call(self, make) -> Any:
+        async def attempt():
+            try:
+                return await make()
+            except openai.OpenAIError as exc:
+                raise self._error(exc) from None
+
+        return await self._retry.call(attempt)
+
+    @staticmethod
+    def _options(sampling: GenerationParams) -> dict[str, Any]:
+        unsupported = [
+            name
+            for name, value, default in (
+                ("top_k", sampling.top_k, 0),
+                ("repetition_penalty", sampling.repetition_penalty, 1.0),
+            )
+            if value != default
+        ]
+        if unsupported:
+            raise InvalidArgument(
+                f"the OpenAI API has no {', '.join(unsupported)}", reason="UNSUPPORTED_PARAMETER", provider="openai"
+            )
+        options: dict[str, Any] = {"temperature": sampling.temperature, "top_p": sampling.top_p}
+        if sampling.max_tokens is not None:
+            options["max_tokens"] = sampling.max_tokens
+        if sampling.stop_sequences:
+            options["stop"] = list(sampling.stop_sequences)
+        if sampling.seed is not None:
+            options["seed"] = sampling.seed
+        return options
+
+    def generate(self, model_id: str, prompt: str, sampling: GenerationParams) -> AsyncIterator[TextChunk]:
+        return self.chat(model_id, [("user", prompt)], sampling)
+
+    async def chat(
+        self, model_id: str, messages: list[tuple[str, str]], sampling: GenerationParams
+    ) -> AsyncIterator[TextChunk]:
+        payload = [{"role": role, "content": content} for role, content in messages]
+        async for chunk in self._stream(model_id, payload, self._options(sampling)):
+            yield chunk
+
+    async def _stream(self, model_id: str, messages: list[dict], options: dict[str, Any]) -> AsyncIterator[TextChunk]:
+        """Streamed chat completion chunks; retried until the first chunk has arrived."""
+
+        async def start():
+            stream = await self._client.chat.completions.create(
+                model=model_id, messages=messages, stream=True, stream_options={"include_usage": True}, **options
+            )
+            iterator = stream.__aiter__()
+            return stream, iterator, await anext(iterator, None)
+
+        stream, iterator, first = await self._call(start)
+        finish: FinishReason | None = None
+        ended = False
+        try:
+            chunk = first
+            while chunk is not None:
+                text = ""
+                for choice in chunk.choices:
+                    text += choice.delta.content or ""
+                    if choice.finish_reason:
+                        finish = FINISH.get(choice.finish_reason, FinishReason.STOP)
+                if chunk.usage is not None:
+                    usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                    yield TextChunk(text, finish or FinishReason.STOP, usage)
+                    ended = True
+                elif text:
+                    yield TextChunk(text)
+                try:
+                    chunk = await anext(iterator, None)
+                except openai.OpenAIError as exc:
+                    raise self._error(exc) from None
+            if not ended:  # a server that reports no usage: end the stream all the same
+                yield TextChunk("", finish or FinishReason.STOP, Usage())
+        finally:
+            await stream.close()
+
+    async def embed(self, model_id: str, texts: list[str]) -> Embeddings:
+        reply = await self._call(
+            lambda: self._client.embeddings.create(model=model_id, input=texts, encoding_format="float")
+        )
+        vectors = [item.embedding for item in sorted(reply.data, key=lambda item: item.index)]
+        return Embeddings(vectors=vectors, token_counts=apportion(reply.usage.prompt_tokens, texts))
+
+    async def describe_image(
+        self, model_id: str, image: bytes, mime_type: str, prompt: str, max_tokens: int | None
+    ) -> tuple[str, Usage]:
+        url = f"data:{mime_type};base64,{base64.b64encode(image).decode()}"
+        content = [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]
+        options = {"max_tokens": max_tokens} if max_tokens else {}
+        reply = await self._call(
+            lambda: self._client.chat.completions.create(
+                model=model_id, messages=[{"role": "user", "content": content}], **options
+            )
+        )
+        usage = Usage(reply.usage.prompt_tokens, reply.usage.completion_tokens) if reply.usage else Usage()
+        return reply.choices[0].message.content or "", usage

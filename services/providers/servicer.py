@@ -1,0 +1,81 @@
+"""The inference contract served by a hosted provider."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh.inference.v1 import inference_types_pb2 as types
+from infermesh_inference.contract import ContractServicer, usage_proto
+from infermesh_inference.models.base import Embeddings, GenerationParams, TextChunk, Usage
+from infermesh_runtime.errors import Unavailable
+
+CAPABILITIES = {
+    "text": [types.CAPABILITY_TEXT_GENERATION, types.CAPABILITY_CHAT],
+    "vision": [types.CAPABILITY_IMAGE_DESCRIPTION],
+    "embedding": [types.CAPABILITY_EMBEDDING],
+}
+DEFAULT_PROMPT = "Describe this image."
+
+
+class Unconfigured:
+    """A provider without credentials: every call says so (and names no secret)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def _refuse(self) -> Unavailable:
+        return Unavailable(self.reason, reason="PROVIDER_NOT_CONFIGURED")
+
+    async def generate(self, model_id: str, prompt: str, sampling: GenerationParams) -> AsyncIterator[TextChunk]:
+        raise self._refuse()
+        yield  # pragma: no cover - makes this an async generator
+
+    async def chat(self, model_id, messages, sampling) -> AsyncIterator[TextChunk]:
+        raise self._refuse()
+        yield  # pragma: no cover - makes this an async generator
+
+    async def embed(self, model_id: str, texts: list[str]) -> Embeddings:
+        raise self._refuse()
+
+    async def describe_image(self, model_id, image, mime_type, prompt, max_tokens) -> tuple[str, Usage]:
+        raise self._refuse()
+
+    async def close(self) -> None:
+        pass
+
+
+class ProviderServicer(ContractServicer):
+    def __init__(self, backend, models: dict[str, str], problem: str = "") -> None:
+        super().__init__(backend)
+        self._models = models  # capability → model id
+        self._problem = problem
+
+    async def DescribeImage(self, request, context):
+        max_tokens = request.max_tokens if request.HasField("max_tokens") else None
+        text, usage = await self.backend.describe_image(
+            request.model, request.image, request.mime_type, request.prompt or DEFAULT_PROMPT, max_tokens
+        )
+        return pb.DescribeImageResponse(description=text, usage=usage_proto(usage), model=request.model)
+
+    def _listing(self) -> list[types.Model]:
+        by_model: dict[str, list[int]] = {}
+        for capability, model_id in self._models.items():
+            by_model.setdefault(model_id, []).extend(CAPABILITIES[capability])
+        state = types.MODEL_STATE_FAILED if self._problem else types.MODEL_STATE_READY
+        return [
+            types.Model(
+                name=f"models/{model_id}",
+                model_id=model_id,
+                capabilities=sorted(set(capabilities)),
+                state=state,
+                error=self._problem,
+            )
+            for model_id, capabilities in sorted(by_model.items())
+        ]
+
+    async def ListModels(self, request, context):
+        return pb.ListModelsResponse(models=self._listing())
+
+    async def Warmup(self, request, context):
+        return pb.WarmupResponse(models=self._listing())
