@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import httpx2
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -19,6 +20,9 @@ from infermesh_providers.settings import ProviderSettings
 from infermesh_runtime.errors import DomainError, InvalidArgument
 
 ROLES = {"user": "user", "assistant": "model"}
+# google-genai sends with httpx2 (or httpx, when asked to): either can raise.
+TRANSPORT_ERRORS = (httpx.HTTPError, httpx2.HTTPError)
+TIMEOUTS = (httpx.TimeoutException, httpx2.TimeoutException)
 
 
 class GeminiBackend:
@@ -46,7 +50,7 @@ class GeminiBackend:
             return errors.from_status(
                 self.provider, exc.code or 500, exc.message or str(exc), retry_after, self._redact
             )
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, TIMEOUTS):
             return errors.timed_out(self.provider, str(exc), self._redact)
         return errors.unreachable(self.provider, str(exc), self._redact)
 
@@ -54,7 +58,7 @@ class GeminiBackend:
         async def attempt():
             try:
                 return await make()
-            except (genai_errors.APIError, httpx.HTTPError) as exc:
+            except (genai_errors.APIError, *TRANSPORT_ERRORS) as exc:
                 raise self._error(exc) from None
 
         return await self._retry.call(attempt)
@@ -118,7 +122,7 @@ class GeminiBackend:
                 yield TextChunk(text)
             try:
                 chunk = await anext(stream, None)
-            except (genai_errors.APIError, httpx.HTTPError) as exc:
+            except (genai_errors.APIError, *TRANSPORT_ERRORS) as exc:
                 raise self._error(exc) from None
         yield TextChunk("", finish or FinishReason.STOP, usage)
 

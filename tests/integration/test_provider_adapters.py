@@ -1,0 +1,193 @@
+"""Provider adapters against stand-in HTTP servers that speak the providers' documented
+wire formats (see tests/provider_servers.py: a contract test, since the hosted APIs are
+out of reach here): error mapping for each class of failure, retries that honour the
+provider's advice and never retry what cannot succeed, keys kept out of errors and logs,
+no credentials → NOT_SERVING, and the Gemini adapter's requests and responses."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2
+from grpc_status import rpc_status
+from provider_servers import Reply, StandIn, gemini_default, gemini_error, openai_error, provider_server
+
+from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh.inference.v1 import inference_types_pb2 as types
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+OPENAI_KEY = "sk-test-SECRETSECRETSECRET"
+GEMINI_KEY = "AIzaTestSecretKey1234567890"
+
+
+def embeddings_reply(count: int) -> Reply:
+    data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2]} for i in range(count)]
+    return Reply(200, {"object": "list", "data": data, "model": "e", "usage": {"prompt_tokens": 4, "total_tokens": 4}})
+
+
+def openai_settings(stand_in: StandIn, **more) -> dict:
+    return {"provider": "openai", "openai_api_key": OPENAI_KEY, "openai_base_url": f"{stand_in.url}/v1", **more}
+
+
+async def failure(call) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call
+    return error.value
+
+
+@pytest.mark.parametrize(
+    ("reply", "code"),
+    [
+        (openai_error(400, "bad request"), grpc.StatusCode.INVALID_ARGUMENT),
+        (openai_error(401, f"Incorrect API key provided: {OPENAI_KEY}"), grpc.StatusCode.UNAUTHENTICATED),
+        (openai_error(403, "not allowed"), grpc.StatusCode.PERMISSION_DENIED),
+        (openai_error(404, "no such model"), grpc.StatusCode.NOT_FOUND),
+        (openai_error(429, "slow down", {"retry-after": "7"}), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (openai_error(500, "oops"), grpc.StatusCode.UNAVAILABLE),
+        (openai_error(503, "overloaded"), grpc.StatusCode.UNAVAILABLE),
+        (Reply(200, {}, delay=2.0), grpc.StatusCode.DEADLINE_EXCEEDED),
+    ],
+)
+async def test_openai_failures_map_to_canonical_codes(reply, code, caplog):
+    with StandIn(lambda request: reply).running() as stand_in:
+        settings = openai_settings(stand_in, max_attempts=1, request_timeout_seconds=0.5)
+        async with provider_server(**settings) as (_, adapter, _health):
+            with caplog.at_level(logging.DEBUG):
+                error = await failure(adapter.Embed(pb.EmbedRequest(model="e", inputs=["x"])))
+    assert error.code() == code, error.details()
+    assert OPENAI_KEY not in error.details() and OPENAI_KEY not in caplog.text
+    status = rpc_status.from_call(error)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # the provider's advice reaches the caller
+        retry = error_details_pb2.RetryInfo()
+        assert any(d.Unpack(retry) for d in status.details) and retry.retry_delay.seconds == 7
+
+
+async def test_retries_wait_as_asked_and_stop_at_what_cannot_succeed():
+    with StandIn(lambda request: embeddings_reply(1)).running() as stand_in:
+        async with provider_server(**openai_settings(stand_in, max_attempts=3)) as (_, adapter, _health):
+            stand_in.script.extend([openai_error(503, "busy"), openai_error(429, "wait", {"retry-after": "1"})])
+            started = time.monotonic()
+            reply = await adapter.Embed(pb.EmbedRequest(model="e", inputs=["x"]))
+            assert len(reply.embeddings) == 1 and len(stand_in.seen) == 3
+            assert time.monotonic() - started >= 1.0  # Retry-After: 1 was honoured
+
+            stand_in.seen.clear()
+            stand_in.script.append(openai_error(400, "bad"))
+            error = await failure(adapter.Embed(pb.EmbedRequest(model="e", inputs=["x"])))
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and len(stand_in.seen) == 1
+
+            stand_in.seen.clear()
+            stand_in.script.extend([openai_error(500, "down")] * 3)
+            error = await failure(adapter.Embed(pb.EmbedRequest(model="e", inputs=["x"])))
+            assert error.code() == grpc.StatusCode.UNAVAILABLE and len(stand_in.seen) == 3  # then it gives up
+
+
+async def test_the_openai_adapter_sends_images_as_data_uris():
+    from provider_servers import openai_chat
+
+    with StandIn(lambda request: openai_chat("a red square", 25, 3)).running() as stand_in:
+        async with provider_server(**openai_settings(stand_in)) as (_, adapter, _health):
+            image = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+            reply = await adapter.DescribeImage(
+                pb.DescribeImageRequest(model="vision", image=image, mime_type="image/png", max_tokens=20)
+            )
+    assert reply.description == "a red square" and (reply.usage.input_tokens, reply.usage.output_tokens) == (25, 3)
+    content = stand_in.seen[-1].body["messages"][0]["content"]
+    assert content[0]["type"] == "text" and content[1]["image_url"]["url"].startswith("data:image/png;base64,iVBORw0")
+
+
+@pytest.mark.parametrize("provider", ["openai", "gemini"])
+async def test_without_credentials_the_adapter_is_up_but_not_serving_and_says_why(provider):
+    async with provider_server(provider=provider) as (app, adapter, health):
+        status = await health.Check(health_pb2.HealthCheckRequest(service="infermesh.inference.v1.InferenceService"))
+        assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        models = await adapter.ListModels(pb.ListModelsRequest())
+        assert models.models and all(m.state == types.MODEL_STATE_FAILED for m in models.models)
+        assert all(f"{provider.upper()}_API_KEY is not set" in m.error for m in models.models)
+        error = await failure(adapter.GenerateText(pb.GenerateTextRequest(model="m", prompt="x")))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert app.problem.startswith(provider.upper())
+
+
+def gemini_settings(stand_in: StandIn, **more) -> dict:
+    return {"provider": "gemini", "gemini_api_key": GEMINI_KEY, "gemini_base_url": stand_in.url, **more}
+
+
+async def test_the_gemini_adapter_speaks_the_documented_wire_format():
+    with StandIn(gemini_default).running() as stand_in:
+        async with provider_server(**gemini_settings(stand_in)) as (_, adapter, _health):
+            reply = await adapter.GenerateText(
+                pb.GenerateTextRequest(model="gemini-test", prompt="one two three four five", max_tokens=3)
+            )
+            assert reply.text.split() == ["one", "two", "three"]
+            assert reply.finish_reason == types.FINISH_REASON_LENGTH
+            assert (reply.usage.input_tokens, reply.usage.output_tokens) == (5, 3)
+            request = stand_in.seen[-1]
+            assert re.fullmatch(r"/v1(beta)?/models/gemini-test:streamGenerateContent\?alt=sse", request.path)
+            assert request.headers["x-goog-api-key"] == GEMINI_KEY
+            assert request.body["generationConfig"]["maxOutputTokens"] == 3
+
+            chunks = [
+                c
+                async for c in adapter.StreamGenerateText(
+                    pb.GenerateTextRequest(model="gemini-test", prompt="a b c d e f", max_tokens=10)
+                )
+            ]
+            assert len(chunks) >= 3 and "".join(c.text for c in chunks).split() == list("abcdef")
+            assert chunks[-1].usage.output_tokens == 6 and chunks[-1].finish_reason == types.FINISH_REASON_STOP
+
+            chat = await adapter.Chat(
+                pb.ChatRequest(
+                    model="gemini-test",
+                    messages=[
+                        pb.ChatMessage(role=types.ROLE_SYSTEM, content="Be brief."),
+                        pb.ChatMessage(role=types.ROLE_USER, content="hi there"),
+                        pb.ChatMessage(role=types.ROLE_ASSISTANT, content="hello"),
+                        pb.ChatMessage(role=types.ROLE_USER, content="bye"),
+                    ],
+                )
+            )
+            assert chat.message.content.split() == ["hi", "there", "hello", "bye"]
+            sent = stand_in.seen[-1].body
+            assert [c["role"] for c in sent["contents"]] == ["user", "model", "user"]
+            assert sent["systemInstruction"]["parts"][0]["text"] == "Be brief."
+
+            embedded = await adapter.Embed(pb.EmbedRequest(model="text-embedding-test", inputs=["ab", "abcd"]))
+            assert [list(e.values) for e in embedded.embeddings] == [[2.0, 1.0, 0.0], [4.0, 1.0, 0.0]]
+            assert re.fullmatch(r"/v1(beta)?/models/text-embedding-test:batchEmbedContents", stand_in.seen[-1].path)
+
+            image = b"GIF89a" + b"\0" * 100
+            described = await adapter.DescribeImage(
+                pb.DescribeImageRequest(model="gemini-test", image=image, mime_type="image/gif", prompt="What is it?")
+            )
+            assert described.description == f"an image of {len(image)} bytes image/gif"
+
+
+async def test_gemini_failures_map_and_retry_as_google_advises():
+    with StandIn(gemini_default).running() as stand_in:
+        async with provider_server(**gemini_settings(stand_in, max_attempts=3)) as (_, adapter, _health):
+            cases = [
+                (gemini_error(400, "INVALID_ARGUMENT", "API key not valid"), grpc.StatusCode.INVALID_ARGUMENT),
+                (gemini_error(403, "PERMISSION_DENIED", "denied"), grpc.StatusCode.PERMISSION_DENIED),
+                (gemini_error(404, "NOT_FOUND", "no model"), grpc.StatusCode.NOT_FOUND),
+            ]
+            for reply, code in cases:
+                stand_in.script.append(reply)
+                error = await failure(adapter.Embed(pb.EmbedRequest(model="m", inputs=["x"])))
+                assert error.code() == code and GEMINI_KEY not in error.details()
+            stand_in.seen.clear()
+            stand_in.script.extend(
+                [gemini_error(429, "RESOURCE_EXHAUSTED", "quota", retry_delay="1s"), gemini_error(500, "INTERNAL", "x")]
+            )
+            started = time.monotonic()
+            reply = await adapter.Embed(pb.EmbedRequest(model="m", inputs=["x"]))
+            assert len(reply.embeddings) == 1 and len(stand_in.seen) == 3
+            assert time.monotonic() - started >= 1.0  # RetryInfo's retryDelay was honoured
+            stand_in.script.extend([gemini_error(503, "UNAVAILABLE", "x")] * 3)
+            error = await failure(adapter.Embed(pb.EmbedRequest(model="m", inputs=["x"])))
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
