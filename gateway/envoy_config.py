@@ -76,13 +76,21 @@ def _is_ip(host: str) -> bool:
 
 
 def _backend_route(instance: ServiceInstance) -> dict[str, Any]:
+    # A provider adapter answers UNAVAILABLE only after its own retries against the
+    # provider (honouring Retry-After); retrying that here would multiply them. Envoy
+    # retries only what never reached the adapter.
+    retry_on = (
+        "connect-failure,refused-stream"
+        if instance.kind == "provider"
+        else "connect-failure,refused-stream,unavailable"
+    )
     return {
         "match": {"prefix": "/", "headers": [{"name": BACKEND_HEADER, "string_match": {"exact": instance.name}}]},
         "route": {
             "cluster": instance.name,
             "timeout": "0s",
             "retry_policy": {
-                "retry_on": "connect-failure,refused-stream,unavailable",
+                "retry_on": retry_on,
                 "num_retries": 2,
                 "retry_host_predicate": [
                     {

@@ -48,6 +48,8 @@ def mesh_settings(**overrides: object) -> MeshSettings:
         "router_port": free_port(),
         "inference_port": free_port(),
         "registry_port": free_port(),
+        "openai_port": free_port(),
+        "gemini_port": free_port(),
         "registry_metrics_port": free_port(),
         "router_metrics_port": free_port(),
         "inference_metrics_port": free_port(),
@@ -57,15 +59,35 @@ def mesh_settings(**overrides: object) -> MeshSettings:
 
 
 @pytest.fixture(scope="session")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+def gemini_stand_in() -> Iterator[object]:
+    """The Gemini adapter's server for the mesh's tests (no internet here): a stand-in
+    speaking Gemini's documented wire format (tests/provider_servers.py)."""
+    from provider_servers import StandIn, gemini_default
+
+    with StandIn(gemini_default).running() as stand_in:
+        yield stand_in
+
+
+@pytest.fixture(scope="session")
+def mesh(tmp_path_factory: pytest.TempPathFactory, gemini_stand_in) -> Iterator[Mesh]:
     logs = tmp_path_factory.mktemp("mesh-logs")
     # A registry of its own, so test runs never see each other's (or `make run`'s) changes.
     registry = tmp_path_factory.mktemp("registry")
-    running = Mesh(
-        mesh_settings(registry_database_url=f"sqlite:///{registry / 'registry.db'}"),
-        log_dir=logs,
-        env={"ARTIFACT_DIR": str(registry / "artifacts")},
-    )
+    settings = mesh_settings(registry_database_url=f"sqlite:///{registry / 'registry.db'}")
+    providers = {
+        # The OpenAI adapter's OpenAI-compatible server is this mesh's own front door.
+        "OPENAI_API_KEY": "sk-test-mesh-key",
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{settings.front_door_port}/v1",
+        "OPENAI_TEXT_MODEL": "gemma-3-270m",
+        "OPENAI_VISION_MODEL": "gemma-3-270m",
+        "OPENAI_EMBEDDING_MODEL": "all-minilm-l6-v2",
+        "GEMINI_API_KEY": "AIza-test-mesh-key-0000",
+        "GEMINI_BASE_URL": gemini_stand_in.url,
+        "GEMINI_TEXT_MODEL": "gemini-test",
+        "GEMINI_VISION_MODEL": "gemini-test",
+        "GEMINI_EMBEDDING_MODEL": "gemini-embedding-test",
+    }
+    running = Mesh(settings, log_dir=logs, env={"ARTIFACT_DIR": str(registry / "artifacts"), **providers})
     running.start()
     try:
         running.wait_ready()

@@ -14,12 +14,19 @@ import yaml
 from conftest import BIN, ROOT
 from infermesh_gateway import envoy_config
 from infermesh_inference.settings import InferenceSettings
+from infermesh_providers.settings import ProviderSettings
 from infermesh_registry.settings import RegistrySettings
 from infermesh_router.settings import RouterSettings
 from infermesh_runtime.catalog import EmbeddedCatalog
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-SETTINGS = {"inference": InferenceSettings, "router": RouterSettings, "registry": RegistrySettings}
+SETTINGS = {
+    "inference": InferenceSettings,
+    "router": RouterSettings,
+    "registry": RegistrySettings,
+    "openai": ProviderSettings,
+    "gemini": ProviderSettings,
+}
 TRACING = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"}  # read by OpenTelemetry itself
 
 

@@ -23,6 +23,7 @@ def catalog() -> EmbeddedCatalog:
             ServiceInstance("router", "router", "127.0.0.1", 50051),
             ServiceInstance("inference-0", "inference", "127.0.0.1", 50052, ("gemma-3-270m", "all-minilm-l6-v2")),
             ServiceInstance("registry", "registry", "127.0.0.1", 50053),
+            ServiceInstance("openai", "provider", "127.0.0.1", 50061, ("gpt-4o-mini",)),
         ]
     )
 
@@ -55,7 +56,7 @@ def test_real_envoy_accepts_the_rendered_config(tmp_path):
 def test_every_backend_gets_a_cluster_health_checked_on_its_service_and_a_header_route():
     config = rendered()
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
-    assert set(clusters) == {"router", "inference-0", "registry"}
+    assert set(clusters) == {"router", "inference-0", "registry", "openai"}
     registry = clusters["registry"]["health_checks"][0]["grpc_health_check"]["service_name"]
     assert registry == "infermesh.registry.v1.RegistryService"
     inference = clusters["inference-0"]
@@ -68,6 +69,10 @@ def test_every_backend_gets_a_cluster_health_checked_on_its_service_and_a_header
     routes = mesh["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
     assert routes[0]["match"]["headers"][0] == {"name": "x-infermesh-backend", "string_match": {"exact": "inference-0"}}
     assert routes[0]["route"]["cluster"] == "inference-0"
+    retries = {r["route"]["cluster"]: r["route"]["retry_policy"]["retry_on"] for r in routes}
+    # Envoy retries UNAVAILABLE from an inference server, but not from a provider adapter,
+    # which has already retried the provider itself.
+    assert "unavailable" in retries["inference-0"] and "unavailable" not in retries["openai"]
 
 
 def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():

@@ -57,8 +57,21 @@ class Mesh:
                 ServiceInstance("router", "router", s.host, s.router_port),
                 ServiceInstance("inference-0", "inference", s.host, s.inference_port, tuple(s.models)),
                 ServiceInstance("registry", "registry", s.host, s.registry_port),
+                *(
+                    ServiceInstance(name, "provider", s.host, self._provider_port(name), self._provider_models(name))
+                    for name in s.providers
+                ),
             ]
         )
+
+    def _provider_port(self, name: str) -> int:
+        return getattr(self.settings, f"{name}_port")
+
+    def _provider_models(self, name: str) -> tuple[str, ...]:
+        from infermesh_providers.settings import ProviderSettings
+
+        settings = ProviderSettings(provider=name, _env_file=None, **_provider_overrides(self.env))
+        return tuple(dict.fromkeys(settings.default_models().values()))
 
     def start(self) -> None:
         s = self.settings
@@ -111,6 +124,12 @@ class Mesh:
                 **_metrics_env(s.router_metrics_port),
             },
         )
+        for name in s.providers:
+            self._spawn(
+                name,
+                [sys.executable, "-m", "infermesh_providers"],
+                {**common, "PROVIDER": name, "GRPC_PORT": str(self._provider_port(name))},
+            )
         envoy = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
         self._spawn(
             "envoy",
@@ -153,7 +172,10 @@ class Mesh:
                 text = reply.read().decode()
         except OSError:
             return False
-        flags = [line for line in text.splitlines() if "::health_flags::" in line]
+        # Provider adapters are optional: without an API key they stay NOT_SERVING, and
+        # the router routes around them.
+        optional = tuple(f"{name}::" for name in self.settings.providers)
+        flags = [line for line in text.splitlines() if "::health_flags::" in line and not line.startswith(optional)]
         return bool(flags) and all(line.endswith("::healthy") for line in flags)
 
     def wait_ready(self, progress: bool = False, interrupted: Callable[[], bool] = lambda: False) -> float:
@@ -195,6 +217,14 @@ class Mesh:
         for out in self._logs:
             out.close()
         self.children.clear()
+
+
+def _provider_overrides(env: dict[str, str]) -> dict[str, str]:
+    """Provider model settings given to the launcher (its own environment counts too)."""
+    names = ("OPENAI_TEXT_MODEL", "OPENAI_VISION_MODEL", "OPENAI_EMBEDDING_MODEL", "GEMINI_TEXT_MODEL")
+    names += ("GEMINI_VISION_MODEL", "GEMINI_EMBEDDING_MODEL")
+    merged = {**os.environ, **env}
+    return {name.lower(): merged[name] for name in names if name in merged}
 
 
 def _metrics_env(port: int | None) -> dict[str, str]:

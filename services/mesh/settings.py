@@ -20,10 +20,16 @@ class MeshSettings(BaseSettings):
     router_port: int = 50051
     inference_port: int = 50052
     registry_port: int = 50053
+    openai_port: int = 50061
+    gemini_port: int = 50062
     router_metrics_port: int | None = 9100
     inference_metrics_port: int | None = 9101
     registry_metrics_port: int | None = 9102
     registry_database_url: str = Field("", description="The registry's database; empty: SQLite in data_dir.")
+    providers: CommaList = Field(
+        ["openai", "gemini"],
+        description="Hosted provider adapters to start; each reports NOT_SERVING until its API key is set.",
+    )
     models: CommaList = Field(["gemma-3-270m", "all-minilm-l6-v2"])
     data_dir: Path = Field(Path(".data"), description="Prepared model weights and run files.")
     ready_timeout_seconds: float = Field(900.0, description="Give up if the mesh is not ready by then.")

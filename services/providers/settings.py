@@ -28,7 +28,9 @@ class ProviderSettings(ServiceSettings):
     gemini_embedding_model: str = Field("text-embedding-004", description="Embeddings.")
 
     def api_key(self) -> SecretStr | None:
-        return self.openai_api_key if self.provider == "openai" else self.gemini_api_key
+        """The provider's key; an empty one (`OPENAI_API_KEY=` in compose) counts as none."""
+        key = self.openai_api_key if self.provider == "openai" else self.gemini_api_key
+        return key if key is not None and key.get_secret_value() else None
 
     def default_models(self) -> dict[str, str]:
         """Capability → model, for requests that name none and for ListModels."""

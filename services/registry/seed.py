@@ -70,7 +70,7 @@ def _hosted(settings: RegistrySettings) -> dict[str, tuple[res.Model, dict, dict
     tokens in USD when this was written; operators update them in the registry."""
     chat = ["text-generation", "chat", "image-description"]
     offers = []
-    if settings.openai_api_key is not None:
+    if settings.openai_api_key is not None and settings.openai_api_key.get_secret_value():
         offers += [
             (
                 "openai",
@@ -80,7 +80,7 @@ def _hosted(settings: RegistrySettings) -> dict[str, tuple[res.Model, dict, dict
             ),
             ("openai", settings.openai_embedding_model, ["embedding"], res.Pricing(input_per_1k_tokens=0.00002)),
         ]
-    if settings.gemini_api_key is not None:
+    if settings.gemini_api_key is not None and settings.gemini_api_key.get_secret_value():
         offers += [
             (
                 "gemini",
@@ -104,7 +104,8 @@ def _hosted(settings: RegistrySettings) -> dict[str, tuple[res.Model, dict, dict
 async def seed_defaults(store: RegistryStore, settings: RegistrySettings) -> list[str]:
     """Register the default models that are missing; returns the names registered."""
     created = []
-    for model_id, (model, versions, deployments) in {**_defaults(), **_hosted(settings)}.items():
+    # Local models first: a hosted model named like one of them is not registered over it.
+    for model_id, (model, versions, deployments) in [*_defaults().items(), *_hosted(settings).items()]:
         try:
             await store.create_model_tree(model_id, model, versions, deployments)
         except AlreadyExists:

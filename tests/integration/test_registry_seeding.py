@@ -45,3 +45,12 @@ async def test_hosted_models_are_registered_only_with_a_key_and_seeding_is_idemp
             assert [v.name.rsplit("/", 1)[-1] for v in versions.model_versions] == ["bf16", "q4-k-m"]
         stored = b"".join(p.read_bytes() for p in data_dir.glob("registry.db*"))
         assert SECRET.encode() not in stored
+
+
+async def test_a_hosted_model_named_like_a_local_one_does_not_replace_it():
+    with database("sqlite") as (url, data_dir):
+        async with registry_server(url, data_dir, openai_api_key=SECRET, openai_text_model="gemma-3-270m") as server:
+            gemma = await server.registry.GetModel(pb.GetModelRequest(name="models/gemma-3-270m"))
+            assert gemma.provider == "local"
+            deployments = await server.registry.ListDeployments(pb.ListDeploymentsRequest(parent=gemma.name))
+            assert {d.backend for d in deployments.deployments} == {"inference"}
