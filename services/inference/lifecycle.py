@@ -5,7 +5,7 @@ from __future__ import annotations
 from infermesh.inference.v1 import model_service_pb2 as pb
 from infermesh.inference.v1 import model_service_pb2_grpc as pb_grpc
 from infermesh_inference.repository import ModelRepository
-from infermesh_inference.servicer import model_proto
+from infermesh_inference.servicer import list_models, model_proto
 from infermesh_runtime.operations import OperationStore, now
 
 
@@ -38,3 +38,6 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
 
     async def GetModel(self, request, context):
         return model_proto(self.repository.entry(request.model))
+
+    async def ListModels(self, request, context):
+        return list_models(self.repository, request)

@@ -49,6 +49,20 @@ def model_proto(entry: ModelEntry) -> types.Model:
     return proto
 
 
+def list_models(repository, request: pb.ListModelsRequest) -> pb.ListModelsResponse:
+    entries = repository.entries()
+    start = 0
+    if request.page_token:
+        if not request.page_token.isdigit() or int(request.page_token) > len(entries):
+            raise InvalidArgument("page_token is not one this server issued", reason="INVALID_PAGE_TOKEN")
+        start = int(request.page_token)
+    end = start + (request.page_size or DEFAULT_PAGE_SIZE)
+    return pb.ListModelsResponse(
+        models=[model_proto(e) for e in entries[start:end]],
+        next_page_token=str(end) if end < len(entries) else "",
+    )
+
+
 class InferenceServicer(ContractServicer):
     def __init__(self, core: InferenceCore) -> None:
         super().__init__(core)
@@ -60,17 +74,7 @@ class InferenceServicer(ContractServicer):
         raise Unimplemented("no local image model is implemented yet", reason="NOT_IMPLEMENTED", model=request.model)
 
     async def ListModels(self, request, context):
-        entries = self.core.repository.entries()
-        start = 0
-        if request.page_token:
-            if not request.page_token.isdigit() or int(request.page_token) > len(entries):
-                raise InvalidArgument("page_token is not one this server issued", reason="INVALID_PAGE_TOKEN")
-            start = int(request.page_token)
-        end = start + (request.page_size or DEFAULT_PAGE_SIZE)
-        return pb.ListModelsResponse(
-            models=[model_proto(e) for e in entries[start:end]],
-            next_page_token=str(end) if end < len(entries) else "",
-        )
+        return list_models(self.core.repository, request)
 
     async def Warmup(self, request, context):
         started = time.perf_counter()

@@ -40,3 +40,11 @@ def test_lifecycle_errors_are_json_with_the_right_status(base_url):
     assert reply.status_code == 404 and reply.json()["details"][0]["reason"] == "MODEL_NOT_FOUND"
     reply = httpx.get(f"{base_url}/v1/operations/does-not-exist", timeout=30)
     assert reply.status_code == 404
+
+
+def test_the_backend_model_list_is_reachable_over_rest(base_url):
+    reply = httpx.get(f"{base_url}/v1/backend/models", timeout=30)
+    assert reply.status_code == 200, reply.text
+    states = {m["model_id"]: m["state"] for m in reply.json()["models"]}
+    assert states["gemma-3-270m"] == "MODEL_STATE_READY"
+    assert "gemma-3-270m-llamacpp" in states and "all-minilm-l6-v2-onnx" in states  # loadable on demand
