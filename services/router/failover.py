@@ -43,13 +43,29 @@ def can_fall_back(error: BaseException) -> bool:
 
 
 def _attempts(backends: Backends, request: Message) -> list[Message]:
+    allowed = not request.HasField("use_fallbacks") or request.use_fallbacks
+    models = backends.candidates(request.model) if allowed else [request.model]
     attempts = []
-    for model in backends.candidates(request.model):
+    for model in models:
         attempt = type(request)()
         attempt.CopyFrom(request)
         attempt.model = model
         attempts.append(attempt)
     return attempts
+
+
+async def _announce(context, request: Message, attempt: Message, route: Route) -> None:
+    """Response headers (gRPC initial metadata; HTTP headers through Envoy) saying which
+    model, version and backend answered and whether that was a fallback."""
+    if context is None:
+        return
+    metadata = [
+        ("x-infermesh-model", route.model),
+        ("x-infermesh-version", route.version),
+        ("x-infermesh-served-by", route.backend),
+        ("x-infermesh-fallback", "true" if attempt.model != request.model else "false"),
+    ]
+    await context.send_initial_metadata([(key, value) for key, value in metadata if value])
 
 
 def _fell_back(request: Message, attempt: Message, error: BaseException) -> None:
@@ -76,6 +92,7 @@ async def unary(backends: Backends, send: Send, request: Message, context) -> tu
         reply.model = attempt.model
         if attempt.model != request.model:
             FALLBACKS.labels(request.model, attempt.model).inc()
+        await _announce(context, request, attempt, route)
         return reply, route
     assert error is not None
     raise error
@@ -100,6 +117,7 @@ async def stream(backends: Backends, open_call: Open, request: Message, context)
             continue
         if attempt.model != request.model:
             FALLBACKS.labels(request.model, attempt.model).inc()
+        await _announce(context, request, attempt, route)
         async for chunk in _prepend(first, chunks):
             if chunk.HasField("usage"):
                 meter(route, chunk.usage)

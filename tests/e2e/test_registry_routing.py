@@ -188,3 +188,27 @@ def test_a_model_that_cannot_answer_falls_back_along_its_registry_chain(base_url
         f"{base_url}/v1/generate-text", json={"model": "lonely-offline", "prompt": "x", "max_tokens": 4}, timeout=30
     )
     assert alone.status_code == 503 and alone.json()["details"][0]["reason"] == "MODEL_NOT_DEPLOYED"
+
+
+def test_responses_say_who_answered_and_fallbacks_can_be_refused(base_url):
+    register_offline_model(base_url, "picky-offline", [f"models/{GEMMA}"])
+    body = {"model": "picky-offline", "prompt": "Paris is", "max_tokens": 4}
+    deadline = time.monotonic() + 10
+    while True:  # until the router has the model from the feed
+        reply = httpx.post(f"{base_url}/v1/generate-text", json=body, timeout=120)
+        if reply.status_code != 404 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["x-infermesh-model"] == GEMMA
+    assert reply.headers["x-infermesh-version"] == "bf16"
+    assert reply.headers["x-infermesh-served-by"] == "inference-0"
+    assert reply.headers["x-infermesh-fallback"] == "true"
+    with httpx.stream("POST", f"{base_url}/v1/generate-text:stream", json=body, timeout=120) as streamed:
+        assert streamed.headers["x-infermesh-fallback"] == "true" and streamed.headers["x-infermesh-model"] == GEMMA
+    refused = httpx.post(f"{base_url}/v1/generate-text", json={**body, "use_fallbacks": False}, timeout=30)
+    assert refused.status_code == 503 and refused.json()["details"][0]["reason"] == "MODEL_NOT_DEPLOYED"
+    direct = httpx.post(
+        f"{base_url}/v1/generate-text", json={"model": GEMMA, "prompt": "x", "max_tokens": 2}, timeout=60
+    )
+    assert direct.headers["x-infermesh-fallback"] == "false" and direct.headers["x-infermesh-model"] == GEMMA
