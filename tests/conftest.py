@@ -86,6 +86,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, gemini_stand_in) -> Iterator[
         "GEMINI_TEXT_MODEL": "gemini-test",
         "GEMINI_VISION_MODEL": "gemini-test",
         "GEMINI_EMBEDDING_MODEL": "gemini-embedding-test",
+        # The router avoids a failing backend for a short while in tests.
+        "COOLDOWN_SECONDS": "3",
     }
     running = Mesh(settings, log_dir=logs, env={"ARTIFACT_DIR": str(registry / "artifacts"), **providers})
     running.start()

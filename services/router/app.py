@@ -11,6 +11,7 @@ from infermesh.registry.v1 import registry_service_pb2 as registry_pb
 from infermesh.router.v1 import router_service_pb2 as router_pb
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from infermesh_router.backends import Backends
+from infermesh_router.cooldown import Cooldown
 from infermesh_router.openai_servicer import OpenAIServicer
 from infermesh_router.servicer import RouterServicer
 from infermesh_router.settings import RouterSettings
@@ -33,7 +34,11 @@ class RouterApp:
         self.settings = settings
         catalog = EmbeddedCatalog.load(settings.catalog_file)
         self.backends = Backends(
-            catalog, settings.mesh_address, settings.backend_timeout_seconds, settings.embed_coalesce_in_flight
+            catalog,
+            settings.mesh_address,
+            settings.backend_timeout_seconds,
+            settings.embed_coalesce_in_flight,
+            Cooldown(settings.cooldown_failures, settings.cooldown_seconds),
         )
 
     def registrations(self) -> list[Registration]:

@@ -16,15 +16,21 @@ from google.protobuf.message import Message
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from infermesh_router.coalescing import EmbedCoalescer
+from infermesh_router.cooldown import Cooldown
 from infermesh_router.directory import ModelDirectory, Route
 from infermesh_runtime.catalog import BACKEND_HEADER, Catalog
-from infermesh_runtime.errors import InvalidArgument, NotFound
+from infermesh_runtime.errors import InvalidArgument, NotFound, Unavailable
 from infermesh_runtime.telemetry import client_interceptors
 
 
 class Backends:
     def __init__(
-        self, catalog: Catalog, mesh_address: str, default_timeout: float, embed_coalesce_in_flight: int = 0
+        self,
+        catalog: Catalog,
+        mesh_address: str,
+        default_timeout: float,
+        embed_coalesce_in_flight: int = 0,
+        cooldown: Cooldown | None = None,
     ) -> None:
         self._catalog = catalog
         self._default_timeout = default_timeout
@@ -38,8 +44,11 @@ class Backends:
         self._embeddings = EmbedCoalescer(lambda request, options: self.stub.Embed(request, **options))
         # With a registry in the catalog, it says which models exist and where they run;
         # without one, the catalog's model lists do.
+        self.cooldown = cooldown or Cooldown(failures=0, seconds=0)
         registries = catalog.instances("registry")
-        self.directory = ModelDirectory(self._channel, registries[0].name, catalog) if registries else None
+        self.directory = (
+            ModelDirectory(self._channel, registries[0].name, catalog, self.cooldown.available) if registries else None
+        )
 
     async def start(self, timeout: float) -> None:
         if self.directory is not None:
@@ -78,6 +87,12 @@ class Backends:
         """The request as the chosen backend should get it (its own model id), the call's
         metadata and deadline, and the route; limits from the registry are checked here."""
         route = self.route(request.model)
+        if not self.cooldown.claim(route.backend):
+            raise Unavailable(
+                f"{route.backend} is cooling down after repeated failures",
+                reason="BACKEND_COOLING",
+                backend=route.backend,
+            )
         limit = route.max_output_tokens
         if limit and getattr(request, "max_tokens", 0) > limit:
             raise InvalidArgument(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -65,10 +65,17 @@ class _Registry:
 
 
 class ModelDirectory:
-    def __init__(self, channel: grpc.aio.Channel, registry_backend: str, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        registry_backend: str,
+        catalog: Catalog,
+        usable: Callable[[str], bool] = lambda backend: True,
+    ) -> None:
         self._stub = registry_grpc.RegistryServiceStub(channel)
         self._metadata = [(BACKEND_HEADER, registry_backend)]
         self._catalog = catalog
+        self._usable = usable  # False while a backend is in cooldown
         self._state = _Registry()
         self._current = asyncio.Event()
         self._follower: asyncio.Task | None = None
@@ -166,7 +173,7 @@ class ModelDirectory:
         return [
             i
             for i in self._catalog.instances()
-            if deployment.backend in (i.kind, i.name) and i.kind not in ("router", "registry")
+            if deployment.backend in (i.kind, i.name) and i.kind not in ("router", "registry") and self._usable(i.name)
         ]
 
     @staticmethod

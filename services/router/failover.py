@@ -80,14 +80,18 @@ async def unary(backends: Backends, send: Send, request: Message, context) -> tu
     for attempt in _attempts(backends, request):
         if error is not None:
             _fell_back(request, attempt, error)
+        route = None
         try:
             outgoing, options, route = backends.prepare(attempt, context)
             reply = await send(outgoing, options)
         except Exception as exc:
             if not can_fall_back(exc):
                 raise
+            if route is not None:  # the backend failed, not the routing
+                backends.cooldown.failed(route.backend)
             error = exc
             continue
+        backends.cooldown.succeeded(route.backend)
         meter(route, reply.usage)
         reply.model = attempt.model
         if attempt.model != request.model:
@@ -104,6 +108,7 @@ async def stream(backends: Backends, open_call: Open, request: Message, context)
     for attempt in _attempts(backends, request):
         if error is not None:
             _fell_back(request, attempt, error)
+        route = None
         try:
             outgoing, options, route = backends.prepare(attempt, context)
             chunks = relay(open_call(outgoing, options))
@@ -113,8 +118,11 @@ async def stream(backends: Backends, open_call: Open, request: Message, context)
         except Exception as exc:
             if not can_fall_back(exc):
                 raise
+            if route is not None:
+                backends.cooldown.failed(route.backend)
             error = exc
             continue
+        backends.cooldown.succeeded(route.backend)
         if attempt.model != request.model:
             FALLBACKS.labels(request.model, attempt.model).inc()
         await _announce(context, request, attempt, route)

@@ -27,3 +27,7 @@ class RouterSettings(ServiceSettings):
     registry_timeout_seconds: float = Field(
         60.0, gt=0, description="How long start-up waits for the registry's models before giving up."
     )
+    cooldown_failures: int = Field(
+        3, ge=0, description="Consecutive failures after which a backend is avoided for a while; 0 never."
+    )
+    cooldown_seconds: float = Field(10.0, ge=0, description="How long a failing backend is avoided.")

@@ -99,3 +99,21 @@ def test_a_failing_provider_falls_back_to_another_provider(base_url, mesh, gemin
     )
     # The adapter tried three times (its retries), and nobody retried on top of it.
     assert len(gemini_stand_in.seen) - seen == 3 and not gemini_stand_in.script
+
+
+def test_a_provider_that_keeps_failing_is_avoided_then_tried_again(base_url, mesh, gemini_stand_in):
+    register(base_url, "cooling-gemini", "gemini", "gemini-test", fallbacks=[f"models/{GEMMA}"])
+    generate(base_url, "cooling-gemini")  # known to the router, answered by Gemini
+    gemini_stand_in.script.extend([gemini_error(503, "UNAVAILABLE", "down")] * 9)
+    for _ in range(3):  # three failed requests (three attempts each) open the circuit
+        assert generate(base_url, "cooling-gemini", attempts=0)["model"] == GEMMA
+    assert not gemini_stand_in.script
+    seen = len(gemini_stand_in.seen)
+    avoided = httpx.post(
+        f"{base_url}/v1/generate-text", json={"model": "cooling-gemini", "prompt": "a b", "max_tokens": 4}, timeout=60
+    )
+    assert avoided.json()["model"] == GEMMA and avoided.headers["x-infermesh-fallback"] == "true"
+    assert len(gemini_stand_in.seen) == seen  # Gemini was not even asked
+    time.sleep(3.2)  # the cooldown ends: one probe goes through, succeeds, and closes the circuit
+    assert generate(base_url, "cooling-gemini", attempts=0)["model"] == "cooling-gemini"
+    assert len(gemini_stand_in.seen) == seen + 1
