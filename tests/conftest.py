@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +41,11 @@ def free_port() -> int:
     raise RuntimeError("no free port below the ephemeral range")
 
 
+# Every test mesh gets a registry database of its own: one left in .data by `make run`
+# holds whatever an operator did there (seen: a canary deployment took a test's traffic).
+_REGISTRIES = tempfile.TemporaryDirectory(prefix="infermesh-test-registries-")
+
+
 def mesh_settings(**overrides: object) -> MeshSettings:
     ports = {
         "front_door_port": free_port(),
@@ -55,7 +61,9 @@ def mesh_settings(**overrides: object) -> MeshSettings:
         "inference_metrics_port": free_port(),
     }
     data_dir = Path(os.environ.get("DATA_DIR", ROOT / ".data"))
-    return MeshSettings(**{**ports, "data_dir": data_dir, "ready_timeout_seconds": 600, **overrides})
+    registry = Path(tempfile.mkdtemp(dir=_REGISTRIES.name)) / "registry.db"
+    defaults = {"data_dir": data_dir, "ready_timeout_seconds": 600, "registry_database_url": f"sqlite:///{registry}"}
+    return MeshSettings(**{**ports, **defaults, **overrides})
 
 
 @pytest.fixture(scope="session")
