@@ -84,7 +84,8 @@ def report_generation(title: str, baseline: Run, runs: dict[int, Run]) -> None:
 
 async def through_front_door(base_url: str, max_tokens: int, levels: list[int], embeds: int) -> dict:
     limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
-    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
+    headers = {"cache-control": "no-cache"}  # measure the backends, not the router's response cache
+    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits, headers=headers) as client:
 
         async def stream(i: int) -> tuple[int, float]:
             body = {"model": "gemma-3-270m", "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": max_tokens}

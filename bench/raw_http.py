@@ -25,6 +25,8 @@ class Connection:
         payload = json.dumps(body).encode()
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self._host}\r\nContent-Type: application/json\r\n"
+            # The benchmark measures the backends, never the router's response cache.
+            "Cache-Control: no-cache\r\n"
             f"Content-Length: {len(payload)}\r\n\r\n"
         ).encode()
         self._writer.write(head + payload)

@@ -11,6 +11,7 @@ from infermesh.registry.v1 import registry_service_pb2 as registry_pb
 from infermesh.router.v1 import router_service_pb2 as router_pb
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from infermesh_router.backends import Backends
+from infermesh_router.cache import ResponseCache
 from infermesh_router.cooldown import Cooldown
 from infermesh_router.openai_servicer import OpenAIServicer
 from infermesh_router.servicer import RouterServicer
@@ -39,6 +40,7 @@ class RouterApp:
             settings.backend_timeout_seconds,
             settings.embed_coalesce_in_flight,
             Cooldown(settings.cooldown_failures, settings.cooldown_seconds),
+            ResponseCache(settings.cache_max_entries, settings.cache_ttl_seconds),
         )
 
     def registrations(self) -> list[Registration]:

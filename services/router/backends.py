@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from infermesh_router.cache import ResponseCache
 from infermesh_router.coalescing import EmbedCoalescer
 from infermesh_router.cooldown import Cooldown
 from infermesh_router.directory import ModelDirectory, Route
@@ -31,6 +32,7 @@ class Backends:
         default_timeout: float,
         embed_coalesce_in_flight: int = 0,
         cooldown: Cooldown | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self._catalog = catalog
         self._default_timeout = default_timeout
@@ -45,6 +47,7 @@ class Backends:
         # With a registry in the catalog, it says which models exist and where they run;
         # without one, the catalog's model lists do.
         self.cooldown = cooldown or Cooldown(failures=0, seconds=0)
+        self.cache = cache or ResponseCache(max_entries=0, ttl_seconds=0)
         registries = catalog.instances("registry")
         self.directory = (
             ModelDirectory(self._channel, registries[0].name, catalog, self.cooldown.available) if registries else None

@@ -54,7 +54,7 @@ def _attempts(backends: Backends, request: Message) -> list[Message]:
     return attempts
 
 
-async def _announce(context, request: Message, attempt: Message, route: Route) -> None:
+async def _announce(context, request: Message, attempt: Message, route: Route, cache: str = "") -> None:
     """Response headers (gRPC initial metadata; HTTP headers through Envoy) saying which
     model, version and backend answered and whether that was a fallback."""
     if context is None:
@@ -64,6 +64,7 @@ async def _announce(context, request: Message, attempt: Message, route: Route) -
         ("x-infermesh-version", route.version),
         ("x-infermesh-served-by", route.backend),
         ("x-infermesh-fallback", "true" if attempt.model != request.model else "false"),
+        ("x-infermesh-cache", cache),
     ]
     await context.send_initial_metadata([(key, value) for key, value in metadata if value])
 
@@ -74,8 +75,9 @@ def _fell_back(request: Message, attempt: Message, error: BaseException) -> None
     )
 
 
-async def unary(backends: Backends, send: Send, request: Message, context) -> tuple[Any, Route]:
-    """The first answer among the model and its fallbacks; `reply.model` says who answered."""
+async def unary(backends: Backends, rpc: str, send: Send, request: Message, context) -> tuple[Any, Route]:
+    """The first answer among the model and its fallbacks (from the response cache when
+    the same deterministic request was answered recently); `reply.model` says who answered."""
     error: BaseException | None = None
     for attempt in _attempts(backends, request):
         if error is not None:
@@ -83,6 +85,11 @@ async def unary(backends: Backends, send: Send, request: Message, context) -> tu
         route = None
         try:
             outgoing, options, route = backends.prepare(attempt, context)
+            key = backends.cache.key(rpc, route, outgoing, context)
+            if (cached := backends.cache.get(key, route)) is not None:
+                cached.model = attempt.model
+                await _announce(context, request, attempt, route, cache="hit")
+                return cached, route
             reply = await send(outgoing, options)
         except Exception as exc:
             if not can_fall_back(exc):
@@ -93,10 +100,11 @@ async def unary(backends: Backends, send: Send, request: Message, context) -> tu
             continue
         backends.cooldown.succeeded(route.backend)
         meter(route, reply.usage)
+        backends.cache.put(key, reply)
         reply.model = attempt.model
         if attempt.model != request.model:
             FALLBACKS.labels(request.model, attempt.model).inc()
-        await _announce(context, request, attempt, route)
+        await _announce(context, request, attempt, route, cache="miss" if key else "")
         return reply, route
     assert error is not None
     raise error

@@ -31,3 +31,7 @@ class RouterSettings(ServiceSettings):
         3, ge=0, description="Consecutive failures after which a backend is avoided for a while; 0 never."
     )
     cooldown_seconds: float = Field(10.0, ge=0, description="How long a failing backend is avoided.")
+    cache_max_entries: int = Field(
+        4096, ge=0, description="Answers kept for repeated deterministic requests (LRU); 0 turns the cache off."
+    )
+    cache_ttl_seconds: float = Field(300.0, gt=0, description="How long a cached answer is served.")

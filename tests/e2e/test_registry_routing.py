@@ -11,6 +11,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 GEMMA = "gemma-3-270m"
+# These tests count work done by backends: they bypass the router's response cache.
+NO_CACHE = {"cache-control": "no-cache"}
 
 
 def sample(port: int, name: str, **labels: str) -> float:
@@ -24,7 +26,10 @@ def sample(port: int, name: str, **labels: str) -> float:
 
 def generate(base_url: str, model: str) -> dict:
     reply = httpx.post(
-        f"{base_url}/v1/generate-text", json={"model": model, "prompt": "Paris is", "max_tokens": 4}, timeout=120
+        f"{base_url}/v1/generate-text",
+        headers=NO_CACHE,
+        json={"model": model, "prompt": "Paris is", "max_tokens": 4},
+        timeout=120,
     )
     assert reply.status_code == 200, reply.text
     return reply.json()
@@ -58,6 +63,7 @@ def test_an_operator_shifts_traffic_to_a_new_version_with_rest_alone(base_url, m
         while True:
             reply = httpx.post(
                 f"{base_url}/v1/generate-text",
+                headers=NO_CACHE,
                 json={"model": f"{GEMMA}@q4-k-m", "prompt": "Paris is", "max_tokens": 4},
                 timeout=120,
             )
@@ -100,15 +106,22 @@ def test_an_operator_shifts_traffic_to_a_new_version_with_rest_alone(base_url, m
 
 def test_a_request_over_the_registry_output_limit_is_refused_naming_it(base_url):
     reply = httpx.post(
-        f"{base_url}/v1/generate-text", json={"model": GEMMA, "prompt": "x", "max_tokens": 9000}, timeout=30
+        f"{base_url}/v1/generate-text",
+        headers=NO_CACHE,
+        json={"model": GEMMA, "prompt": "x", "max_tokens": 9000},
+        timeout=30,
     )
     assert reply.status_code == 400 and "8192" in reply.json()["message"], reply.text
 
 
 def test_unknown_models_and_versions_are_404_with_what_is_available(base_url):
-    reply = httpx.post(f"{base_url}/v1/generate-text", json={"model": "no-such", "prompt": "x"}, timeout=30)
+    reply = httpx.post(
+        f"{base_url}/v1/generate-text", headers=NO_CACHE, json={"model": "no-such", "prompt": "x"}, timeout=30
+    )
     assert reply.status_code == 404 and GEMMA in reply.json()["message"]
-    reply = httpx.post(f"{base_url}/v1/generate-text", json={"model": f"{GEMMA}@v9", "prompt": "x"}, timeout=30)
+    reply = httpx.post(
+        f"{base_url}/v1/generate-text", headers=NO_CACHE, json={"model": f"{GEMMA}@v9", "prompt": "x"}, timeout=30
+    )
     assert reply.status_code == 404 and reply.json()["details"][0]["reason"] == "VERSION_NOT_FOUND"
 
 
@@ -164,6 +177,7 @@ def test_a_model_that_cannot_answer_falls_back_along_its_registry_chain(base_url
     while True:  # until the router has the new models from the feed
         reply = httpx.post(
             f"{base_url}/v1/generate-text",
+            headers=NO_CACHE,
             json={"model": "primary-offline", "prompt": "Paris is", "max_tokens": 4},
             timeout=120,
         )
@@ -176,6 +190,7 @@ def test_a_model_that_cannot_answer_falls_back_along_its_registry_chain(base_url
     with httpx.stream(
         "POST",
         f"{base_url}/v1/generate-text:stream",
+        headers=NO_CACHE,
         json={"model": "primary-offline", "prompt": "Paris is", "max_tokens": 4},
         timeout=120,
     ) as streamed:
@@ -185,7 +200,10 @@ def test_a_model_that_cannot_answer_falls_back_along_its_registry_chain(base_url
     assert sample(router, "infermesh_router_fallbacks_total", model="primary-offline", fallback=GEMMA) == before + 2
     # With nothing to fall back to, the caller learns why.
     alone = httpx.post(
-        f"{base_url}/v1/generate-text", json={"model": "lonely-offline", "prompt": "x", "max_tokens": 4}, timeout=30
+        f"{base_url}/v1/generate-text",
+        headers=NO_CACHE,
+        json={"model": "lonely-offline", "prompt": "x", "max_tokens": 4},
+        timeout=30,
     )
     assert alone.status_code == 503 and alone.json()["details"][0]["reason"] == "MODEL_NOT_DEPLOYED"
 
@@ -195,7 +213,7 @@ def test_responses_say_who_answered_and_fallbacks_can_be_refused(base_url):
     body = {"model": "picky-offline", "prompt": "Paris is", "max_tokens": 4}
     deadline = time.monotonic() + 10
     while True:  # until the router has the model from the feed
-        reply = httpx.post(f"{base_url}/v1/generate-text", json=body, timeout=120)
+        reply = httpx.post(f"{base_url}/v1/generate-text", headers=NO_CACHE, json=body, timeout=120)
         if reply.status_code != 404 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
@@ -204,11 +222,18 @@ def test_responses_say_who_answered_and_fallbacks_can_be_refused(base_url):
     assert reply.headers["x-infermesh-version"] == "bf16"
     assert reply.headers["x-infermesh-served-by"] == "inference-0"
     assert reply.headers["x-infermesh-fallback"] == "true"
-    with httpx.stream("POST", f"{base_url}/v1/generate-text:stream", json=body, timeout=120) as streamed:
+    with httpx.stream(
+        "POST", f"{base_url}/v1/generate-text:stream", headers=NO_CACHE, json=body, timeout=120
+    ) as streamed:
         assert streamed.headers["x-infermesh-fallback"] == "true" and streamed.headers["x-infermesh-model"] == GEMMA
-    refused = httpx.post(f"{base_url}/v1/generate-text", json={**body, "use_fallbacks": False}, timeout=30)
+    refused = httpx.post(
+        f"{base_url}/v1/generate-text", headers=NO_CACHE, json={**body, "use_fallbacks": False}, timeout=30
+    )
     assert refused.status_code == 503 and refused.json()["details"][0]["reason"] == "MODEL_NOT_DEPLOYED"
     direct = httpx.post(
-        f"{base_url}/v1/generate-text", json={"model": GEMMA, "prompt": "x", "max_tokens": 2}, timeout=60
+        f"{base_url}/v1/generate-text",
+        headers=NO_CACHE,
+        json={"model": GEMMA, "prompt": "x", "max_tokens": 2},
+        timeout=60,
     )
     assert direct.headers["x-infermesh-fallback"] == "false" and direct.headers["x-infermesh-model"] == GEMMA
