@@ -19,9 +19,12 @@ from infermesh_router.cache import ResponseCache
 from infermesh_router.coalescing import EmbedCoalescer
 from infermesh_router.cooldown import Cooldown
 from infermesh_router.directory import ModelDirectory, Route
+from infermesh_router.load import ModelLoad
 from infermesh_runtime.catalog import BACKEND_HEADER, Catalog
 from infermesh_runtime.errors import InvalidArgument, NotFound, Unavailable
 from infermesh_runtime.telemetry import client_interceptors
+
+AUTO = "auto"
 
 
 class Backends:
@@ -47,6 +50,7 @@ class Backends:
         # With a registry in the catalog, it says which models exist and where they run;
         # without one, the catalog's model lists do.
         self.cooldown = cooldown or Cooldown(failures=0, seconds=0)
+        self.load = ModelLoad()
         self.cache = cache or ResponseCache(max_entries=0, ttl_seconds=0)
         registries = catalog.instances("registry")
         self.directory = (
@@ -81,8 +85,22 @@ class Backends:
             model=requested,
         )
 
-    def candidates(self, requested: str) -> list[str]:
-        """`requested`, then its fallbacks from the registry, each once."""
+    def candidates(self, requested: str, capability: str) -> list[str]:
+        """`requested`, then its fallbacks from the registry, each once. `auto` (or
+        `auto:<strategy>`) means every model with the capability, best first: the first
+        answers, the others are its fallbacks."""
+        if requested == AUTO or requested.startswith(f"{AUTO}:"):
+            if self.directory is None:
+                raise InvalidArgument("`auto` needs the registry", reason="AUTO_WITHOUT_REGISTRY")
+            strategy = requested.partition(":")[2] or "quality"
+            ranked = self.directory.ranked(capability, strategy, self.load)
+            if not ranked:
+                raise Unavailable(
+                    f"no registered model with {capability} has a deployment on a live backend",
+                    reason="NO_MODEL_FOR_TASK",
+                    capability=capability,
+                )
+            return ranked
         fallbacks = self.directory.fallbacks(requested) if self.directory is not None else ()
         return list(dict.fromkeys([requested, *fallbacks]))
 

@@ -23,10 +23,12 @@ import grpc
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as registry_pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
+from infermesh_router.load import ModelLoad
 from infermesh_runtime.catalog import BACKEND_HEADER, Catalog, ServiceInstance
-from infermesh_runtime.errors import NotFound, Unavailable
+from infermesh_runtime.errors import InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
+STRATEGIES = ("quality", "cost", "latency", "least-busy")
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -123,6 +125,35 @@ class ModelDirectory:
         deployed = {_model_of(d.name) for d in self._state.deployments.values()}
         return sorted(name.removeprefix("models/") for name in deployed if name in self._state.models)
 
+    def ranked(self, capability: str, strategy: str, load: ModelLoad) -> list[str]:
+        """Model ids that have `capability` and a deployment with traffic on a usable
+        backend, best first by `strategy` (see STRATEGIES)."""
+        deployed = {
+            _model_of(d.name) for d in self._state.deployments.values() if d.traffic_weight > 0 and self._instances(d)
+        }
+        models = [m for name, m in self._state.models.items() if name in deployed and capability in m.capabilities]
+
+        def quality(m: res.Model) -> tuple:
+            return (m.quality_rank == 0, m.quality_rank)
+
+        def price(m: res.Model) -> float:
+            return m.pricing.input_per_1k_tokens + m.pricing.output_per_1k_tokens
+
+        keys = {
+            "quality": lambda m: (*quality(m), price(m)),
+            "cost": lambda m: (price(m), *quality(m)),
+            # Models never measured go first, so every model gets measured.
+            "latency": lambda m: (load.latency.get(_id(m), 0.0), *quality(m)),
+            "least-busy": lambda m: (load.in_flight.get(_id(m), 0), *quality(m)),
+        }
+        if strategy not in keys:
+            raise InvalidArgument(
+                f"unknown routing strategy {strategy!r}; use auto:{', auto:'.join(STRATEGIES)}",
+                reason="UNKNOWN_STRATEGY",
+                strategy=strategy,
+            )
+        return [_id(m) for m in sorted(models, key=lambda m: (*keys[strategy](m), m.name))]
+
     def fallbacks(self, requested: str) -> tuple[str, ...]:
         model = self._state.models.get(f"models/{requested.partition('@')[0]}")
         return tuple(f.removeprefix("models/") for f in model.fallbacks) if model is not None else ()
@@ -181,6 +212,10 @@ class ModelDirectory:
         # Instances that have the model ready first; any other one loads it on demand.
         ready = [i for i in instances if backend_model in i.models]
         return random.choice(ready or list(instances))
+
+
+def _id(model: res.Model) -> str:
+    return model.name.removeprefix("models/")
 
 
 def _model_of(name: str) -> str:

@@ -10,6 +10,7 @@ switch to another model mid-answer.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -42,9 +43,18 @@ def can_fall_back(error: BaseException) -> bool:
     return False
 
 
-def _attempts(backends: Backends, request: Message) -> list[Message]:
+CAPABILITY = {
+    "GenerateText": "text-generation",
+    "Chat": "chat",
+    "Embed": "embedding",
+    "DescribeImage": "image-description",
+}
+
+
+def _attempts(backends: Backends, rpc: str, request: Message) -> list[Message]:
     allowed = not request.HasField("use_fallbacks") or request.use_fallbacks
-    models = backends.candidates(request.model) if allowed else [request.model]
+    models = backends.candidates(request.model, CAPABILITY[rpc])
+    models = models if allowed else models[:1]
     attempts = []
     for model in models:
         attempt = type(request)()
@@ -54,7 +64,7 @@ def _attempts(backends: Backends, request: Message) -> list[Message]:
     return attempts
 
 
-async def _announce(context, request: Message, attempt: Message, route: Route, cache: str = "") -> None:
+async def _announce(context, primary: str, attempt: Message, route: Route, cache: str = "") -> None:
     """Response headers (gRPC initial metadata; HTTP headers through Envoy) saying which
     model, version and backend answered and whether that was a fallback."""
     if context is None:
@@ -63,7 +73,7 @@ async def _announce(context, request: Message, attempt: Message, route: Route, c
         ("x-infermesh-model", route.model),
         ("x-infermesh-version", route.version),
         ("x-infermesh-served-by", route.backend),
-        ("x-infermesh-fallback", "true" if attempt.model != request.model else "false"),
+        ("x-infermesh-fallback", "true" if attempt.model != primary else "false"),
         ("x-infermesh-cache", cache),
     ]
     await context.send_initial_metadata([(key, value) for key, value in metadata if value])
@@ -79,7 +89,9 @@ async def unary(backends: Backends, rpc: str, send: Send, request: Message, cont
     """The first answer among the model and its fallbacks (from the response cache when
     the same deterministic request was answered recently); `reply.model` says who answered."""
     error: BaseException | None = None
-    for attempt in _attempts(backends, request):
+    attempts = _attempts(backends, rpc, request)
+    primary = attempts[0].model
+    for attempt in attempts:
         if error is not None:
             _fell_back(request, attempt, error)
         route = None
@@ -88,9 +100,9 @@ async def unary(backends: Backends, rpc: str, send: Send, request: Message, cont
             key = backends.cache.key(rpc, route, outgoing, context)
             if (cached := backends.cache.get(key, route)) is not None:
                 cached.model = attempt.model
-                await _announce(context, request, attempt, route, cache="hit")
+                await _announce(context, primary, attempt, route, cache="hit")
                 return cached, route
-            reply = await send(outgoing, options)
+            reply = await _timed(backends, attempt.model, send(outgoing, options))
         except Exception as exc:
             if not can_fall_back(exc):
                 raise
@@ -102,25 +114,27 @@ async def unary(backends: Backends, rpc: str, send: Send, request: Message, cont
         meter(route, reply.usage)
         backends.cache.put(key, reply)
         reply.model = attempt.model
-        if attempt.model != request.model:
+        if attempt.model != primary:
             FALLBACKS.labels(request.model, attempt.model).inc()
-        await _announce(context, request, attempt, route, cache="miss" if key else "")
+        await _announce(context, primary, attempt, route, cache="miss" if key else "")
         return reply, route
     assert error is not None
     raise error
 
 
-async def stream(backends: Backends, open_call: Open, request: Message, context) -> AsyncIterator[Any]:
+async def stream(backends: Backends, rpc: str, open_call: Open, request: Message, context) -> AsyncIterator[Any]:
     """Chunks from the first of the model and its fallbacks that starts answering."""
     error: BaseException | None = None
-    for attempt in _attempts(backends, request):
+    attempts = _attempts(backends, rpc, request)
+    primary = attempts[0].model
+    for attempt in attempts:
         if error is not None:
             _fell_back(request, attempt, error)
         route = None
         try:
             outgoing, options, route = backends.prepare(attempt, context)
             chunks = relay(open_call(outgoing, options))
-            first = await anext(chunks)
+            first = await _timed(backends, attempt.model, anext(chunks))
         except StopAsyncIteration:
             return
         except Exception as exc:
@@ -131,9 +145,9 @@ async def stream(backends: Backends, open_call: Open, request: Message, context)
             error = exc
             continue
         backends.cooldown.succeeded(route.backend)
-        if attempt.model != request.model:
+        if attempt.model != primary:
             FALLBACKS.labels(request.model, attempt.model).inc()
-        await _announce(context, request, attempt, route)
+        await _announce(context, primary, attempt, route)
         async for chunk in _prepend(first, chunks):
             if chunk.HasField("usage"):
                 meter(route, chunk.usage)
@@ -142,6 +156,19 @@ async def stream(backends: Backends, open_call: Open, request: Message, context)
         return
     assert error is not None
     raise error
+
+
+async def _timed(backends: Backends, model: str, call: Awaitable[Any]) -> Any:
+    """Await a backend call, keeping the model's in-flight count and latency current."""
+    backends.load.started(model)
+    started = time.monotonic()
+    try:
+        result = await call
+    except BaseException:
+        backends.load.finished(model, None)
+        raise
+    backends.load.finished(model, time.monotonic() - started)
+    return result
 
 
 async def _prepend(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:

@@ -88,7 +88,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
             }
 
         first = True
-        async for item in _guarded(failover.stream(self.backends, self._stream_chat, proto, context)):
+        async for item in _guarded(failover.stream(self.backends, "Chat", self._stream_chat, proto, context)):
             if isinstance(item, httpbody_pb2.HttpBody):
                 yield item
                 return
@@ -122,7 +122,9 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
             payload = completion(reply.text, oa.finish_reason(reply.finish_reason), reply.model)
             yield json_body({**payload, "usage": oa.usage_dict(reply.usage)})
             return
-        async for item in _guarded(failover.stream(self.backends, self._stream_generate, proto, context)):
+        async for item in _guarded(
+            failover.stream(self.backends, "GenerateText", self._stream_generate, proto, context)
+        ):
             if isinstance(item, httpbody_pb2.HttpBody):
                 yield item
                 return

@@ -23,14 +23,14 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         return (await failover.unary(self.backends, "GenerateText", self._generate, request, context))[0]
 
     async def StreamGenerateText(self, request, context):
-        async for chunk in failover.stream(self.backends, self._stream_generate, request, context):
+        async for chunk in failover.stream(self.backends, "GenerateText", self._stream_generate, request, context):
             yield chunk
 
     async def Chat(self, request, context):
         return (await failover.unary(self.backends, "Chat", self._chat, request, context))[0]
 
     async def StreamChat(self, request, context):
-        async for chunk in failover.stream(self.backends, self._stream_chat, request, context):
+        async for chunk in failover.stream(self.backends, "Chat", self._stream_chat, request, context):
             yield chunk
 
     async def Embed(self, request, context):
