@@ -12,6 +12,7 @@ once.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import math
 from collections import deque
@@ -35,7 +36,7 @@ class _Pending(Generic[T]):
 
 class DynamicBatcher(Generic[T]):
     """Batches calls to `run(items) -> results` (one result per item, in order) on
-    `instances` threads of `executor`, which the batcher owns."""
+    `instances` threads of `executor`."""
 
     def __init__(
         self,
@@ -63,6 +64,7 @@ class DynamicBatcher(Generic[T]):
         self._busy = 0  # instances running a batch
         self._collector: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
+        self._computing: set[concurrent.futures.Future] = set()  # batches running in threads
 
     @property
     def queued_items(self) -> int:
@@ -88,14 +90,16 @@ class DynamicBatcher(Generic[T]):
         return await pending.future
 
     async def close(self) -> None:
-        """Stop collecting, fail calls still queued or running, and wait for the threads."""
+        """Stop collecting, fail calls still queued or running, and wait until no batch is
+        still computing in a thread (the model may be released right after)."""
         tasks = [t for t in (self._collector, *self._running) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         while self._waiting:
             self._fail(self._waiting.popleft().future)
-        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        if self._computing:
+            await asyncio.to_thread(concurrent.futures.wait, list(self._computing))
 
     def _fail(self, future: asyncio.Future) -> None:
         if not future.done():
@@ -146,7 +150,10 @@ class DynamicBatcher(Generic[T]):
             items = [item for p in live for item in p.items]
             self._on_batch(len(items))
             try:
-                results = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, items)
+                computing = self._executor.submit(self._run, items)
+                self._computing.add(computing)
+                computing.add_done_callback(self._computing.discard)
+                results = await asyncio.wrap_future(computing)
             except asyncio.CancelledError:
                 for p in live:
                     self._fail(p.future)

@@ -54,6 +54,7 @@ class InferenceCore:
         self._default_max_tokens = default_max_tokens
         self._embed_batching = embed_batching
         self._embedders: dict[str, DynamicBatcher] = {}
+        self._embed_threads: dict[str, ThreadPoolExecutor] = {}
         repository.on_unload(self._forget_embedder)
 
     async def generate(self, model_id: str, prompt: str, sampling: GenerationParams) -> AsyncIterator[TextChunk]:
@@ -145,9 +146,14 @@ class InferenceCore:
             return list(zip(result.vectors, result.token_counts, strict=True))
 
         settings = self._embed_batching
-        # Threads of its own, one per instance: a model sets its thread count on the
-        # thread that runs it, and generation calls must not inherit an instance's share.
-        threads = ThreadPoolExecutor(model.instances, thread_name_prefix=f"embed-{model.model_id}")
+        # Threads of the model's own, one per instance: a model sets its thread count on
+        # the thread that runs it, and generation calls must not inherit an instance's
+        # share. They outlive unloads: new threads on every reload grew the process by
+        # 15% over 20 cycles (glibc keeps per-thread arenas).
+        threads = self._embed_threads.get(model.model_id)
+        if threads is None:
+            threads = ThreadPoolExecutor(model.instances, thread_name_prefix=f"embed-{model.model_id}")
+            self._embed_threads[model.model_id] = threads
         return DynamicBatcher(
             model.model_id,
             run,
@@ -168,6 +174,8 @@ class InferenceCore:
     async def close(self) -> None:
         for model_id in list(self._embedders):
             await self._forget_embedder(model_id)
+        for threads in self._embed_threads.values():
+            threads.shutdown(wait=True)
 
     async def warmup(self, model_ids: list[str]) -> list[ModelEntry]:
         """Warm the named models (every loaded one when none are named), loading them if need be."""

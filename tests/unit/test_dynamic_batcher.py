@@ -58,6 +58,7 @@ async def test_closing_fails_waiting_calls_instead_of_leaving_them_hanging():
     calls = [asyncio.ensure_future(b.submit([i])) for i in range(3)]
     await asyncio.sleep(0.1)  # the first is running, two wait
     await b.close()
+    assert [size for size, _ in run.batches] == [1]  # close waited for the running batch
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
     assert sum(isinstance(o, Unavailable) for o in outcomes) >= 2
     assert all(isinstance(o, (Unavailable, list)) for o in outcomes)
