@@ -7,17 +7,15 @@ transformers runtime's, so both give the same vectors.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from infermesh_inference.models.base import Capability, Embeddings, ServedModel
-from infermesh_inference.models.sentence_embedder import tokenized_batches
+from infermesh_inference.models.base import Embeddings
+from infermesh_inference.models.tokenized_embedder import TokenizedEmbedder
 
 ONNX_FILE = "model.onnx"
 
@@ -61,9 +59,7 @@ def export_to_onnx(source: Path, target: Path) -> Path:
     return target
 
 
-class OnnxEmbedder(ServedModel):
-    capabilities = frozenset({Capability.EMBEDDING})
-
+class OnnxEmbedder(TokenizedEmbedder):
     def __init__(
         self,
         model_id: str,
@@ -74,25 +70,18 @@ class OnnxEmbedder(ServedModel):
         threads: int = 1,
         batch_size: int = 128,
     ) -> None:
-        super().__init__()
-        self.model_id = model_id
-        self._weights = weights
+        # Concurrent run() calls share the session and its `threads` intra-op threads.
+        super().__init__(model_id, weights, instances, threads, batch_size)
         self._export_dir = export_dir
-        self.instances = instances
-        self._threads = threads  # per instance: concurrent run() calls share the session
-        self._batch_size = batch_size
-        self._tokenizer_lock = threading.Lock()
         self.device, self.dtype = device, "float32"
         self.session = None
 
     def load(self) -> None:
         import onnxruntime as ort
-        from transformers import AutoTokenizer
 
         source = self._weights()
         exported = export_to_onnx(source, self._export_dir)
-        self.max_seq_length = int(json.loads((source / "sentence_bert_config.json").read_text())["max_seq_length"])
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self._load_tokenizer(source)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._threads
         options.inter_op_num_threads = 1
@@ -100,14 +89,10 @@ class OnnxEmbedder(ServedModel):
         if self.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(str(exported / ONNX_FILE), options, providers=providers)
-        self.context_length = self.max_seq_length
         self.embedding_dimensions = int(self.session.get_outputs()[0].shape[-1] or 0) or self._probe_width()
 
     def _probe_width(self) -> int:
         return len(self.embed(["width"]).vectors[0])
-
-    def warmup(self) -> None:
-        self.embed(["warm up"])
 
     def stop(self) -> None:
         self.session = None
@@ -122,17 +107,10 @@ class OnnxEmbedder(ServedModel):
     def memory_bytes(self) -> int:
         return self.estimate_bytes() if self.session is not None else 0
 
-    def count_tokens(self, text: str) -> int:
-        with self._tokenizer_lock:
-            return min(len(self.tokenizer(text)["input_ids"]), self.max_seq_length)
-
     def embed(self, texts: list[str]) -> Embeddings:
         vectors: list[list[float]] = []
         counts: list[int] = []
-        batches = tokenized_batches(
-            self.tokenizer, self._tokenizer_lock, texts, self._batch_size, self.max_seq_length, "np"
-        )
-        for batch in batches:
+        for batch in self._batches(texts, "np"):
             mask = batch["attention_mask"].astype(np.int64)
             (hidden,) = self.session.run(
                 ["last_hidden_state"], {"input_ids": batch["input_ids"].astype(np.int64), "attention_mask": mask}
