@@ -27,13 +27,11 @@ class Unconfigured:
     def _refuse(self) -> Unavailable:
         return Unavailable(self.reason, reason="PROVIDER_NOT_CONFIGURED")
 
-    async def generate(self, model_id: str, prompt: str, sampling: GenerationParams) -> AsyncIterator[TextChunk]:
+    def generate(self, model_id: str, prompt: str, sampling: GenerationParams) -> AsyncIterator[TextChunk]:
         raise self._refuse()
-        yield  # pragma: no cover - makes this an async generator
 
-    async def chat(self, model_id, messages, sampling) -> AsyncIterator[TextChunk]:
+    def chat(self, model_id, messages, sampling) -> AsyncIterator[TextChunk]:
         raise self._refuse()
-        yield  # pragma: no cover - makes this an async generator
 
     async def embed(self, model_id: str, texts: list[str]) -> Embeddings:
         raise self._refuse()

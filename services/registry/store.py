@@ -357,29 +357,24 @@ class RegistryStore:
             ordered = compile_order_by(order_by or "name", fields)
         except FilterError as error:
             raise InvalidArgument(str(error), reason="INVALID_FILTER", filter=filter_text, order_by=order_by) from None
-        query = select(collection.table.c.body).order_by(collection.table.c.name)
-        if parent and parent != "models/-":
+        query = select(collection.table.c.body)
+        one_model = parent not in ("", "models/-")
+        if one_model:
             query = query.where(collection.table.c.model == parent)
         async with self.db.read() as conn:
-            if parent and parent != "models/-":
+            if one_model:
                 await self._get(conn, MODELS, parent)
             bodies = [body for (body,) in (await conn.execute(query)).all()]
-        resources = [json_format.Parse(body, collection.message()) for body in bodies]
+        resources = {r.name: r for r in (json_format.Parse(body, collection.message()) for body in bodies)}
         views = [
-            (
-                json_format.MessageToDict(
-                    r, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-                ),
-                r,
-            )
-            for r in resources
+            json_format.MessageToDict(r, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+            for r in resources.values()
         ]
-        by_dict = {id(view): resource for view, resource in views}
-        selected = ordered([view for view, _ in views if matches(view)])
+        selected = ordered([view for view in views if matches(view)])
         query_key = _query_key(parent, filter_text, order_by)
         start = _decode_token(page_token, query_key)
         size = page_size or DEFAULT_PAGE_SIZE
-        page = [by_dict[id(view)] for view in selected[start : start + size]]
+        page = [resources[view["name"]] for view in selected[start : start + size]]
         end = start + len(page)
         token = _encode_token(end, query_key) if end < len(selected) else ""
         return Page(page, token, len(selected))

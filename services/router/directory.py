@@ -42,7 +42,6 @@ class Route:
     backend_model: str  # the id the backend serves it under
     max_output_tokens: int = 0
     pricing: res.Pricing | None = None
-    fallbacks: tuple[str, ...] = ()
 
 
 @dataclass
@@ -197,7 +196,6 @@ class ModelDirectory:
             backend_model=backend_model,
             max_output_tokens=model.parameters.max_output_tokens,
             pricing=model.pricing if model.HasField("pricing") else None,
-            fallbacks=tuple(f.removeprefix("models/") for f in model.fallbacks),
         )
 
     def _instances(self, deployment: res.Deployment) -> list[ServiceInstance]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -51,17 +51,47 @@ CAPABILITY = {
 }
 
 
-def _attempts(backends: Backends, rpc: str, request: Message) -> list[Message]:
-    allowed = not request.HasField("use_fallbacks") or request.use_fallbacks
-    models = backends.candidates(request.model, CAPABILITY[rpc])
-    models = models if allowed else models[:1]
-    attempts = []
-    for model in models:
-        attempt = type(request)()
-        attempt.CopyFrom(request)
-        attempt.model = model
-        attempts.append(attempt)
-    return attempts
+class _Attempts:
+    """One request's attempts, the model first and then its fallbacks, and what each
+    outcome means: a failure that allows a fallback moves on (and counts against the
+    backend's cooldown), any other is the caller's to see."""
+
+    def __init__(self, backends: Backends, rpc: str, request: Message) -> None:
+        allowed = not request.HasField("use_fallbacks") or request.use_fallbacks
+        models = backends.candidates(request.model, CAPABILITY[rpc])
+        self._backends = backends
+        self._request = request
+        self._models = models if allowed else models[:1]
+        self.primary = self._models[0]
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[Message]:
+        for model in self._models:
+            if self.error is not None:
+                log.warning(
+                    "falling back",
+                    extra={"model": self._request.model, "fallback": model, "error": type(self.error).__name__},
+                )
+            attempt = type(self._request)()
+            attempt.CopyFrom(self._request)
+            attempt.model = model
+            yield attempt
+
+    def failed(self, error: Exception, route: Route | None) -> None:
+        if not can_fall_back(error):
+            raise error
+        if route is not None:  # the backend failed, not the routing
+            self._backends.cooldown.failed(route.backend)
+        self.error = error
+
+    def answered(self, attempt: Message, route: Route) -> None:
+        self._backends.cooldown.succeeded(route.backend)
+        if attempt.model != self.primary:
+            FALLBACKS.labels(self._request.model, attempt.model).inc()
+
+    def give_up(self) -> BaseException:
+        assert self.error is not None
+        return self.error
 
 
 async def _announce(context, primary: str, attempt: Message, route: Route, cache: str = "") -> None:
@@ -79,57 +109,36 @@ async def _announce(context, primary: str, attempt: Message, route: Route, cache
     await context.send_initial_metadata([(key, value) for key, value in metadata if value])
 
 
-def _fell_back(request: Message, attempt: Message, error: BaseException) -> None:
-    log.warning(
-        "falling back", extra={"model": request.model, "fallback": attempt.model, "error": type(error).__name__}
-    )
-
-
 async def unary(backends: Backends, rpc: str, send: Send, request: Message, context) -> tuple[Any, Route]:
     """The first answer among the model and its fallbacks (from the response cache when
     the same deterministic request was answered recently); `reply.model` says who answered."""
-    error: BaseException | None = None
-    attempts = _attempts(backends, rpc, request)
-    primary = attempts[0].model
+    attempts = _Attempts(backends, rpc, request)
     for attempt in attempts:
-        if error is not None:
-            _fell_back(request, attempt, error)
         route = None
         try:
             outgoing, options, route = backends.prepare(attempt, context)
             key = backends.cache.key(rpc, route, outgoing, context)
             if (cached := backends.cache.get(key, route)) is not None:
                 cached.model = attempt.model
-                await _announce(context, primary, attempt, route, cache="hit")
+                await _announce(context, attempts.primary, attempt, route, cache="hit")
                 return cached, route
             reply = await _timed(backends, attempt.model, send(outgoing, options))
         except Exception as exc:
-            if not can_fall_back(exc):
-                raise
-            if route is not None:  # the backend failed, not the routing
-                backends.cooldown.failed(route.backend)
-            error = exc
+            attempts.failed(exc, route)
             continue
-        backends.cooldown.succeeded(route.backend)
+        attempts.answered(attempt, route)
         meter(route, reply.usage)
         backends.cache.put(key, reply)
         reply.model = attempt.model
-        if attempt.model != primary:
-            FALLBACKS.labels(request.model, attempt.model).inc()
-        await _announce(context, primary, attempt, route, cache="miss" if key else "")
+        await _announce(context, attempts.primary, attempt, route, cache="miss" if key else "")
         return reply, route
-    assert error is not None
-    raise error
+    raise attempts.give_up()
 
 
 async def stream(backends: Backends, rpc: str, open_call: Open, request: Message, context) -> AsyncIterator[Any]:
     """Chunks from the first of the model and its fallbacks that starts answering."""
-    error: BaseException | None = None
-    attempts = _attempts(backends, rpc, request)
-    primary = attempts[0].model
+    attempts = _Attempts(backends, rpc, request)
     for attempt in attempts:
-        if error is not None:
-            _fell_back(request, attempt, error)
         route = None
         try:
             outgoing, options, route = backends.prepare(attempt, context)
@@ -138,24 +147,17 @@ async def stream(backends: Backends, rpc: str, open_call: Open, request: Message
         except StopAsyncIteration:
             return
         except Exception as exc:
-            if not can_fall_back(exc):
-                raise
-            if route is not None:
-                backends.cooldown.failed(route.backend)
-            error = exc
+            attempts.failed(exc, route)
             continue
-        backends.cooldown.succeeded(route.backend)
-        if attempt.model != primary:
-            FALLBACKS.labels(request.model, attempt.model).inc()
-        await _announce(context, primary, attempt, route)
+        attempts.answered(attempt, route)
+        await _announce(context, attempts.primary, attempt, route)
         async for chunk in _prepend(first, chunks):
             if chunk.HasField("usage"):
                 meter(route, chunk.usage)
             chunk.model = attempt.model
             yield chunk
         return
-    assert error is not None
-    raise error
+    raise attempts.give_up()
 
 
 async def _timed(backends: Backends, model: str, call: Awaitable[Any]) -> Any:
