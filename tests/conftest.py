@@ -7,6 +7,7 @@ import os
 import random
 import socket
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +45,20 @@ def free_port() -> int:
 # Every test mesh gets a registry database of its own: one left in .data by `make run`
 # holds whatever an operator did there (seen: a canary deployment took a test's traffic).
 _REGISTRIES = tempfile.TemporaryDirectory(prefix="infermesh-test-registries-")
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    """A Prometheus sample from a service's /metrics, summed over the series that carry
+    `labels` (0 when there is none yet)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def mesh_settings(**overrides: object) -> MeshSettings:

@@ -9,23 +9,14 @@ from __future__ import annotations
 import time
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from provider_servers import gemini_error
+
+from conftest import metric
 
 GEMMA = "gemma-3-270m"
 # These tests count work done by backends: they bypass the router's response cache.
 NO_CACHE = {"cache-control": "no-cache"}
 OPENAI_CHAT = "/infermesh.openai.v1.OpenAIService/CreateChatCompletion"
-
-
-def sample(port: int, name: str, **labels: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 def register(base_url: str, model_id: str, provider: str, backend_model: str, fallbacks=()) -> None:
@@ -74,11 +65,11 @@ def test_one_api_for_local_openai_and_gemini_models_by_model_id(base_url, mesh, 
     local = generate(base_url, GEMMA)
     assert local["model"] == GEMMA and local["text"]
 
-    through_openai = sample(router, "infermesh_grpc_requests_total", method=OPENAI_CHAT)
+    through_openai = metric(router, "infermesh_grpc_requests_total", method=OPENAI_CHAT)
     remote = generate(base_url, "remote-gemma")
     assert remote["model"] == "remote-gemma" and remote["text"] and remote["usage"]["output_tokens"] > 0
     # The adapter called the OpenAI-compatible endpoint (here: this mesh's own).
-    assert sample(router, "infermesh_grpc_requests_total", method=OPENAI_CHAT) > through_openai
+    assert metric(router, "infermesh_grpc_requests_total", method=OPENAI_CHAT) > through_openai
 
     seen = len(gemini_stand_in.seen)
     gemini = generate(base_url, "gemini-test", prompt="alpha beta gamma delta")
@@ -92,14 +83,14 @@ def test_a_failing_provider_falls_back_to_another_provider(base_url, mesh, gemin
     register(base_url, "remote-gemma-2", "openai", GEMMA)
     register(base_url, "flaky-gemini", "gemini", "gemini-test", fallbacks=["models/remote-gemma-2"])
     generate(base_url, "flaky-gemini")  # known to the router, answered by Gemini
-    before = sample(router, "infermesh_router_fallbacks_total", model="flaky-gemini", fallback="remote-gemma-2")
+    before = metric(router, "infermesh_router_fallbacks_total", model="flaky-gemini", fallback="remote-gemma-2")
     # Gemini is down for longer than the adapter's retries last.
     gemini_stand_in.script.extend([gemini_error(503, "UNAVAILABLE", "overloaded")] * 3)
     seen = len(gemini_stand_in.seen)
     answer = generate(base_url, "flaky-gemini", attempts=0)
     assert answer["model"] == "remote-gemma-2" and answer["text"]
     assert (
-        sample(router, "infermesh_router_fallbacks_total", model="flaky-gemini", fallback="remote-gemma-2")
+        metric(router, "infermesh_router_fallbacks_total", model="flaky-gemini", fallback="remote-gemma-2")
         == before + 1
     )
     # The adapter tried three times (its retries), and nobody retried on top of it.

@@ -78,12 +78,9 @@ def test_the_watch_feed_streams_as_server_sent_events(base_url):
     with httpx.stream("GET", f"{base_url}/v1/registry/changes:watch", timeout=30) as reply:
         assert reply.status_code == 200
         assert reply.headers["content-type"].startswith("text/event-stream")
-        for line in reply.iter_lines():
-            if line.startswith("data: "):
-                change = json.loads(line[6:])
-                assert change["kind"] == "KIND_CREATED" and change["sequence"] == "1"
-                assert change["name"].startswith("models/")
-                break
+        first = next(json.loads(line[6:]) for line in reply.iter_lines() if line.startswith("data: "))
+    assert first["kind"] == "KIND_CREATED" and first["sequence"] == "1"
+    assert first["name"].startswith("models/")
 
 
 def test_grpcurl_describes_and_calls_the_registry_through_the_front_door(front_door):

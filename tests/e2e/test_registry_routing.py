@@ -8,20 +8,12 @@ from __future__ import annotations
 import time
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import metric
 
 GEMMA = "gemma-3-270m"
 # These tests count work done by backends: they bypass the router's response cache.
 NO_CACHE = {"cache-control": "no-cache"}
-
-
-def sample(port: int, name: str, **labels: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    return 0.0
 
 
 def generate(base_url: str, model: str) -> dict:
@@ -56,7 +48,7 @@ def test_an_operator_shifts_traffic_to_a_new_version_with_rest_alone(base_url, m
     assert created.status_code == 200, created.text
     try:
         # By name, before it has traffic. (The router learns of the deployment from the feed.)
-        llama_before = sample(
+        llama_before = metric(
             inference, "infermesh_inference_tokens_total", model="gemma-3-270m-llamacpp", direction="output"
         )
         deadline = time.monotonic() + 10
@@ -73,27 +65,27 @@ def test_an_operator_shifts_traffic_to_a_new_version_with_rest_alone(base_url, m
         assert reply.status_code == 200, reply.text
         assert reply.json()["model"] == f"{GEMMA}@q4-k-m"
         assert (
-            sample(inference, "infermesh_inference_tokens_total", model="gemma-3-270m-llamacpp", direction="output")
+            metric(inference, "infermesh_inference_tokens_total", model="gemma-3-270m-llamacpp", direction="output")
             > llama_before
         )
-        assert sample(router, "infermesh_router_tokens_total", model=GEMMA, version="q4-k-m", direction="output") > 0
+        assert metric(router, "infermesh_router_tokens_total", model=GEMMA, version="q4-k-m", direction="output") > 0
 
         # Plain requests still go to the default deployment...
-        bf16_before = sample(inference, "infermesh_inference_tokens_total", model=GEMMA, direction="output")
+        bf16_before = metric(inference, "infermesh_inference_tokens_total", model=GEMMA, direction="output")
         assert generate(base_url, GEMMA)["model"] == GEMMA
-        assert sample(inference, "infermesh_inference_tokens_total", model=GEMMA, direction="output") > bf16_before
+        assert metric(inference, "infermesh_inference_tokens_total", model=GEMMA, direction="output") > bf16_before
 
         # ...until the traffic moves.
         set_weight(base_url, "llamacpp", 100)
         set_weight(base_url, "local", 0)
         deadline = time.monotonic() + 10
         while True:
-            llama_before = sample(
+            llama_before = metric(
                 inference, "infermesh_inference_tokens_total", model="gemma-3-270m-llamacpp", direction="output"
             )
             generate(base_url, GEMMA)
             moved = (
-                sample(inference, "infermesh_inference_tokens_total", model="gemma-3-270m-llamacpp", direction="output")
+                metric(inference, "infermesh_inference_tokens_total", model="gemma-3-270m-llamacpp", direction="output")
                 > llama_before
             )
             if moved or time.monotonic() > deadline:
@@ -135,9 +127,9 @@ def test_cost_is_metered_at_the_registry_price(base_url, mesh):
     try:
         deadline = time.monotonic() + 10
         while True:  # until the router has the new price from the feed
-            before = sample(router, "infermesh_router_cost_total", model=GEMMA, currency="EUR")
+            before = metric(router, "infermesh_router_cost_total", model=GEMMA, currency="EUR")
             usage = generate(base_url, GEMMA)["usage"]
-            spent = sample(router, "infermesh_router_cost_total", model=GEMMA, currency="EUR") - before
+            spent = metric(router, "infermesh_router_cost_total", model=GEMMA, currency="EUR") - before
             if spent > 0 or time.monotonic() > deadline:
                 break
         expected = (usage["input_tokens"] * 0.5 + usage["output_tokens"] * 1.5) / 1000
@@ -172,7 +164,7 @@ def test_a_model_that_cannot_answer_falls_back_along_its_registry_chain(base_url
     router = mesh.settings.router_metrics_port
     register_offline_model(base_url, "primary-offline", [f"models/{GEMMA}"])
     register_offline_model(base_url, "lonely-offline", [])
-    before = sample(router, "infermesh_router_fallbacks_total", model="primary-offline", fallback=GEMMA)
+    before = metric(router, "infermesh_router_fallbacks_total", model="primary-offline", fallback=GEMMA)
     deadline = time.monotonic() + 10
     while True:  # until the router has the new models from the feed
         reply = httpx.post(
@@ -197,7 +189,7 @@ def test_a_model_that_cannot_answer_falls_back_along_its_registry_chain(base_url
         assert streamed.status_code == 200
         events = [line for line in streamed.iter_lines() if line.startswith("data: ")]
     assert events and all(f'"model":"{GEMMA}"' in e for e in events)
-    assert sample(router, "infermesh_router_fallbacks_total", model="primary-offline", fallback=GEMMA) == before + 2
+    assert metric(router, "infermesh_router_fallbacks_total", model="primary-offline", fallback=GEMMA) == before + 2
     # With nothing to fall back to, the caller learns why.
     alone = httpx.post(
         f"{base_url}/v1/generate-text",

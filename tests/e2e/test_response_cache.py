@@ -7,19 +7,10 @@ from __future__ import annotations
 import uuid
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import metric
 
 GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"
-
-
-def sample(port: int, name: str, **labels: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 def test_a_repeated_deterministic_request_is_answered_from_the_cache(base_url, mesh):
@@ -27,18 +18,18 @@ def test_a_repeated_deterministic_request_is_answered_from_the_cache(base_url, m
     body = {"model": GEMMA, "prompt": f"Fact {uuid.uuid4().hex[:8]}: the sea is", "max_tokens": 8}
     first = httpx.post(f"{base_url}/v1/generate-text", json=body, timeout=120)
     assert first.status_code == 200 and first.headers["x-infermesh-cache"] == "miss"
-    worked = sample(inference, "infermesh_inference_tokens_total", model=GEMMA, direction="output")
-    hits = sample(router, "infermesh_router_cache_total", model=GEMMA, result="hit")
+    worked = metric(inference, "infermesh_inference_tokens_total", model=GEMMA, direction="output")
+    hits = metric(router, "infermesh_router_cache_total", model=GEMMA, result="hit")
 
     second = httpx.post(f"{base_url}/v1/generate-text", json=body, timeout=120)
     assert second.headers["x-infermesh-cache"] == "hit"
     assert second.json() == first.json()  # identical answer, usage included
-    assert sample(inference, "infermesh_inference_tokens_total", model=GEMMA, direction="output") == worked
-    assert sample(router, "infermesh_router_cache_total", model=GEMMA, result="hit") == hits + 1
+    assert metric(inference, "infermesh_inference_tokens_total", model=GEMMA, direction="output") == worked
+    assert metric(router, "infermesh_router_cache_total", model=GEMMA, result="hit") == hits + 1
 
     bypass = httpx.post(f"{base_url}/v1/generate-text", json=body, headers={"cache-control": "no-cache"}, timeout=120)
     assert "x-infermesh-cache" not in bypass.headers
-    assert sample(inference, "infermesh_inference_tokens_total", model=GEMMA, direction="output") > worked
+    assert metric(inference, "infermesh_inference_tokens_total", model=GEMMA, direction="output") > worked
 
 
 def test_sampled_requests_are_never_cached(base_url):

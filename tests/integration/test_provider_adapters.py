@@ -15,7 +15,15 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
-from provider_servers import Reply, StandIn, gemini_default, gemini_error, openai_error, provider_server
+from provider_servers import (
+    Reply,
+    StandIn,
+    gemini_default,
+    gemini_error,
+    openai_chat,
+    openai_error,
+    provider_server,
+)
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
@@ -88,8 +96,6 @@ async def test_retries_wait_as_asked_and_stop_at_what_cannot_succeed():
 
 
 async def test_the_openai_adapter_sends_images_as_data_uris():
-    from provider_servers import openai_chat
-
     with StandIn(lambda request: openai_chat("a red square", 25, 3)).running() as stand_in:
         async with provider_server(**openai_settings(stand_in)) as (_, adapter, _health):
             image = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
