@@ -300,9 +300,11 @@ class RegistryStore:
         message.update_time.FromDatetime(now)
         _stamp(message)
         await conn.execute(
-            insert(collection.table).values(name=message.name, body=_json(message), etag=message.etag, **columns)
+            insert(collection.table).values(
+                name=message.name, body=(body := _json(message)), etag=message.etag, **columns
+            )
         )
-        await self._record(conn, Kind.KIND_CREATED, collection, message, now)
+        await self._record(conn, Kind.KIND_CREATED, collection, message.name, body, now)
         return message
 
     async def _replace(self, conn: AsyncConnection, collection: Collection, message: Message, columns: dict) -> Message:
@@ -311,14 +313,16 @@ class RegistryStore:
         _stamp(message)
         table = collection.table
         await conn.execute(
-            update(table).where(table.c.name == message.name).values(body=_json(message), etag=message.etag, **columns)
+            update(table)
+            .where(table.c.name == message.name)
+            .values(body=(body := _json(message)), etag=message.etag, **columns)
         )
-        await self._record(conn, Kind.KIND_UPDATED, collection, message, now)
+        await self._record(conn, Kind.KIND_UPDATED, collection, message.name, body, now)
         return message
 
     async def _remove(self, conn: AsyncConnection, collection: Collection, message: Message) -> None:
         await conn.execute(delete(collection.table).where(collection.table.c.name == message.name))
-        await self._record(conn, Kind.KIND_DELETED, collection, message, _now())
+        await self._record(conn, Kind.KIND_DELETED, collection, message.name, _json(message), _now())
 
     async def _clear_default(self, conn: AsyncConnection, versions: Iterable[res.ModelVersion]) -> None:
         for version in versions:
@@ -337,13 +341,15 @@ class RegistryStore:
             )
         await self._get(conn, VERSIONS, deployment.version)
 
-    async def _record(self, conn: AsyncConnection, kind: int, collection: Collection, message: Message, when) -> None:
+    async def _record(
+        self, conn: AsyncConnection, kind: int, collection: Collection, name: str, body: str, when
+    ) -> None:
         await conn.execute(
             insert(schema.changes).values(
                 kind=Kind.Name(kind),
-                name=message.name,
+                name=name,
                 resource_type=collection.change_field,
-                body=_json(message),
+                body=body,
                 change_time=when,
             )
         )
