@@ -81,6 +81,7 @@ def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
     transcoder = manager["http_filters"][0]["typed_config"]
     assert transcoder["services"] == [
         "infermesh.router.v1.RouterService",
+        "infermesh.router.v1.UsageService",
         "infermesh.openai.v1.OpenAIService",
         "infermesh.inference.v1.ModelService",
         "infermesh.registry.v1.RegistryService",

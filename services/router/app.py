@@ -10,17 +10,23 @@ from infermesh.openai.v1 import openai_service_pb2_grpc as openai_grpc
 from infermesh.registry.v1 import registry_service_pb2 as registry_pb
 from infermesh.router.v1 import router_service_pb2 as router_pb
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
+from infermesh.router.v1 import usage_service_pb2 as usage_pb
+from infermesh.router.v1 import usage_service_pb2_grpc as usage_grpc
 from infermesh_router.backends import Backends
+from infermesh_router.budget import RetryBudget
 from infermesh_router.cache import ResponseCache
 from infermesh_router.cooldown import Cooldown
+from infermesh_router.metering import Metering
 from infermesh_router.openai_servicer import OpenAIServicer
 from infermesh_router.servicer import RouterServicer
 from infermesh_router.settings import RouterSettings
+from infermesh_router.usage_servicer import UsageServicer
 from infermesh_runtime.catalog import EmbeddedCatalog
 from infermesh_runtime.server import Registration, mark_serving
 
 ROUTER_SERVICE = router_pb.DESCRIPTOR.services_by_name["RouterService"].full_name
 OPENAI_SERVICE = openai_pb.DESCRIPTOR.services_by_name["OpenAIService"].full_name
+USAGE_SERVICE = usage_pb.DESCRIPTOR.services_by_name["UsageService"].full_name
 
 
 class RouterApp:
@@ -40,7 +46,10 @@ class RouterApp:
             settings.backend_timeout_seconds,
             settings.embed_coalesce_in_flight,
             Cooldown(settings.cooldown_failures, settings.cooldown_seconds),
-            ResponseCache(settings.cache_max_entries, settings.cache_ttl_seconds),
+            ResponseCache(settings.cache_max_entries, settings.cache_ttl_seconds, settings.cache_redis_url),
+            RetryBudget(settings.retry_budget_percent, settings.retry_budget_min_concurrency),
+            Metering(settings.usage_retention_hours * 3600),
+            settings.fallback_after_seconds,
         )
 
     def registrations(self) -> list[Registration]:
@@ -51,6 +60,9 @@ class RouterApp:
             Registration(
                 OPENAI_SERVICE, openai_grpc.add_OpenAIServiceServicer_to_server, OpenAIServicer(self.backends)
             ),
+            Registration(
+                USAGE_SERVICE, usage_grpc.add_UsageServiceServicer_to_server, UsageServicer(self.backends.metering)
+            ),
         ]
 
     async def start(self, health: HealthServicer) -> None:
@@ -59,7 +71,7 @@ class RouterApp:
         # The router holds no models: it serves as soon as it is up. Backend readiness is
         # Envoy's concern (active health checks), so a request for a loading model gets
         # UNAVAILABLE from the mesh rather than hanging here.
-        await mark_serving(health, [ROUTER_SERVICE, OPENAI_SERVICE])
+        await mark_serving(health, [ROUTER_SERVICE, OPENAI_SERVICE, USAGE_SERVICE])
 
     async def close(self) -> None:
         await self.backends.close()

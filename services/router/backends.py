@@ -15,16 +15,19 @@ from google.protobuf.message import Message
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from infermesh_router.budget import RetryBudget
 from infermesh_router.cache import ResponseCache
 from infermesh_router.coalescing import EmbedCoalescer
 from infermesh_router.cooldown import Cooldown
 from infermesh_router.directory import ModelDirectory, Route
 from infermesh_router.load import ModelLoad
+from infermesh_router.metering import Metering
 from infermesh_runtime.catalog import BACKEND_HEADER, Catalog
 from infermesh_runtime.errors import InvalidArgument, NotFound, Unavailable
 from infermesh_runtime.telemetry import client_interceptors
 
 AUTO = "auto"
+CONTEXT_TOO_LONG = "CONTEXT_LENGTH_EXCEEDED"
 
 
 class Backends:
@@ -36,6 +39,9 @@ class Backends:
         embed_coalesce_in_flight: int = 0,
         cooldown: Cooldown | None = None,
         cache: ResponseCache | None = None,
+        budget: RetryBudget | None = None,
+        metering: Metering | None = None,
+        fallback_after_seconds: float = 60.0,
     ) -> None:
         self._catalog = catalog
         self._default_timeout = default_timeout
@@ -52,6 +58,9 @@ class Backends:
         self.cooldown = cooldown or Cooldown(failures=0, seconds=0)
         self.load = ModelLoad()
         self.cache = cache or ResponseCache(max_entries=0, ttl_seconds=0)
+        self.budget = budget or RetryBudget(percent=20, min_concurrency=3)
+        self.metering = metering or Metering()
+        self.fallback_after_seconds = fallback_after_seconds
         registries = catalog.instances("registry")
         self.directory = (
             ModelDirectory(self._channel, registries[0].name, catalog, self.cooldown.available) if registries else None
@@ -84,6 +93,10 @@ class Backends:
             reason="MODEL_NOT_FOUND",
             model=requested,
         )
+
+    def context_window(self, model: str) -> int | None:
+        """A model's context window in tokens, when the registry knows it."""
+        return self.directory.context_window(model) if self.directory is not None else None
 
     def candidates(self, requested: str, capability: str) -> list[str]:
         """`requested`, then its fallbacks from the registry, each once. `auto` (or
@@ -123,6 +136,18 @@ class Backends:
                 max_tokens=request.max_tokens,
                 limit=limit,
             )
+        window = route.context_window_tokens
+        if window and getattr(request, "max_tokens", 0) >= window:
+            # Certain without a tokenizer: a prompt is at least one token. The backend,
+            # which has the tokenizer, checks the prompt itself (CONTEXT_LENGTH_EXCEEDED).
+            raise InvalidArgument(
+                f"max_tokens {request.max_tokens} leaves no room for a prompt in {route.model}'s context window "
+                f"of {window} tokens",
+                reason=CONTEXT_TOO_LONG,
+                model=route.model,
+                max_tokens=request.max_tokens,
+                context_length=window,
+            )
         outgoing = type(request)()
         outgoing.CopyFrom(request)
         outgoing.model = route.backend_model
@@ -134,6 +159,7 @@ class Backends:
         if self.directory is not None:
             await self.directory.close()
         await self._embeddings.close()
+        await self.cache.close()
         await self._channel.close()
 
 

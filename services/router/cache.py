@@ -1,23 +1,44 @@
-"""Response cache: a repeated deterministic request is answered from memory.
+"""Response cache: a repeated deterministic request is answered without a backend.
 
 The key is the canonical request as the chosen backend gets it (its model id and every
 parameter, serialized deterministically) plus the model and version the router chose, so
 two versions in an A/B split never share answers. Only deterministic requests are cached
 (no sampling temperature); a caller opts out with `cache-control: no-cache` (an HTTP
-header, or gRPC metadata). Entries live in an LRU with a time to live."""
+header, or gRPC metadata).
+
+Entries live in this router's memory (an LRU with a time to live) or, with
+`CACHE_REDIS_URL`, in Redis, shared by every router replica; there the time to live is
+Redis's own expiry and the size bound is the server's `maxmemory` with an LRU policy.
+A cache that cannot be reached is a miss, never a failed request.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
+from dataclasses import dataclass
 
 from cachetools import TTLCache
 from google.protobuf.message import Message
 from prometheus_client import Counter
 
+from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh_router.directory import Route
 
-LOOKUPS = Counter("infermesh_router_cache_total", "Response cache lookups, by model and result.", ["model", "result"])
+log = logging.getLogger(__name__)
+LOOKUPS = Counter(
+    "infermesh_router_cache_total",
+    "Response cache lookups, by model and result (hit, miss, error).",
+    ["model", "result"],
+)
 OPT_OUT = {"no-cache", "no-store"}
+REPLIES = {
+    "GenerateText": pb.GenerateTextResponse,
+    "Chat": pb.ChatResponse,
+    "Embed": pb.EmbedResponse,
+    "DescribeImage": pb.DescribeImageResponse,
+}
+REDIS_PREFIX = "infermesh:response:"
 
 
 def deterministic(request: Message) -> bool:
@@ -33,31 +54,74 @@ def opted_out(context) -> bool:
     return False
 
 
-class ResponseCache:
-    def __init__(self, max_entries: int, ttl_seconds: float) -> None:
-        self._entries: TTLCache | None = TTLCache(max_entries, ttl_seconds) if max_entries > 0 else None
+@dataclass(frozen=True)
+class CacheKey:
+    digest: str
+    reply_type: type[Message]
 
-    def key(self, rpc: str, route: Route, outgoing: Message, context) -> str | None:
+
+class ResponseCache:
+    def __init__(self, max_entries: int, ttl_seconds: float, redis_url: str = "") -> None:
+        self._ttl = ttl_seconds
+        self._entries: TTLCache | None = TTLCache(max_entries, ttl_seconds) if max_entries > 0 else None
+        self._redis = None
+        if redis_url:
+            import redis.asyncio
+
+            self._redis = redis.asyncio.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+
+    @property
+    def enabled(self) -> bool:
+        return self._entries is not None or self._redis is not None
+
+    def key(self, rpc: str, route: Route, outgoing: Message, context) -> CacheKey | None:
         """The entry's key, or None when this request is not to be cached."""
-        if self._entries is None or not deterministic(outgoing) or opted_out(context):
+        if not self.enabled or not deterministic(outgoing) or opted_out(context):
             return None
         digest = hashlib.sha256(f"{rpc}\0{route.model}\0{route.version}\0".encode())
         digest.update(outgoing.SerializeToString(deterministic=True))
-        return digest.hexdigest()
+        return CacheKey(digest.hexdigest(), REPLIES[rpc])
 
-    def get(self, key: str | None, route: Route) -> Message | None:
-        if key is None or self._entries is None:
+    async def get(self, key: CacheKey | None, route: Route) -> Message | None:
+        if key is None:
             return None
-        found = self._entries.get(key)
+        try:
+            found = await self._read(key)
+        except Exception as exc:  # noqa: BLE001 - an unreachable cache is a miss
+            log.warning("response cache unavailable", extra={"error": repr(exc)})
+            LOOKUPS.labels(route.model, "error").inc()
+            return None
         LOOKUPS.labels(route.model, "hit" if found is not None else "miss").inc()
-        if found is None:
+        return found
+
+    async def put(self, key: CacheKey | None, reply: Message) -> None:
+        if key is None:
+            return
+        try:
+            await self._write(key, reply)
+        except Exception as exc:  # noqa: BLE001 - the answer is still the caller's
+            log.warning("response cache unavailable", extra={"error": repr(exc)})
+
+    async def _read(self, key: CacheKey) -> Message | None:
+        if self._redis is not None:
+            data = await self._redis.get(REDIS_PREFIX + key.digest)
+            return key.reply_type.FromString(data) if data is not None else None
+        stored = self._entries.get(key.digest)
+        if stored is None:
             return None
-        reply = type(found)()
-        reply.CopyFrom(found)
+        reply = key.reply_type()
+        reply.CopyFrom(stored)
         return reply
 
-    def put(self, key: str | None, reply: Message) -> None:
-        if key is not None and self._entries is not None:
-            stored = type(reply)()
-            stored.CopyFrom(reply)
-            self._entries[key] = stored
+    async def _write(self, key: CacheKey, reply: Message) -> None:
+        if self._redis is not None:
+            data = reply.SerializeToString(deterministic=True)
+            await self._redis.set(REDIS_PREFIX + key.digest, data, px=int(self._ttl * 1000))
+            return
+        stored = key.reply_type()
+        stored.CopyFrom(reply)
+        self._entries[key.digest] = stored
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()

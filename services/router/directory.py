@@ -41,6 +41,8 @@ class Route:
     backend: str  # the catalog instance (Envoy cluster) to call
     backend_model: str  # the id the backend serves it under
     max_output_tokens: int = 0
+    context_window_tokens: int = 0
+    provider: str = ""
     pricing: res.Pricing | None = None
 
 
@@ -157,6 +159,11 @@ class ModelDirectory:
         model = self._state.models.get(f"models/{requested.partition('@')[0]}")
         return tuple(f.removeprefix("models/") for f in model.fallbacks) if model is not None else ()
 
+    def context_window(self, model_id: str) -> int | None:
+        """The model's context window in tokens, when the registry knows it."""
+        model = self._state.models.get(f"models/{model_id.partition('@')[0]}")
+        return (model.parameters.context_window_tokens or None) if model is not None else None
+
     def route(self, requested: str) -> Route:
         model_id, _, version_id = requested.partition("@")
         model = self._state.models.get(f"models/{model_id}")
@@ -195,6 +202,8 @@ class ModelDirectory:
             backend=instance.name,
             backend_model=backend_model,
             max_output_tokens=model.parameters.max_output_tokens,
+            context_window_tokens=model.parameters.context_window_tokens,
+            provider=model.provider,
             pricing=model.pricing if model.HasField("pricing") else None,
         )
 

@@ -1,47 +1,48 @@
 """Calling a model, and its registry fallbacks in order when it cannot answer.
 
-A fallback is tried when the model has no deployment on a live backend or its backend
-answers UNAVAILABLE or RESOURCE_EXHAUSTED; other errors (bad input, an unknown model)
-are the caller's to see. A stream fails over only until its first chunk: after that the
-client has part of an answer, and a failure reaches it as an error, never as a silent
-switch to another model mid-answer.
+A fallback is tried when the model has no deployment on a live backend, its backend
+answers UNAVAILABLE, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED, or does not answer (or,
+streaming, send its first chunk) within `fallback_after_seconds` while a fallback is
+left; and when the prompt does not fit the model's context window, to a fallback with a
+larger one. Other errors (bad input, an unknown model) are the caller's to see. Fallbacks
+after a backend was called and failed spend the retry budget (budget.py).
+
+A stream fails over only until its first chunk: after that the client has part of an
+answer, and a failure reaches it as a STREAM_INTERRUPTED error, never as a silent
+switch to another model mid-answer or a silently truncated answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf.message import Message
 from prometheus_client import Counter
 
-from infermesh_router.backends import Backends, relay
+from infermesh_router.backends import CONTEXT_TOO_LONG, Backends, relay
 from infermesh_router.directory import Route
-from infermesh_router.metering import meter
-from infermesh_runtime.errors import DomainError
+from infermesh_runtime.errors import DeadlineExceeded, DomainError, Unavailable, error_info
 
 log = logging.getLogger(__name__)
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 FALLBACKS = Counter(
     "infermesh_router_fallbacks_total",
     "Requests answered by a fallback, by the model asked for and the one that answered.",
     ["model", "fallback"],
 )
+INTERRUPTED = Counter(
+    "infermesh_router_streams_interrupted_total",
+    "Streams whose backend failed after the first chunk was sent, by the model that was answering.",
+    ["model"],
+)
 
 Send = Callable[[Message, dict], Awaitable[Any]]
 Open = Callable[[Message, dict], grpc.aio.UnaryStreamCall]
-
-
-def can_fall_back(error: BaseException) -> bool:
-    if isinstance(error, DomainError):
-        return error.code in RETRYABLE
-    if isinstance(error, grpc.aio.AioRpcError):
-        return error.code() in RETRYABLE
-    return False
-
 
 CAPABILITY = {
     "GenerateText": "text-generation",
@@ -51,125 +52,243 @@ CAPABILITY = {
 }
 
 
+@dataclass
+class Answer:
+    """A unary call's reply and who gave it."""
+
+    reply: Any
+    route: Route
+    fallback: bool
+    cached: bool
+
+
+def _code(error: BaseException) -> grpc.StatusCode | None:
+    if isinstance(error, DomainError):
+        return error.code
+    if isinstance(error, grpc.aio.AioRpcError):
+        return error.code()
+    return None
+
+
 class _Attempts:
     """One request's attempts, the model first and then its fallbacks, and what each
     outcome means: a failure that allows a fallback moves on (and counts against the
     backend's cooldown), any other is the caller's to see."""
 
-    def __init__(self, backends: Backends, rpc: str, request: Message) -> None:
+    def __init__(self, backends: Backends, rpc: str, request: Message, context) -> None:
         allowed = not request.HasField("use_fallbacks") or request.use_fallbacks
         models = backends.candidates(request.model, CAPABILITY[rpc])
         self._backends = backends
         self._request = request
+        self._context = context
         self._models = models if allowed else models[:1]
         self.primary = self._models[0]
         self.error: BaseException | None = None
+        self.more = False  # whether the current attempt has a fallback after it
+        self._backend_failed = False  # a backend was called and failed: fallbacks cost load
+        self._budget_slot = False
+        self._too_long_for: int | None = None  # the context window the prompt did not fit
+        self.record = backends.metering.start(rpc, request.model)
+        backends.budget.started()
 
     def __iter__(self) -> Iterator[Message]:
-        for model in self._models:
-            if self.error is not None:
-                log.warning(
-                    "falling back",
-                    extra={"model": self._request.model, "fallback": model, "error": type(self.error).__name__},
-                )
+        for index, model in enumerate(self._models):
+            if self.error is not None and not self._may_try(model):
+                continue
+            self.more = index < len(self._models) - 1
             attempt = type(self._request)()
             attempt.CopyFrom(self._request)
             attempt.model = model
             yield attempt
 
+    def _may_try(self, model: str) -> bool:
+        if self._too_long_for is not None:
+            window = self._backends.context_window(model)
+            if window is not None and window <= self._too_long_for:
+                return False  # a fallback with a window no larger cannot fit it either
+        if self._context is not None and (self._context.time_remaining() or 1) <= 0:
+            return False
+        if self._backend_failed and not self._budget_slot:
+            self._budget_slot = self._backends.budget.acquire(self._request.model)
+            if not self._budget_slot:
+                return False
+        log.warning(
+            "falling back",
+            extra={"model": self._request.model, "fallback": model, "error": type(self.error).__name__},
+        )
+        return True
+
     def failed(self, error: Exception, route: Route | None) -> None:
-        if not can_fall_back(error):
+        if _code(error) in RETRYABLE:
+            if route is not None:  # the backend failed, not the routing
+                self._backends.cooldown.failed(route.backend)
+                self._backend_failed = True
+        elif (info := error_info(error)).reason == CONTEXT_TOO_LONG:
+            # The window the prompt did not fit: the backend says; else the registry's.
+            window = int(info.metadata.get("context_length") or 0) or None
+            self._too_long_for = window or (self._backends.context_window(route.model) if route else None)
+        else:
+            self.record.failed(error)
             raise error
-        if route is not None:  # the backend failed, not the routing
-            self._backends.cooldown.failed(route.backend)
         self.error = error
 
-    def answered(self, attempt: Message, route: Route) -> None:
+    def answered(self, attempt: Message, route: Route, cached: bool = False) -> bool:
+        """Note who answered; whether that was a fallback."""
         self._backends.cooldown.succeeded(route.backend)
-        if attempt.model != self.primary:
+        fallback = attempt.model != self.primary
+        if fallback:
             FALLBACKS.labels(self._request.model, attempt.model).inc()
+        self.record.answered(route, fallback, cached)
+        return fallback
+
+    def interrupted(self, error: grpc.aio.AioRpcError | DomainError, route: Route, sent: int) -> DomainError:
+        """The error for a stream whose backend failed after `sent` chunks."""
+        INTERRUPTED.labels(route.model).inc()
+        code = _code(error)
+        if code in RETRYABLE:
+            self._backends.cooldown.failed(route.backend)
+        kind = DeadlineExceeded if code is grpc.StatusCode.DEADLINE_EXCEEDED else Unavailable
+        detail = error.details() if isinstance(error, grpc.aio.AioRpcError) else error.message
+        interrupted = kind(
+            f"{route.model} on {route.backend} failed after {sent} chunks ({code.name if code else 'error'}: "
+            f"{detail}); the answer is incomplete",
+            reason="STREAM_INTERRUPTED",
+            model=route.model,
+            backend=route.backend,
+            chunks_sent=sent,
+        )
+        self.record.failed(interrupted)
+        return interrupted
 
     def give_up(self) -> BaseException:
         assert self.error is not None
+        self.record.failed(self.error)
         return self.error
 
+    def close(self) -> None:
+        self._backends.budget.finished()
+        if self._budget_slot:
+            self._backends.budget.release()
+        self.record.finish()
 
-async def _announce(context, primary: str, attempt: Message, route: Route, cache: str = "") -> None:
+
+async def _announce(context, answer: Answer, cache: str) -> None:
     """Response headers (gRPC initial metadata; HTTP headers through Envoy) saying which
     model, version and backend answered and whether that was a fallback."""
     if context is None:
         return
     metadata = [
-        ("x-infermesh-model", route.model),
-        ("x-infermesh-version", route.version),
-        ("x-infermesh-served-by", route.backend),
-        ("x-infermesh-fallback", "true" if attempt.model != primary else "false"),
+        ("x-infermesh-model", answer.route.model),
+        ("x-infermesh-version", answer.route.version),
+        ("x-infermesh-served-by", answer.route.backend),
+        ("x-infermesh-fallback", "true" if answer.fallback else "false"),
         ("x-infermesh-cache", cache),
     ]
     await context.send_initial_metadata([(key, value) for key, value in metadata if value])
 
 
-async def unary(backends: Backends, rpc: str, send: Send, request: Message, context) -> tuple[Any, Route]:
+async def unary(backends: Backends, rpc: str, send: Send, request: Message, context, announce: bool = True) -> Answer:
     """The first answer among the model and its fallbacks (from the response cache when
-    the same deterministic request was answered recently); `reply.model` says who answered."""
-    attempts = _Attempts(backends, rpc, request)
-    for attempt in attempts:
-        route = None
-        try:
-            outgoing, options, route = backends.prepare(attempt, context)
-            key = backends.cache.key(rpc, route, outgoing, context)
-            if (cached := backends.cache.get(key, route)) is not None:
-                cached.model = attempt.model
-                await _announce(context, attempts.primary, attempt, route, cache="hit")
-                return cached, route
-            reply = await _timed(backends, attempt.model, send(outgoing, options))
-        except Exception as exc:
-            attempts.failed(exc, route)
-            continue
-        attempts.answered(attempt, route)
-        meter(route, reply.usage)
-        backends.cache.put(key, reply)
-        reply.model = attempt.model
-        await _announce(context, attempts.primary, attempt, route, cache="miss" if key else "")
-        return reply, route
-    raise attempts.give_up()
+    the same deterministic request was answered recently); `reply.model` says who
+    answered. `announce=False` leaves the response headers to the caller (a call that
+    makes several)."""
+    attempts = _Attempts(backends, rpc, request, context)
+    try:
+        for attempt in attempts:
+            route = None
+            try:
+                outgoing, options, route = backends.prepare(attempt, context)
+                key = backends.cache.key(rpc, route, outgoing, context)
+                if (cached := await backends.cache.get(key, route)) is not None:
+                    cached.model = attempt.model
+                    answer = Answer(cached, route, attempts.answered(attempt, route, cached=True), cached=True)
+                    if announce:
+                        await _announce(context, answer, cache="hit")
+                    return answer
+                if attempts.more:
+                    options["timeout"] = min(options["timeout"], backends.fallback_after_seconds)
+                reply = await _timed(backends, attempt.model, send(outgoing, options))
+            except Exception as exc:
+                attempts.failed(exc, route)
+                continue
+            answer = Answer(reply, route, attempts.answered(attempt, route), cached=False)
+            attempts.record.usage(route, reply.usage)
+            await backends.cache.put(key, reply)
+            reply.model = attempt.model
+            if announce:
+                await _announce(context, answer, cache="miss" if key else "")
+            return answer
+        raise attempts.give_up()
+    finally:
+        attempts.close()
 
 
 async def stream(backends: Backends, rpc: str, open_call: Open, request: Message, context) -> AsyncIterator[Any]:
     """Chunks from the first of the model and its fallbacks that starts answering."""
-    attempts = _Attempts(backends, rpc, request)
-    for attempt in attempts:
-        route = None
-        try:
-            outgoing, options, route = backends.prepare(attempt, context)
-            chunks = relay(open_call(outgoing, options))
-            first = await _timed(backends, attempt.model, anext(chunks))
-        except StopAsyncIteration:
+    attempts = _Attempts(backends, rpc, request, context)
+    try:
+        for attempt in attempts:
+            route = None
+            try:
+                outgoing, options, route = backends.prepare(attempt, context)
+                chunks = relay(open_call(outgoing, options))
+                first_chunk = _timed(backends, attempt.model, anext(chunks))
+                wait = backends.fallback_after_seconds if attempts.more else None
+                first = await _first_chunk(first_chunk, wait, route)
+            except StopAsyncIteration:
+                return
+            except Exception as exc:
+                attempts.failed(exc, route)
+                continue
+            answer = Answer(None, route, attempts.answered(attempt, route), cached=False)
+            await _announce(context, answer, cache="")
+            attempts.record.first_chunk()
+            async for chunk in _interruptible(_prepend(first, chunks), route, attempts):
+                if chunk.HasField("usage"):
+                    attempts.record.usage(route, chunk.usage)
+                chunk.model = attempt.model
+                yield chunk
             return
-        except Exception as exc:
-            attempts.failed(exc, route)
-            continue
-        attempts.answered(attempt, route)
-        await _announce(context, attempts.primary, attempt, route)
-        async for chunk in _prepend(first, chunks):
-            if chunk.HasField("usage"):
-                meter(route, chunk.usage)
-            chunk.model = attempt.model
+        raise attempts.give_up()
+    finally:
+        attempts.close()
+
+
+async def _first_chunk(first: Awaitable[Any], seconds: float | None, route: Route) -> Any:
+    try:
+        return await asyncio.wait_for(first, seconds)
+    except TimeoutError:
+        raise DeadlineExceeded(
+            f"{route.model} on {route.backend} sent nothing within {seconds:g}s; trying its fallback",
+            reason="ATTEMPT_TIMEOUT",
+            model=route.model,
+            backend=route.backend,
+            seconds=seconds,
+        ) from None
+
+
+async def _interruptible(chunks: AsyncIterator[Any], route: Route, attempts: _Attempts) -> AsyncIterator[Any]:
+    """The answer's chunks; a backend failure after some were sent becomes one clear
+    error saying the answer is incomplete."""
+    sent = 0
+    try:
+        async for chunk in chunks:
             yield chunk
-        return
-    raise attempts.give_up()
+            sent += 1
+    except (grpc.aio.AioRpcError, DomainError) as exc:
+        raise attempts.interrupted(exc, route, sent) from exc
 
 
 async def _timed(backends: Backends, model: str, call: Awaitable[Any]) -> Any:
     """Await a backend call, keeping the model's in-flight count and latency current."""
     backends.load.started(model)
-    started = time.monotonic()
+    started = asyncio.get_running_loop().time()
     try:
         result = await call
     except BaseException:
         backends.load.finished(model, None)
         raise
-    backends.load.finished(model, time.monotonic() - started)
+    backends.load.finished(model, asyncio.get_running_loop().time() - started)
     return result
 
 

@@ -58,7 +58,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         body, proto = self._parse(oa.ChatCompletionRequest, request)
         ident, created = oa.completion_id("chatcmpl"), oa.now()
         if not body.stream:
-            reply, _ = await failover.unary(self.backends, "Chat", self._chat, proto, context)
+            reply = (await failover.unary(self.backends, "Chat", self._chat, proto, context)).reply
             yield json_body(
                 {
                     "id": ident,
@@ -118,7 +118,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
             }
 
         if not body.stream:
-            reply, _ = await failover.unary(self.backends, "GenerateText", self._generate, proto, context)
+            reply = (await failover.unary(self.backends, "GenerateText", self._generate, proto, context)).reply
             payload = completion(reply.text, oa.finish_reason(reply.finish_reason), reply.model)
             yield json_body({**payload, "usage": oa.usage_dict(reply.usage)})
             return
@@ -137,7 +137,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
 
     async def CreateEmbedding(self, request, context):
         body, proto = self._parse(oa.EmbeddingRequest, request)
-        reply, _ = await failover.unary(self.backends, "Embed", self.backends.embed, proto, context)
+        reply = (await failover.unary(self.backends, "Embed", self.backends.embed, proto, context)).reply
         width = len(reply.embeddings[0].values) if reply.embeddings else 0
         if body.dimensions is not None and body.dimensions != width:
             raise InvalidArgument(

@@ -20,21 +20,21 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         self._describe = lambda request, options: stub.DescribeImage(request, **options)
 
     async def GenerateText(self, request, context):
-        return (await failover.unary(self.backends, "GenerateText", self._generate, request, context))[0]
+        return (await failover.unary(self.backends, "GenerateText", self._generate, request, context)).reply
 
     async def StreamGenerateText(self, request, context):
         async for chunk in failover.stream(self.backends, "GenerateText", self._stream_generate, request, context):
             yield chunk
 
     async def Chat(self, request, context):
-        return (await failover.unary(self.backends, "Chat", self._chat, request, context))[0]
+        return (await failover.unary(self.backends, "Chat", self._chat, request, context)).reply
 
     async def StreamChat(self, request, context):
         async for chunk in failover.stream(self.backends, "Chat", self._stream_chat, request, context):
             yield chunk
 
     async def Embed(self, request, context):
-        return (await failover.unary(self.backends, "Embed", self.backends.embed, request, context))[0]
+        return (await failover.unary(self.backends, "Embed", self.backends.embed, request, context)).reply
 
     async def DescribeImage(self, request, context):
-        return (await failover.unary(self.backends, "DescribeImage", self._describe, request, context))[0]
+        return (await failover.unary(self.backends, "DescribeImage", self._describe, request, context)).reply

@@ -35,3 +35,21 @@ class RouterSettings(ServiceSettings):
         4096, ge=0, description="Answers kept for repeated deterministic requests (LRU); 0 turns the cache off."
     )
     cache_ttl_seconds: float = Field(300.0, gt=0, description="How long a cached answer is served.")
+    cache_redis_url: str = Field(
+        "", description="Keep cached answers in Redis (shared by router replicas), e.g. redis://127.0.0.1:6379/0."
+    )
+    fallback_after_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A backend that has not answered (or, streaming, sent its first chunk) within this long is "
+        "abandoned for the next fallback, when there is one; the last candidate gets the caller's whole deadline.",
+    )
+    retry_budget_percent: float = Field(
+        20.0, ge=0, le=100, description="Fallback attempts in flight, at most this share of requests in flight."
+    )
+    retry_budget_min_concurrency: int = Field(
+        3, ge=0, description="Fallback attempts always allowed in flight, however few requests there are."
+    )
+    usage_retention_hours: float = Field(
+        24.0, gt=0, description="How long per-minute usage is kept for the usage API (in memory, per replica)."
+    )

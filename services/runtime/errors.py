@@ -95,3 +95,28 @@ class Unimplemented(DomainError):
 def internal_status() -> status_pb2.Status:
     """The status for an unexpected failure: generic, so nothing internal leaks."""
     return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
+
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def status_of(error: BaseException) -> status_pb2.Status:
+    """A failure as google.rpc.Status: a DomainError's own, a gRPC call's (its details
+    from the trailers), or the generic internal one."""
+    if isinstance(error, DomainError):
+        return error.to_status()
+    if isinstance(error, grpc.aio.AioRpcError):
+        for key, value in error.trailing_metadata() or ():
+            if key == STATUS_DETAILS_KEY:
+                return status_pb2.Status.FromString(value)
+        return status_pb2.Status(code=error.code().value[0], message=error.details() or "")
+    return internal_status()
+
+
+def error_info(error: BaseException) -> error_details_pb2.ErrorInfo:
+    """The ErrorInfo a failure carries (empty when it has none)."""
+    for detail in status_of(error).details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info
+    return error_details_pb2.ErrorInfo()

@@ -20,10 +20,9 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
-from infermesh_runtime.errors import DOMAIN, DomainError, internal_status
+from infermesh_runtime.errors import DOMAIN, STATUS_DETAILS_KEY, DomainError, internal_status
 
 log = logging.getLogger(__name__)
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
