@@ -1,11 +1,11 @@
 """The router's typed public API: resolve the model to a backend (falling back along the
 registry's chain when it cannot answer), forward the request, and answer saying which
-model did."""
+model did; batches, parallel calls and ensembles are made of such calls (orchestration.py)."""
 
 from __future__ import annotations
 
 from infermesh.router.v1 import router_service_pb2_grpc as pb_grpc
-from infermesh_router import failover
+from infermesh_router import failover, orchestration
 from infermesh_router.backends import Backends
 
 
@@ -38,3 +38,13 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
 
     async def DescribeImage(self, request, context):
         return (await failover.unary(self.backends, "DescribeImage", self._describe, request, context)).reply
+
+    async def BatchGenerateText(self, request, context):
+        async for result in orchestration.batch(self.backends, self._generate, request, context):
+            yield result
+
+    async def ParallelGenerateText(self, request, context):
+        return await orchestration.parallel(self.backends, self._generate, request, context)
+
+    async def EnsembleGenerateText(self, request, context):
+        return await orchestration.ensemble(self.backends, self._generate, request, context)
