@@ -11,12 +11,12 @@ export DATA_DIR ?= $(CURDIR)/.data
 
 PROTOS := $(shell find protos third_party -name '*.proto')
 
-.PHONY: run test lint bench install gen models clean
+.PHONY: run test lint bench install gen models clean test-services
 
 run: install models
 	$(BIN)/python -m infermesh_mesh
 
-test: install models
+test: install models test-services
 	$(BIN)/python -m pytest
 
 bench: install models
@@ -35,6 +35,11 @@ lint: install
 	else echo "buf breaking: main has no protos yet"; fi
 
 install: $(VENV)/.installed
+
+# Servers the tests start and stop themselves (PostgreSQL is on the machine already;
+# redis-server comes from Debian's package). Installed only where missing.
+test-services:
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
 
 # The code generator first (pins read from pyproject.toml), then generate, then install
 # the project, whose packages include the generated code.

@@ -61,6 +61,44 @@ def metric(port: int, name: str, **labels: str) -> float:
     )
 
 
+def register_model(
+    base_url: str, model_id: str, provider: str, backend_model: str, fallbacks=(), **model_fields: object
+) -> None:
+    """Register a text model over REST: the model (`fallbacks` are model ids; extra
+    fields such as pricing or parameters as given), a version `v1` and a deployment with
+    all the traffic on the provider's backend (`local` for this mesh's inference server)."""
+    import httpx
+
+    backend = "inference" if provider == "local" else provider
+    model = {
+        "provider": provider,
+        "capabilities": ["text-generation", "chat"],
+        "fallbacks": [f"models/{f}" for f in fallbacks],
+        **model_fields,
+    }
+    steps = [
+        ("/v1/registry/models", {"model_id": model_id}, model),
+        (
+            f"/v1/registry/models/{model_id}/versions",
+            {"model_version_id": "v1"},
+            {
+                "runtime": {
+                    "runtime": "transformers" if provider == "local" else provider,
+                    "backend_model": backend_model,
+                }
+            },
+        ),
+        (
+            f"/v1/registry/models/{model_id}/deployments",
+            {"deployment_id": backend},
+            {"backend": backend, "traffic_weight": 100},
+        ),
+    ]
+    for path, params, body in steps:
+        reply = httpx.post(f"{base_url}{path}", params=params, json=body, timeout=30)
+        assert reply.status_code == 200, reply.text
+
+
 def mesh_settings(**overrides: object) -> MeshSettings:
     ports = {
         "front_door_port": free_port(),

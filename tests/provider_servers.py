@@ -37,6 +37,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     stream: bool = False
+    chunk_delay: float = 0.0  # between a stream's events
 
 
 @dataclass
@@ -73,7 +74,9 @@ class StandIn:
                 handler.send_header("connection", "close")  # the stream ends when the connection does
                 handler.end_headers()
                 handler.close_connection = True
-                for event in reply.body:
+                for index, event in enumerate(reply.body):
+                    if index:
+                        time.sleep(reply.chunk_delay)
                     data = event if isinstance(event, str) else json.dumps(event)
                     handler.wfile.write(f"data: {data}\r\n\r\n".encode())
                     handler.wfile.flush()

@@ -47,7 +47,7 @@ class RouterApp:
             settings.embed_coalesce_in_flight,
             Cooldown(settings.cooldown_failures, settings.cooldown_seconds),
             ResponseCache(settings.cache_max_entries, settings.cache_ttl_seconds, settings.cache_redis_url),
-            RetryBudget(settings.retry_budget_percent, settings.retry_budget_min_concurrency),
+            RetryBudget(settings.retry_budget_tokens, settings.retry_budget_token_ratio),
             Metering(settings.usage_retention_hours * 3600),
             settings.fallback_after_seconds,
         )

@@ -58,7 +58,7 @@ class Backends:
         self.cooldown = cooldown or Cooldown(failures=0, seconds=0)
         self.load = ModelLoad()
         self.cache = cache or ResponseCache(max_entries=0, ttl_seconds=0)
-        self.budget = budget or RetryBudget(percent=20, min_concurrency=3)
+        self.budget = budget or RetryBudget(max_tokens=10, token_ratio=0.1)
         self.metering = metering or Metering()
         self.fallback_after_seconds = fallback_after_seconds
         registries = catalog.instances("registry")

@@ -187,6 +187,12 @@ class ModelDirectory:
             weights = [d.traffic_weight for d in candidates]
         options = [(d, w) for d, w in zip(candidates, weights, strict=True) if self._instances(d)]
         if not options:
+            if any(self._instances(d, cooling_too=True) for d in candidates):
+                raise Unavailable(
+                    f"model {requested!r} runs only on backends cooling down after repeated failures",
+                    reason="BACKEND_COOLING",
+                    model=requested,
+                )
             raise Unavailable(
                 f"model {requested!r} has no deployment with traffic on a backend of this mesh",
                 reason="MODEL_NOT_DEPLOYED",
@@ -207,11 +213,13 @@ class ModelDirectory:
             pricing=model.pricing if model.HasField("pricing") else None,
         )
 
-    def _instances(self, deployment: res.Deployment) -> list[ServiceInstance]:
+    def _instances(self, deployment: res.Deployment, cooling_too: bool = False) -> list[ServiceInstance]:
         return [
             i
             for i in self._catalog.instances()
-            if deployment.backend in (i.kind, i.name) and i.kind not in ("router", "registry") and self._usable(i.name)
+            if deployment.backend in (i.kind, i.name)
+            and i.kind not in ("router", "registry")
+            and (cooling_too or self._usable(i.name))
         ]
 
     @staticmethod

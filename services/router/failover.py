@@ -5,7 +5,7 @@ answers UNAVAILABLE, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED, or does not answer
 streaming, send its first chunk) within `fallback_after_seconds` while a fallback is
 left; and when the prompt does not fit the model's context window, to a fallback with a
 larger one. Other errors (bad input, an unknown model) are the caller's to see. Fallbacks
-after a backend was called and failed spend the retry budget (budget.py).
+after a backend did work and failed spend the retry budget (budget.py).
 
 A stream fails over only until its first chunk: after that the client has part of an
 answer, and a failure reaches it as a STREAM_INTERRUPTED error, never as a silent
@@ -22,11 +22,12 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import Message
+from google.rpc import code_pb2
 from prometheus_client import Counter
 
 from infermesh_router.backends import CONTEXT_TOO_LONG, Backends, relay
 from infermesh_router.directory import Route
-from infermesh_runtime.errors import DeadlineExceeded, DomainError, Unavailable, error_info
+from infermesh_runtime.errors import DeadlineExceeded, DomainError, Unavailable, error_info, status_of
 
 log = logging.getLogger(__name__)
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -70,6 +71,11 @@ def _code(error: BaseException) -> grpc.StatusCode | None:
     return None
 
 
+def _describe(error: BaseException) -> str:
+    status = status_of(error)
+    return f"{code_pb2.Code.Name(status.code)}: {status.message}"
+
+
 class _Attempts:
     """One request's attempts, the model first and then its fallbacks, and what each
     outcome means: a failure that allows a fallback moves on (and counts against the
@@ -85,11 +91,9 @@ class _Attempts:
         self.primary = self._models[0]
         self.error: BaseException | None = None
         self.more = False  # whether the current attempt has a fallback after it
-        self._backend_failed = False  # a backend was called and failed: fallbacks cost load
-        self._budget_slot = False
+        self._backend_failed = False  # a backend did work and failed: a fallback spends budget
         self._too_long_for: int | None = None  # the context window the prompt did not fit
         self.record = backends.metering.start(rpc, request.model)
-        backends.budget.started()
 
     def __iter__(self) -> Iterator[Message]:
         for index, model in enumerate(self._models):
@@ -108,21 +112,23 @@ class _Attempts:
                 return False  # a fallback with a window no larger cannot fit it either
         if self._context is not None and (self._context.time_remaining() or 1) <= 0:
             return False
-        if self._backend_failed and not self._budget_slot:
-            self._budget_slot = self._backends.budget.acquire(self._request.model)
-            if not self._budget_slot:
-                return False
+        if self._backend_failed and not self._backends.budget.acquire(self._request.model):
+            return False
         log.warning(
             "falling back",
-            extra={"model": self._request.model, "fallback": model, "error": type(self.error).__name__},
+            extra={"model": self._request.model, "fallback": model, "error": _describe(self.error)},
         )
         return True
 
     def failed(self, error: Exception, route: Route | None) -> None:
-        if _code(error) in RETRYABLE:
-            if route is not None:  # the backend failed, not the routing
+        if (code := _code(error)) in RETRYABLE:
+            # A refusal (RESOURCE_EXHAUSTED: admission control, a rate limit) comes from a
+            # backend that is up and answering: it neither opens the backend's circuit nor,
+            # having cost no work, spends retry budget; nor does a routing failure.
+            refused = code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            if route is not None and not refused:
                 self._backends.cooldown.failed(route.backend)
-                self._backend_failed = True
+            self._backend_failed = route is not None and not refused
         elif (info := error_info(error)).reason == CONTEXT_TOO_LONG:
             # The window the prompt did not fit: the backend says; else the registry's.
             window = int(info.metadata.get("context_length") or 0) or None
@@ -135,6 +141,7 @@ class _Attempts:
     def answered(self, attempt: Message, route: Route, cached: bool = False) -> bool:
         """Note who answered; whether that was a fallback."""
         self._backends.cooldown.succeeded(route.backend)
+        self._backends.budget.succeeded()
         fallback = attempt.model != self.primary
         if fallback:
             FALLBACKS.labels(self._request.model, attempt.model).inc()
@@ -166,9 +173,6 @@ class _Attempts:
         return self.error
 
     def close(self) -> None:
-        self._backends.budget.finished()
-        if self._budget_slot:
-            self._backends.budget.release()
         self.record.finish()
 
 

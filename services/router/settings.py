@@ -44,11 +44,14 @@ class RouterSettings(ServiceSettings):
         description="A backend that has not answered (or, streaming, sent its first chunk) within this long is "
         "abandoned for the next fallback, when there is one; the last candidate gets the caller's whole deadline.",
     )
-    retry_budget_percent: float = Field(
-        20.0, ge=0, le=100, description="Fallback attempts in flight, at most this share of requests in flight."
+    retry_budget_tokens: float = Field(
+        10.0,
+        ge=0,
+        description="Retry budget (gRPC retry throttling): a fallback after a failed backend call spends one "
+        "token, fallbacks stop while half or fewer are left; 0 never falls back after a failed call.",
     )
-    retry_budget_min_concurrency: int = Field(
-        3, ge=0, description="Fallback attempts always allowed in flight, however few requests there are."
+    retry_budget_token_ratio: float = Field(
+        0.1, ge=0, description="Tokens an answered request returns to the retry budget."
     )
     usage_retention_hours: float = Field(
         24.0, gt=0, description="How long per-minute usage is kept for the usage API (in memory, per replica)."

@@ -64,15 +64,21 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
 
+def _field_path(violation) -> str:
+    """`models[0]`-style path to the violating field; "" for a rule on the whole message."""
+    path = getattr(violation, "field", None)
+    if path is None or not path.elements:
+        return ""
+    return ".".join(e.field_name for e in path.elements)
+
+
 def validation_status(error: protovalidate.ValidationError) -> status_pb2.Status:
     """INVALID_ARGUMENT listing every violated constraint (BadRequest) plus ErrorInfo."""
     violations = [
-        error_details_pb2.BadRequest.FieldViolation(
-            field=".".join(e.field_name for e in v.proto.field.elements), description=v.proto.message
-        )
+        error_details_pb2.BadRequest.FieldViolation(field=_field_path(v.proto), description=v.proto.message)
         for v in error.violations
     ]
-    message = "; ".join(f"{fv.field}: {fv.description}" for fv in violations)
+    message = "; ".join(f"{fv.field}: {fv.description}" if fv.field else fv.description for fv in violations)
     info = error_details_pb2.ErrorInfo(
         reason="INVALID_REQUEST_FIELDS",
         domain=DOMAIN,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from provider_servers import provider_server
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
+from provider_servers import provider_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"

@@ -307,11 +307,6 @@ def test_an_ensemble_where_no_model_answers_is_unavailable_naming_each_error(bas
     assert "no-such-model" in error["message"] and "nor-this-one" in error["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/interceptors.validation_status crashes on a message-level rule (a violation with no field): "
-    "INTERNAL instead of INVALID_ARGUMENT",
-)
 def test_a_judged_ensemble_needs_a_judge(base_url, router):
     body = {"models": [GEMMA, ECHO], "prompt": "hi", "strategy": "ENSEMBLE_STRATEGY_JUDGE"}
     reply = post(base_url, "/v1/generate-text:ensemble", body)

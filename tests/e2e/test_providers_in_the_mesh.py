@@ -9,9 +9,9 @@ from __future__ import annotations
 import time
 
 import httpx
-from provider_servers import gemini_error
 
-from conftest import metric
+from conftest import metric, register_model
+from provider_servers import gemini_error
 
 GEMMA = "gemma-3-270m"
 # These tests count work done by backends: they bypass the router's response cache.
@@ -20,26 +20,7 @@ OPENAI_CHAT = "/infermesh.openai.v1.OpenAIService/CreateChatCompletion"
 
 
 def register(base_url: str, model_id: str, provider: str, backend_model: str, fallbacks=()) -> None:
-    steps = [
-        (
-            "/v1/registry/models",
-            {"model_id": model_id},
-            {"provider": provider, "capabilities": ["text-generation", "chat"], "fallbacks": list(fallbacks)},
-        ),
-        (
-            f"/v1/registry/models/{model_id}/versions",
-            {"model_version_id": "v1"},
-            {"runtime": {"runtime": provider, "backend_model": backend_model}},
-        ),
-        (
-            f"/v1/registry/models/{model_id}/deployments",
-            {"deployment_id": provider},
-            {"backend": provider, "traffic_weight": 100},
-        ),
-    ]
-    for path, params, body in steps:
-        reply = httpx.post(f"{base_url}{path}", params=params, json=body, timeout=30)
-        assert reply.status_code == 200, reply.text
+    register_model(base_url, model_id, provider, backend_model, [f.removeprefix("models/") for f in fallbacks])
 
 
 def generate(base_url: str, model: str, prompt: str = "alpha beta gamma delta", attempts: float = 30) -> dict:

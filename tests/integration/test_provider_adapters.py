@@ -15,6 +15,9 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
+
+from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh.inference.v1 import inference_types_pb2 as types
 from provider_servers import (
     Reply,
     StandIn,
@@ -24,9 +27,6 @@ from provider_servers import (
     openai_error,
     provider_server,
 )
-
-from infermesh.inference.v1 import inference_service_pb2 as pb
-from infermesh.inference.v1 import inference_types_pb2 as types
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 OPENAI_KEY = "sk-test-SECRETSECRETSECRET"

@@ -1,0 +1,93 @@
+"""The router's own bookkeeping: the retry budget, the usage ledger's windows and
+percentiles, and the response cache in Redis shared by two router replicas (a real
+redis-server)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+from prometheus_client import REGISTRY
+
+from conftest import free_port
+from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh_router.budget import RetryBudget
+from infermesh_router.cache import ResponseCache
+from infermesh_router.directory import Route
+from infermesh_router.usage import Histogram, UsageLedger
+from redis_servers import redis_server
+
+ROUTE = Route(model="m", version="v1", backend="b", backend_model="m")
+
+
+def test_the_retry_budget_absorbs_a_burst_then_throttles_to_the_success_rate():
+    budget = RetryBudget(max_tokens=10, token_ratio=0.1)
+    # A burst: five fallbacks go, then the bucket is half empty and they stop.
+    assert [budget.acquire("m") for _ in range(6)] == [True] * 5 + [False]
+    # Answers refill it: ten of them (0.1 each) buy one more fallback.
+    for _ in range(10):
+        budget.succeeded()
+    assert budget.acquire("m") and not budget.acquire("m")
+    for _ in range(1000):
+        budget.succeeded()
+    assert budget.tokens == 10  # never above the maximum
+
+
+def test_percentiles_read_back_within_five_percent():
+    rng = random.Random(7)
+    samples = [rng.lognormvariate(-2, 1) for _ in range(20000)]
+    histogram = Histogram()
+    for s in samples:
+        histogram.add(s)
+    ordered = sorted(samples)
+    for q in (0.5, 0.99):
+        exact = ordered[int(q * len(ordered)) - 1]
+        assert abs(histogram.quantile(q) - exact) / exact < 0.05
+    assert histogram.mean == pytest.approx(sum(samples) / len(samples))
+
+
+def test_the_ledger_sums_windows_by_version_and_forgets_after_retention():
+    now = [1_000_000 * 60.0]
+    ledger = UsageLedger(retention_seconds=3600, clock=lambda: now[0])
+    ledger.tally("m", "v1").input_tokens += 10
+    now[0] += 60
+    ledger.tally("m", "v1").input_tokens += 5
+    ledger.tally("m", "v2").input_tokens += 7
+    ledger.tally("other", "v1").input_tokens += 100
+    start = 1_000_000 * 60.0
+    assert {v: t.input_tokens for v, t in ledger.summed(start, start + 120, "m").items()} == {"v1": 15, "v2": 7}
+    assert {v: t.input_tokens for v, t in ledger.summed(start + 60, start + 120, "m").items()} == {"v1": 5, "v2": 7}
+    now[0] += 2 * 3600  # a new minute's record drops minutes older than the retention
+    ledger.tally("m", "v1")
+    assert ledger.summed(start, now[0] + 60, "m")["v1"].input_tokens == 0
+
+
+async def test_router_replicas_share_answers_through_redis_which_expires_them():
+    with redis_server() as url:
+        first, second = ResponseCache(0, 0.5, url), ResponseCache(0, 0.5, url)
+        request = pb.GenerateTextRequest(model="m", prompt="the sea is", max_tokens=4)
+        reply = pb.GenerateTextResponse(text=" blue", model="m")
+        reply.usage.input_tokens, reply.usage.output_tokens = 3, 1
+        key = first.key("GenerateText", ROUTE, request, None)
+        assert await second.get(second.key("GenerateText", ROUTE, request, None), ROUTE) is None
+        await first.put(key, reply)
+        assert await second.get(second.key("GenerateText", ROUTE, request, None), ROUTE) == reply
+        other_version = Route(model="m", version="v2", backend="b", backend_model="m")
+        assert await second.get(second.key("GenerateText", other_version, request, None), other_version) is None
+        await asyncio.sleep(0.7)
+        assert await second.get(key, ROUTE) is None  # Redis expired it
+        await first.close()
+        await second.close()
+
+
+async def test_an_unreachable_redis_is_a_miss_not_a_failure():
+    errors = {"model": "m", "result": "error"}
+    before = REGISTRY.get_sample_value("infermesh_router_cache_total", errors) or 0
+    cache = ResponseCache(0, 60, f"redis://127.0.0.1:{free_port()}/0")
+    request = pb.GenerateTextRequest(model="m", prompt="hello")
+    key = cache.key("GenerateText", ROUTE, request, None)
+    await cache.put(key, pb.GenerateTextResponse(text="x"))  # logged, not raised
+    assert await cache.get(key, ROUTE) is None
+    assert REGISTRY.get_sample_value("infermesh_router_cache_total", errors) == before + 1
+    await cache.close()
