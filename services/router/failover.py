@@ -227,8 +227,12 @@ async def unary(backends: Backends, rpc: str, send: Send, request: Message, cont
         attempts.close()
 
 
-async def stream(backends: Backends, rpc: str, open_call: Open, request: Message, context) -> AsyncIterator[Any]:
-    """Chunks from the first of the model and its fallbacks that starts answering."""
+async def stream(
+    backends: Backends, rpc: str, open_call: Open, request: Message, context, in_band_errors: bool = True
+) -> AsyncIterator[Any]:
+    """Chunks from the first of the model and its fallbacks that starts answering. If its
+    backend fails after the first chunk, a last chunk carrying the error (`in_band_errors`;
+    REST clients see no gRPC status) precedes the STREAM_INTERRUPTED status."""
     attempts = _Attempts(backends, rpc, request, context)
     try:
         for attempt in attempts:
@@ -247,7 +251,7 @@ async def stream(backends: Backends, rpc: str, open_call: Open, request: Message
             answer = Answer(None, route, attempts.answered(attempt, route), cached=False)
             await _announce(context, answer, cache="")
             attempts.record.first_chunk()
-            async for chunk in _interruptible(_prepend(first, chunks), route, attempts):
+            async for chunk in _interruptible(_prepend(first, chunks), route, attempts, in_band_errors):
                 if chunk.HasField("usage"):
                     attempts.record.usage(route, chunk.usage)
                 chunk.model = attempt.model
@@ -271,16 +275,23 @@ async def _first_chunk(first: Awaitable[Any], seconds: float | None, route: Rout
         ) from None
 
 
-async def _interruptible(chunks: AsyncIterator[Any], route: Route, attempts: _Attempts) -> AsyncIterator[Any]:
+async def _interruptible(
+    chunks: AsyncIterator[Any], route: Route, attempts: _Attempts, in_band: bool
+) -> AsyncIterator[Any]:
     """The answer's chunks; a backend failure after some were sent becomes one clear
-    error saying the answer is incomplete."""
+    error saying the answer is incomplete (also as a last chunk, when `in_band`)."""
     sent = 0
+    kind = None
     try:
         async for chunk in chunks:
+            kind = type(chunk)
             yield chunk
             sent += 1
     except (grpc.aio.AioRpcError, DomainError) as exc:
-        raise attempts.interrupted(exc, route, sent) from exc
+        error = attempts.interrupted(exc, route, sent)
+        if in_band and kind is not None:
+            yield kind(model=route.model, error=error.to_status())
+        raise error from exc
 
 
 async def _timed(backends: Backends, model: str, call: Awaitable[Any]) -> Any:

@@ -17,12 +17,13 @@ from typing import Any
 import grpc
 import protovalidate
 from google.api import httpbody_pb2
+from google.rpc import code_pb2
 
 from infermesh.openai.v1 import openai_service_pb2_grpc as pb_grpc
 from infermesh_router import failover
 from infermesh_router import openai_schema as oa
 from infermesh_router.backends import Backends
-from infermesh_runtime.errors import InvalidArgument, NotFound
+from infermesh_runtime.errors import DomainError, InvalidArgument, NotFound, status_of
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,9 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
             }
 
         first = True
-        async for item in _guarded(failover.stream(self.backends, "Chat", self._stream_chat, proto, context)):
+        async for item in _guarded(
+            failover.stream(self.backends, "Chat", self._stream_chat, proto, context, in_band_errors=False)
+        ):
             if isinstance(item, httpbody_pb2.HttpBody):
                 yield item
                 return
@@ -123,7 +126,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
             yield json_body({**payload, "usage": oa.usage_dict(reply.usage)})
             return
         async for item in _guarded(
-            failover.stream(self.backends, "GenerateText", self._stream_generate, proto, context)
+            failover.stream(self.backends, "GenerateText", self._stream_generate, proto, context, in_band_errors=False)
         ):
             if isinstance(item, httpbody_pb2.HttpBody):
                 yield item
@@ -172,8 +175,10 @@ async def _guarded(chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
         async for item in chunks:
             started = True
             yield item
-    except grpc.aio.AioRpcError as exc:
+    except (grpc.aio.AioRpcError, DomainError) as exc:
         if not started:
             raise
-        log.warning("stream failed after it started: %s %s", exc.code().name, exc.details())
-        yield sse(oa.error_event(exc.code().name, exc.details() or "stream failed"))
+        status = status_of(exc)
+        code = code_pb2.Code.Name(status.code)
+        log.warning("stream failed after it started", extra={"code": code, "error": status.message})
+        yield sse(oa.error_event(code, status.message or "stream failed"))

@@ -9,11 +9,14 @@ Each fault shows one fallback path: a slow backend abandoned after FALLBACK_AFTE
 a stream failing before its first chunk failing over, an overloaded backend shedding to
 its fallback, and a backend killed mid-run: requests keep being answered by the fallback
 with no client-visible error, and a stream it was in the middle of ends with a clear
-STREAM_INTERRUPTED error after the chunks already sent, never a silent truncation.
+STREAM_INTERRUPTED error after the chunks already sent (gRPC status and a last chunk
+carrying it, which is what REST clients see; OpenAI's error event), never a silent
+truncation.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -26,13 +29,14 @@ import grpc
 import httpx
 import pytest
 import redis
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from conftest import mesh_settings, metric, register_model
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from infermesh_mesh.launcher import Mesh
-from infermesh_runtime.errors import error_info
-from provider_servers import Reply, StandIn, gemini_default, gemini_error
+from provider_servers import Reply, Seen, StandIn, gemini_default, gemini_error
 from redis_servers import redis_server
 
 GEMMA = "gemma-3-270m"
@@ -173,21 +177,45 @@ def test_an_overloaded_backend_sheds_requests_to_its_fallback(base, faulty_mesh)
         assert reply.headers["x-infermesh-fallback"] == ("true" if reply.json()["model"] == "gemini-test" else "false")
 
 
-def test_a_backend_killed_mid_run_loses_no_request_and_its_open_stream_says_so(base, router, stand_in, faulty_mesh):
-    # A long, slow stream from the adapter: ten chunks half a second apart.
-    answer = gemini_default(
-        type(
-            "Seen",
-            (),
-            {
-                "path": "/models/gemini-test:streamGenerateContent",
-                "body": {"contents": [{"parts": [{"text": words(20)}]}], "generationConfig": {"maxOutputTokens": 20}},
-            },
-        )()
+def slow_stream(stand_in: StandIn, n_words: int) -> None:
+    """Script the adapter's next stream: n_words words, two per chunk, half a second apart."""
+    request = Seen(
+        "POST",
+        "/models/gemini-test:streamGenerateContent",
+        {},
+        {"contents": [{"parts": [{"text": words(n_words)}]}], "generationConfig": {"maxOutputTokens": n_words}},
     )
-    stand_in.script.append(Reply(body=answer.body, stream=True, chunk_delay=0.5))
+    stand_in.script.append(Reply(body=gemini_default(request).body, stream=True, chunk_delay=0.5))
+
+
+def read_sse(url: str, body: dict, events: list[dict], started: threading.Event) -> None:
+    """Collect a REST stream's server-sent events; set `started` at the first."""
+    with httpx.stream("POST", url, json=body, headers=NO_CACHE, timeout=60) as reply:
+        for line in reply.iter_lines():
+            if line.startswith("data:") and line[5:].strip() != "[DONE]":
+                events.append(json.loads(line[5:]))
+                started.set()
+
+
+def test_a_backend_killed_mid_run_loses_no_request_and_its_open_streams_say_so(base, router, stand_in, faulty_mesh):
+    # Three long, slow streams from the adapter: typed gRPC, typed REST and OpenAI's REST.
+    for _ in range(3):
+        slow_stream(stand_in, 20)
     call = router.StreamGenerateText(stream_request(FLAKY, words(20), 20), metadata=list(NO_CACHE.items()))
     received = [next(call)]  # the first chunk is out: no fallback may happen now
+    rest_events: list[dict] = []
+    openai_events: list[dict] = []
+    rest_started, openai_started = threading.Event(), threading.Event()
+    body = {"model": FLAKY, "prompt": words(20), "max_tokens": 20}
+    readers = [
+        threading.Thread(target=read_sse, args=(f"{base}/v1/generate-text:stream", body, rest_events, rest_started)),
+        threading.Thread(
+            target=read_sse, args=(f"{base}/v1/completions", {**body, "stream": True}, openai_events, openai_started)
+        ),
+    ]
+    for reader in readers:
+        reader.start()
+    assert rest_started.wait(30) and openai_started.wait(30)
 
     outcomes: list[tuple[float, int, str, str]] = []
     stop = threading.Event()
@@ -196,8 +224,8 @@ def test_a_backend_killed_mid_run_loses_no_request_and_its_open_stream_says_so(b
         n = 0
         while not stop.is_set():
             reply = generate(base, FLAKY, f"load {worker} {n}")
-            body = reply.json()
-            outcomes.append((time.monotonic(), reply.status_code, body.get("model", ""), body.get("message", "")))
+            answer = reply.json()
+            outcomes.append((time.monotonic(), reply.status_code, answer.get("model", ""), answer.get("message", "")))
             n += 1
 
     adapter = next(c.process for c in faulty_mesh.children if c.name == "gemini")
@@ -212,30 +240,36 @@ def test_a_backend_killed_mid_run_loses_no_request_and_its_open_stream_says_so(b
         stop.set()
         for worker in workers:
             worker.result()
+    for reader in readers:
+        reader.join(30)
 
-    with pytest.raises(grpc.RpcError) as interrupted:
-        for chunk in call:
-            received.append(chunk)
-    error = interrupted.value
-    assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert "the answer is incomplete" in error.details()
-    assert error_info(_as_aio(error)).reason == "STREAM_INTERRUPTED"
-    assert 1 <= len(received) < 10 and {c.model for c in received} == {FLAKY}
-
+    # No request was lost: before the kill the adapter answered, after it the fallback.
     errors = [o for o in outcomes if o[1] != 200]
     assert not errors, errors[:3]
     before = [model for at, _, model, _ in outcomes if at < killed_at]
     after = [model for at, _, model, _ in outcomes if at > killed_at + 1]
     assert FLAKY in before and after and set(after) == {GEMMA}
 
+    # gRPC: the chunks sent, a last one carrying the error, and the call's status.
+    with pytest.raises(grpc.RpcError) as interrupted:
+        for chunk in call:
+            received.append(chunk)
+    status = rpc_status.from_call(interrupted.value)
+    assert interrupted.value.code() == grpc.StatusCode.UNAVAILABLE and "the answer is incomplete" in status.message
+    assert _reason(status) == "STREAM_INTERRUPTED"
+    assert received[-1].error == status and all(c.text for c in received[:-1]) and 2 <= len(received) < 11
+    # Typed REST (no trailers a client sees): the last event is the error.
+    *answer, last = rest_events
+    assert answer and all(e["text"] and "error" not in e for e in answer)
+    assert last["error"]["code"] == 14 and "the answer is incomplete" in last["error"]["message"]
+    # OpenAI's API: an error event after the chunks, as OpenAI's own streams end.
+    assert openai_events[0]["choices"][0]["text"] and "error" in openai_events[-1]
+    assert "the answer is incomplete" in openai_events[-1]["error"]["message"]
 
-def _as_aio(error: grpc.RpcError):
-    """The sync client's error, readable by error_info (which reads trailing metadata)."""
 
-    class View(grpc.aio.AioRpcError):
-        def __init__(self) -> None:
-            super().__init__(
-                error.code(), grpc.aio.Metadata(), grpc.aio.Metadata(*error.trailing_metadata()), error.details()
-            )
-
-    return View()
+def _reason(status) -> str:
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason
+    return ""
