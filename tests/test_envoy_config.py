@@ -18,7 +18,7 @@ DESCRIPTOR = ROOT / "build" / "infermesh.binpb"
 
 
 def catalog() -> EmbeddedCatalog:
-    return EmbeddedCatalog(
+    return EmbeddedCatalog.of(
         [
             ServiceInstance("router", "router", "127.0.0.1", 50051),
             ServiceInstance("inference-0", "inference", "127.0.0.1", 50052, ("gemma-3-270m", "all-minilm-l6-v2")),

@@ -52,7 +52,7 @@ class Mesh:
 
     def catalog(self) -> EmbeddedCatalog:
         s = self.settings
-        return EmbeddedCatalog(
+        return EmbeddedCatalog.of(
             [
                 ServiceInstance("router", "router", s.host, s.router_port),
                 ServiceInstance("inference-0", "inference", s.host, s.inference_port, tuple(s.models)),

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 def catalog(registry_port: int) -> EmbeddedCatalog:
-    return EmbeddedCatalog(
+    return EmbeddedCatalog.of(
         [
             ServiceInstance("router", "router", "127.0.0.1", 1),
             ServiceInstance("inference-0", "inference", "127.0.0.1", 2, ("gemma-3-270m", "all-minilm-l6-v2")),
