@@ -1,4 +1,6 @@
-"""Render Envoy's bootstrap from the templates in envoy/ and the catalog, with pyyaml."""
+"""Envoy's configuration from the templates in envoy/ and the catalog, with pyyaml: the
+clusters and routes for a catalog's instances, and two bootstraps — a static one with
+them inline, and one that gets them from the control plane over ADS."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from infermesh_runtime.catalog import BACKEND_HEADER, Catalog, ServiceInstance
+from infermesh_runtime.catalog import BACKEND_HEADER, POOL_KINDS, Catalog, ServiceInstance, pool_name
 
 ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
 # The health service an instance reports SERVING on once it can take traffic.
@@ -75,19 +77,15 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _backend_route(instance: ServiceInstance) -> dict[str, Any]:
+def _backend_route(cluster: str, kind: str) -> dict[str, Any]:
     # A provider adapter answers UNAVAILABLE only after its own retries against the
     # provider (honouring Retry-After); retrying that here would multiply them. Envoy
     # retries only what never reached the adapter.
-    retry_on = (
-        "connect-failure,refused-stream"
-        if instance.kind == "provider"
-        else "connect-failure,refused-stream,unavailable"
-    )
+    retry_on = "connect-failure,refused-stream" if kind == "provider" else "connect-failure,refused-stream,unavailable"
     return {
-        "match": {"prefix": "/", "headers": [{"name": BACKEND_HEADER, "string_match": {"exact": instance.name}}]},
+        "match": {"prefix": "/", "headers": [{"name": BACKEND_HEADER, "string_match": {"exact": cluster}}]},
         "route": {
-            "cluster": instance.name,
+            "cluster": cluster,
             "timeout": "0s",
             "retry_policy": {
                 "retry_on": retry_on,
@@ -129,33 +127,130 @@ def _registry_routes(registries: list[ServiceInstance]) -> list[dict[str, Any]]:
     return [{"match": {"prefix": REGISTRY_PREFIX}, "route": {"cluster": registries[0].name, "timeout": "0s"}}]
 
 
-def render(catalog: Catalog, descriptor_set: Path, ports: EnvoyPorts) -> dict[str, Any]:
-    """The bootstrap as a dict: front door → router; mesh listener → each backend by header."""
-    config = _load("front_door.yaml")
-    cluster_template = _load("cluster.yaml")
-    config["admin"]["address"]["socket_address"] = {"address": ports.host, "port_value": ports.admin}
+# A pool's replicas are health-checked on the model's own health service, so a replica
+# still loading it (or that unloaded it) gets none of its traffic.
+def _pools(catalog: Catalog) -> dict[str, list[ServiceInstance]]:
+    pools: dict[str, list[ServiceInstance]] = {}
+    for instance in catalog.instances():
+        if instance.kind in POOL_KINDS:
+            for model in instance.models:
+                pools.setdefault(pool_name(instance.kind, model), []).append(instance)
+    return pools
 
-    front = _listener(config, "front_door")
-    front["address"]["socket_address"] = {"address": ports.host, "port_value": ports.front_door}
-    transcoder = _connection_manager(front)["http_filters"][0]["typed_config"]
-    transcoder["proto_descriptor"] = str(descriptor_set)
-    front_routes = _connection_manager(front)["route_config"]["virtual_hosts"][0]["routes"]
-    front_routes[:0] = [
+
+def _pool_cluster(template: dict[str, Any], name: str, members: list[ServiceInstance]) -> dict[str, Any]:
+    cluster = _cluster(template, members[0])
+    cluster["name"] = cluster["load_assignment"]["cluster_name"] = name
+    cluster["type"] = "STATIC" if all(_is_ip(m.host) for m in members) else "STRICT_DNS"
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
+        {"endpoint": {"address": {"socket_address": {"address": m.host, "port_value": m.port}}}} for m in members
+    ]
+    model = name.split("/", 1)[1]
+    cluster["health_checks"][0]["grpc_health_check"]["service_name"] = f"{HEALTH_SERVICES[members[0].kind]}/{model}"
+    return cluster
+
+
+def _backends(catalog: Catalog) -> list[ServiceInstance]:
+    """Instances the mesh listener routes to (not the routers, nor the control plane)."""
+    return [i for i in catalog.instances() if i.kind in HEALTH_SERVICES and i.kind != "router"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Envoy's circuit breaker per backend cluster (see envoy/cluster.yaml)."""
+
+    max_requests: int = 256
+    max_pending_requests: int = 256
+
+
+def clusters(catalog: Catalog, limits: Limits | None = None) -> list[dict[str, Any]]:
+    """Every cluster the mesh needs: the routers (one cluster, every replica), one per
+    backend instance, and one per pool of replicas with a model ready."""
+    template = _load("cluster.yaml")
+    if limits is not None:
+        thresholds = template["circuit_breakers"]["thresholds"][0]
+        thresholds["max_requests"] = limits.max_requests
+        thresholds["max_pending_requests"] = limits.max_pending_requests
+    routers = catalog.instances("router")
+    if not routers:
+        raise ValueError("the front door needs a router; the catalog has none")
+    router = _pool_cluster(template, "router/-", routers)
+    router["name"] = router["load_assignment"]["cluster_name"] = "router"
+    router["health_checks"][0]["grpc_health_check"]["service_name"] = HEALTH_SERVICES["router"]
+    backends = _backends(catalog)
+    pools = [_pool_cluster(template, name, members) for name, members in sorted(_pools(catalog).items())]
+    return [router, *(_cluster(template, i) for i in backends), *pools]
+
+
+def route_configs(catalog: Catalog) -> dict[str, dict[str, Any]]:
+    """The two listeners' routes: the front door's (lifecycle and registry routes, then
+    everything else to the router) and the mesh listener's (each backend and pool by header)."""
+    config = _load("front_door.yaml")
+    front = copy.deepcopy(_connection_manager(_listener(config, "front_door"))["route_config"])
+    front["virtual_hosts"][0]["routes"][:0] = [
         *_lifecycle_routes(catalog.instances("inference")),
         *_registry_routes(catalog.instances("registry")),
     ]
+    mesh = copy.deepcopy(_connection_manager(_listener(config, "mesh"))["route_config"])
+    backends = _backends(catalog)
+    pools = sorted(_pools(catalog).items())
+    mesh["virtual_hosts"][0]["routes"] = [
+        *(_backend_route(i.name, i.kind) for i in backends),
+        *(_backend_route(name, members[0].kind) for name, members in pools),
+    ]
+    return {"front_door": front, "mesh": mesh}
 
+
+def _bootstrap(descriptor_set: Path, ports: EnvoyPorts) -> dict[str, Any]:
+    config = _load("front_door.yaml")
+    config["admin"]["address"]["socket_address"] = {"address": ports.host, "port_value": ports.admin}
+    front = _listener(config, "front_door")
+    front["address"]["socket_address"] = {"address": ports.host, "port_value": ports.front_door}
+    _connection_manager(front)["http_filters"][0]["typed_config"]["proto_descriptor"] = str(descriptor_set)
     mesh = _listener(config, "mesh")
     mesh["address"]["socket_address"] = {"address": ports.host, "port_value": ports.mesh}
-    backends = [i for i in catalog.instances() if i.kind != "router"]
-    _connection_manager(mesh)["route_config"]["virtual_hosts"][0]["routes"] = [_backend_route(i) for i in backends]
+    return config
 
-    routers = catalog.instances("router")
-    if len(routers) != 1:
-        raise ValueError(f"the front door needs exactly one router cluster, the catalog has {len(routers)}")
-    router = _cluster(cluster_template, routers[0])
-    router["name"] = router["load_assignment"]["cluster_name"] = "router"
-    config["static_resources"]["clusters"] = [router, *(_cluster(cluster_template, i) for i in backends)]
+
+def render(catalog: Catalog, descriptor_set: Path, ports: EnvoyPorts) -> dict[str, Any]:
+    """A static bootstrap: every route and cluster inline (a fixed deployment; also how
+    the control plane's resources are validated by a real Envoy)."""
+    config = _bootstrap(descriptor_set, ports)
+    routes = route_configs(catalog)
+    for name in ("front_door", "mesh"):
+        _connection_manager(_listener(config, name))["route_config"] = routes[name]
+    config["static_resources"]["clusters"] = clusters(catalog)
+    return config
+
+
+def render_ads(
+    descriptor_set: Path, ports: EnvoyPorts, control_plane: tuple[str, int], node: str = "front-door"
+) -> dict[str, Any]:
+    """A bootstrap whose routes and clusters come from the control plane over ADS
+    (gateway/control_plane.py), so replicas and models come and go without a restart."""
+    config = _bootstrap(descriptor_set, ports)
+    config["node"] = {"id": node, "cluster": "infermesh"}
+    ads = {"ads": {}, "resource_api_version": "V3"}
+    for name in ("front_door", "mesh"):
+        manager = _connection_manager(_listener(config, name))
+        del manager["route_config"]
+        manager["rds"] = {"route_config_name": name, "config_source": ads}
+    host, port = control_plane
+    xds = _load("control_plane_cluster.yaml")
+    xds["type"] = "STATIC" if _is_ip(host) else "STRICT_DNS"
+    xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] = {
+        "address": host,
+        "port_value": port,
+    }
+    config["static_resources"]["clusters"] = [xds]
+    config["dynamic_resources"] = {
+        "ads_config": {
+            "api_type": "GRPC",
+            "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": xds["name"]}}],
+        },
+        "cds_config": ads,
+    }
     return config
 
 

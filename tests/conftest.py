@@ -106,6 +106,7 @@ def mesh_settings(**overrides: object) -> MeshSettings:
         "mesh_port": free_port(),
         "router_port": free_port(),
         "inference_port": free_port(),
+        "xds_port": free_port(),
         "registry_port": free_port(),
         "openai_port": free_port(),
         "gemini_port": free_port(),

@@ -39,8 +39,7 @@ def test_rendered_config_matches_golden_file():
     assert text == GOLDEN.read_text(), "Envoy config changed: review it, then rerun with UPDATE_GOLDEN=1"
 
 
-def test_real_envoy_accepts_the_rendered_config(tmp_path):
-    config = envoy_config.render(catalog(), DESCRIPTOR, envoy_config.EnvoyPorts())
+def envoy_validates(config: dict, tmp_path: Path) -> None:
     path = tmp_path / "envoy.yaml"
     envoy_config.write(config, path)
     result = subprocess.run(
@@ -53,10 +52,31 @@ def test_real_envoy_accepts_the_rendered_config(tmp_path):
     assert "configuration" in (result.stdout + result.stderr) and "OK" in (result.stdout + result.stderr)
 
 
+def test_real_envoy_accepts_the_static_config_with_every_route_and_cluster(tmp_path):
+    envoy_validates(envoy_config.render(catalog(), DESCRIPTOR, envoy_config.EnvoyPorts()), tmp_path)
+
+
+def test_real_envoy_accepts_the_bootstrap_that_takes_routes_and_clusters_over_ads(tmp_path):
+    config = envoy_config.render_ads(DESCRIPTOR, envoy_config.EnvoyPorts(), ("127.0.0.1", 18000))
+    envoy_validates(config, tmp_path)
+    assert [c["name"] for c in config["static_resources"]["clusters"]] == ["xds_control_plane"]
+    assert config["dynamic_resources"]["cds_config"] == {"ads": {}, "resource_api_version": "V3"}
+    for listener in config["static_resources"]["listeners"]:
+        manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        assert manager["rds"]["route_config_name"] == listener["name"] and "route_config" not in manager
+
+
 def test_every_backend_gets_a_cluster_health_checked_on_its_service_and_a_header_route():
     config = rendered()
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
-    assert set(clusters) == {"router", "inference-0", "registry", "openai"}
+    pools = {"inference/gemma-3-270m", "inference/all-minilm-l6-v2"}
+    assert set(clusters) == {"router", "inference-0", "registry", "openai", *pools}
+    # A pool is the replicas with the model ready, each checked on that model's health.
+    gemma = clusters["inference/gemma-3-270m"]
+    assert gemma["health_checks"][0]["grpc_health_check"]["service_name"] == (
+        "infermesh.inference.v1.InferenceService/gemma-3-270m"
+    )
+    assert len(gemma["load_assignment"]["endpoints"][0]["lb_endpoints"]) == 1
     registry = clusters["registry"]["health_checks"][0]["grpc_health_check"]["service_name"]
     assert registry == "infermesh.registry.v1.RegistryService"
     inference = clusters["inference-0"]

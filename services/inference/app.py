@@ -116,6 +116,10 @@ class InferenceApp:
             ),
         ]
 
+    def ready_models(self) -> tuple[str, ...]:
+        """Models loaded and serving now (what the catalog advertises)."""
+        return tuple(e.model.model_id for e in self.repository.entries() if e.state is ModelState.READY)
+
     async def start(self, health: HealthServicer) -> None:
         async def report(entry: ModelEntry) -> None:
             ready = entry.state is ModelState.READY

@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from infermesh_gateway import envoy_config
 from infermesh_mesh.settings import MeshSettings
-from infermesh_runtime.catalog import EmbeddedCatalog, ServiceInstance
+from infermesh_runtime.catalog import EmbeddedCatalog, pool_name
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -36,6 +36,8 @@ INFERENCE_SERVICE = "infermesh.inference.v1.InferenceService"
 class Child:
     name: str
     process: subprocess.Popen
+    argv: list[str]
+    env: dict[str, str]
 
 
 @dataclass
@@ -50,63 +52,61 @@ class Mesh:
     def run_dir(self) -> Path:
         return self.settings.data_dir.resolve() / "run" / str(self.settings.front_door_port)
 
+    @property
+    def catalog_dir(self) -> Path:
+        """The embedded catalog every service registers itself in."""
+        return self.run_dir / "catalog"
+
     def catalog(self) -> EmbeddedCatalog:
-        s = self.settings
-        return EmbeddedCatalog.of(
-            [
-                ServiceInstance("router", "router", s.host, s.router_port),
-                ServiceInstance("inference-0", "inference", s.host, s.inference_port, tuple(s.models)),
-                ServiceInstance("registry", "registry", s.host, s.registry_port),
-                *(
-                    ServiceInstance(name, "provider", s.host, self._provider_port(name), self._provider_models(name))
-                    for name in s.providers
-                ),
-            ]
-        )
-
-    def _provider_port(self, name: str) -> int:
-        return getattr(self.settings, f"{name}_port")
-
-    def _provider_models(self, name: str) -> tuple[str, ...]:
-        from infermesh_providers.settings import ProviderSettings
-
-        settings = ProviderSettings(provider=name, _env_file=None, **_provider_overrides(self.env))
-        return tuple(dict.fromkeys(settings.default_models().values()))
+        """The instances registered now."""
+        return EmbeddedCatalog(self.catalog_dir)
 
     def start(self) -> None:
         s = self.settings
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        catalog = self.catalog()
-        catalog_file = self.run_dir / "catalog.yaml"
-        catalog.save(catalog_file)
+        # Entries left by a mesh that was killed are stale: start from an empty catalog.
+        shutil.rmtree(self.catalog_dir, ignore_errors=True)
+        self.catalog_dir.mkdir()
         envoy_file = self.run_dir / "envoy.yaml"
         ports = envoy_config.EnvoyPorts(s.front_door_port, s.mesh_port, s.admin_port, s.host)
-        envoy_config.write(envoy_config.render(catalog, DESCRIPTOR_SET, ports), envoy_file)
+        bootstrap = envoy_config.render_ads(DESCRIPTOR_SET, ports, (s.host, s.xds_port))
+        envoy_config.write(bootstrap, envoy_file)
 
         common = {
             **os.environ,
             **self.env,
             "GRPC_HOST": s.host,
+            "CATALOG_DIR": str(self.catalog_dir),
             "HF_HUB_OFFLINE": "1",
             "OMP_WAIT_POLICY": "PASSIVE",
             "PYTHONUNBUFFERED": "1",
         }
         self._spawn(
-            "inference-0",
-            [sys.executable, "-m", "infermesh_inference"],
-            {
-                **common,
-                "GRPC_PORT": str(s.inference_port),
-                "MODELS": ",".join(s.models),
-                "DATA_DIR": str(s.data_dir.resolve()),
-                **_metrics_env(s.inference_metrics_port),
-            },
+            "control-plane",
+            [sys.executable, "-m", "infermesh_gateway"],
+            {**common, "GRPC_PORT": str(s.xds_port), "INSTANCE_NAME": "control-plane"},
         )
+        for index in range(s.inference_replicas):
+            name = f"inference-{index}"
+            grpc_port, metrics_port = s.inference_ports(index)
+            self._spawn(
+                name,
+                [sys.executable, "-m", "infermesh_inference"],
+                {
+                    **common,
+                    "INSTANCE_NAME": name,
+                    "GRPC_PORT": str(grpc_port),
+                    "MODELS": ",".join(s.models),
+                    "DATA_DIR": str(s.data_dir.resolve()),
+                    **_metrics_env(metrics_port),
+                },
+            )
         self._spawn(
             "registry",
             [sys.executable, "-m", "infermesh_registry"],
             {
                 **common,
+                "INSTANCE_NAME": "registry",
                 "GRPC_PORT": str(s.registry_port),
                 "DATA_DIR": str(s.data_dir.resolve()),
                 "REGISTRY_DATABASE_URL": s.registry_database_url,
@@ -118,8 +118,8 @@ class Mesh:
             [sys.executable, "-m", "infermesh_router"],
             {
                 **common,
+                "INSTANCE_NAME": "router",
                 "GRPC_PORT": str(s.router_port),
-                "CATALOG_FILE": str(catalog_file),
                 "MESH_ADDRESS": f"{s.host}:{s.mesh_port}",
                 **_metrics_env(s.router_metrics_port),
             },
@@ -128,7 +128,7 @@ class Mesh:
             self._spawn(
                 name,
                 [sys.executable, "-m", "infermesh_providers"],
-                {**common, "PROVIDER": name, "GRPC_PORT": str(self._provider_port(name))},
+                {**common, "PROVIDER": name, "INSTANCE_NAME": name, "GRPC_PORT": str(self._provider_port(name))},
             )
         envoy = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
         self._spawn(
@@ -136,6 +136,9 @@ class Mesh:
             [envoy, "-c", str(envoy_file), "--disable-hot-restart", "--log-level", "warn"],
             common,
         )
+
+    def _provider_port(self, name: str) -> int:
+        return getattr(self.settings, f"{name}_port")
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         out: IO | None = None
@@ -145,24 +148,38 @@ class Mesh:
         process = subprocess.Popen(
             argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True
         )
-        self.children.append(Child(name, process))
+        self.children.append(Child(name, process, argv, env))
         log.info("started %s (pid %d)", name, process.pid)
+
+    def child(self, name: str) -> Child:
+        return next(c for c in reversed(self.children) if c.name == name)
+
+    def restart(self, name: str) -> Child:
+        """Start a child again the way it was started (after it died or was killed)."""
+        old = self.child(name)
+        if old.process.poll() is None:
+            raise RuntimeError(f"{name} is still running (pid {old.process.pid})")
+        self.children.remove(old)
+        self._spawn(name, old.argv, old.env)
+        return self.child(name)
 
     def exited(self) -> list[Child]:
         return [c for c in self.children if c.process.poll() is not None]
 
     def model_states(self) -> dict[str, bool]:
-        """Per-model readiness, asked of the inference server's health service."""
-        target = f"{self.settings.host}:{self.settings.inference_port}"
-        states = {}
-        with grpc.insecure_channel(target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            for model in self.settings.models:
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(service=f"{INFERENCE_SERVICE}/{model}"), timeout=1)
-                    states[model] = reply.status == health_pb2.HealthCheckResponse.SERVING
-                except grpc.RpcError:
-                    states[model] = False
+        """Per-model readiness (on every inference replica), asked of their health services."""
+        states = dict.fromkeys(self.settings.models, True)
+        for index in range(self.settings.inference_replicas):
+            target = f"{self.settings.host}:{self.settings.inference_ports(index)[0]}"
+            with grpc.insecure_channel(target) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                for model in self.settings.models:
+                    request = health_pb2.HealthCheckRequest(service=f"{INFERENCE_SERVICE}/{model}")
+                    try:
+                        serving = stub.Check(request, timeout=1).status == health_pb2.HealthCheckResponse.SERVING
+                    except grpc.RpcError:
+                        serving = False
+                    states[model] = states[model] and serving
         return states
 
     def envoy_sees_all_healthy(self) -> bool:
@@ -176,7 +193,11 @@ class Mesh:
         # the router routes around them.
         optional = tuple(f"{name}::" for name in self.settings.providers)
         flags = [line for line in text.splitlines() if "::health_flags::" in line and not line.startswith(optional)]
-        return bool(flags) and all(line.endswith("::healthy") for line in flags)
+        # The clusters come from the control plane: wait until they are all there.
+        needed = {"router", "registry", *(f"inference-{i}" for i in range(self.settings.inference_replicas))}
+        needed |= {pool_name("inference", model) for model in self.settings.models}  # models ready in the catalog
+        present = {line.split("::", 1)[0] for line in flags}
+        return needed <= present and all(line.endswith("::healthy") for line in flags)
 
     def wait_ready(self, progress: bool = False, interrupted: Callable[[], bool] = lambda: False) -> float:
         """Block until Envoy routes to every healthy service; the seconds it took."""
@@ -217,14 +238,6 @@ class Mesh:
         for out in self._logs:
             out.close()
         self.children.clear()
-
-
-def _provider_overrides(env: dict[str, str]) -> dict[str, str]:
-    """Provider model settings given to the launcher (its own environment counts too)."""
-    names = ("OPENAI_TEXT_MODEL", "OPENAI_VISION_MODEL", "OPENAI_EMBEDDING_MODEL", "GEMINI_TEXT_MODEL")
-    names += ("GEMINI_VISION_MODEL", "GEMINI_EMBEDDING_MODEL")
-    merged = {**os.environ, **env}
-    return {name.lower(): merged[name] for name in names if name in merged}
 
 
 def _metrics_env(port: int | None) -> dict[str, str]:

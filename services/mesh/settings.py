@@ -18,12 +18,16 @@ class MeshSettings(BaseSettings):
     admin_port: int = Field(9901, description="Envoy's admin interface.")
     mesh_port: int = Field(15001, description="Envoy's service-to-service listener.")
     router_port: int = 50051
-    inference_port: int = 50052
+    inference_port: int = Field(50052, description="The first inference replica's port; replica N's is 100·N above.")
+    inference_replicas: int = Field(1, ge=1, le=16, description="Inference servers, each with every model.")
+    xds_port: int = Field(18000, description="The control plane, serving Envoy's routes and clusters over ADS.")
     registry_port: int = 50053
     openai_port: int = 50061
     gemini_port: int = 50062
     router_metrics_port: int | None = 9100
-    inference_metrics_port: int | None = 9101
+    inference_metrics_port: int | None = Field(
+        9101, description="The first inference replica's; replica N's 100·N above."
+    )
     registry_metrics_port: int | None = 9102
     registry_database_url: str = Field("", description="The registry's database; empty: SQLite in data_dir.")
     providers: CommaList = Field(
@@ -33,3 +37,8 @@ class MeshSettings(BaseSettings):
     models: CommaList = Field(["gemma-3-270m", "all-minilm-l6-v2"])
     data_dir: Path = Field(Path(".data"), description="Prepared model weights and run files.")
     ready_timeout_seconds: float = Field(900.0, description="Give up if the mesh is not ready by then.")
+
+    def inference_ports(self, index: int) -> tuple[int, int | None]:
+        """Replica `index`'s gRPC and metrics ports (100 apart, clear of the other services')."""
+        metrics = self.inference_metrics_port + 100 * index if self.inference_metrics_port else None
+        return self.inference_port + 100 * index, metrics

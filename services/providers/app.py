@@ -28,6 +28,8 @@ def make_backend(settings: ProviderSettings):
 
 
 class ProviderApp:
+    kind = "provider"
+
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings
         self.name = f"provider-{settings.provider}"
@@ -37,6 +39,10 @@ class ProviderApp:
     def registrations(self) -> list[Registration]:
         servicer = ProviderServicer(self.backend, self.settings.default_models(), self.problem)
         return [Registration(SERVICE, pb_grpc.add_InferenceServiceServicer_to_server, servicer)]
+
+    def ready_models(self) -> tuple[str, ...]:
+        """The provider's models, once it has a key (the catalog's view of readiness)."""
+        return () if self.problem else tuple(dict.fromkeys(self.settings.default_models().values()))
 
     async def start(self, health: HealthServicer) -> None:
         if self.problem:

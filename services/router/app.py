@@ -21,8 +21,7 @@ from infermesh_router.openai_servicer import OpenAIServicer
 from infermesh_router.servicer import RouterServicer
 from infermesh_router.settings import RouterSettings
 from infermesh_router.usage_servicer import UsageServicer
-from infermesh_runtime.catalog import EmbeddedCatalog
-from infermesh_runtime.server import Registration, mark_serving
+from infermesh_runtime.server import Registration, mark_serving, open_catalog_from
 
 ROUTER_SERVICE = router_pb.DESCRIPTOR.services_by_name["RouterService"].full_name
 OPENAI_SERVICE = openai_pb.DESCRIPTOR.services_by_name["OpenAIService"].full_name
@@ -39,9 +38,11 @@ class RouterApp:
 
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
-        catalog = EmbeddedCatalog.load(settings.catalog_file)
+        self.catalog = open_catalog_from(settings)
+        if self.catalog is None:
+            raise ValueError("the router needs a catalog: set CONSUL_HTTP_ADDR, CATALOG_DIR or CATALOG_FILE")
         self.backends = Backends(
-            catalog,
+            self.catalog,
             settings.mesh_address,
             settings.backend_timeout_seconds,
             settings.embed_coalesce_in_flight,
@@ -66,6 +67,7 @@ class RouterApp:
         ]
 
     async def start(self, health: HealthServicer) -> None:
+        await self.catalog.start()
         # Serve only once the registry's models are known (the feed's backlog replayed).
         await self.backends.start(self.settings.registry_timeout_seconds)
         # The router holds no models: it serves as soon as it is up. Backend readiness is
@@ -75,3 +77,4 @@ class RouterApp:
 
     async def close(self) -> None:
         await self.backends.close()
+        await self.catalog.close()

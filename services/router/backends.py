@@ -7,6 +7,8 @@ and health-based routing apply to service-to-service traffic too.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +29,8 @@ from infermesh_runtime.errors import InvalidArgument, NotFound, Unavailable
 from infermesh_runtime.telemetry import client_interceptors
 
 AUTO = "auto"
+REGISTRY_WAIT_SECONDS = 10.0
+log = logging.getLogger(__name__)
 CONTEXT_TOO_LONG = "CONTEXT_LENGTH_EXCEEDED"
 
 
@@ -61,14 +65,20 @@ class Backends:
         self.budget = budget or RetryBudget(max_tokens=10, token_ratio=0.1)
         self.metering = metering or Metering()
         self.fallback_after_seconds = fallback_after_seconds
-        registries = catalog.instances("registry")
-        self.directory = (
-            ModelDirectory(self._channel, registries[0].name, catalog, self.cooldown.available) if registries else None
-        )
+        self.directory: ModelDirectory | None = None
 
     async def start(self, timeout: float) -> None:
-        if self.directory is not None:
-            await self.directory.start(timeout)
+        """Follow the registry, once the catalog shows one (it registers as it starts);
+        a mesh whose catalog has no registry within REGISTRY_WAIT_SECONDS routes by the
+        models the catalog lists."""
+        deadline = asyncio.get_running_loop().time() + min(timeout, REGISTRY_WAIT_SECONDS)
+        while not (registries := self._catalog.instances("registry")):
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("no registry in the catalog; routing by the catalog's model lists")
+                return
+            await asyncio.sleep(0.1)
+        self.directory = ModelDirectory(self._channel, registries[0].name, self._catalog, self.cooldown.available)
+        await self.directory.start(timeout)
 
     async def embed(self, request: pb.EmbedRequest, options: dict) -> pb.EmbedResponse:
         """Embed on the model's backend, sharing a backend call with others when it is busy

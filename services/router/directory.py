@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -24,7 +24,7 @@ from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as registry_pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
 from infermesh_router.load import ModelLoad
-from infermesh_runtime.catalog import BACKEND_HEADER, Catalog, ServiceInstance
+from infermesh_runtime.catalog import BACKEND_HEADER, POOL_KINDS, Catalog, ServiceInstance, pool_name
 from infermesh_runtime.errors import InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -201,11 +201,10 @@ class ModelDirectory:
         deployment = random.choices([d for d, _ in options], weights=[w for _, w in options])[0]
         version = self._state.versions[deployment.version]
         backend_model = version.runtime.backend_model or model_id
-        instance = self._pick_instance(self._instances(deployment), backend_model)
         return Route(
             model=model_id,
             version=deployment.version.rsplit("/", 1)[-1],
-            backend=instance.name,
+            backend=self._backend_for(deployment, backend_model),
             backend_model=backend_model,
             max_output_tokens=model.parameters.max_output_tokens,
             context_window_tokens=model.parameters.context_window_tokens,
@@ -222,11 +221,15 @@ class ModelDirectory:
             and (cooling_too or self._usable(i.name))
         ]
 
-    @staticmethod
-    def _pick_instance(instances: Sequence[ServiceInstance], backend_model: str) -> ServiceInstance:
-        # Instances that have the model ready first; any other one loads it on demand.
+    def _backend_for(self, deployment: res.Deployment, backend_model: str) -> str:
+        """The Envoy cluster to call: for a deployment on a kind of backend with replicas
+        that have the model ready, their pool (Envoy balances among them and retries on
+        another); else one instance, which loads the model on demand."""
+        instances = self._instances(deployment)
         ready = [i for i in instances if backend_model in i.models]
-        return random.choice(ready or list(instances))
+        if ready and deployment.backend in POOL_KINDS and self._usable(pool_name(deployment.backend, backend_model)):
+            return pool_name(deployment.backend, backend_model)
+        return random.choice(ready or instances).name
 
 
 def _id(model: res.Model) -> str:

@@ -31,6 +31,13 @@ import yaml
 # mesh call is for.
 BACKEND_HEADER = "x-infermesh-backend"
 POLL_SECONDS = 0.25
+# Kinds whose replicas form per-model pools in Envoy: the router names the pool
+# (`inference/gemma-3-270m`) and Envoy balances among the replicas with that model ready.
+POOL_KINDS = ("inference",)
+
+
+def pool_name(kind: str, model: str) -> str:
+    return f"{kind}/{model}"
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,10 @@ class EmbeddedCatalog:
         if self._directory is not None and self._directory.is_dir():
             for path in sorted(self._directory.glob("*.yaml")):
                 with contextlib.suppress(OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
-                    instance = ServiceInstance.from_dict(yaml.safe_load(path.read_text()))
+                    item = yaml.safe_load(path.read_text())
+                    if not _alive(item.get("pid")):
+                        continue  # killed without deregistering (kill -9): gone
+                    instance = ServiceInstance.from_dict(item)
                     found[instance.name] = instance
         return list(found.values())
 
@@ -158,7 +168,9 @@ class EmbeddedCatalog:
         self._directory.mkdir(parents=True, exist_ok=True)
         path = self._directory / f"{instance.name}.yaml"
         temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(yaml.safe_dump(instance.to_dict(), sort_keys=False))
+        # The owner's PID: the embedded catalog is one machine's, so a reader can tell an
+        # instance that died without deregistering (what Consul's health check tells).
+        temporary.write_text(yaml.safe_dump({**instance.to_dict(), "pid": os.getpid()}, sort_keys=False))
         temporary.replace(path)  # atomic: readers see the old entry or the new one
         await self._publish(self._read())
 
@@ -182,6 +194,18 @@ class EmbeddedCatalog:
     def of(cls, services: Iterable[ServiceInstance]) -> EmbeddedCatalog:
         """Fixed entries given in code (tests, the launcher's plan)."""
         return cls(fixed=services)
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return True  # written by hand or by a tool: trusted
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _has_loop() -> bool:

@@ -8,8 +8,10 @@ stop(grace) → release the application's resources.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,12 +22,15 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from infermesh_runtime import __version__
+from infermesh_runtime.catalog import Catalog, EmbeddedCatalog, ServiceInstance, default_instance_name
 from infermesh_runtime.interceptors import ErrorInterceptor, MetricsInterceptor
 from infermesh_runtime.logs import configure_logging
 from infermesh_runtime.settings import ServiceSettings
 from infermesh_runtime.telemetry import configure_tracing, server_interceptors
 
 log = logging.getLogger(__name__)
+REGISTRATION_SECONDS = 0.5  # how often an instance checks whether its entry changed
 
 # A stale server on the same port must not silently take traffic (grpc.aio sets
 # SO_REUSEPORT by default); streams can be long, so keepalives keep idle links honest.
@@ -59,6 +64,51 @@ class Application(Protocol):
 
     async def close(self) -> None:
         """Release models and clients; called after the server has stopped."""
+
+
+def open_catalog_from(settings: ServiceSettings) -> Catalog | None:
+    """The catalog the settings name: Consul, the embedded one (a directory and/or fixed
+    entries), or None when they name neither."""
+    from infermesh_runtime.catalogs import open_catalog
+
+    fixed = EmbeddedCatalog.load(settings.catalog_file).instances() if settings.catalog_file else ()
+    if not (settings.consul_http_addr or settings.catalog_dir or fixed):
+        return None
+    return open_catalog(settings.consul_http_addr, settings.catalog_dir, fixed)
+
+
+def catalog_entry(settings: ServiceSettings, app: Application, port: int) -> ServiceInstance:
+    """How this instance appears in the catalog (its ready models filled in later)."""
+    kind = getattr(app, "kind", app.name)
+    host = settings.advertise_host or settings.grpc_host
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return ServiceInstance(
+        name=settings.instance_name or default_instance_name(kind, port),
+        kind=kind,
+        host=host,
+        port=port,
+        capabilities=tuple(getattr(app, "capabilities", ())),
+        version=__version__,
+    )
+
+
+async def keep_registered(catalog: Catalog, entry: ServiceInstance, app: Application) -> None:
+    """Register now, then again whenever the app's ready models change (how routers and
+    Envoy learn that a model finished loading or was unloaded)."""
+    registered: ServiceInstance | None = None
+    failures = 0
+    while True:
+        ready = getattr(app, "ready_models", None)
+        current = entry.with_models(ready()) if ready is not None else entry
+        if current != registered:
+            try:
+                await catalog.register(current)
+                registered, failures = current, 0
+            except Exception as exc:  # noqa: BLE001 - the catalog may be down for a while
+                failures += 1
+                log.warning("catalog registration failed; retrying", extra={"error": repr(exc), "attempt": failures})
+        await asyncio.sleep(min(REGISTRATION_SECONDS * 2**failures, 10.0))
 
 
 def reflected_elsewhere(app: Application) -> Sequence[str]:
@@ -111,6 +161,10 @@ async def serve(settings: ServiceSettings, app: Application) -> int:
     bound = await create_server(settings, app)
     await bound.server.start()
     log.info("%s listening on %s:%d", app.name, settings.grpc_host, bound.port)
+    # Apps that read the catalog (router, control plane) share theirs.
+    catalog = getattr(app, "catalog", None) or open_catalog_from(settings)
+    entry = catalog_entry(settings, app, bound.port)
+    registrar = asyncio.create_task(keep_registered(catalog, entry, app)) if catalog is not None else None
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -123,10 +177,18 @@ async def serve(settings: ServiceSettings, app: Application) -> int:
 
     log.info("shutting down: NOT_SERVING, draining for %.1fs", settings.drain_seconds)
     starting.cancel()
+    if registrar is not None:
+        # Leave the catalog first, so routers and Envoy stop sending here while we drain.
+        registrar.cancel()
+        await asyncio.gather(registrar, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await catalog.deregister(entry)
     await bound.health.enter_graceful_shutdown()
     await asyncio.sleep(settings.drain_seconds)
     await bound.server.stop(settings.shutdown_grace_seconds)
     await app.close()
+    if catalog is not None and catalog is not getattr(app, "catalog", None):
+        await catalog.close()
     log.info("stopped")
     return 1 if failed else 0
 

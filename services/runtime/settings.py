@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import BeforeValidator, Field
@@ -32,3 +33,16 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="Time in-flight calls get to finish.")
     log_level: str = Field("INFO", description="Python logging level.")
     log_json: bool = Field(True, description="One JSON object per log line.")
+
+    # The catalog (services/runtime/catalog.py): where this instance registers and where
+    # readers find the others. CONSUL_HTTP_ADDR picks Consul; else CATALOG_DIR the
+    # embedded one; neither, no registration.
+    consul_http_addr: str = Field("", description="Consul's HTTP address (host:port); empty: embedded catalog.")
+    catalog_dir: Path | None = Field(None, description="The embedded catalog's directory (one file per instance).")
+    catalog_file: Path | None = Field(
+        None, description="Fixed catalog entries (YAML `services:` list) for services that do not register."
+    )
+    instance_name: str = Field("", description="This instance's name in the catalog; default: kind-host-port.")
+    advertise_host: str = Field(
+        "", description="The address others reach this instance at; default: GRPC_HOST (or the host name for 0.0.0.0)."
+    )

@@ -198,7 +198,7 @@ def test_parallel_answers_every_model_in_order_and_an_unknown_one_with_its_error
     gemma, missing, gemini = reply.json()["answers"]
     assert [gemma["model"], missing["model"], gemini["model"]] == body["models"]
     assert gemma["response"]["text"] == single(router, GEMMA, prompt, 10)
-    assert gemma["served_by"]["model"] == GEMMA and gemma["served_by"]["backend"] == "inference-0"
+    assert gemma["served_by"]["model"] == GEMMA and gemma["served_by"]["backend"] == f"inference/{GEMMA}"
     assert gemini["response"]["text"].split() == echo(prompt) and gemini["served_by"]["backend"] == "gemini"
     assert missing["error"]["code"] == 5 and missing["error"]["details"][0]["reason"] == "MODEL_NOT_FOUND"
     assert "response" not in missing

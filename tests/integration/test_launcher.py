@@ -55,8 +55,9 @@ def test_ctrl_c_stops_everything_cleanly(tmp_path):
         assert "models: gemma-3-270m" in text  # readiness progress was printed
         assert f"curl -s 127.0.0.1:{settings.front_door_port}/v1/generate-text" in text
         children = [int(pid) for pid in re.findall(r"started \S+ \(pid (\d+)\)", text)]
-        # The inference server, the registry, the router, a provider adapter each, Envoy.
-        assert len(children) == 4 + len(settings.providers)
+        # The control plane, the inference server, the registry, the router, a provider
+        # adapter each, Envoy.
+        assert len(children) == 5 + len(settings.providers)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
     finally:

@@ -58,7 +58,13 @@ async def test_routes_follow_the_registry(tmp_path):
             await directory.start(timeout=10)
             try:
                 route = directory.route("gemma-3-270m")
-                assert (route.backend, route.backend_model, route.version) == ("inference-0", "gemma-3-270m", "bf16")
+                # Deployed on the `inference` kind, with a replica that has it ready: the
+                # model's pool, which Envoy balances among such replicas.
+                assert (route.backend, route.backend_model, route.version) == (
+                    "inference/gemma-3-270m",
+                    "gemma-3-270m",
+                    "bf16",
+                )
                 assert route.max_output_tokens == 8192
                 assert directory.models() == ["all-minilm-l6-v2", "gemma-3-270m"]
 
@@ -113,7 +119,7 @@ async def test_the_directory_resumes_after_the_registry_restarts(tmp_path):
             directory = ModelDirectory(channel, "registry", catalog(port))
             await directory.start(timeout=10)
         # The registry is down: routing goes on from what the directory knows.
-        assert directory.route("all-minilm-l6-v2").backend == "inference-0"
+        assert directory.route("all-minilm-l6-v2").backend == "inference/all-minilm-l6-v2"
         try:
             async with registry_server(url, data_dir, grpc_port=port) as second:
                 await second.registry.CreateModel(pb.CreateModelRequest(model_id="after-restart", model=res.Model()))
@@ -135,7 +141,7 @@ async def test_the_router_rewrites_the_model_and_checks_the_registry_limits(tmp_
                 request.model = "gemma-3-270m"
                 outgoing, options, route = backends.prepare(request, None)
                 assert outgoing.model == "gemma-3-270m" and outgoing.prompt == "hi"
-                assert options["metadata"] == [("x-infermesh-backend", "inference-0")]
+                assert options["metadata"] == [("x-infermesh-backend", "inference/gemma-3-270m")]
                 request.max_tokens = 9000
                 with pytest.raises(InvalidArgument, match="limit of 8192"):
                     backends.prepare(request, None)

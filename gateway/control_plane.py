@@ -1,0 +1,218 @@
+"""The xDS control plane: serves Envoy its clusters and routes over ADS (state of the
+world, v3), computed from the catalog and pushed again whenever the catalog changes — a
+replica registering or leaving, a model becoming ready — so Envoy follows without a
+restart. The resources are exactly those `envoy_config.render` puts inline, which is how
+a real Envoy validates them in the tests.
+
+Per stream and resource type the protocol is: Envoy asks (no nonce), we answer with the
+current version and a nonce; Envoy ACKs (same nonce, that version) or NACKs (same nonce,
+`error_detail`); a NACKed version is not sent again, and a new catalog version is pushed
+to every stream that has asked for that type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+# Extension types that appear in typed_config fields, imported so json_format knows them.
+import envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2  # noqa: F401
+import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F401
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import any_pb2, json_format
+from prometheus_client import Counter, Gauge
+
+from infermesh_gateway import envoy_config
+from infermesh_runtime.catalog import Catalog, EmbeddedCatalog, ServiceInstance
+
+log = logging.getLogger(__name__)
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+PUSHES = Counter("infermesh_xds_responses_total", "xDS responses sent, by resource type.", ["type"])
+NACKS = Counter("infermesh_xds_nacks_total", "xDS responses Envoy rejected, by resource type.", ["type"])
+VERSION = Gauge("infermesh_xds_version", "The resource version being served (a counter).")
+STREAMS = Gauge("infermesh_xds_streams", "Envoy ADS streams open now.")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: str
+    resources: dict[str, dict[str, any_pb2.Any]]  # type URL → name → resource
+
+
+def snapshot(instances: list[ServiceInstance], version: str, limits: envoy_config.Limits | None = None) -> Snapshot:
+    """Envoy's clusters and routes for these instances."""
+    catalog = EmbeddedCatalog.of(instances)
+    packed: dict[str, dict[str, any_pb2.Any]] = {CLUSTER: {}, ROUTE: {}}
+    if not catalog.instances("router"):
+        return Snapshot(version, packed)  # nothing to route to yet
+    for spec in envoy_config.clusters(catalog, limits):
+        packed[CLUSTER][spec["name"]] = _pack(json_format.ParseDict(spec, cluster_pb2.Cluster()))
+    for name, spec in envoy_config.route_configs(catalog).items():
+        packed[ROUTE][name] = _pack(json_format.ParseDict(spec, route_pb2.RouteConfiguration()))
+    return Snapshot(version, packed)
+
+
+def _pack(message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _digest(snap: Snapshot) -> str:
+    digest = hashlib.sha256()
+    for type_url in sorted(snap.resources):
+        for name, resource in sorted(snap.resources[type_url].items()):
+            digest.update(type_url.encode() + name.encode() + resource.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
+@dataclass
+class _Subscription:
+    names: tuple[str, ...] = ()  # empty: every resource of the type
+    sent_version: str = ""
+    nonce: str = ""
+    rejected_version: str = ""
+
+
+@dataclass
+class _Stream:
+    subscriptions: dict[str, _Subscription] = field(default_factory=dict)
+
+
+class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    def __init__(self, catalog: Catalog, limits: envoy_config.Limits | None = None) -> None:
+        self._catalog = catalog
+        self._limits = limits
+        self._versions = itertools.count(1)
+        self._nonces = itertools.count(1)
+        self.current = Snapshot("0", {CLUSTER: {}, ROUTE: {}})
+        self._digest = ""
+        self._changed = asyncio.Condition()
+        self._follower: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Compute the first snapshot, then follow the catalog."""
+        first = asyncio.get_running_loop().create_future()
+
+        async def follow() -> None:
+            async for instances in self._catalog.watch():
+                await self._update(instances)
+                if not first.done():
+                    first.set_result(None)
+
+        self._follower = asyncio.create_task(follow(), name="xds-catalog-follower")
+        await first
+
+    async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.gather(self._follower, return_exceptions=True)
+
+    async def _update(self, instances: list[ServiceInstance]) -> None:
+        candidate = snapshot(instances, "", self._limits)
+        digest = _digest(candidate)
+        if digest == self._digest:
+            return
+        version = str(next(self._versions))
+        self.current, self._digest = Snapshot(version, candidate.resources), digest
+        VERSION.set(int(version))
+        log.info(
+            "new xDS version",
+            extra={"version": version, "clusters": len(candidate.resources[CLUSTER]), "instances": len(instances)},
+        )
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def StreamAggregatedResources(self, request_iterator, context) -> AsyncIterator:
+        stream = _Stream()
+        requests: asyncio.Queue = asyncio.Queue()
+
+        async def read() -> None:
+            async for request in request_iterator:
+                requests.put_nowait(request)
+            requests.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        STREAMS.inc()
+        try:
+            while True:
+                version = self.current.version
+                for response in self._due(stream):
+                    yield response
+                request = await self._next(requests, version)
+                if request is None:
+                    return
+                if request is not _CHANGED:
+                    self._receive(stream, request)
+        finally:
+            STREAMS.dec()
+            reader.cancel()
+
+    async def _next(self, requests: asyncio.Queue, version: str):
+        """The next request, or _CHANGED when the snapshot moves past `version` first."""
+        getter = asyncio.ensure_future(requests.get())
+        waiter = asyncio.ensure_future(self._wait_for_change(version))
+        done, pending = await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return getter.result() if getter in done else _CHANGED
+
+    async def _wait_for_change(self, version: str) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.current.version != version)
+
+    def _receive(self, stream: _Stream, request: discovery_pb2.DiscoveryRequest) -> None:
+        subscription = stream.subscriptions.setdefault(request.type_url, _Subscription())
+        if request.response_nonce and request.response_nonce != subscription.nonce:
+            return  # about an older response: a newer one is on its way
+        if request.HasField("error_detail"):
+            NACKS.labels(_short(request.type_url)).inc()
+            subscription.rejected_version = subscription.sent_version
+            log.error(
+                "Envoy rejected xDS resources",
+                extra={
+                    "type": request.type_url,
+                    "version": subscription.sent_version,
+                    "error": request.error_detail.message,
+                },
+            )
+        names = tuple(sorted(request.resource_names))
+        if names != subscription.names:
+            subscription.names = names
+            subscription.sent_version = ""  # a new set of names needs an answer
+
+    def _due(self, stream: _Stream) -> list[discovery_pb2.DiscoveryResponse]:
+        """Responses owed: every subscribed type whose current version it has not been sent."""
+        responses = []
+        for type_url, subscription in stream.subscriptions.items():
+            version = self.current.version
+            if version in (subscription.sent_version, subscription.rejected_version):
+                continue
+            available = self.current.resources.get(type_url, {})
+            names = subscription.names or tuple(available)
+            nonce = str(next(self._nonces))
+            responses.append(
+                discovery_pb2.DiscoveryResponse(
+                    version_info=version,
+                    resources=[available[name] for name in names if name in available],
+                    type_url=type_url,
+                    nonce=nonce,
+                )
+            )
+            subscription.sent_version, subscription.nonce = version, nonce
+            PUSHES.labels(_short(type_url)).inc()
+        return responses
+
+
+_CHANGED = object()
+
+
+def _short(type_url: str) -> str:
+    return type_url.rsplit(".", 1)[-1]
