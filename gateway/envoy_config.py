@@ -78,10 +78,16 @@ def _is_ip(host: str) -> bool:
 
 
 def _backend_route(cluster: str, kind: str) -> dict[str, Any]:
-    # A provider adapter answers UNAVAILABLE only after its own retries against the
-    # provider (honouring Retry-After); retrying that here would multiply them. Envoy
-    # retries only what never reached the adapter.
-    retry_on = "connect-failure,refused-stream" if kind == "provider" else "connect-failure,refused-stream,unavailable"
+    # Envoy retries only before any response byte reached the router, so a stream is
+    # never retried after its first chunk. On an inference server it retries, on another
+    # replica (previous_hosts): a refused or failed connection, UNAVAILABLE, and a reset
+    # before the response began (a replica killed mid-request: the request did no work a
+    # client saw). A provider adapter answers UNAVAILABLE only after its own retries
+    # against the provider (honouring Retry-After), and a reset call may already have
+    # been billed: Envoy retries only what never reached the adapter.
+    retry_on = (
+        "connect-failure,refused-stream" if kind == "provider" else "connect-failure,refused-stream,unavailable,reset"
+    )
     return {
         "match": {"prefix": "/", "headers": [{"name": BACKEND_HEADER, "string_match": {"exact": cluster}}]},
         "route": {
@@ -101,6 +107,21 @@ def _backend_route(cluster: str, kind: str) -> dict[str, Any]:
             },
         },
     }
+
+
+# An embedding call is short and idempotent: one that has had no answer for this long is
+# stuck on a replica that hangs (its port open, nothing answering; health checks take a
+# few seconds to eject it) and is retried on another. Generations get no such limit:
+# they can rightly run for minutes.
+EMBED_PER_TRY_TIMEOUT = "5s"
+EMBED_PATH = "/infermesh.inference.v1.InferenceService/Embed"
+
+
+def _embed_route(cluster: str) -> dict[str, Any]:
+    route = _backend_route(cluster, "inference")
+    route["match"]["prefix"] = EMBED_PATH
+    route["route"]["retry_policy"]["per_try_timeout"] = EMBED_PER_TRY_TIMEOUT
+    return route
 
 
 # Operators' model lifecycle calls go straight to an inference server: the one named in
@@ -194,9 +215,10 @@ def route_configs(catalog: Catalog) -> dict[str, dict[str, Any]]:
     mesh = copy.deepcopy(_connection_manager(_listener(config, "mesh"))["route_config"])
     backends = _backends(catalog)
     pools = sorted(_pools(catalog).items())
+    targets = [*((i.name, i.kind) for i in backends), *((name, members[0].kind) for name, members in pools)]
     mesh["virtual_hosts"][0]["routes"] = [
-        *(_backend_route(i.name, i.kind) for i in backends),
-        *(_backend_route(name, members[0].kind) for name, members in pools),
+        *(_embed_route(name) for name, kind in targets if kind in POOL_KINDS),
+        *(_backend_route(name, kind) for name, kind in targets),
     ]
     return {"front_door": front, "mesh": mesh}
 

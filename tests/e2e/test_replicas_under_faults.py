@@ -1,0 +1,207 @@
+"""Two inference replicas behind Envoy, under steady load, with faults (issue 7): a
+replica killed with SIGKILL, the same replica restarted, and a replica that hangs
+(SIGSTOP: its port stays open, nothing answers). The mesh is the launcher's, with two
+replicas of the embedding model registered in the embedded catalog, Envoy fed by the
+control plane, and the router calling the model's pool (Envoy balances among the
+replicas that have it ready and retries a failed connection on the other).
+
+Each test prints what it measured (error rate, recovery time); the closing note quotes
+them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from conftest import mesh_settings, metric
+from infermesh_mesh.launcher import Mesh
+
+MINILM = "all-minilm-l6-v2"
+NO_CACHE = {"cache-control": "no-cache"}
+CLIENTS = 4
+EMBED = "/infermesh.inference.v1.InferenceService/Embed"
+
+
+@dataclass
+class Outcome:
+    started: float
+    ended: float
+    status: int
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory) -> Iterator[Mesh]:
+    settings = mesh_settings(models=[MINILM], providers=[], inference_replicas=2)
+    env = {
+        # Envoy's circuit breaker per backend cluster, small enough for a test to trip.
+        "MAX_REQUESTS_PER_BACKEND": "8",
+        "MAX_PENDING_PER_BACKEND": "8",
+        # Every embedding request goes to Envoy alone (no coalescing in the router), so
+        # client concurrency reaches the backends as it is.
+        "EMBED_COALESCE_IN_FLIGHT": "0",
+    }
+    mesh = Mesh(settings, log_dir=tmp_path_factory.mktemp("replica-logs"), env=env)
+    mesh.start()
+    try:
+        mesh.wait_ready()
+        yield mesh
+    finally:
+        mesh.stop()
+
+
+def embed(base: str, text: str) -> int:
+    try:
+        reply = httpx.post(f"{base}/v1/embed", json={"model": MINILM, "inputs": [text]}, headers=NO_CACHE, timeout=30)
+    except httpx.HTTPError:
+        return 0
+    return reply.status_code
+
+
+class Load:
+    """CLIENTS threads embedding one sentence after another until stopped."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.outcomes: list[Outcome] = []
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(CLIENTS)
+        self._workers = []
+
+    def __enter__(self) -> Load:
+        self._workers = [self._pool.submit(self._run, i) for i in range(CLIENTS)]
+        return self
+
+    def _run(self, worker: int) -> None:
+        n = 0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            status = embed(self.base, f"client {worker} sentence {n}")
+            self.outcomes.append(Outcome(started, time.monotonic(), status))
+            n += 1
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.result()
+        self._pool.shutdown()
+
+    def failed(self, after: float = 0.0) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status != 200 and o.started >= after]
+
+
+def healthy_in_pool(mesh: Mesh, port: int) -> bool:
+    url = f"http://127.0.0.1:{mesh.settings.admin_port}/clusters"
+    text = urllib.request.urlopen(url, timeout=2).read().decode()
+    return f"inference/{MINILM}::127.0.0.1:{port}::health_flags::healthy" in text
+
+
+def replica_requests(mesh: Mesh, index: int) -> float:
+    port = mesh.settings.inference_ports(index)[1]
+    return metric(port, "infermesh_grpc_requests_total", method=EMBED, code="OK")
+
+
+def test_killing_a_replica_under_load_loses_almost_nothing_and_it_rejoins_after_restart(replicas):
+    base = f"http://127.0.0.1:{replicas.settings.front_door_port}"
+    victim = replicas.child("inference-1")
+    survivor_before = replica_requests(replicas, 0)
+    with Load(base) as load:
+        time.sleep(3)
+        killed_at = time.monotonic()
+        os.kill(victim.process.pid, signal.SIGKILL)
+        victim.process.wait()
+        time.sleep(5)
+        survivor_during = replica_requests(replicas, 0)
+        restarted_at = time.monotonic()
+        replicas.restart("inference-1")
+        victim_port = replicas.settings.inference_ports(1)[0]
+        while not healthy_in_pool(replicas, victim_port):
+            assert time.monotonic() - restarted_at < 30, "the restarted replica never rejoined its pool"
+            time.sleep(0.2)
+        rejoined = time.monotonic() - restarted_at
+        back = replica_requests(replicas, 1)
+        time.sleep(2)
+        serving_again = replica_requests(replicas, 1) - back
+    total = len(load.outcomes)
+    errors = load.failed()
+    rate = len(errors) / total
+    print(
+        f"\nkill -9 one of two replicas: {total} requests, {len(errors)} errors ({rate:.3%}); rejoined {rejoined:.1f}s after restart"
+    )
+    assert total > 200
+    assert rate <= 0.001, [(o.started - killed_at, o.status) for o in errors]
+    # Requests that started once the replica was dead all succeeded.
+    assert not load.failed(after=killed_at + 0.05)
+    # While it was down the survivor took the traffic, and after the restart it takes a share again.
+    assert survivor_during > survivor_before + 100
+    assert rejoined < 10 and serving_again > 0
+
+
+def overflows(mesh: Mesh) -> int:
+    """Requests Envoy's circuit breakers refused, over every cluster (the front door's
+    router cluster is the first a burst reaches)."""
+    url = f"http://127.0.0.1:{mesh.settings.admin_port}/stats?filter=upstream_rq_(active|pending)_overflow"
+    text = urllib.request.urlopen(url, timeout=2).read().decode()
+    return sum(int(line.rsplit(": ", 1)[1]) for line in text.splitlines() if ": " in line)
+
+
+def test_a_hung_replica_is_ejected_and_traffic_continues(replicas):
+    base = f"http://127.0.0.1:{replicas.settings.front_door_port}"
+    victim = replicas.child("inference-1")
+    port = replicas.settings.inference_ports(1)[0]
+    while not healthy_in_pool(replicas, port):  # back from the previous test
+        time.sleep(0.2)
+    with Load(base) as load:
+        time.sleep(2)
+        stopped_at = time.monotonic()
+        os.kill(victim.process.pid, signal.SIGSTOP)  # the port stays open; nothing answers
+        try:
+            while healthy_in_pool(replicas, port):
+                assert time.monotonic() - stopped_at < 10, "the hung replica was never ejected"
+                time.sleep(0.1)
+            ejected = time.monotonic()
+            time.sleep(4)
+        finally:
+            os.kill(victim.process.pid, signal.SIGCONT)  # the requests it held now complete
+    after = [o for o in load.outcomes if o.started >= ejected]
+    slow = [o for o in load.outcomes if o.ended - o.started > 1.0]
+    print(
+        f"\nhung replica: ejected {ejected - stopped_at:.1f}s after SIGSTOP; {len(after)} requests after that, "
+        f"{len(load.failed(after=ejected))} failed; {len(slow)} requests it held waited up to "
+        f"{max((o.ended - o.started for o in slow), default=0):.1f}s; {len(load.failed())} failed in all"
+    )
+    assert ejected - stopped_at < 5
+    assert len(after) > 50 and not load.failed(after=ejected)
+    assert len(slow) <= CLIENTS  # at most the requests in flight on it when it hung
+
+
+def test_overload_is_refused_fast_by_the_circuit_breaker(replicas):
+    base = f"http://127.0.0.1:{replicas.settings.front_door_port}"
+    before = overflows(replicas)
+
+    def timed(i: int) -> tuple[int, float]:
+        started = time.monotonic()
+        return embed(base, f"burst {i} " + "word " * 200), time.monotonic() - started
+
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(timed, range(256)))
+    refused = [seconds for status, seconds in results if status == 503]
+    answered = [seconds for status, seconds in results if status == 200]
+    tripped = overflows(replicas) - before
+    print(
+        f"\noverload, 64 clients, circuit breaker at 8 per backend: {len(answered)} answered, {len(refused)} refused "
+        f"(median {sorted(refused)[len(refused) // 2] * 1000 if refused else 0:.0f} ms), "
+        f"answered median {sorted(answered)[len(answered) // 2] * 1000:.0f} ms"
+    )
+    assert {status for status, _ in results} <= {200, 503}
+    assert refused and answered and tripped >= len(refused)
+    # Refused at once, not after waiting in a queue behind the admitted requests.
+    assert sorted(refused)[len(refused) // 2] < sorted(answered)[len(answered) // 2]
