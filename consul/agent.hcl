@@ -2,8 +2,8 @@
 # cluster, with the UI, and ACLs on with default deny, so each infermesh service can only
 # do what its token's policy (consul/policies/*.hcl) allows.
 #
-# Loaded from the directory compose mounts at /consul/config/infermesh (`-config-dir`,
-# which reads *.hcl and *.json here but not the policies/ subdirectory). It also works
+# Loaded by compose as `-config-file=/consul/config/infermesh/agent.hcl` (the directory
+# also holds ACL policies and config entries, which are not agent configuration). It also works
 # under `agent -dev`, but -dev keeps state in memory and ACL tokens are then lost on
 # restart: run it without -dev, with /consul/data on a volume.
 #
@@ -15,6 +15,7 @@
 #     consul acl policy create -name "$role" -rules @"policies/$role.hcl"
 #     consul acl token create -description "infermesh $role" -policy-name "$role"
 #   done
+#   consul config write config-entries/proxy-defaults.hcl    # the services speak gRPC
 # and give each service its token as CONSUL_HTTP_TOKEN (from .env, never committed).
 
 node_name   = "consul"

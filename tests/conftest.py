@@ -47,12 +47,12 @@ def free_port() -> int:
 _REGISTRIES = tempfile.TemporaryDirectory(prefix="infermesh-test-registries-")
 
 
-def metric(port: int, name: str, **labels: str) -> float:
+def metric(port: int, name: str, host: str = "127.0.0.1", **labels: str) -> float:
     """A Prometheus sample from a service's /metrics, summed over the series that carry
     `labels` (0 when there is none yet)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10).read().decode()
     return sum(
         s.value
         for family in text_string_to_metric_families(text)

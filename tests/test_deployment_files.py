@@ -363,12 +363,3 @@ def test_envoy_renders_from_the_compose_catalog_with_dns_clusters(compose, tmp_p
     assert {c["type"] for c in config["static_resources"]["clusters"]} == {"STRICT_DNS"}
     assert config["static_resources"]["listeners"][0]["address"]["socket_address"]["address"] == "0.0.0.0"
     assert envoy_config.EnvoyPorts().front_door == 8080
-
-
-def test_consul_checks_each_service_on_its_grpc_health_service():
-    catalog = {s.name: s for s in EmbeddedCatalog.load(ROOT / "envoy" / "compose_catalog.yaml").instances()}
-    for path in (ROOT / "consul").glob("*.json"):
-        service = json.loads(path.read_text())["service"]
-        instance = catalog[service.get("id", service["name"])]
-        health_service = envoy_config.HEALTH_SERVICES[instance.kind]
-        assert service["check"]["grpc"] == f"{instance.host}:{instance.port}/{health_service}"
