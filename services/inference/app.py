@@ -120,6 +120,12 @@ class InferenceApp:
         """Models loaded and serving now (what the catalog advertises)."""
         return tuple(e.model.model_id for e in self.repository.entries() if e.state is ModelState.READY)
 
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """What this server's models can do (text-generation, chat, embedding, ...)."""
+        found = {c.value for e in self.repository.entries() for c in e.model.capabilities}
+        return tuple(sorted(found))
+
     async def start(self, health: HealthServicer) -> None:
         async def report(entry: ModelEntry) -> None:
             ready = entry.state is ModelState.READY

@@ -40,6 +40,12 @@ class ProviderApp:
         servicer = ProviderServicer(self.backend, self.settings.default_models(), self.problem)
         return [Registration(SERVICE, pb_grpc.add_InferenceServiceServicer_to_server, servicer)]
 
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """The tasks it has a model for (none without a key)."""
+        tasks = {"text": ("text-generation", "chat"), "vision": ("image-description",), "embedding": ("embedding",)}
+        return () if self.problem else tuple(c for task in self.settings.default_models() for c in tasks[task])
+
     def ready_models(self) -> tuple[str, ...]:
         """The provider's models, once it has a key (the catalog's view of readiness)."""
         return () if self.problem else tuple(dict.fromkeys(self.settings.default_models().values()))

@@ -13,7 +13,7 @@ import logging
 import signal
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import grpc
@@ -101,6 +101,7 @@ async def keep_registered(catalog: Catalog, entry: ServiceInstance, app: Applica
     while True:
         ready = getattr(app, "ready_models", None)
         current = entry.with_models(ready()) if ready is not None else entry
+        current = replace(current, capabilities=tuple(getattr(app, "capabilities", ())))
         if current != registered:
             try:
                 await catalog.register(current)

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import yaml
+
 from conftest import ROOT, mesh_settings
 
 
@@ -58,8 +60,16 @@ def test_ctrl_c_stops_everything_cleanly(tmp_path):
         # The control plane, the inference server, the registry, the router, a provider
         # adapter each, Envoy.
         assert len(children) == 5 + len(settings.providers)
+        # Every service registered itself in the embedded catalog, the inference server
+        # with the models it has ready and what they can do.
+        catalog = settings.data_dir.resolve() / "run" / str(settings.front_door_port) / "catalog"
+        entries = {p.stem: yaml.safe_load(p.read_text()) for p in catalog.glob("*.yaml")}
+        assert set(entries) == {"control-plane", "inference-0", "registry", "router", *settings.providers}
+        assert set(entries["inference-0"]["models"]) == set(settings.models)
+        assert {"chat", "embedding", "text-generation"} <= set(entries["inference-0"]["capabilities"])
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
+        assert not list(catalog.glob("*.yaml"))  # and left it on the way out
     finally:
         # Even when an assertion failed: the launcher's children run in their own
         # sessions, so killing the launcher alone would leave them running.
