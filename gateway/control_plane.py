@@ -50,8 +50,6 @@ def snapshot(instances: list[ServiceInstance], version: str, limits: envoy_confi
     """Envoy's clusters and routes for these instances."""
     catalog = EmbeddedCatalog.of(instances)
     packed: dict[str, dict[str, any_pb2.Any]] = {CLUSTER: {}, ROUTE: {}}
-    if not catalog.instances("router"):
-        return Snapshot(version, packed)  # nothing to route to yet
     for spec in envoy_config.clusters(catalog, limits):
         packed[CLUSTER][spec["name"]] = _pack(json_format.ParseDict(spec, cluster_pb2.Cluster()))
     for name, spec in envoy_config.route_configs(catalog).items():

@@ -192,12 +192,16 @@ def clusters(catalog: Catalog, limits: Limits | None = None) -> list[dict[str, A
         thresholds = template["circuit_breakers"]["thresholds"][0]
         thresholds["max_requests"] = limits.max_requests
         thresholds["max_pending_requests"] = limits.max_pending_requests
+    # The router cluster exists even with no router yet (no endpoints: the front door
+    # answers 503): a router starting up reaches the registry through the mesh listener,
+    # whose routes must not wait for the router itself to be healthy.
     routers = catalog.instances("router")
-    if not routers:
-        raise ValueError("the front door needs a router; the catalog has none")
-    router = _pool_cluster(template, "router/-", routers)
+    placeholder = ServiceInstance("router", "router", "127.0.0.1", 0)
+    router = _pool_cluster(template, "router/-", routers or [placeholder])
     router["name"] = router["load_assignment"]["cluster_name"] = "router"
     router["health_checks"][0]["grpc_health_check"]["service_name"] = HEALTH_SERVICES["router"]
+    if not routers:
+        router["load_assignment"]["endpoints"][0]["lb_endpoints"] = []
     backends = _backends(catalog)
     pools = [_pool_cluster(template, name, members) for name, members in sorted(_pools(catalog).items())]
     return [router, *(_cluster(template, i) for i in backends), *pools]

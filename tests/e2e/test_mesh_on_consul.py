@@ -1,0 +1,54 @@
+"""The whole mesh on Consul instead of the embedded catalog (CONSUL_HTTP_ADDR set, nothing
+else changed): every service registers itself with a gRPC health check, the control plane
+and the router find each other and the backends through Consul, requests are answered,
+and a graceful stop deregisters everything. Consul cannot run here (no binary can be
+installed): the agent is tests/consul_stand_in.py, which serves the documented HTTP API
+and runs each registered gRPC health check against the real services."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from conftest import mesh_settings
+from consul_stand_in import ConsulStandIn
+from infermesh_mesh.launcher import Mesh
+
+MINILM = "all-minilm-l6-v2"
+
+
+@pytest.fixture(scope="module")
+def consul_mesh(tmp_path_factory) -> Iterator[tuple[Mesh, ConsulStandIn]]:
+    with ConsulStandIn(probe_grpc=True, probe_interval=0.5) as consul:
+        settings = mesh_settings(models=[MINILM], providers=[])
+        mesh = Mesh(settings, log_dir=tmp_path_factory.mktemp("consul-mesh"), env={"CONSUL_HTTP_ADDR": consul.address})
+        mesh.start()
+        try:
+            mesh.wait_ready()
+            yield mesh, consul
+        finally:
+            mesh.stop()
+        # Graceful shutdown took every instance out of Consul.
+        assert [name for name in ("router", "registry", "inference-0") if consul.registered(name)] == []
+
+
+def test_services_register_in_consul_and_the_mesh_answers_through_it(consul_mesh):
+    mesh, consul = consul_mesh
+    inference = consul.registered("inference-0")
+    assert inference is not None
+    assert inference["Service"] == "inference" and inference["Meta"]["models"] == MINILM
+    assert "embedding" in inference["Meta"]["capabilities"].split(",")
+    assert f"model:{MINILM}" in inference["Tags"]
+    (check,) = consul.checks_of("inference-0")
+    assert check["Status"] == "passing" and check["Type"] == "grpc"
+    assert check["Definition"]["GRPC"] == f"127.0.0.1:{mesh.settings.inference_port}"
+    for name in ("router", "registry", "control-plane"):
+        assert consul.registered(name) is not None
+
+    base = f"http://127.0.0.1:{mesh.settings.front_door_port}"
+    reply = httpx.post(f"{base}/v1/embed", json={"model": MINILM, "inputs": ["hello consul"]}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["x-infermesh-served-by"] == f"inference/{MINILM}"
+    assert len(reply.json()["embeddings"][0]["values"]) == 384
