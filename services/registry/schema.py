@@ -52,3 +52,13 @@ changes = Table(
     Column("body", Text, nullable=False),
     Column("change_time", DateTime(timezone=True), nullable=False),
 )
+
+# API keys: the secret itself is never stored, only its SHA-256 (a random 256-bit
+# secret needs no slow hash: there is nothing to guess).
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("secret_sha256", String(64), nullable=False, unique=True),
+    Column("body", Text, nullable=False),
+)

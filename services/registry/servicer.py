@@ -9,6 +9,7 @@ from google.protobuf import empty_pb2
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as pb_grpc
+from infermesh_registry.api_keys import ApiKeyStore
 from infermesh_registry.artifacts import ArtifactStore
 from infermesh_registry.store import RegistryStore
 from infermesh_runtime.errors import AlreadyExists
@@ -20,9 +21,15 @@ BOOKMARK_SECONDS = 30.0  # well inside Envoy's 300 s stream idle timeout
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
     def __init__(
-        self, store: RegistryStore, artifacts: ArtifactStore, operations: OperationStore, watch_poll_seconds: float
+        self,
+        store: RegistryStore,
+        artifacts: ArtifactStore,
+        operations: OperationStore,
+        watch_poll_seconds: float,
+        api_keys: ApiKeyStore,
     ) -> None:
         self.store = store
+        self.api_keys = api_keys
         self.artifacts = artifacts
         self.operations = operations
         self._poll = watch_poll_seconds
@@ -125,6 +132,23 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             return created
 
         return self.operations.start(metadata, work)
+
+    async def CreateApiKey(self, request, context):
+        key, secret = await self.api_keys.create(request.api_key_id, request.api_key)
+        return pb.CreateApiKeyResponse(api_key=key, secret=secret)
+
+    async def GetApiKey(self, request, context):
+        return await self.api_keys.get(request.name)
+
+    async def ListApiKeys(self, request, context):
+        keys, next_token = await self.api_keys.list(request.page_size, request.page_token)
+        return pb.ListApiKeysResponse(api_keys=keys, next_page_token=next_token)
+
+    async def RevokeApiKey(self, request, context):
+        return await self.api_keys.revoke(request.name)
+
+    async def AuthenticateApiKey(self, request, context):
+        return await self.api_keys.authenticate(request.secret)
 
     async def GetOperation(self, request, context):
         return self.operations.get(request.name)
