@@ -1,0 +1,139 @@
+"""The gateway's external authorization service (issue 8), called over real gRPC the way
+Envoy calls it, with API keys from a real registry: who may call what, that credentials
+are required, that a revoked key stops working within a second, and that a client cannot
+claim an identity by sending the identity headers itself."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+import pytest_asyncio
+from envoy.service.auth.v3 import external_auth_pb2 as authz_pb
+from envoy.service.auth.v3 import external_auth_pb2_grpc as authz_grpc
+from google.rpc import code_pb2
+
+from infermesh.registry.v1 import registry_resources_pb2 as res
+from infermesh.registry.v1 import registry_service_pb2 as pb
+from infermesh_gateway.authz import ADMIN_METHODS, ApiKeys, AuthorizationServicer, Authorizer
+from registry_servers import database, registry_server
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+GENERATE = "/infermesh.router.v1.RouterService/GenerateText"
+USER_METHODS = [
+    GENERATE,
+    "/infermesh.router.v1.RouterService/StreamChat",
+    "/infermesh.openai.v1.OpenAIService/CreateChatCompletion",
+    "/infermesh.router.v1.UsageService/GetModelMetrics",
+    "/infermesh.registry.v1.RegistryService/ListModels",
+    "/infermesh.registry.v1.RegistryService/WatchChanges",
+    "/infermesh.inference.v1.ModelService/ListModels",
+]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def gateway():
+    """A registry with a user key and an admin key, and the authorization service."""
+    with database("sqlite") as (url, data_dir):
+        async with registry_server(url, data_dir) as registry:
+            stub = registry.registry
+            keys = {}
+            for name, roles in (("user", [res.ApiKey.ROLE_USER]), ("admin", [res.ApiKey.ROLE_ADMIN])):
+                key = res.ApiKey(roles=roles, models=["gemma-3-270m"] if name == "user" else [])
+                keys[name] = (await stub.CreateApiKey(pb.CreateApiKeyRequest(api_key_id=name, api_key=key))).secret
+
+            async def authenticate(secret: str) -> res.ApiKey:
+                return await stub.AuthenticateApiKey(pb.AuthenticateApiKeyRequest(secret=secret))
+
+            server = grpc.aio.server()
+            authz_grpc.add_AuthorizationServicer_to_server(
+                AuthorizationServicer(Authorizer(ApiKeys(authenticate, cache_seconds=1.0))), server
+            )
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+            try:
+                yield authz_grpc.AuthorizationStub(channel), stub, keys
+            finally:
+                await channel.close()
+                await server.stop(0)
+
+
+async def check(authz, path: str, **headers: str) -> authz_pb.CheckResponse:
+    request = authz_pb.CheckRequest()
+    request.attributes.request.http.path = path
+    request.attributes.request.http.method = "POST"
+    for name, value in headers.items():
+        request.attributes.request.http.headers[name.replace("_", "-")] = value
+    return await authz.Check(request)
+
+
+def added(response: authz_pb.CheckResponse) -> dict[str, str]:
+    return {h.header.key: h.header.value for h in response.ok_response.headers}
+
+
+async def test_every_method_needs_credentials_except_health_and_reflection(gateway):
+    authz, _, _ = gateway
+    for path in [*USER_METHODS, *sorted(ADMIN_METHODS)]:
+        reply = await check(authz, path)
+        assert reply.status.code == code_pb2.UNAUTHENTICATED and reply.denied_response.status.code == 401, path
+        assert '"code": 16' in reply.denied_response.body
+    wrong = await check(authz, GENERATE, authorization="Bearer imk_not-a-real-key")
+    assert wrong.denied_response.status.code == 401 and "not recognised" in wrong.denied_response.body
+    for path in ("/grpc.health.v1.Health/Check", "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"):
+        assert (await check(authz, path)).status.code == code_pb2.OK
+
+
+async def test_a_user_key_may_infer_and_read_but_not_administer(gateway):
+    authz, _, keys = gateway
+    for path in USER_METHODS:
+        reply = await check(authz, path, authorization=f"Bearer {keys['user']}")
+        assert reply.status.code == code_pb2.OK, path
+        assert added(reply) == {
+            "x-infermesh-principal": "apiKeys/user",
+            "x-infermesh-role": "user",
+            "x-infermesh-models": "gemma-3-270m",
+        }
+    for path in sorted(ADMIN_METHODS):
+        reply = await check(authz, path, x_api_key=keys["user"])
+        assert reply.status.code == code_pb2.PERMISSION_DENIED and reply.denied_response.status.code == 403, path
+        assert "needs the admin role" in reply.denied_response.body
+
+
+async def test_an_admin_key_may_do_everything_but_call_internal_methods(gateway):
+    authz, _, keys = gateway
+    for path in [*USER_METHODS, *sorted(ADMIN_METHODS)]:
+        reply = await check(authz, path, authorization=f"Bearer {keys['admin']}")
+        assert reply.status.code == code_pb2.OK and added(reply)["x-infermesh-models"] == "*", path
+    internal = await check(
+        authz, "/infermesh.registry.v1.RegistryService/AuthenticateApiKey", authorization=f"Bearer {keys['admin']}"
+    )
+    assert internal.denied_response.status.code == 403
+
+
+async def test_a_client_cannot_claim_an_identity_with_headers(gateway):
+    authz, _, keys = gateway
+    spoofed = await check(authz, GENERATE, authorization=f"Bearer {keys['user']}", x_infermesh_role="admin")
+    assert added(spoofed)["x-infermesh-role"] == "user"
+    assert all(h.append_action == h.OVERWRITE_IF_EXISTS_OR_ADD for h in spoofed.ok_response.headers)
+    public = await check(authz, "/grpc.health.v1.Health/Check", x_infermesh_role="admin")
+    assert set(public.ok_response.headers_to_remove) == {
+        "x-infermesh-principal",
+        "x-infermesh-role",
+        "x-infermesh-models",
+    }
+
+
+async def test_a_revoked_key_stops_working_within_a_second(gateway):
+    authz, registry, _ = gateway
+    issued = await registry.CreateApiKey(pb.CreateApiKeyRequest(api_key=res.ApiKey(roles=[res.ApiKey.ROLE_USER])))
+    assert (await check(authz, GENERATE, authorization=f"Bearer {issued.secret}")).status.code == code_pb2.OK
+    await registry.RevokeApiKey(pb.RevokeApiKeyRequest(name=issued.api_key.name))
+    revoked_at = time.monotonic()
+    while (await check(authz, GENERATE, authorization=f"Bearer {issued.secret}")).status.code == code_pb2.OK:
+        await asyncio.sleep(0.05)
+    took = time.monotonic() - revoked_at
+    refused = await check(authz, GENERATE, authorization=f"Bearer {issued.secret}")
+    assert took <= 1.1 and "revoked" in refused.denied_response.body
