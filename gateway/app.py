@@ -1,17 +1,25 @@
-"""The control plane as an Application of the runtime kit: an ADS server for Envoy,
-fed by the catalog."""
+"""Envoy's side of the mesh as one Application of the runtime kit: the control plane (an
+ADS server fed by the catalog) and the external authorization service Envoy asks about
+every front-door request (API keys checked with the registry, found in the catalog)."""
 
 from __future__ import annotations
 
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from infermesh.registry.v1 import registry_resources_pb2 as res
+from infermesh.registry.v1 import registry_service_pb2 as registry_pb
+from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
+from infermesh_gateway.authz import ApiKeys, AuthorizationServicer, Authorizer
 from infermesh_gateway.control_plane import ControlPlane
 from infermesh_gateway.envoy_config import Limits
 from infermesh_gateway.settings import ControlPlaneSettings
 from infermesh_runtime.server import Registration, mark_serving, open_catalog_from
 
 ADS_SERVICE = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name
+AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
 
 
 class ControlPlaneApp:
@@ -23,17 +31,40 @@ class ControlPlaneApp:
             raise ValueError("the control plane needs a catalog: set CONSUL_HTTP_ADDR, CATALOG_DIR or CATALOG_FILE")
         limits = Limits(settings.max_requests_per_backend, settings.max_pending_per_backend)
         self.control_plane = ControlPlane(self.catalog, limits)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        keys = ApiKeys(self._authenticate, settings.auth_cache_seconds)
+        self.authorizer = Authorizer(keys, None, settings.auth_public_health, settings.auth_public_reflection)
 
     def registrations(self) -> list[Registration]:
         return [
-            Registration(ADS_SERVICE, ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server, self.control_plane)
+            Registration(
+                ADS_SERVICE, ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server, self.control_plane
+            ),
+            Registration(
+                AUTHZ_SERVICE,
+                external_auth_pb2_grpc.add_AuthorizationServicer_to_server,
+                AuthorizationServicer(self.authorizer),
+            ),
         ]
+
+    async def _authenticate(self, secret: str) -> res.ApiKey:
+        """Ask a registry from the catalog (directly: Envoy's routes come from us)."""
+        registries = self.catalog.instances("registry")
+        if not registries:
+            raise RuntimeError("no registry in the catalog to check API keys with")
+        address = f"{registries[0].host}:{registries[0].port}"
+        if address not in self._channels:
+            self._channels[address] = grpc.aio.insecure_channel(address)
+        stub = registry_grpc.RegistryServiceStub(self._channels[address])
+        return await stub.AuthenticateApiKey(registry_pb.AuthenticateApiKeyRequest(secret=secret), timeout=2)
 
     async def start(self, health: HealthServicer) -> None:
         await self.catalog.start()
         await self.control_plane.start()
-        await mark_serving(health, [ADS_SERVICE])
+        await mark_serving(health, [ADS_SERVICE, AUTHZ_SERVICE])
 
     async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
         await self.control_plane.close()
         await self.catalog.close()

@@ -250,11 +250,21 @@ def render(catalog: Catalog, descriptor_set: Path, ports: EnvoyPorts) -> dict[st
 
 
 def render_ads(
-    descriptor_set: Path, ports: EnvoyPorts, control_plane: tuple[str, int], node: str = "front-door"
+    descriptor_set: Path,
+    ports: EnvoyPorts,
+    control_plane: tuple[str, int],
+    node: str = "front-door",
+    authorization: bool = False,
 ) -> dict[str, Any]:
     """A bootstrap whose routes and clusters come from the control plane over ADS
-    (gateway/control_plane.py), so replicas and models come and go without a restart."""
+    (gateway/control_plane.py), so replicas and models come and go without a restart;
+    with `authorization`, every front-door request is first checked by the gateway's
+    authorization service (gateway/authz.py), in the same process."""
     config = _bootstrap(descriptor_set, ports)
+    if authorization:
+        filters = _connection_manager(_listener(config, "front_door"))["http_filters"]
+        # After the transcoder, so a REST call is checked under its gRPC method.
+        filters.insert(1, _load("ext_authz.yaml"))
     config["node"] = {"id": node, "cluster": "infermesh"}
     ads = {"ads": {}, "resource_api_version": "V3"}
     for name in ("front_door", "mesh"):

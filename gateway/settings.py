@@ -14,3 +14,8 @@ class ControlPlaneSettings(ServiceSettings):
     max_pending_per_backend: int = Field(
         256, ge=1, description="Envoy's circuit breaker: requests waiting for a connection to one backend cluster."
     )
+    auth_cache_seconds: float = Field(
+        1.0, gt=0, description="How long an API key check is reused: a revoked key stops working within this."
+    )
+    auth_public_health: bool = Field(True, description="Health checks through the front door need no credentials.")
+    auth_public_reflection: bool = Field(True, description="gRPC reflection (grpcurl list) needs no credentials.")

@@ -122,3 +122,17 @@ def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
     assert routes[-1]["match"] == {"prefix": "/"} and routes[-1]["route"]["cluster"] == "router"
     # Streams outlive Envoy's 15 s default route timeout.
     assert routes[-1]["route"]["timeout"] == "0s"
+
+
+def test_with_authorization_every_front_door_request_is_checked_after_transcoding(tmp_path):
+    config = envoy_config.render_ads(DESCRIPTOR, envoy_config.EnvoyPorts(), ("127.0.0.1", 18000), authorization=True)
+    envoy_validates(config, tmp_path)
+    front = next(x for x in config["static_resources"]["listeners"] if x["name"] == "front_door")
+    filters = [f["name"] for f in front["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]]
+    assert filters == [
+        "envoy.filters.http.grpc_json_transcoder",
+        "envoy.filters.http.ext_authz",
+        "envoy.filters.http.router",
+    ]
+    authz = front["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][1]["typed_config"]
+    assert authz["failure_mode_allow"] is False  # fail closed

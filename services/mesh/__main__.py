@@ -44,6 +44,12 @@ def main() -> None:
             USAGE.format(seconds=seconds, host=settings.host, port=settings.front_door_port, admin=settings.admin_port),
             flush=True,
         )
+        if (secret := mesh.ensure_admin_key()) is not None:
+            print(
+                f"Authorization is on. The admin API key, shown this once (only its hash is kept):\n\n  {secret}\n\n"
+                "Send it as `Authorization: Bearer <key>`; issue others with POST /v1/registry/apiKeys.",
+                flush=True,
+            )
         while not stopping:
             if dead := mesh.exited():
                 print(f"{dead[0].name} exited with code {dead[0].process.returncode}; stopping the mesh", flush=True)

@@ -22,6 +22,9 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from infermesh.registry.v1 import registry_resources_pb2 as res
+from infermesh.registry.v1 import registry_service_pb2 as registry_pb
+from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
 from infermesh_gateway import envoy_config
 from infermesh_mesh.settings import MeshSettings
 from infermesh_runtime.catalog import EmbeddedCatalog, pool_name
@@ -69,7 +72,7 @@ class Mesh:
         self.catalog_dir.mkdir()
         envoy_file = self.run_dir / "envoy.yaml"
         ports = envoy_config.EnvoyPorts(s.front_door_port, s.mesh_port, s.admin_port, s.host)
-        bootstrap = envoy_config.render_ads(DESCRIPTOR_SET, ports, (s.host, s.xds_port))
+        bootstrap = envoy_config.render_ads(DESCRIPTOR_SET, ports, (s.host, s.xds_port), authorization=s.auth)
         envoy_config.write(bootstrap, envoy_file)
 
         common = {
@@ -220,6 +223,20 @@ class Mesh:
                 print(f"[{elapsed:5.1f}s] models: {report}", flush=True)
                 last_report = report
             time.sleep(0.5)
+
+    def ensure_admin_key(self) -> str | None:
+        """With authorization on and no API key issued yet (a first start), issue an admin
+        key and return its secret — the only time it exists outside the caller; None
+        when keys exist already. Asks the registry directly, not through the front door."""
+        if not self.settings.auth:
+            return None
+        with grpc.insecure_channel(f"{self.settings.host}:{self.settings.registry_port}") as channel:
+            registry = registry_grpc.RegistryServiceStub(channel)
+            if registry.ListApiKeys(registry_pb.ListApiKeysRequest(page_size=1), timeout=10).api_keys:
+                return None
+            key = res.ApiKey(display_name="first admin, issued by make run", roles=[res.ApiKey.ROLE_ADMIN])
+            request = registry_pb.CreateApiKeyRequest(api_key_id="admin", api_key=key)
+            return registry.CreateApiKey(request, timeout=10).secret
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM services, then Envoy; SIGKILL whatever is still there after `timeout`."""

@@ -21,6 +21,11 @@ class MeshSettings(BaseSettings):
     inference_port: int = Field(50052, description="The first inference replica's port; replica N's is 100·N above.")
     inference_replicas: int = Field(1, ge=1, le=16, description="Inference servers, each with every model.")
     xds_port: int = Field(18000, description="The control plane, serving Envoy's routes and clusters over ADS.")
+    auth: bool = Field(
+        False,
+        description="Check every front-door request's credentials (API keys, OIDC tokens); the first start "
+        "issues an admin API key and prints it once.",
+    )
     registry_port: int = 50053
     openai_port: int = 50061
     gemini_port: int = 50062

@@ -27,7 +27,14 @@ from prometheus_client import Counter
 
 from infermesh_router.backends import CONTEXT_TOO_LONG, Backends, relay
 from infermesh_router.directory import Route
-from infermesh_runtime.errors import DeadlineExceeded, DomainError, Unavailable, error_info, status_of
+from infermesh_runtime.errors import (
+    DeadlineExceeded,
+    DomainError,
+    PermissionDenied,
+    Unavailable,
+    error_info,
+    status_of,
+)
 
 log = logging.getLogger(__name__)
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -71,6 +78,26 @@ def _code(error: BaseException) -> grpc.StatusCode | None:
     return None
 
 
+MODELS_HEADER = "x-infermesh-models"  # set by the gateway's authorization service only
+
+
+def _permitted(models: list[str], requested: str, context) -> list[str]:
+    """The candidates the caller's credentials allow (the gateway names them; `*` or no
+    header: any)."""
+    granted = dict(context.invocation_metadata() or ()).get(MODELS_HEADER, "*") if context is not None else "*"
+    if granted == "*":
+        return models
+    allowed = set(granted.split(","))
+    permitted = [m for m in models if m.partition("@")[0] in allowed]
+    if not permitted or (not requested.startswith("auto") and requested.partition("@")[0] not in allowed):
+        raise PermissionDenied(
+            f"these credentials may not use model {requested!r}; they may use {', '.join(sorted(allowed))}",
+            reason="MODEL_NOT_ALLOWED",
+            model=requested,
+        )
+    return permitted
+
+
 def _describe(error: BaseException) -> str:
     status = status_of(error)
     return f"{code_pb2.Code.Name(status.code)}: {status.message}"
@@ -83,7 +110,7 @@ class _Attempts:
 
     def __init__(self, backends: Backends, rpc: str, request: Message, context) -> None:
         allowed = not request.HasField("use_fallbacks") or request.use_fallbacks
-        models = backends.candidates(request.model, CAPABILITY[rpc])
+        models = _permitted(backends.candidates(request.model, CAPABILITY[rpc]), request.model, context)
         self._backends = backends
         self._request = request
         self._context = context

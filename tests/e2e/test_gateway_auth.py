@@ -1,0 +1,107 @@
+"""Authorization at the front door (issue 8), with a mesh of its own started with
+MESH_AUTH on: Envoy asks the gateway's authorization service about every request, REST
+and gRPC alike; API keys come from the registry. What a user notices: no credentials is
+401, a user key on an admin route is 403, the right role gets through, a key limited to
+some models gets 403 for others, a revoked key stops working within a second, and
+nobody can claim an identity by sending the gateway's headers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from conftest import mesh_settings
+from infermesh.inference.v1 import inference_service_pb2 as inference_pb
+from infermesh.registry.v1 import registry_service_pb2 as registry_pb
+from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
+from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
+from infermesh_mesh.launcher import Mesh
+
+MINILM = "all-minilm-l6-v2"
+EMBED = {"model": MINILM, "inputs": ["hello"]}
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory) -> Iterator[tuple[str, str]]:
+    """The front door's address and the admin key the first start issued."""
+    settings = mesh_settings(models=[MINILM], providers=[], auth=True)
+    mesh = Mesh(settings, log_dir=tmp_path_factory.mktemp("auth-mesh"))
+    mesh.start()
+    try:
+        mesh.wait_ready()
+        admin = mesh.ensure_admin_key()
+        assert admin is not None and admin.startswith("imk_")
+        assert mesh.ensure_admin_key() is None  # only on the first start
+        yield f"127.0.0.1:{settings.front_door_port}", admin
+    finally:
+        mesh.stop()
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {secret}"}
+
+
+def issue(front: str, admin: str, roles: list[str], models: list[str]) -> tuple[str, str]:
+    reply = httpx.post(
+        f"http://{front}/v1/registry/apiKeys", json={"roles": roles, "models": models}, headers=bearer(admin)
+    )
+    assert reply.status_code == 200, reply.text
+    return reply.json()["api_key"]["name"], reply.json()["secret"]
+
+
+def test_requests_without_credentials_are_refused_over_rest_and_grpc(secured):
+    front, _ = secured
+    refused = httpx.post(f"http://{front}/v1/embed", json=EMBED)
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert "credentials are required" in refused.json()["message"]
+    with grpc.insecure_channel(front) as channel:
+        with pytest.raises(grpc.RpcError) as error:
+            router_grpc.RouterServiceStub(channel).Embed(inference_pb.EmbedRequest(**EMBED), timeout=30)
+        assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # Health checks need none (configurable).
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_roles_decide_who_may_administer_and_keys_may_be_limited_to_models(secured):
+    front, admin = secured
+    assert httpx.post(f"http://{front}/v1/embed", json=EMBED, headers=bearer(admin)).status_code == 200
+    _, user = issue(front, admin, ["ROLE_USER"], [MINILM])
+    assert httpx.post(f"http://{front}/v1/embed", json=EMBED, headers=bearer(user)).status_code == 200
+    assert httpx.get(f"http://{front}/v1/registry/models", headers=bearer(user)).status_code == 200
+    write = httpx.post(
+        f"http://{front}/v1/registry/models", params={"model_id": "not-yours"}, json={}, headers=bearer(user)
+    )
+    assert write.status_code == 403 and "needs the admin role" in write.json()["message"]
+    assert httpx.get(f"http://{front}/v1/registry/apiKeys", headers=bearer(user)).status_code == 403
+    # A key for another model only: the router refuses this one, whatever headers the client adds.
+    _, gemma_only = issue(front, admin, ["ROLE_USER"], ["gemma-3-270m"])
+    spoofed = {**bearer(gemma_only), "x-infermesh-models": "*", "x-infermesh-role": "admin"}
+    other = httpx.post(f"http://{front}/v1/embed", json=EMBED, headers=spoofed)
+    assert other.status_code == 403 and other.json()["details"][0]["reason"] == "MODEL_NOT_ALLOWED"
+    # The registry's key check is for the gateway alone, even for an admin.
+    with grpc.insecure_channel(front) as channel:
+        with pytest.raises(grpc.RpcError) as error:
+            registry_grpc.RegistryServiceStub(channel).AuthenticateApiKey(
+                registry_pb.AuthenticateApiKeyRequest(secret=user), metadata=list(bearer(admin).items()), timeout=10
+            )
+        assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_revoked_key_stops_working_within_a_second(secured):
+    front, admin = secured
+    name, user = issue(front, admin, ["ROLE_USER"], [])
+    assert httpx.post(f"http://{front}/v1/embed", json=EMBED, headers=bearer(user)).status_code == 200
+    assert httpx.post(f"http://{front}/v1/registry/{name}:revoke", json={}, headers=bearer(admin)).status_code == 200
+    revoked_at = time.monotonic()
+    while httpx.post(f"http://{front}/v1/embed", json=EMBED, headers=bearer(user)).status_code == 200:
+        assert time.monotonic() - revoked_at < 5
+        time.sleep(0.05)
+    assert time.monotonic() - revoked_at <= 1.2
+    refused = httpx.post(f"http://{front}/v1/embed", json=EMBED, headers=bearer(user))
+    assert refused.status_code == 401 and "revoked" in refused.json()["message"]
