@@ -12,9 +12,10 @@ from grpc_health.v1._async import HealthServicer
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as registry_pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
-from infermesh_gateway.authz import ApiKeys, AuthorizationServicer, Authorizer
+from infermesh_gateway.authz import ApiKeys, AuthorizationServicer, Authorizer, jwt_checker
 from infermesh_gateway.control_plane import ControlPlane
 from infermesh_gateway.envoy_config import Limits
+from infermesh_gateway.oidc import OidcConfig, OidcVerifier
 from infermesh_gateway.settings import ControlPlaneSettings
 from infermesh_runtime.server import Registration, mark_serving, open_catalog_from
 
@@ -33,7 +34,16 @@ class ControlPlaneApp:
         self.control_plane = ControlPlane(self.catalog, limits)
         self._channels: dict[str, grpc.aio.Channel] = {}
         keys = ApiKeys(self._authenticate, settings.auth_cache_seconds)
-        self.authorizer = Authorizer(keys, None, settings.auth_public_health, settings.auth_public_reflection)
+        self.oidc = None
+        if settings.oidc_issuer:
+            config = OidcConfig(
+                issuer=settings.oidc_issuer,
+                audience=[a.strip() for a in settings.oidc_audience.split(",") if a.strip()],
+                jwks_uri=settings.oidc_jwks,
+            )
+            self.oidc = OidcVerifier(config)
+        tokens = jwt_checker(self.oidc) if self.oidc is not None else None
+        self.authorizer = Authorizer(keys, tokens, settings.auth_public_health, settings.auth_public_reflection)
 
     def registrations(self) -> list[Registration]:
         return [
@@ -64,6 +74,8 @@ class ControlPlaneApp:
         await mark_serving(health, [ADS_SERVICE, AUTHZ_SERVICE])
 
     async def close(self) -> None:
+        if self.oidc is not None:
+            await self.oidc.aclose()
         for channel in self._channels.values():
             await channel.close()
         await self.control_plane.close()

@@ -109,6 +109,24 @@ class ApiKeys:
         return Principal(key.name, frozenset(ROLE_NAMES[r] for r in key.roles), tuple(key.models))
 
 
+def jwt_checker(verifier) -> Callable[[str], Awaitable[Principal]]:
+    """An OIDC verifier (gateway/oidc.py) as the authorizer's token check: its refusals
+    become 401 with the verifier's reason (never the token); keys that cannot be fetched
+    at all, 503."""
+    from infermesh_gateway.oidc import InvalidToken, JwksUnavailable
+
+    async def check(token: str) -> Principal:
+        try:
+            found = await verifier.verify(token)
+        except JwksUnavailable as exc:
+            raise Denied(503, code_pb2.UNAVAILABLE, f"the token cannot be checked now: {exc.reason}") from None
+        except InvalidToken as exc:
+            raise unauthenticated(f"the bearer token is not valid: {exc.reason}") from None
+        return Principal(f"oidc:{found.subject}", frozenset(found.roles), tuple(sorted(found.models or ())))
+
+    return check
+
+
 class Authorizer:
     def __init__(
         self,

@@ -19,3 +19,6 @@ class ControlPlaneSettings(ServiceSettings):
     )
     auth_public_health: bool = Field(True, description="Health checks through the front door need no credentials.")
     auth_public_reflection: bool = Field(True, description="gRPC reflection (grpcurl list) needs no credentials.")
+    oidc_issuer: str = Field("", description="Accept JWT bearer tokens from this OIDC issuer; empty: API keys only.")
+    oidc_audience: str = Field("", description="The audience tokens must be for (comma-separated for several).")
+    oidc_jwks: str = Field("", description="The issuer's signing keys: a JWKS URL or file.")

@@ -7,12 +7,15 @@ nobody can claim an identity by sending the gateway's headers."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
 import grpc
 import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import mesh_settings
@@ -26,11 +29,20 @@ MINILM = "all-minilm-l6-v2"
 EMBED = {"model": MINILM, "inputs": ["hello"]}
 
 
+ISSUER, AUDIENCE = "https://idp.example.test", "infermesh"
+SIGNING_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory) -> Iterator[tuple[str, str]]:
-    """The front door's address and the admin key the first start issued."""
+    """The front door's address and the admin key the first start issued; OIDC tokens
+    signed by SIGNING_KEY (its JWKS in a file, as an identity provider publishes it)."""
+    jwks = tmp_path_factory.mktemp("idp") / "jwks.json"
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(SIGNING_KEY.public_key()))
+    jwks.write_text(json.dumps({"keys": [{**public, "kid": "k1", "use": "sig", "alg": "RS256"}]}))
+    oidc = {"OIDC_ISSUER": ISSUER, "OIDC_AUDIENCE": AUDIENCE, "OIDC_JWKS": str(jwks)}
     settings = mesh_settings(models=[MINILM], providers=[], auth=True)
-    mesh = Mesh(settings, log_dir=tmp_path_factory.mktemp("auth-mesh"))
+    mesh = Mesh(settings, log_dir=tmp_path_factory.mktemp("auth-mesh"), env=oidc)
     mesh.start()
     try:
         mesh.wait_ready()
@@ -105,3 +117,22 @@ def test_a_revoked_key_stops_working_within_a_second(secured):
     assert time.monotonic() - revoked_at <= 1.2
     refused = httpx.post(f"http://{front}/v1/embed", json=EMBED, headers=bearer(user))
     assert refused.status_code == 401 and "revoked" in refused.json()["message"]
+
+
+def token(roles: list[str], expires_in: float = 300, **claims: object) -> str:
+    now = int(time.time())
+    body = {"iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "iat": now, "exp": now + expires_in, "roles": roles}
+    return jwt.encode({**body, **claims}, SIGNING_KEY, algorithm="RS256", headers={"kid": "k1"})
+
+
+def test_oidc_tokens_from_the_configured_issuer_are_accepted_by_their_roles(secured):
+    front, _ = secured
+    assert httpx.post(f"http://{front}/v1/embed", json=EMBED, headers=bearer(token(["user"]))).status_code == 200
+    no_role = httpx.post(f"http://{front}/v1/embed", json=EMBED, headers=bearer(token([])))
+    assert no_role.status_code == 403 and "needs the user role" in no_role.json()["message"]
+    expired = httpx.post(f"http://{front}/v1/embed", json=EMBED, headers=bearer(token(["user"], expires_in=-600)))
+    assert expired.status_code == 401 and "token expired" in expired.json()["message"]
+    wrong = httpx.post(f"http://{front}/v1/embed", json=EMBED, headers=bearer(token(["user"], aud="someone-else")))
+    assert wrong.status_code == 401 and "audience" in wrong.json()["message"]
+    admin_token = bearer(token(["admin"]))
+    assert httpx.get(f"http://{front}/v1/registry/apiKeys", headers=admin_token).status_code == 200
