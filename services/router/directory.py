@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from infermesh_runtime.errors import InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("quality", "cost", "latency", "least-busy")
+POOL_SETTLE_SECONDS = 2.0
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -82,19 +84,23 @@ class ModelDirectory:
         self._state = _Registry()
         self._current = asyncio.Event()
         self._follower: asyncio.Task | None = None
+        self._pools_seen: dict[str, float] = {}
+        self._pool_watcher: asyncio.Task | None = None
 
     async def start(self, timeout: float) -> None:
         """Follow the feed; return once the backlog has been replayed."""
         self._follower = asyncio.create_task(self._follow(), name="registry-feed")
+        self._pool_watcher = asyncio.create_task(self._watch_pools(), name="pool-watcher")
         try:
             await asyncio.wait_for(self._current.wait(), timeout)
         except TimeoutError:
             raise RuntimeError(f"the registry's feed did not catch up within {timeout:.0f}s") from None
 
     async def close(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-            await asyncio.gather(self._follower, return_exceptions=True)
+        tasks = [t for t in (self._follower, self._pool_watcher) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _follow(self) -> None:
         failures = 0
@@ -227,9 +233,30 @@ class ModelDirectory:
         another); else one instance, which loads the model on demand."""
         instances = self._instances(deployment)
         ready = [i for i in instances if backend_model in i.models]
-        if ready and deployment.backend in POOL_KINDS and self._usable(pool_name(deployment.backend, backend_model)):
-            return pool_name(deployment.backend, backend_model)
+        pool = pool_name(deployment.backend, backend_model)
+        if ready and deployment.backend in POOL_KINDS and self._usable(pool) and self._settled(pool):
+            return pool
         return random.choice(ready or instances).name
+
+    def _settled(self, pool: str) -> bool:
+        """Whether the pool has existed long enough for Envoy to have it: the router and
+        the control plane follow the catalog separately, so for a moment after a model
+        becomes ready the router knows of its pool and Envoy does not yet (a request
+        there would find no route). Until then its instances are called by name. Pools
+        in the catalog when the router started are settled (the mesh waited for them)."""
+        now = time.monotonic()
+        first_seen = self._pools_seen.setdefault(pool, now)
+        return now - first_seen >= POOL_SETTLE_SECONDS
+
+    async def _watch_pools(self) -> None:
+        first = True
+        async for view in self._catalog.watch():
+            seen = 0.0 if first else time.monotonic()
+            for instance in view:
+                if instance.kind in POOL_KINDS:
+                    for model in instance.models:
+                        self._pools_seen.setdefault(pool_name(instance.kind, model), seen)
+            first = False
 
 
 def _id(model: res.Model) -> str:
