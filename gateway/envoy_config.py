@@ -46,6 +46,10 @@ def _connection_manager(listener: dict[str, Any]) -> dict[str, Any]:
     return listener["filter_chains"][0]["filters"][0]["typed_config"]
 
 
+def _http_filter(manager: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(f for f in manager["http_filters"] if f["name"] == name)
+
+
 def _cluster(template: dict[str, Any], instance: ServiceInstance) -> dict[str, Any]:
     cluster = copy.deepcopy(template)
     cluster["name"] = instance.name
@@ -232,7 +236,8 @@ def _bootstrap(descriptor_set: Path, ports: EnvoyPorts) -> dict[str, Any]:
     config["admin"]["address"]["socket_address"] = {"address": ports.host, "port_value": ports.admin}
     front = _listener(config, "front_door")
     front["address"]["socket_address"] = {"address": ports.host, "port_value": ports.front_door}
-    _connection_manager(front)["http_filters"][0]["typed_config"]["proto_descriptor"] = str(descriptor_set)
+    transcoder = _http_filter(_connection_manager(front), "envoy.filters.http.grpc_json_transcoder")
+    transcoder["typed_config"]["proto_descriptor"] = str(descriptor_set)
     mesh = _listener(config, "mesh")
     mesh["address"]["socket_address"] = {"address": ports.host, "port_value": ports.mesh}
     return config
@@ -262,9 +267,10 @@ def render_ads(
     authorization service (gateway/authz.py), in the same process."""
     config = _bootstrap(descriptor_set, ports)
     if authorization:
-        filters = _connection_manager(_listener(config, "front_door"))["http_filters"]
+        manager = _connection_manager(_listener(config, "front_door"))
         # After the transcoder, so a REST call is checked under its gRPC method.
-        filters.insert(1, _load("ext_authz.yaml"))
+        after = manager["http_filters"].index(_http_filter(manager, "envoy.filters.http.grpc_json_transcoder"))
+        manager["http_filters"].insert(after + 1, _load("ext_authz.yaml"))
     config["node"] = {"id": node, "cluster": "infermesh"}
     ads = {"ads": {}, "resource_api_version": "V3"}
     for name in ("front_door", "mesh"):

@@ -98,7 +98,8 @@ def test_every_backend_gets_a_cluster_health_checked_on_its_service_and_a_header
 def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
     front = next(x for x in rendered()["static_resources"]["listeners"] if x["name"] == "front_door")
     manager = front["filter_chains"][0]["filters"][0]["typed_config"]
-    transcoder = manager["http_filters"][0]["typed_config"]
+    transcoder = manager["http_filters"][1]["typed_config"]
+    assert manager["http_filters"][0]["typed_config"]["max_request_bytes"] == 32 * 1024 * 1024
     assert transcoder["services"] == [
         "infermesh.router.v1.RouterService",
         "infermesh.router.v1.UsageService",
@@ -130,9 +131,10 @@ def test_with_authorization_every_front_door_request_is_checked_after_transcodin
     front = next(x for x in config["static_resources"]["listeners"] if x["name"] == "front_door")
     filters = [f["name"] for f in front["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]]
     assert filters == [
+        "envoy.filters.http.buffer",
         "envoy.filters.http.grpc_json_transcoder",
         "envoy.filters.http.ext_authz",
         "envoy.filters.http.router",
     ]
-    authz = front["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][1]["typed_config"]
+    authz = front["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][2]["typed_config"]
     assert authz["failure_mode_allow"] is False  # fail closed

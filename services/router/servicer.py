@@ -7,6 +7,7 @@ from __future__ import annotations
 from infermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 from infermesh_router import failover, orchestration
 from infermesh_router.backends import Backends
+from infermesh_router.images import check_image
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):
@@ -37,6 +38,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         return (await failover.unary(self.backends, "Embed", self.backends.embed, request, context)).reply
 
     async def DescribeImage(self, request, context):
+        check_image(request.image, request.mime_type)
         return (await failover.unary(self.backends, "DescribeImage", self._describe, request, context)).reply
 
     async def BatchGenerateText(self, request, context):

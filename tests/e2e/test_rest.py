@@ -8,6 +8,8 @@ import time
 import httpx
 import numpy as np
 
+from conftest import metric
+
 PROMPT = {"model": "gemma-3-270m", "prompt": "The capital of France is", "max_tokens": 16}
 
 
@@ -76,8 +78,20 @@ def test_chat_answers_as_the_assistant_and_stops_at_the_next_turn(base_url):
     assert not body["message"]["content"].startswith(" ")
 
 
+def png(width: int = 4, height: int = 4) -> str:
+    """A real PNG, base64-encoded as JSON carries bytes."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
 def test_describe_image_on_a_text_model_says_it_cannot(base_url):
-    request = {"model": "gemma-3-270m", "image": "iVBORw0KGgo=", "mime_type": "image/png"}
+    request = {"model": "gemma-3-270m", "image": png(), "mime_type": "image/png"}
     reply = httpx.post(f"{base_url}/v1/describe-image", json=request, timeout=60)
     assert reply.status_code == 400
     assert "does not support image-description" in reply.json()["message"]
@@ -104,3 +118,22 @@ def test_a_client_that_disconnects_stops_its_generation(mesh, base_url):
             break
         time.sleep(0.1)
     assert in_flight() == 0
+
+
+def test_images_are_checked_before_any_model_sees_them(base_url):
+    truncated = {"model": "gemma-3-270m", "image": "iVBORw0KGgo=", "mime_type": "image/png"}
+    reply = httpx.post(f"{base_url}/v1/describe-image", json=truncated, timeout=60)
+    assert reply.status_code == 400 and reply.json()["details"][0]["reason"] == "IMAGE_NOT_DECODABLE"
+    mislabelled = {"model": "gemma-3-270m", "image": png(), "mime_type": "image/jpeg"}
+    reply = httpx.post(f"{base_url}/v1/describe-image", json=mislabelled, timeout=60)
+    assert reply.status_code == 400 and reply.json()["details"][0]["reason"] == "IMAGE_TYPE_MISMATCH"
+    assert "PNG, not the image/jpeg" in reply.json()["message"]
+
+
+def test_a_body_over_the_limit_is_refused_before_any_service_reads_it(base_url, mesh):
+    router = mesh.settings.router_metrics_port
+    before = metric(router, "infermesh_grpc_requests_total", method="/infermesh.router.v1.RouterService/Embed")
+    huge = {"model": "all-minilm-l6-v2", "inputs": ["x" * (33 * 1024 * 1024)]}
+    reply = httpx.post(f"{base_url}/v1/embed", json=huge, timeout=60)
+    assert reply.status_code == 413
+    assert metric(router, "infermesh_grpc_requests_total", method="/infermesh.router.v1.RouterService/Embed") == before
