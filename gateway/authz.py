@@ -43,7 +43,7 @@ ADMIN_METHODS = {
     for m in (
         "CreateModel UpdateModel DeleteModel CreateModelVersion UpdateModelVersion DeleteModelVersion "
         "CreateDeployment UpdateDeployment DeleteDeployment ImportModelVersion "
-        "CreateApiKey GetApiKey ListApiKeys RevokeApiKey"
+        "CreateApiKey GetApiKey ListApiKeys RevokeApiKey ListAuditEvents"
     ).split()
 } | {
     "/infermesh.inference.v1.ModelService/LoadModel",

@@ -10,6 +10,7 @@ from infermesh.registry.v1 import registry_service_pb2 as pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from infermesh_registry.api_keys import ApiKeyStore
 from infermesh_registry.artifacts import ArtifactStore
+from infermesh_registry.audit import AuditLog
 from infermesh_registry.database import Database, database_url
 from infermesh_registry.seed import seed_defaults
 from infermesh_registry.servicer import RegistryServicer
@@ -31,12 +32,13 @@ class RegistryApp:
         self.database = Database(database_url(settings.registry_database_url, settings.data_dir))
         self.store = RegistryStore(self.database)
         self.api_keys = ApiKeyStore(self.database)
+        self.audit = AuditLog(self.database)
         self.artifacts = ArtifactStore(settings.artifact_dir or settings.data_dir / "artifacts")
         self.operations = OperationStore()
 
     def registrations(self) -> list[Registration]:
         servicer = RegistryServicer(
-            self.store, self.artifacts, self.operations, self.settings.watch_poll_seconds, self.api_keys
+            self.store, self.artifacts, self.operations, self.settings.watch_poll_seconds, self.api_keys, self.audit
         )
         return [
             Registration(SERVICE, pb_grpc.add_RegistryServiceServicer_to_server, servicer),

@@ -62,3 +62,16 @@ api_keys = Table(
     Column("secret_sha256", String(64), nullable=False, unique=True),
     Column("body", Text, nullable=False),
 )
+
+# Administrative actions: who did what to which resource, when, and how it ended.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("sequence", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("principal", String(256), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("resource", String(256), nullable=False),
+    Column("result", String(32), nullable=False),
+    Column("detail", Text, nullable=False),
+)

@@ -11,6 +11,7 @@ from infermesh.registry.v1 import registry_service_pb2 as pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from infermesh_registry.api_keys import ApiKeyStore
 from infermesh_registry.artifacts import ArtifactStore
+from infermesh_registry.audit import AuditLog, audited
 from infermesh_registry.store import RegistryStore
 from infermesh_runtime.errors import AlreadyExists
 from infermesh_runtime.operations import OperationStore, now
@@ -27,13 +28,16 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         operations: OperationStore,
         watch_poll_seconds: float,
         api_keys: ApiKeyStore,
+        audit: AuditLog,
     ) -> None:
         self.store = store
         self.api_keys = api_keys
+        self.audit = audit
         self.artifacts = artifacts
         self.operations = operations
         self._poll = watch_poll_seconds
 
+    @audited(lambda q, r: f"models/{q.model_id}")
     async def CreateModel(self, request, context):
         return await self.store.create_model(request.model_id, request.model)
 
@@ -46,14 +50,17 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             models=page.items, next_page_token=page.next_page_token, total_size=page.total_size
         )
 
+    @audited(lambda q, r: q.model.name)
     async def UpdateModel(self, request, context):
         return await self.store.update_model(request.model, request.update_mask)
 
+    @audited(lambda q, r: q.name)
     async def DeleteModel(self, request, context):
         for version in await self.store.delete_model(request.name, request.etag, request.force):
             self.artifacts.discard(version.artifact_uri)
         return empty_pb2.Empty()
 
+    @audited(lambda q, r: f"{q.parent}/versions/{q.model_version_id}")
     async def CreateModelVersion(self, request, context):
         return await self.store.create_version(request.parent, request.model_version_id, request.model_version)
 
@@ -68,14 +75,17 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             model_versions=page.items, next_page_token=page.next_page_token, total_size=page.total_size
         )
 
+    @audited(lambda q, r: q.model_version.name)
     async def UpdateModelVersion(self, request, context):
         return await self.store.update_version(request.model_version, request.update_mask)
 
+    @audited(lambda q, r: q.name)
     async def DeleteModelVersion(self, request, context):
         version = await self.store.delete_version(request.name, request.etag, request.force)
         self.artifacts.discard(version.artifact_uri)
         return empty_pb2.Empty()
 
+    @audited(lambda q, r: f"{q.parent}/deployments/{q.deployment_id}")
     async def CreateDeployment(self, request, context):
         return await self.store.create_deployment(request.parent, request.deployment_id, request.deployment)
 
@@ -90,13 +100,16 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             deployments=page.items, next_page_token=page.next_page_token, total_size=page.total_size
         )
 
+    @audited(lambda q, r: q.deployment.name)
     async def UpdateDeployment(self, request, context):
         return await self.store.update_deployment(request.deployment, request.update_mask)
 
+    @audited(lambda q, r: q.name)
     async def DeleteDeployment(self, request, context):
         await self.store.delete_deployment(request.name, request.etag)
         return empty_pb2.Empty()
 
+    @audited(lambda q, r: f"{q.parent}/versions/{q.model_version_id}")
     async def ImportModelVersion(self, request, context):
         name = f"{request.parent}/versions/{request.model_version_id}"
         await self.store.get_model(request.parent)  # NOT_FOUND now, not inside the operation
@@ -133,6 +146,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
         return self.operations.start(metadata, work)
 
+    @audited(lambda q, r: r.api_key.name if r is not None else f"apiKeys/{q.api_key_id or '?'}")
     async def CreateApiKey(self, request, context):
         key, secret = await self.api_keys.create(request.api_key_id, request.api_key)
         return pb.CreateApiKeyResponse(api_key=key, secret=secret)
@@ -144,8 +158,13 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         keys, next_token = await self.api_keys.list(request.page_size, request.page_token)
         return pb.ListApiKeysResponse(api_keys=keys, next_page_token=next_token)
 
+    @audited(lambda q, r: q.name)
     async def RevokeApiKey(self, request, context):
         return await self.api_keys.revoke(request.name)
+
+    async def ListAuditEvents(self, request, context):
+        events, next_token = await self.audit.list(request.page_size, request.page_token)
+        return pb.ListAuditEventsResponse(audit_events=events, next_page_token=next_token)
 
     async def AuthenticateApiKey(self, request, context):
         return await self.api_keys.authenticate(request.secret)

@@ -136,3 +136,12 @@ def test_oidc_tokens_from_the_configured_issuer_are_accepted_by_their_roles(secu
     assert wrong.status_code == 401 and "audience" in wrong.json()["message"]
     admin_token = bearer(token(["admin"]))
     assert httpx.get(f"http://{front}/v1/registry/apiKeys", headers=admin_token).status_code == 200
+
+
+def test_admin_actions_are_audited_under_the_identity_the_gateway_established(secured):
+    front, admin = secured
+    name, _ = issue(front, admin, ["ROLE_USER"], [])
+    log = httpx.get(f"http://{front}/v1/registry/auditEvents", headers=bearer(admin)).json()["audit_events"]
+    assert {"principal": "apiKeys/admin", "action": "CreateApiKey", "resource": name, "result": "OK"}.items() <= (
+        log[0].items()
+    )

@@ -1,0 +1,95 @@
+"""The audit log: every administrative action on the registry (writes, imports, key
+management) with who asked (the principal the gateway authenticated, passed on in the
+`x-infermesh-principal` header), what, on which resource, when and how it ended. Failed
+attempts are recorded too: a refused delete is as telling as a done one."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.rpc import code_pb2
+from sqlalchemy import insert, select
+
+from infermesh.registry.v1 import registry_resources_pb2 as res
+from infermesh_registry import schema
+from infermesh_registry.database import Database
+from infermesh_runtime.errors import status_of
+
+PRINCIPAL_HEADER = "x-infermesh-principal"
+MAX_PAGE = 1000
+
+
+class AuditLog:
+    def __init__(self, database: Database) -> None:
+        self.db = database
+
+    async def record(self, principal: str, action: str, resource: str, result: str, detail: str = "") -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                insert(schema.audit_log).values(
+                    time=datetime.now(UTC),
+                    principal=principal,
+                    action=action,
+                    resource=resource,
+                    result=result,
+                    detail=detail,
+                )
+            )
+
+    async def list(self, page_size: int, page_token: str) -> tuple[list[res.AuditEvent], str]:
+        size = min(page_size or 50, MAX_PAGE)
+        table = schema.audit_log
+        query = select(table).order_by(table.c.sequence.desc()).limit(size + 1)
+        if page_token:
+            query = query.where(table.c.sequence < int(page_token))
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        events = []
+        for row in rows[:size]:
+            event = res.AuditEvent(
+                sequence=row.sequence,
+                principal=row.principal,
+                action=row.action,
+                resource=row.resource,
+                result=row.result,
+                detail=row.detail,
+            )
+            event.time.FromDatetime(row.time if row.time.tzinfo else row.time.replace(tzinfo=UTC))
+            events.append(event)
+        return events, (str(rows[size - 1].sequence) if len(rows) > size else "")
+
+
+def principal_of(context: grpc.aio.ServicerContext) -> str:
+    return dict(context.invocation_metadata() or ()).get(PRINCIPAL_HEADER, "anonymous")
+
+
+def audited(resource: Callable[[Any, Any], str]) -> Callable:
+    """Record the decorated servicer method in `self.audit`: `resource(request, reply)`
+    names what it acted on (reply is None when the call failed)."""
+
+    def decorate(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(method)
+        async def wrapper(self, request, context):
+            action = method.__name__
+            try:
+                reply = await method(self, request, context)
+            except Exception as exc:
+                status = status_of(exc)
+                await self.audit.record(
+                    principal_of(context),
+                    action,
+                    resource(request, None),
+                    code_pb2.Code.Name(status.code),
+                    status.message,
+                )
+                raise
+            await self.audit.record(principal_of(context), action, resource(request, reply), "OK")
+            return reply
+
+        return wrapper
+
+    return decorate
