@@ -115,11 +115,14 @@ def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
     # Model lifecycle goes to the inference server, the registry API to the registry
     # (with no route timeout: a watch lasts as long as its client); everything else to the router.
     assert routes[0]["match"]["prefix"] == "/infermesh.inference.v1.ModelService/"
-    assert {r["route"]["cluster"] for r in routes[:-2]} == {"inference-0"}
-    assert routes[-2] == {
+    assert {r["route"]["cluster"] for r in routes[:-3]} == {"inference-0"}
+    assert routes[-3] == {
         "match": {"prefix": "/infermesh.registry.v1.RegistryService/"},
         "route": {"cluster": "registry", "timeout": "0s"},
     }
+    # Reflection (a bidirectional stream) skips the whole-body buffer, which would wait forever.
+    assert routes[-2]["match"] == {"prefix": "/grpc.reflection."} and routes[-2]["route"]["cluster"] == "router"
+    assert routes[-2]["typed_per_filter_config"]["envoy.filters.http.buffer"]["disabled"] is True
     assert routes[-1]["match"] == {"prefix": "/"} and routes[-1]["route"]["cluster"] == "router"
     # Streams outlive Envoy's 15 s default route timeout.
     assert routes[-1]["route"]["timeout"] == "0s"
