@@ -157,7 +157,10 @@ async def test_twenty_load_unload_cycles_do_not_leak_memory(tmp_path):
                 await run(server, await server.models.LoadModel(model_pb.LoadModelRequest(model=MINILM)))
                 await server.inference.Embed(pb.EmbedRequest(model=MINILM, inputs=["cycle"]))
 
-            for _ in range(2):  # let allocator pools and caches reach their steady size
+            # Let allocator pools and caches reach their steady size first: measured over
+            # 50 cycles, RSS rose 508 → 538 MB in the first 15 and by 5 MB in the 35 after
+            # (threads constant); two warm-up cycles left that settling inside the window.
+            for _ in range(10):
                 await cycle()
             baseline = resident.memory_info().rss
             for _ in range(20):
