@@ -47,15 +47,17 @@ class Snapshot:
     resources: dict[str, dict[str, any_pb2.Any]]  # type URL → name → resource
 
 
-def snapshot(instances: list[ServiceInstance], version: str, limits: envoy_config.Limits | None = None) -> Snapshot:
-    """Envoy's clusters and routes for these instances."""
+def resources(
+    instances: list[ServiceInstance], limits: envoy_config.Limits | None = None
+) -> dict[str, dict[str, any_pb2.Any]]:
+    """Envoy's clusters and routes for these instances, by type URL and name."""
     catalog = EmbeddedCatalog.of(instances)
     packed: dict[str, dict[str, any_pb2.Any]] = {CLUSTER: {}, ROUTE: {}}
     for spec in envoy_config.clusters(catalog, limits):
         packed[CLUSTER][spec["name"]] = _pack(json_format.ParseDict(spec, cluster_pb2.Cluster()))
     for name, spec in envoy_config.route_configs(catalog).items():
         packed[ROUTE][name] = _pack(json_format.ParseDict(spec, route_pb2.RouteConfiguration()))
-    return Snapshot(version, packed)
+    return packed
 
 
 def _pack(message) -> any_pb2.Any:
@@ -64,10 +66,10 @@ def _pack(message) -> any_pb2.Any:
     return packed
 
 
-def _digest(snap: Snapshot) -> str:
+def _digest(packed: dict[str, dict[str, any_pb2.Any]]) -> str:
     digest = hashlib.sha256()
-    for type_url in sorted(snap.resources):
-        for name, resource in sorted(snap.resources[type_url].items()):
+    for type_url in sorted(packed):
+        for name, resource in sorted(packed[type_url].items()):
             digest.update(type_url.encode() + name.encode() + resource.SerializeToString(deterministic=True))
     return digest.hexdigest()
 
@@ -115,16 +117,16 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             await asyncio.gather(self._follower, return_exceptions=True)
 
     async def _update(self, instances: list[ServiceInstance]) -> None:
-        candidate = snapshot(instances, "", self._limits)
+        candidate = resources(instances, self._limits)
         digest = _digest(candidate)
         if digest == self._digest:
             return
         version = str(next(self._versions))
-        self.current, self._digest = Snapshot(version, candidate.resources), digest
+        self.current, self._digest = Snapshot(version, candidate), digest
         VERSION.set(int(version))
         log.info(
             "new xDS version",
-            extra={"version": version, "clusters": len(candidate.resources[CLUSTER]), "instances": len(instances)},
+            extra={"version": version, "clusters": len(candidate[CLUSTER]), "instances": len(instances)},
         )
         async with self._changed:
             self._changed.notify_all()

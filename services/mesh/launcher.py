@@ -27,7 +27,7 @@ from infermesh.registry.v1 import registry_service_pb2 as registry_pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
 from infermesh_gateway import envoy_config
 from infermesh_mesh.settings import MeshSettings
-from infermesh_runtime.catalog import EmbeddedCatalog, pool_name
+from infermesh_runtime.catalog import pool_name
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -59,10 +59,6 @@ class Mesh:
     def catalog_dir(self) -> Path:
         """The embedded catalog every service registers itself in."""
         return self.run_dir / "catalog"
-
-    def catalog(self) -> EmbeddedCatalog:
-        """The instances registered now."""
-        return EmbeddedCatalog(self.catalog_dir)
 
     def start(self) -> None:
         s = self.settings

@@ -102,7 +102,7 @@ class EmbeddedCatalog:
         self._directory = directory
         self._fixed = list(fixed)
         self._view: list[ServiceInstance] = self._read()
-        self._changed = asyncio.Condition() if _has_loop() else None
+        self._changed: asyncio.Condition | None = None  # made on the loop that uses it
         self._follower: asyncio.Task | None = None
         self._version = 0
 
@@ -187,9 +187,6 @@ class EmbeddedCatalog:
         data = yaml.safe_load(path.read_text()) or {}
         return cls(fixed=[ServiceInstance.from_dict(item) for item in data.get("services", [])])
 
-    def save(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump({"services": [s.to_dict() for s in self._view]}, sort_keys=False))
-
     @classmethod
     def of(cls, services: Iterable[ServiceInstance]) -> EmbeddedCatalog:
         """Fixed entries given in code (tests, the launcher's plan)."""
@@ -205,14 +202,6 @@ def _alive(pid: object) -> bool:
         return False
     except PermissionError:
         return True
-    return True
-
-
-def _has_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
     return True
 
 

@@ -78,7 +78,8 @@ def open_catalog_from(settings: ServiceSettings) -> Catalog | None:
 
 
 def catalog_entry(settings: ServiceSettings, app: Application, port: int) -> ServiceInstance:
-    """How this instance appears in the catalog (its ready models filled in later)."""
+    """How this instance appears in the catalog (ready models and capabilities are filled
+    in by keep_registered, which follows them)."""
     kind = getattr(app, "kind", app.name)
     host = settings.advertise_host or settings.grpc_host
     if host in ("0.0.0.0", "::", ""):
@@ -88,7 +89,6 @@ def catalog_entry(settings: ServiceSettings, app: Application, port: int) -> Ser
         kind=kind,
         host=host,
         port=port,
-        capabilities=tuple(getattr(app, "capabilities", ())),
         version=__version__,
     )
 
