@@ -1,12 +1,14 @@
 """Envoy's side of the mesh as one Application of the runtime kit: the control plane (an
-ADS server fed by the catalog) and the external authorization service Envoy asks about
-every front-door request (API keys checked with the registry, found in the catalog)."""
+ADS server fed by the catalog), the external authorization service Envoy asks about
+every front-door request (API keys checked with the registry, found in the catalog) and
+the rate limit service it asks next (counters in Redis when configured)."""
 
 from __future__ import annotations
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from infermesh.registry.v1 import registry_resources_pb2 as res
@@ -16,11 +18,13 @@ from infermesh_gateway.authz import ApiKeys, AuthorizationServicer, Authorizer, 
 from infermesh_gateway.control_plane import ControlPlane
 from infermesh_gateway.envoy_config import Limits
 from infermesh_gateway.oidc import OidcConfig, OidcVerifier
+from infermesh_gateway.ratelimit import RateLimitServicer, open_limiter
 from infermesh_gateway.settings import ControlPlaneSettings
 from infermesh_runtime.server import Registration, mark_serving, open_catalog_from
 
 ADS_SERVICE = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name
 AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
+RATELIMIT_SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
 
 
 class ControlPlaneApp:
@@ -44,6 +48,7 @@ class ControlPlaneApp:
             self.oidc = OidcVerifier(config)
         tokens = jwt_checker(self.oidc) if self.oidc is not None else None
         self.authorizer = Authorizer(keys, tokens, settings.auth_public_health, settings.auth_public_reflection)
+        self.limiter = open_limiter(settings.limit_config(), settings.rate_limit_redis_url or None)
 
     def registrations(self) -> list[Registration]:
         return [
@@ -54,6 +59,11 @@ class ControlPlaneApp:
                 AUTHZ_SERVICE,
                 external_auth_pb2_grpc.add_AuthorizationServicer_to_server,
                 AuthorizationServicer(self.authorizer),
+            ),
+            Registration(
+                RATELIMIT_SERVICE,
+                rls_pb2_grpc.add_RateLimitServiceServicer_to_server,
+                RateLimitServicer(self.limiter),
             ),
         ]
 
@@ -71,9 +81,10 @@ class ControlPlaneApp:
     async def start(self, health: HealthServicer) -> None:
         await self.catalog.start()
         await self.control_plane.start()
-        await mark_serving(health, [ADS_SERVICE, AUTHZ_SERVICE])
+        await mark_serving(health, [ADS_SERVICE, AUTHZ_SERVICE, RATELIMIT_SERVICE])
 
     async def close(self) -> None:
+        await self.limiter.close()
         if self.oidc is not None:
             await self.oidc.aclose()
         for channel in self._channels.values():

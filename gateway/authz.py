@@ -35,7 +35,8 @@ DECISIONS = Counter(
     "infermesh_authz_decisions_total", "Authorization decisions, by outcome and role.", ["outcome", "role"]
 )
 USER, ADMIN = "user", "admin"
-IDENTITY_HEADERS = ("x-infermesh-principal", "x-infermesh-role", "x-infermesh-models")
+PRINCIPAL_HEADER = "x-infermesh-principal"  # the caller, as rate limits count it
+IDENTITY_HEADERS = (PRINCIPAL_HEADER, "x-infermesh-role", "x-infermesh-models")
 
 # Methods only an admin may call; every other infermesh method needs a user (or admin).
 ADMIN_METHODS = {
@@ -193,7 +194,7 @@ def _allowed(principal: Principal | None) -> authz_pb.CheckResponse:
     identity = {}
     if principal is not None:
         identity = {
-            "x-infermesh-principal": principal.subject,
+            PRINCIPAL_HEADER: principal.subject,
             "x-infermesh-role": ADMIN if ADMIN in principal.roles else USER,
             "x-infermesh-models": ",".join(principal.models) or "*",
         }

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from infermesh_gateway.authz import PRINCIPAL_HEADER
+from infermesh_gateway.limits import REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE
 from infermesh_runtime.catalog import BACKEND_HEADER, POOL_KINDS, Catalog, ServiceInstance, pool_name
 
 ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
@@ -211,6 +213,33 @@ def clusters(catalog: Catalog, limits: Limits | None = None) -> list[dict[str, A
     return [router, *(_cluster(template, i) for i in backends), *pools]
 
 
+REFLECTION_PREFIX = "/grpc.reflection."
+
+
+def _rate_limits(route: dict[str, Any]) -> list[dict[str, Any]]:
+    """The descriptors Envoy's rate limit filter sends for a front-door route: the
+    caller's requests per minute everywhere but reflection, and, on the router's routes
+    (where tokens are spent), whether the caller has tokens left this minute. Per-model
+    limits, concurrency and the tokens themselves are the router's to count: Envoy
+    cannot read a model from a request body, nor see when a request ends."""
+    prefix = route["match"].get("prefix", "")
+    if prefix.startswith(REFLECTION_PREFIX):
+        return []
+    kinds = [REQUESTS_PER_MINUTE]
+    if route["route"]["cluster"] == "router":
+        kinds.append(TOKENS_PER_MINUTE)
+    return [
+        {
+            "actions": [
+                {"generic_key": {"descriptor_key": "kind", "descriptor_value": kind}},
+                # No principal (auth off, or a public route): no descriptor, no limit.
+                {"request_headers": {"header_name": PRINCIPAL_HEADER, "descriptor_key": "api_key"}},
+            ]
+        }
+        for kind in kinds
+    ]
+
+
 def route_configs(catalog: Catalog) -> dict[str, dict[str, Any]]:
     """The two listeners' routes: the front door's (lifecycle and registry routes, then
     everything else to the router) and the mesh listener's (each backend and pool by header)."""
@@ -220,6 +249,9 @@ def route_configs(catalog: Catalog) -> dict[str, dict[str, Any]]:
         *_lifecycle_routes(catalog.instances("inference")),
         *_registry_routes(catalog.instances("registry")),
     ]
+    for route in front["virtual_hosts"][0]["routes"]:
+        if limits := _rate_limits(route):
+            route["route"]["rate_limits"] = limits
     mesh = copy.deepcopy(_connection_manager(_listener(config, "mesh"))["route_config"])
     backends = _backends(catalog)
     pools = sorted(_pools(catalog).items())
@@ -264,13 +296,15 @@ def render_ads(
     """A bootstrap whose routes and clusters come from the control plane over ADS
     (gateway/control_plane.py), so replicas and models come and go without a restart;
     with `authorization`, every front-door request is first checked by the gateway's
-    authorization service (gateway/authz.py), in the same process."""
+    authorization service (gateway/authz.py), then by its rate limit service
+    (gateway/ratelimit.py), both in the same process."""
     config = _bootstrap(descriptor_set, ports)
     if authorization:
         manager = _connection_manager(_listener(config, "front_door"))
-        # After the transcoder, so a REST call is checked under its gRPC method.
+        # After the transcoder, so a REST call is checked under its gRPC method; rate
+        # limits after authorization, which names the caller they count against.
         after = manager["http_filters"].index(_http_filter(manager, "envoy.filters.http.grpc_json_transcoder"))
-        manager["http_filters"].insert(after + 1, _load("ext_authz.yaml"))
+        manager["http_filters"][after + 1 : after + 1] = [_load("ext_authz.yaml"), _load("ratelimit.yaml")]
     config["node"] = {"id": node, "cluster": "infermesh"}
     ads = {"ads": {}, "resource_api_version": "V3"}
     for name in ("front_door", "mesh"):

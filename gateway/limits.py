@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 from pydantic import ConfigDict, Field, TypeAdapter
 from pydantic.dataclasses import dataclass
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _STRICT = ConfigDict(extra="forbid")
 REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE, CONCURRENT = "requests_per_minute", "tokens_per_minute", "concurrent"
@@ -62,6 +63,12 @@ class LimitConfig:
     def for_model(self, model: str) -> Limits | None:
         return self.models.get(model)
 
+    @property
+    def limited(self) -> bool:
+        """Whether any limit is set at all."""
+        every = [self.default, *self.keys.values(), *self.models.values()]
+        return any(limits.of(kind) is not None for limits in every for kind in KINDS)
+
 
 _ADAPTER = TypeAdapter(LimitConfig)
 
@@ -91,3 +98,23 @@ def load_limits(text: str) -> LimitConfig:
 def limits_from_env(environ: Mapping[str, str] = os.environ) -> LimitConfig:
     """From `RATE_LIMITS`; with none set, no limits at all."""
     return load_limits(environ.get("RATE_LIMITS", ""))
+
+
+class RateLimitSettings(BaseSettings):
+    """Settings of the gateway's rate limit service and the router, which must agree."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    rate_limits: str = Field(
+        "",
+        description="Rate limits and token quotas per API key and model (JSON or YAML; see gateway/limits.py); "
+        "empty: none.",
+    )
+    rate_limit_redis_url: str = Field(
+        "",
+        description="Keep rate limit counters in Redis, shared by every gateway and router replica; empty: in "
+        "each process (one gateway and one router only).",
+    )
+
+    def limit_config(self) -> LimitConfig:
+        return load_limits(self.rate_limits)

@@ -570,18 +570,19 @@ def response(decision: Decision, unit: int, window_seconds: float) -> rls_pb2.Ra
     if not decision.allowed and binding is not None:
         retry_after = max(1, math.ceil(binding.retry_after_seconds or 1))
         headers["retry-after"] = str(retry_after)
-        reply.raw_body = _body(binding, retry_after, window_seconds)
+        reply.raw_body = _body(binding, window_seconds)
     reply.response_headers_to_add.extend(base_pb2.HeaderValue(key=k, value=v) for k, v in headers.items())
     if decision.lease:
         reply.request_headers_to_add.add(key=LEASE_HEADER, value=decision.lease)
     return reply
 
 
-def _body(status: Status, retry_after: int, window_seconds: float) -> bytes:
-    """A google.rpc.Status as JSON, the shape the transcoder gives every other error."""
+def refusal(status: Status, window_seconds: float) -> ResourceExhausted:
+    """The error for a limit that refused: which limit, for whom, and when to come back."""
+    retry_after = max(1, math.ceil(status.retry_after_seconds or 1))
     scope = f"{status.api_key} on {status.model}" if status.model else status.api_key
     per = "at once" if status.kind == CONCURRENT else f"per {window_seconds:g} s"
-    error = ResourceExhausted(
+    return ResourceExhausted(
         f"rate limit exceeded: {status.kind} for {scope} is {status.limit} {per}; retry after {retry_after} s",
         reason="RATE_LIMIT_EXCEEDED",
         retry_after=retry_after,
@@ -592,7 +593,11 @@ def _body(status: Status, retry_after: int, window_seconds: float) -> bytes:
         window_seconds=f"{window_seconds:g}",
         retry_after_seconds=retry_after,
     )
-    return json.dumps(json_format.MessageToDict(error.to_status())).encode()
+
+
+def _body(status: Status, window_seconds: float) -> bytes:
+    """A google.rpc.Status as JSON, the shape the transcoder gives every other error."""
+    return json.dumps(json_format.MessageToDict(refusal(status, window_seconds).to_status())).encode()
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

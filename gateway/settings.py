@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from infermesh_gateway.limits import RateLimitSettings
 from infermesh_runtime.settings import ServiceSettings
 
 
-class ControlPlaneSettings(ServiceSettings):
+class ControlPlaneSettings(ServiceSettings, RateLimitSettings):
     max_requests_per_backend: int = Field(
         256, ge=1, description="Envoy's circuit breaker: requests in flight to one backend cluster; more get 503."
     )

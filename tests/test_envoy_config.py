@@ -116,16 +116,27 @@ def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
     # (with no route timeout: a watch lasts as long as its client); everything else to the router.
     assert routes[0]["match"]["prefix"] == "/infermesh.inference.v1.ModelService/"
     assert {r["route"]["cluster"] for r in routes[:-3]} == {"inference-0"}
-    assert routes[-3] == {
-        "match": {"prefix": "/infermesh.registry.v1.RegistryService/"},
-        "route": {"cluster": "registry", "timeout": "0s"},
-    }
+    assert routes[-3]["match"] == {"prefix": "/infermesh.registry.v1.RegistryService/"}
+    assert routes[-3]["route"]["cluster"] == "registry" and routes[-3]["route"]["timeout"] == "0s"
     # Reflection (a bidirectional stream) skips the whole-body buffer, which would wait forever.
     assert routes[-2]["match"] == {"prefix": "/grpc.reflection."} and routes[-2]["route"]["cluster"] == "router"
     assert routes[-2]["typed_per_filter_config"]["envoy.filters.http.buffer"]["disabled"] is True
     assert routes[-1]["match"] == {"prefix": "/"} and routes[-1]["route"]["cluster"] == "router"
     # Streams outlive Envoy's 15 s default route timeout.
     assert routes[-1]["route"]["timeout"] == "0s"
+
+    # Rate limits: the caller's requests per minute on every route but reflection, and on
+    # the router's (where tokens are spent) whether the caller has tokens left.
+    def limited(route: dict) -> list[str]:
+        return [
+            policy["actions"][0]["generic_key"]["descriptor_value"] for policy in route["route"].get("rate_limits", [])
+        ]
+
+    assert limited(routes[-3]) == ["requests_per_minute"] and limited(routes[0]) == ["requests_per_minute"]
+    assert limited(routes[-2]) == []
+    assert limited(routes[-1]) == ["requests_per_minute", "tokens_per_minute"]
+    caller = routes[-1]["route"]["rate_limits"][0]["actions"][1]["request_headers"]
+    assert caller == {"header_name": "x-infermesh-principal", "descriptor_key": "api_key"}
 
 
 def test_with_authorization_every_front_door_request_is_checked_after_transcoding(tmp_path):
@@ -137,7 +148,10 @@ def test_with_authorization_every_front_door_request_is_checked_after_transcodin
         "envoy.filters.http.buffer",
         "envoy.filters.http.grpc_json_transcoder",
         "envoy.filters.http.ext_authz",
+        "envoy.filters.http.ratelimit",
         "envoy.filters.http.router",
     ]
     authz = front["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][2]["typed_config"]
     assert authz["failure_mode_allow"] is False  # fail closed
+    limits = front["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][3]["typed_config"]
+    assert limits["domain"] == "infermesh" and limits["failure_mode_deny"] is False  # fail open

@@ -50,6 +50,7 @@ class Mesh:
     env: dict[str, str] = field(default_factory=dict)  # extra environment for every child
     children: list[Child] = field(default_factory=list)
     _logs: list[IO] = field(default_factory=list)
+    _common: dict[str, str] = field(default_factory=dict)  # every child's environment
 
     @property
     def run_dir(self) -> Path:
@@ -66,11 +67,6 @@ class Mesh:
         # Entries left by a mesh that was killed are stale: start from an empty catalog.
         shutil.rmtree(self.catalog_dir, ignore_errors=True)
         self.catalog_dir.mkdir()
-        envoy_file = self.run_dir / "envoy.yaml"
-        ports = envoy_config.EnvoyPorts(s.front_door_port, s.mesh_port, s.admin_port, s.host)
-        bootstrap = envoy_config.render_ads(DESCRIPTOR_SET, ports, (s.host, s.xds_port), authorization=s.auth)
-        envoy_config.write(bootstrap, envoy_file)
-
         common = {
             **os.environ,
             **self.env,
@@ -80,6 +76,7 @@ class Mesh:
             "OMP_WAIT_POLICY": "PASSIVE",
             "PYTHONUNBUFFERED": "1",
         }
+        self._common = common
         self._spawn(
             "control-plane",
             [sys.executable, "-m", "infermesh_gateway"],
@@ -129,12 +126,30 @@ class Mesh:
                 [sys.executable, "-m", "infermesh_providers"],
                 {**common, "PROVIDER": name, "INSTANCE_NAME": name, "GRPC_PORT": str(self._provider_port(name))},
             )
+        ports = envoy_config.EnvoyPorts(s.front_door_port, s.mesh_port, s.admin_port, s.host)
+        self._spawn_envoy("envoy", ports, s.xds_port)
+
+    def _spawn_envoy(self, name: str, ports: envoy_config.EnvoyPorts, xds_port: int) -> None:
+        s = self.settings
+        envoy_file = self.run_dir / f"{name}.yaml"
+        bootstrap = envoy_config.render_ads(DESCRIPTOR_SET, ports, (s.host, xds_port), authorization=s.auth)
+        envoy_config.write(bootstrap, envoy_file)
         envoy = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
+        argv = [envoy, "-c", str(envoy_file), "--disable-hot-restart", "--log-level", "warn"]
+        self._spawn(name, argv, self._common)
+
+    def add_gateway(self, ports: envoy_config.EnvoyPorts, xds_port: int) -> str:
+        """Start one more gateway replica, a control plane and its Envoy, on these ports
+        (the same catalog, limits and credentials as the first); its front door's address."""
+        index = len([c for c in self.children if c.name.startswith("control-plane")])
+        name = f"control-plane-{index}"
         self._spawn(
-            "envoy",
-            [envoy, "-c", str(envoy_file), "--disable-hot-restart", "--log-level", "warn"],
-            common,
+            name,
+            [sys.executable, "-m", "infermesh_gateway"],
+            {**self._common, "GRPC_PORT": str(xds_port), "INSTANCE_NAME": name},
         )
+        self._spawn_envoy(f"envoy-{index}", ports, xds_port)
+        return f"{ports.host}:{ports.front_door}"
 
     def _provider_port(self, name: str) -> int:
         return getattr(self.settings, f"{name}_port")
@@ -236,7 +251,8 @@ class Mesh:
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM services, then Envoy; SIGKILL whatever is still there after `timeout`."""
-        for group in ([c for c in self.children if c.name != "envoy"], [c for c in self.children if c.name == "envoy"]):
+        envoys = [c for c in self.children if c.name.startswith("envoy")]
+        for group in ([c for c in self.children if c not in envoys], envoys):
             for child in group:
                 if child.process.poll() is None:
                     child.process.send_signal(signal.SIGTERM)

@@ -12,12 +12,14 @@ from infermesh.router.v1 import router_service_pb2 as router_pb
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from infermesh.router.v1 import usage_service_pb2 as usage_pb
 from infermesh.router.v1 import usage_service_pb2_grpc as usage_grpc
+from infermesh_gateway.ratelimit import open_limiter
 from infermesh_router.backends import Backends
 from infermesh_router.budget import RetryBudget
 from infermesh_router.cache import ResponseCache
 from infermesh_router.cooldown import Cooldown
 from infermesh_router.metering import Metering
 from infermesh_router.openai_servicer import OpenAIServicer
+from infermesh_router.quota import Quotas
 from infermesh_router.servicer import RouterServicer
 from infermesh_router.settings import RouterSettings
 from infermesh_router.usage_servicer import UsageServicer
@@ -41,6 +43,7 @@ class RouterApp:
         self.catalog = open_catalog_from(settings)
         if self.catalog is None:
             raise ValueError("the router needs a catalog: set CONSUL_HTTP_ADDR, CATALOG_DIR or CATALOG_FILE")
+        limits = settings.limit_config()
         self.backends = Backends(
             self.catalog,
             settings.mesh_address,
@@ -51,6 +54,7 @@ class RouterApp:
             RetryBudget(settings.retry_budget_tokens, settings.retry_budget_token_ratio),
             Metering(settings.usage_retention_hours * 3600),
             settings.fallback_after_seconds,
+            Quotas(open_limiter(limits, settings.rate_limit_redis_url or None) if limits.limited else None),
         )
 
     def registrations(self) -> list[Registration]:

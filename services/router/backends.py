@@ -24,6 +24,7 @@ from infermesh_router.cooldown import Cooldown
 from infermesh_router.directory import ModelDirectory, Route
 from infermesh_router.load import ModelLoad
 from infermesh_router.metering import Metering
+from infermesh_router.quota import Quotas
 from infermesh_runtime.catalog import BACKEND_HEADER, Catalog
 from infermesh_runtime.errors import InvalidArgument, NotFound, Unavailable
 from infermesh_runtime.telemetry import client_interceptors
@@ -46,6 +47,7 @@ class Backends:
         budget: RetryBudget | None = None,
         metering: Metering | None = None,
         fallback_after_seconds: float = 60.0,
+        quotas: Quotas | None = None,
     ) -> None:
         self._catalog = catalog
         self._default_timeout = default_timeout
@@ -65,6 +67,7 @@ class Backends:
         self.budget = budget or RetryBudget(max_tokens=10, token_ratio=0.1)
         self.metering = metering or Metering()
         self.fallback_after_seconds = fallback_after_seconds
+        self.quotas = quotas or Quotas(None)
         self.directory: ModelDirectory | None = None
 
     async def start(self, timeout: float) -> None:
@@ -170,6 +173,7 @@ class Backends:
             await self.directory.close()
         await self._embeddings.close()
         await self.cache.close()
+        await self.quotas.close()
         await self._channel.close()
 
 

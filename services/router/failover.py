@@ -27,6 +27,7 @@ from prometheus_client import Counter
 
 from infermesh_router.backends import CONTEXT_TOO_LONG, Backends, relay
 from infermesh_router.directory import Route
+from infermesh_router.quota import Admission
 from infermesh_runtime.errors import (
     DeadlineExceeded,
     DomainError,
@@ -121,6 +122,14 @@ class _Attempts:
         self._backend_failed = False  # a backend did work and failed: a fallback spends budget
         self._too_long_for: int | None = None  # the context window the prompt did not fit
         self.record = backends.metering.start(rpc, request.model)
+
+    async def admit(self) -> Admission:
+        """Take the caller's limits for the model that will answer first."""
+        try:
+            return await self._backends.quotas.admit(self._context, self.primary)
+        except DomainError as error:
+            self.record.failed(error)
+            raise
 
     def __iter__(self) -> Iterator[Message]:
         for index, model in enumerate(self._models):
@@ -224,11 +233,14 @@ async def unary(backends: Backends, rpc: str, send: Send, request: Message, cont
     answered. `announce=False` leaves the response headers to the caller (a call that
     makes several)."""
     attempts = _Attempts(backends, rpc, request, context)
+    admission = Admission()
     try:
+        admission = await attempts.admit()
         for attempt in attempts:
             route = None
             try:
                 outgoing, options, route = backends.prepare(attempt, context)
+                admission.clamp(outgoing)
                 key = backends.cache.key(rpc, route, outgoing, context)
                 if (cached := await backends.cache.get(key, route)) is not None:
                     cached.model = attempt.model
@@ -244,6 +256,7 @@ async def unary(backends: Backends, rpc: str, send: Send, request: Message, cont
                 continue
             answer = Answer(reply, route, attempts.answered(attempt, route), cached=False)
             attempts.record.usage(route, reply.usage)
+            await admission.charge(route.model, reply.usage)
             await backends.cache.put(key, reply)
             reply.model = attempt.model
             if announce:
@@ -252,6 +265,7 @@ async def unary(backends: Backends, rpc: str, send: Send, request: Message, cont
         raise attempts.give_up()
     finally:
         attempts.close()
+        await admission.close()
 
 
 async def stream(
@@ -261,11 +275,14 @@ async def stream(
     backend fails after the first chunk, a last chunk carrying the error (`in_band_errors`;
     REST clients see no gRPC status) precedes the STREAM_INTERRUPTED status."""
     attempts = _Attempts(backends, rpc, request, context)
+    admission = Admission()
     try:
+        admission = await attempts.admit()
         for attempt in attempts:
             route = None
             try:
                 outgoing, options, route = backends.prepare(attempt, context)
+                admission.clamp(outgoing)
                 chunks = relay(open_call(outgoing, options))
                 first_chunk = _timed(backends, attempt.model, anext(chunks))
                 wait = backends.fallback_after_seconds if attempts.more else None
@@ -283,10 +300,18 @@ async def stream(
                     attempts.record.usage(route, chunk.usage)
                 chunk.model = attempt.model
                 yield chunk
+                if not await admission.streamed(route.model, chunk):
+                    await chunks.aclose()  # the backend stops generating
+                    error = admission.spent(attempt.model)
+                    attempts.record.failed(error)
+                    if in_band_errors:
+                        yield type(chunk)(model=attempt.model, error=error.to_status())
+                    raise error
             return
         raise attempts.give_up()
     finally:
         attempts.close()
+        await admission.close()
 
 
 async def _first_chunk(first: Awaitable[Any], seconds: float | None, route: Route) -> Any:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from infermesh_gateway.limits import RateLimitSettings
 from infermesh_runtime.settings import ServiceSettings
 
 
-class RouterSettings(ServiceSettings):
+class RouterSettings(ServiceSettings, RateLimitSettings):
     mesh_address: str = Field(
         "127.0.0.1:15001", description="Envoy's service-to-service listener; every backend call goes through it."
     )

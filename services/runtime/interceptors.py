@@ -9,6 +9,7 @@ method and reused: interception costs one dictionary lookup per call.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -104,7 +105,13 @@ async def _fail(method: str, context: grpc.aio.ServicerContext, exc: Exception) 
     else:
         log.exception("unhandled error in %s", method)
         status = internal_status()
-    await context.abort_with_status(rpc_status.to_status(status))
+    grpc_status = rpc_status.to_status(status)
+    trailers = tuple(grpc_status.trailing_metadata)
+    if isinstance(exc, DomainError) and exc.retry_after is not None:
+        # HTTP's Retry-After too (Envoy passes it to REST clients): a retry loop that
+        # knows nothing of google.rpc.RetryInfo still waits long enough.
+        trailers += (("retry-after", str(max(1, math.ceil(exc.retry_after)))),)
+    await context.abort(grpc_status.code, grpc_status.details, trailing_metadata=trailers)
 
 
 class ErrorInterceptor(WrappingInterceptor):
