@@ -5,21 +5,18 @@ the rate limit service it asks next (counters in Redis when configured)."""
 
 from __future__ import annotations
 
-import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from infermesh.registry.v1 import registry_resources_pb2 as res
-from infermesh.registry.v1 import registry_service_pb2 as registry_pb
-from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
 from infermesh_gateway.authz import ApiKeys, AuthorizationServicer, Authorizer, jwt_checker
 from infermesh_gateway.control_plane import ControlPlane
 from infermesh_gateway.envoy_config import Limits
 from infermesh_gateway.oidc import OidcConfig, OidcVerifier
 from infermesh_gateway.ratelimit import RateLimitServicer, open_limiter
 from infermesh_gateway.settings import ControlPlaneSettings
+from infermesh_runtime.registry_client import RegistryClient
 from infermesh_runtime.server import Registration, mark_serving, open_catalog_from
 
 ADS_SERVICE = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name
@@ -36,8 +33,9 @@ class ControlPlaneApp:
             raise ValueError("the control plane needs a catalog: set CONSUL_HTTP_ADDR, CATALOG_DIR or CATALOG_FILE")
         limits = Limits(settings.max_requests_per_backend, settings.max_pending_per_backend)
         self.control_plane = ControlPlane(self.catalog, limits)
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        keys = ApiKeys(self._authenticate, settings.auth_cache_seconds)
+        # API keys are checked with a registry from the catalog, directly: Envoy's routes come from us.
+        self.registry = RegistryClient(self.catalog)
+        keys = ApiKeys(self.registry.authenticate, settings.auth_cache_seconds)
         self.oidc = None
         if settings.oidc_issuer:
             config = OidcConfig(
@@ -67,17 +65,6 @@ class ControlPlaneApp:
             ),
         ]
 
-    async def _authenticate(self, secret: str) -> res.ApiKey:
-        """Ask a registry from the catalog (directly: Envoy's routes come from us)."""
-        registries = self.catalog.instances("registry")
-        if not registries:
-            raise RuntimeError("no registry in the catalog to check API keys with")
-        address = f"{registries[0].host}:{registries[0].port}"
-        if address not in self._channels:
-            self._channels[address] = grpc.aio.insecure_channel(address)
-        stub = registry_grpc.RegistryServiceStub(self._channels[address])
-        return await stub.AuthenticateApiKey(registry_pb.AuthenticateApiKeyRequest(secret=secret), timeout=2)
-
     async def start(self, health: HealthServicer) -> None:
         await self.catalog.start()
         await self.control_plane.start()
@@ -87,7 +74,6 @@ class ControlPlaneApp:
         await self.limiter.close()
         if self.oidc is not None:
             await self.oidc.aclose()
-        for channel in self._channels.values():
-            await channel.close()
+        await self.registry.close()
         await self.control_plane.close()
         await self.catalog.close()

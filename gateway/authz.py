@@ -30,12 +30,12 @@ from google.rpc import code_pb2, status_pb2
 from prometheus_client import Counter
 
 from infermesh.registry.v1 import registry_resources_pb2 as res
+from infermesh_runtime.registry_client import PRINCIPAL_HEADER
 
 DECISIONS = Counter(
     "infermesh_authz_decisions_total", "Authorization decisions, by outcome and role.", ["outcome", "role"]
 )
 USER, ADMIN = "user", "admin"
-PRINCIPAL_HEADER = "x-infermesh-principal"  # the caller, as rate limits count it
 IDENTITY_HEADERS = (PRINCIPAL_HEADER, "x-infermesh-role", "x-infermesh-models")
 
 # Methods only an admin may call; every other infermesh method needs a user (or admin).
@@ -53,7 +53,10 @@ ADMIN_METHODS = {
     "/google.longrunning.Operations/DeleteOperation",
 }
 # Inside the mesh only: never through the front door, whoever asks.
-INTERNAL_METHODS = {"/infermesh.registry.v1.RegistryService/AuthenticateApiKey"}
+INTERNAL_METHODS = {
+    "/infermesh.registry.v1.RegistryService/AuthenticateApiKey",
+    "/infermesh.registry.v1.RegistryService/RecordAuditEvent",
+}
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIX = "/grpc.reflection."
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from infermesh_gateway.authz import PRINCIPAL_HEADER
 from infermesh_gateway.limits import REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE
 from infermesh_runtime.catalog import BACKEND_HEADER, POOL_KINDS, Catalog, ServiceInstance, pool_name
+from infermesh_runtime.registry_client import PRINCIPAL_HEADER
 
 ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
 # The health service an instance reports SERVING on once it can take traffic.

@@ -25,7 +25,8 @@ from infermesh_inference.servicer import InferenceServicer
 from infermesh_inference.settings import InferenceSettings
 from infermesh_runtime.operations import SERVICE as OPERATIONS_SERVICE
 from infermesh_runtime.operations import OperationsServicer, OperationStore, add_operations_servicer_to_server
-from infermesh_runtime.server import Registration, mark_serving
+from infermesh_runtime.registry_client import RegistryClient
+from infermesh_runtime.server import Registration, mark_serving, open_catalog_from
 
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
@@ -100,6 +101,10 @@ class InferenceApp:
         )
         self.operations = OperationStore()
         self._reaper: asyncio.Task | None = None
+        # The catalog this server registers in; through it, the registry that keeps the
+        # audit log of loads and unloads (none without a catalog: a server on its own).
+        self.catalog = open_catalog_from(settings)
+        self.registry = RegistryClient(self.catalog) if self.catalog is not None else None
 
     def registrations(self) -> list[Registration]:
         return [
@@ -107,7 +112,7 @@ class InferenceApp:
             Registration(
                 MODEL_SERVICE,
                 model_grpc.add_ModelServiceServicer_to_server,
-                ModelServicer(self.repository, self.operations),
+                ModelServicer(self.repository, self.operations, self.registry),
             ),
             Registration(
                 OPERATIONS_SERVICE,
@@ -127,6 +132,9 @@ class InferenceApp:
         return tuple(sorted(found))
 
     async def start(self, health: HealthServicer) -> None:
+        if self.catalog is not None:
+            await self.catalog.start()
+
         async def report(entry: ModelEntry) -> None:
             ready = entry.state is ModelState.READY
             status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -149,3 +157,7 @@ class InferenceApp:
         await self.core.close()
         await self.repository.stop_all()
         self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.registry is not None:
+            await self.registry.close()
+        if self.catalog is not None:
+            await self.catalog.close()

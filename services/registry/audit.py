@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import grpc
 from google.rpc import code_pb2
 from sqlalchemy import insert, select
 
@@ -18,8 +17,8 @@ from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh_registry import schema
 from infermesh_registry.database import Database
 from infermesh_runtime.errors import status_of
+from infermesh_runtime.registry_client import principal_of
 
-PRINCIPAL_HEADER = "x-infermesh-principal"
 MAX_PAGE = 1000
 
 
@@ -27,18 +26,18 @@ class AuditLog:
     def __init__(self, database: Database) -> None:
         self.db = database
 
-    async def record(self, principal: str, action: str, resource: str, result: str, detail: str = "") -> None:
+    async def record(self, principal: str, action: str, resource: str, result: str, detail: str = "") -> res.AuditEvent:
+        event = res.AuditEvent(principal=principal, action=action, resource=resource, result=result, detail=detail)
+        when = datetime.now(UTC)
+        event.time.FromDatetime(when)
         async with self.db.write() as conn:
-            await conn.execute(
+            inserted = await conn.execute(
                 insert(schema.audit_log).values(
-                    time=datetime.now(UTC),
-                    principal=principal,
-                    action=action,
-                    resource=resource,
-                    result=result,
-                    detail=detail,
+                    time=when, principal=principal, action=action, resource=resource, result=result, detail=detail
                 )
             )
+            event.sequence = inserted.inserted_primary_key[0]
+        return event
 
     async def list(self, page_size: int, page_token: str) -> tuple[list[res.AuditEvent], str]:
         size = min(page_size or 50, MAX_PAGE)
@@ -61,10 +60,6 @@ class AuditLog:
             event.time.FromDatetime(row.time if row.time.tzinfo else row.time.replace(tzinfo=UTC))
             events.append(event)
         return events, (str(rows[size - 1].sequence) if len(rows) > size else "")
-
-
-def principal_of(context: grpc.aio.ServicerContext) -> str:
-    return dict(context.invocation_metadata() or ()).get(PRINCIPAL_HEADER, "anonymous")
 
 
 def audited(resource: Callable[[Any, Any], str]) -> Callable:

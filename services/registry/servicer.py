@@ -169,6 +169,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def AuthenticateApiKey(self, request, context):
         return await self.api_keys.authenticate(request.secret)
 
+    async def RecordAuditEvent(self, request, context):
+        e = request.audit_event
+        return await self.audit.record(e.principal, e.action, e.resource, e.result, e.detail)
+
     async def GetOperation(self, request, context):
         return self.operations.get(request.name)
 

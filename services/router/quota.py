@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
-from infermesh_gateway.authz import PRINCIPAL_HEADER
 from infermesh_gateway.limits import CONCURRENT, REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE
 from infermesh_gateway.ratelimit import Decision, Descriptor, RateLimiter, refusal
 from infermesh_runtime.errors import ResourceExhausted
+from infermesh_runtime.registry_client import PRINCIPAL_HEADER
 
 FLUSH_TOKENS = 8
 FLUSH_SECONDS = 0.25

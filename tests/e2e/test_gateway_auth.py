@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import mesh_settings
 from infermesh.inference.v1 import inference_service_pb2 as inference_pb
+from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as registry_pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
@@ -145,3 +146,46 @@ def test_admin_actions_are_audited_under_the_identity_the_gateway_established(se
     assert {"principal": "apiKeys/admin", "action": "CreateApiKey", "resource": name, "result": "OK"}.items() <= (
         log[0].items()
     )
+
+
+def test_model_loads_and_unloads_are_audited_with_who_asked_and_how_they_ended(secured):
+    """The inference server records its loads and unloads in the registry's audit log:
+    when asked (or refused) and when the operation ends."""
+    front, admin = secured
+
+    def run(verb: str) -> dict:
+        reply = httpx.post(f"http://{front}/v1/models/{MINILM}:{verb}", json={}, headers=bearer(admin), timeout=60)
+        assert reply.status_code == 200, reply.text
+        operation, deadline = reply.json(), time.monotonic() + 120
+        while not operation.get("done"):
+            assert time.monotonic() < deadline, operation
+            time.sleep(0.2)
+            operation = httpx.get(f"http://{front}/v1/{operation['name']}", headers=bearer(admin), timeout=30).json()
+        return operation
+
+    assert run("unload")["response"]["state"] == "MODEL_STATE_UNLOADED"
+    assert run("load")["response"]["state"] == "MODEL_STATE_READY"
+    missing = httpx.post(f"http://{front}/v1/models/no-such-model:load", json={}, headers=bearer(admin), timeout=60)
+    assert missing.status_code == 404
+    log = httpx.get(f"http://{front}/v1/registry/auditEvents", headers=bearer(admin)).json()["audit_events"]
+    lifecycle = [
+        (e["principal"], e["action"], e["resource"], e["result"], e["detail"])
+        for e in reversed(log)
+        if e["action"] in ("LoadModel", "UnloadModel")
+    ]
+    resource = f"models/{MINILM}"
+    assert lifecycle[-5:] == [
+        ("apiKeys/admin", "UnloadModel", resource, "OK", "unload requested"),
+        ("apiKeys/admin", "UnloadModel", resource, "OK", "unload done"),
+        ("apiKeys/admin", "LoadModel", resource, "OK", "load requested"),
+        ("apiKeys/admin", "LoadModel", resource, "OK", "load done"),
+        ("apiKeys/admin", "LoadModel", "models/no-such-model", "NOT_FOUND", lifecycle[-1][4]),
+    ]
+    # Recording is for services inside the mesh: the front door refuses it, even to an admin.
+    with grpc.insecure_channel(front) as channel:
+        with pytest.raises(grpc.RpcError) as error:
+            event = res.AuditEvent(principal="apiKeys/someone-else", action="DeleteModel", resource="x", result="OK")
+            registry_grpc.RegistryServiceStub(channel).RecordAuditEvent(
+                registry_pb.RecordAuditEventRequest(audit_event=event), metadata=list(bearer(admin).items()), timeout=10
+            )
+        assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -53,3 +53,20 @@ async def test_the_log_reads_newest_first_in_pages(registry):
         if not (token := page.next_page_token):
             break
     assert seen == sorted(seen, reverse=True) and len(seen) == len(set(seen)) >= 5
+
+
+async def test_services_inside_the_mesh_record_their_own_admin_actions(registry):
+    event = res.AuditEvent(principal="apiKeys/ops", action="LoadModel", resource="models/m", result="OK")
+    recorded = await registry.RecordAuditEvent(pb.RecordAuditEventRequest(audit_event=event))
+    assert recorded.sequence > 0 and recorded.time.seconds > 0
+    latest = (await registry.ListAuditEvents(pb.ListAuditEventsRequest(page_size=1))).audit_events[0]
+    assert (latest.sequence, latest.principal, latest.action, latest.resource) == (
+        recorded.sequence,
+        "apiKeys/ops",
+        "LoadModel",
+        "models/m",
+    )
+    # Who, what, which and how it ended are required.
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await registry.RecordAuditEvent(pb.RecordAuditEventRequest(audit_event=res.AuditEvent(action="LoadModel")))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT

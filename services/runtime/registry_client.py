@@ -1,0 +1,73 @@
+"""The registry, as services inside the mesh reach it: found in the catalog and called
+directly (not through Envoy, whose routes the gateway itself serves), for the calls that
+are never served at the front door (checking API keys, recording audit events)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+from prometheus_client import Counter
+
+from infermesh.registry.v1 import registry_resources_pb2 as res
+from infermesh.registry.v1 import registry_service_pb2 as pb
+from infermesh.registry.v1 import registry_service_pb2_grpc as pb_grpc
+from infermesh_runtime.catalog import Catalog
+
+log = logging.getLogger(__name__)
+AUDIT_FAILURES = Counter(
+    "infermesh_audit_record_failures_total", "Audit events that could not be recorded in the registry."
+)
+# Who a call is from: set by the gateway's authorization service only (client copies are
+# removed), read by rate limits and the audit log.
+PRINCIPAL_HEADER = "x-infermesh-principal"
+
+
+def principal_of(context) -> str:
+    """Who made a call, as the gateway authenticated them; `anonymous` with auth off."""
+    return dict(context.invocation_metadata() or ()).get(PRINCIPAL_HEADER, "anonymous")
+
+
+class RegistryClient:
+    def __init__(self, catalog: Catalog, timeout_seconds: float = 2.0) -> None:
+        self._catalog = catalog
+        self._timeout = timeout_seconds
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def stub(self) -> pb_grpc.RegistryServiceStub:
+        registries = self._catalog.instances("registry")
+        if not registries:
+            raise RuntimeError("no registry in the catalog")
+        address = f"{registries[0].host}:{registries[0].port}"
+        if address not in self._channels:
+            self._channels[address] = grpc.aio.insecure_channel(address)
+        return pb_grpc.RegistryServiceStub(self._channels[address])
+
+    async def authenticate(self, secret: str) -> res.ApiKey:
+        request = pb.AuthenticateApiKeyRequest(secret=secret)
+        return await self.stub().AuthenticateApiKey(request, timeout=self._timeout)
+
+    async def record(self, principal: str, action: str, resource: str, result: str, detail: str = "") -> None:
+        """Record an administrative action (`principal_of` its call names who asked). An
+        audit log that is down must not stop the action: the failure is logged and counted."""
+        event = res.AuditEvent(principal=principal, action=action, resource=resource, result=result, detail=detail)
+        started = time.monotonic()
+        try:
+            await self.stub().RecordAuditEvent(pb.RecordAuditEventRequest(audit_event=event), timeout=self._timeout)
+        except (grpc.aio.AioRpcError, RuntimeError) as error:
+            AUDIT_FAILURES.inc()
+            log.error(
+                "audit event not recorded",
+                extra={
+                    "action": action,
+                    "resource": resource,
+                    "error": str(error),
+                    "after": time.monotonic() - started,
+                },
+            )
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
