@@ -11,10 +11,14 @@ export DATA_DIR ?= $(CURDIR)/.data
 
 PROTOS := $(shell find protos third_party -name '*.proto')
 
-.PHONY: run test lint bench install gen models clean test-services
+.PHONY: run test lint bench install gen models clean test-services admin-key
 
 run: install models
 	$(BIN)/python -m infermesh_mesh
+
+# A new admin API key for the running mesh (printed once).
+admin-key: install
+	$(BIN)/python -m infermesh_mesh.admin_key
 
 test: install models test-services
 	$(BIN)/python -m pytest

@@ -116,7 +116,14 @@ def mesh_settings(**overrides: object) -> MeshSettings:
     }
     data_dir = Path(os.environ.get("DATA_DIR", ROOT / ".data"))
     registry = Path(tempfile.mkdtemp(dir=_REGISTRIES.name)) / "registry.db"
-    defaults = {"data_dir": data_dir, "ready_timeout_seconds": 600, "registry_database_url": f"sqlite:///{registry}"}
+    # The API's tests call without credentials; authorization has meshes of its own
+    # (tests/e2e/test_gateway_auth.py, test_rate_limits.py).
+    defaults = {
+        "data_dir": data_dir,
+        "ready_timeout_seconds": 600,
+        "registry_database_url": f"sqlite:///{registry}",
+        "auth": False,
+    }
     return MeshSettings(**{**ports, **defaults, **overrides})
 
 

@@ -13,13 +13,24 @@ from infermesh_mesh.settings import MeshSettings
 USAGE = """
 infermesh is ready in {seconds:.1f}s. Front door: http://{host}:{port}  (Envoy admin: http://{host}:{admin})
 
-  curl -s {host}:{port}/v1/generate-text -d '{{"model":"gemma-3-270m","prompt":"The capital of France is","max_tokens":16}}'
-  curl -sN {host}:{port}/v1/generate-text:stream -d '{{"model":"gemma-3-270m","prompt":"The capital of France is","max_tokens":16}}'
-  curl -s {host}:{port}/v1/embed -d '{{"model":"all-minilm-l6-v2","inputs":["hello world"]}}'
+  curl -s {host}:{port}/v1/generate-text{auth} -d '{{"model":"gemma-3-270m","prompt":"The capital of France is","max_tokens":16}}'
+  curl -sN {host}:{port}/v1/generate-text:stream{auth} -d '{{"model":"gemma-3-270m","prompt":"The capital of France is","max_tokens":16}}'
+  curl -s {host}:{port}/v1/embed{auth} -d '{{"model":"all-minilm-l6-v2","inputs":["hello world"]}}'
   grpcurl -plaintext {host}:{port} list
-  OpenAI SDK: OpenAI(base_url="http://{host}:{port}/v1", api_key="unused")
+  OpenAI SDK: OpenAI(base_url="http://{host}:{port}/v1", api_key={sdk_key})
 
 Ctrl-C stops everything.
+"""
+AUTH_HEADER = ' -H "authorization: Bearer $INFERMESH_API_KEY"'
+FIRST_KEY = """Authorization is on. The admin API key, shown this once (only its hash is kept):
+
+  export INFERMESH_API_KEY={secret}
+
+Send it as `Authorization: Bearer <key>`; issue others with POST /v1/registry/apiKeys,
+another admin key with `make admin-key`. `MESH_AUTH=false make run` turns authorization off.
+"""
+KEY_NEEDED = """Authorization is on: send an API key (`export INFERMESH_API_KEY=<key>`; the first start printed
+an admin key; `make admin-key` issues another). `MESH_AUTH=false make run` turns it off.
 """
 
 
@@ -40,16 +51,18 @@ def main() -> None:
         mesh.start()
         print("starting: Envoy, router, inference server (first start converts Gemma's weights once)", flush=True)
         seconds = mesh.wait_ready(progress=True, interrupted=lambda: stopping)
-        print(
-            USAGE.format(seconds=seconds, host=settings.host, port=settings.front_door_port, admin=settings.admin_port),
-            flush=True,
+        usage = USAGE.format(
+            seconds=seconds,
+            host=settings.host,
+            port=settings.front_door_port,
+            admin=settings.admin_port,
+            auth=AUTH_HEADER if settings.auth else "",
+            sdk_key='os.environ["INFERMESH_API_KEY"]' if settings.auth else '"unused"',
         )
-        if (secret := mesh.ensure_admin_key()) is not None:
-            print(
-                f"Authorization is on. The admin API key, shown this once (only its hash is kept):\n\n  {secret}\n\n"
-                "Send it as `Authorization: Bearer <key>`; issue others with POST /v1/registry/apiKeys.",
-                flush=True,
-            )
+        print(usage, flush=True)
+        if settings.auth:
+            secret = mesh.ensure_admin_key()
+            print(FIRST_KEY.format(secret=secret) if secret else KEY_NEEDED, flush=True)
         while not stopping:
             if dead := mesh.exited():
                 print(f"{dead[0].name} exited with code {dead[0].process.returncode}; stopping the mesh", flush=True)

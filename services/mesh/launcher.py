@@ -241,13 +241,7 @@ class Mesh:
         when keys exist already. Asks the registry directly, not through the front door."""
         if not self.settings.auth:
             return None
-        with grpc.insecure_channel(f"{self.settings.host}:{self.settings.registry_port}") as channel:
-            registry = registry_grpc.RegistryServiceStub(channel)
-            if registry.ListApiKeys(registry_pb.ListApiKeysRequest(page_size=1), timeout=10).api_keys:
-                return None
-            key = res.ApiKey(display_name="first admin, issued by make run", roles=[res.ApiKey.ROLE_ADMIN])
-            request = registry_pb.CreateApiKeyRequest(api_key_id="admin", api_key=key)
-            return registry.CreateApiKey(request, timeout=10).secret
+        return issue_admin_key(self.settings, "admin", "first admin, issued by make run", only_if_none=True)
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM services, then Envoy; SIGKILL whatever is still there after `timeout`."""
@@ -271,3 +265,16 @@ class Mesh:
 
 def _metrics_env(port: int | None) -> dict[str, str]:
     return {} if port is None else {"METRICS_PORT": str(port)}
+
+
+def issue_admin_key(settings: MeshSettings, key_id: str, display_name: str, only_if_none: bool = False) -> str | None:
+    """Issue an admin API key from the registry itself (this machine's, on its own port:
+    whoever can reach it runs the mesh) and return its secret; with `only_if_none`, only
+    when there is no key at all (None otherwise)."""
+    with grpc.insecure_channel(f"{settings.host}:{settings.registry_port}") as channel:
+        registry = registry_grpc.RegistryServiceStub(channel)
+        if only_if_none and registry.ListApiKeys(registry_pb.ListApiKeysRequest(page_size=1), timeout=10).api_keys:
+            return None
+        key = res.ApiKey(display_name=display_name, roles=[res.ApiKey.ROLE_ADMIN])
+        request = registry_pb.CreateApiKeyRequest(api_key_id=key_id, api_key=key)
+        return registry.CreateApiKey(request, timeout=10).secret

@@ -22,9 +22,9 @@ class MeshSettings(BaseSettings):
     inference_replicas: int = Field(1, ge=1, le=16, description="Inference servers, each with every model.")
     xds_port: int = Field(18000, description="The control plane, serving Envoy's routes and clusters over ADS.")
     auth: bool = Field(
-        False,
+        True,
         description="Check every front-door request's credentials (API keys, OIDC tokens); the first start "
-        "issues an admin API key and prints it once.",
+        "issues an admin API key and prints it once. `false` for local development without credentials.",
     )
     registry_port: int = 50053
     openai_port: int = 50061

@@ -8,6 +8,9 @@ nobody can claim an identity by sending the gateway's headers."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -35,7 +38,7 @@ SIGNING_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory) -> Iterator[tuple[str, str]]:
+def auth_mesh(tmp_path_factory) -> Iterator[tuple[Mesh, str]]:
     """The front door's address and the admin key the first start issued; OIDC tokens
     signed by SIGNING_KEY (its JWKS in a file, as an identity provider publishes it)."""
     jwks = tmp_path_factory.mktemp("idp") / "jwks.json"
@@ -50,9 +53,15 @@ def secured(tmp_path_factory) -> Iterator[tuple[str, str]]:
         admin = mesh.ensure_admin_key()
         assert admin is not None and admin.startswith("imk_")
         assert mesh.ensure_admin_key() is None  # only on the first start
-        yield f"127.0.0.1:{settings.front_door_port}", admin
+        yield mesh, admin
     finally:
         mesh.stop()
+
+
+@pytest.fixture(scope="module")
+def secured(auth_mesh) -> tuple[str, str]:
+    mesh, admin = auth_mesh
+    return f"127.0.0.1:{mesh.settings.front_door_port}", admin
 
 
 def bearer(secret: str) -> dict[str, str]:
@@ -189,3 +198,21 @@ def test_model_loads_and_unloads_are_audited_with_who_asked_and_how_they_ended(s
                 registry_pb.RecordAuditEventRequest(audit_event=event), metadata=list(bearer(admin).items()), timeout=10
             )
         assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_make_admin_key_issues_another_admin_key_for_the_running_mesh(auth_mesh):
+    mesh, _ = auth_mesh
+    env = {**os.environ, "MESH_HOST": mesh.settings.host, "MESH_REGISTRY_PORT": str(mesh.settings.registry_port)}
+    out = subprocess.run(
+        [sys.executable, "-m", "infermesh_mesh.admin_key"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    secret = out.stdout.split("export INFERMESH_API_KEY=")[1].split()[0]
+    front = f"127.0.0.1:{mesh.settings.front_door_port}"
+    assert httpx.get(f"http://{front}/v1/registry/apiKeys", headers=bearer(secret)).status_code == 200
+    # With the mesh down (nothing on that port), it says so instead of a traceback.
+    env["MESH_REGISTRY_PORT"] = "1"
+    down = subprocess.run(
+        [sys.executable, "-m", "infermesh_mesh.admin_key"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert down.returncode != 0 and "is the mesh running?" in down.stderr
