@@ -28,6 +28,7 @@ from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
 from infermesh_gateway import envoy_config
 from infermesh_mesh.settings import MeshSettings
 from infermesh_runtime.catalog import pool_name
+from infermesh_runtime.registry_client import PRINCIPAL_HEADER
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -277,4 +278,6 @@ def issue_admin_key(settings: MeshSettings, key_id: str, display_name: str, only
             return None
         key = res.ApiKey(display_name=display_name, roles=[res.ApiKey.ROLE_ADMIN])
         request = registry_pb.CreateApiKeyRequest(api_key_id=key_id, api_key=key)
-        return registry.CreateApiKey(request, timeout=10).secret
+        # Recorded in the audit log as done on this machine, not through the front door.
+        local = [(PRINCIPAL_HEADER, f"local:{key_id}")]
+        return registry.CreateApiKey(request, metadata=local, timeout=10).secret

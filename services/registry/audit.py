@@ -16,7 +16,7 @@ from sqlalchemy import insert, select
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh_registry import schema
 from infermesh_registry.database import Database
-from infermesh_runtime.errors import status_of
+from infermesh_runtime.errors import InvalidArgument, status_of
 from infermesh_runtime.registry_client import principal_of
 
 MAX_PAGE = 1000
@@ -44,7 +44,7 @@ class AuditLog:
         table = schema.audit_log
         query = select(table).order_by(table.c.sequence.desc()).limit(size + 1)
         if page_token:
-            query = query.where(table.c.sequence < int(page_token))
+            query = query.where(table.c.sequence < _decode_token(page_token))
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).all()
         events = []
@@ -60,6 +60,13 @@ class AuditLog:
             event.time.FromDatetime(row.time if row.time.tzinfo else row.time.replace(tzinfo=UTC))
             events.append(event)
         return events, (str(rows[size - 1].sequence) if len(rows) > size else "")
+
+
+def _decode_token(token: str) -> int:
+    """A page token is the sequence number the next page starts below (int64, as stored)."""
+    if not (token.isascii() and token.isdigit() and len(token) <= 19 and int(token) < 2**63):
+        raise InvalidArgument("page_token is not one this service issued", reason="INVALID_PAGE_TOKEN")
+    return int(token)
 
 
 def audited(resource: Callable[[Any, Any], str]) -> Callable:

@@ -12,21 +12,24 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import protovalidate
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
-from infermesh_runtime.errors import DOMAIN, STATUS_DETAILS_KEY, DomainError, internal_status
+from infermesh_runtime.errors import DOMAIN, STATUS_DETAILS_KEY, DomainError, InvalidArgument, internal_status
 
 log = logging.getLogger(__name__)
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+Deserializer = Callable[[bytes], Any]
 
 
 class WrappingInterceptor(grpc.aio.ServerInterceptor):
@@ -41,6 +44,9 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
     def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
         raise NotImplementedError
 
+    def wrap_deserializer(self, method: str, deserializer: Deserializer | None) -> Deserializer | None:
+        return deserializer
+
     async def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
         wrapped = self._wrapped.get(method)
@@ -51,12 +57,14 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
             return None
         if handler.unary_unary:
             wrapped = grpc.unary_unary_rpc_method_handler(
-                self.wrap_unary(method, handler.unary_unary), handler.request_deserializer, handler.response_serializer
+                self.wrap_unary(method, handler.unary_unary),
+                self.wrap_deserializer(method, handler.request_deserializer),
+                handler.response_serializer,
             )
         elif handler.unary_stream:
             wrapped = grpc.unary_stream_rpc_method_handler(
                 self.wrap_stream(method, handler.unary_stream),
-                handler.request_deserializer,
+                self.wrap_deserializer(method, handler.request_deserializer),
                 handler.response_serializer,
             )
         else:
@@ -114,18 +122,53 @@ async def _fail(method: str, context: grpc.aio.ServicerContext, exc: Exception) 
     await context.abort(grpc_status.code, grpc_status.details, trailing_metadata=trailers)
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """What a request's deserializer returns for bytes that are not its message: raising
+    there, grpc would answer UNKNOWN with the exception's text."""
+
+    message_type: str
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument(
+            f"the request is not a valid {self.message_type} message",
+            reason="MALFORMED_REQUEST",
+            message_type=self.message_type,
+        )
+
+
+def _validate(request: Any) -> None:
+    if isinstance(request, Undecodable):
+        raise request.error()
+    protovalidate.validate(request)
+
+
 class ErrorInterceptor(WrappingInterceptor):
     """Validates requests against their protovalidate rules and maps exceptions to status.
 
-    DomainError → its canonical code with ErrorInfo; an upstream call's error → the same
-    status; anything else → a generic INTERNAL (the traceback goes to the log, never to
-    the caller).
+    Bytes that do not decode as the request → INVALID_ARGUMENT; DomainError → its
+    canonical code with ErrorInfo; an upstream call's error → the same status; anything
+    else → a generic INTERNAL (the traceback goes to the log, never to the caller).
     """
+
+    def wrap_deserializer(self, method: str, deserializer: Deserializer | None) -> Deserializer | None:
+        if deserializer is None:
+            return None
+        message_class = getattr(deserializer, "__self__", None)
+        message_type = message_class.DESCRIPTOR.full_name if hasattr(message_class, "DESCRIPTOR") else "request"
+
+        def deserialize(data: bytes) -> Any:
+            try:
+                return deserializer(data)
+            except DecodeError:
+                return Undecodable(message_type)
+
+        return deserialize
 
     def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
         async def wrapped(request, context):
             try:
-                protovalidate.validate(request)
+                _validate(request)
                 return await behavior(request, context)
             except grpc.aio.AbortError:
                 raise
@@ -137,7 +180,7 @@ class ErrorInterceptor(WrappingInterceptor):
     def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
         async def wrapped(request, context):
             try:
-                protovalidate.validate(request)
+                _validate(request)
                 async for item in behavior(request, context):
                     yield item
             except grpc.aio.AbortError:
