@@ -55,6 +55,10 @@ $(VENV)/.installed: pyproject.toml scripts/gen_protos.py $(PROTOS)
 	$(BIN)/pip install -q $(GENERATOR_PINS)
 	$(BIN)/python scripts/gen_protos.py
 	$(BIN)/pip install -q -e '.[test]'
+	@# xds-protos ships its own, older copy of opentelemetry/proto/ (Envoy's API imports it)
+	@# over opentelemetry-proto's files; whichever installs last wins, and the old one breaks
+	@# the OTLP exporter. The current one serves both (tests/e2e/test_tracing.py).
+	$(BIN)/pip install -q --force-reinstall --no-deps $(shell grep -oE '"opentelemetry-proto==[^"]+"' pyproject.toml | tr -d '"')
 	touch $@
 
 gen: install

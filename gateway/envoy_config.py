@@ -7,9 +7,12 @@ from __future__ import annotations
 import argparse
 import copy
 import ipaddress
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -286,18 +289,49 @@ def render(catalog: Catalog, descriptor_set: Path, ports: EnvoyPorts) -> dict[st
     return config
 
 
+def otlp_endpoint(environ: Mapping[str, str] = os.environ) -> tuple[str, int] | None:
+    """The OTLP/gRPC collector the services export to (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+    or OTEL_EXPORTER_OTLP_ENDPOINT), as host and port; None when tracing is off."""
+    if environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    url = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if not url:
+        return None
+    parsed = urlsplit(url if "//" in url else f"//{url}")
+    return parsed.hostname or "127.0.0.1", parsed.port or 4317
+
+
+def _trace(config: dict[str, Any], collector: tuple[str, int]) -> None:
+    """Trace both listeners' requests into the collector (envoy/tracing.yaml)."""
+    template = _load("tracing.yaml")
+    for name in ("front_door", "mesh"):
+        tracing = copy.deepcopy(template["tracing"])
+        tracing["provider"]["typed_config"]["service_name"] = f"envoy-{name.replace('_', '-')}"
+        _connection_manager(_listener(config, name))["tracing"] = tracing
+    cluster = template["cluster"]
+    host, port = collector
+    cluster["type"] = "STATIC" if _is_ip(host) else "STRICT_DNS"
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] = {
+        "address": host,
+        "port_value": port,
+    }
+    config["static_resources"]["clusters"].append(cluster)
+
+
 def render_ads(
     descriptor_set: Path,
     ports: EnvoyPorts,
     control_plane: tuple[str, int],
     node: str = "front-door",
     authorization: bool = False,
+    collector: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     """A bootstrap whose routes and clusters come from the control plane over ADS
     (gateway/control_plane.py), so replicas and models come and go without a restart;
     with `authorization`, every front-door request is first checked by the gateway's
     authorization service (gateway/authz.py), then by its rate limit service
-    (gateway/ratelimit.py), both in the same process."""
+    (gateway/ratelimit.py), both in the same process; with a `collector` (host, port),
+    requests are traced into that OTLP/gRPC collector."""
     config = _bootstrap(descriptor_set, ports)
     if authorization:
         manager = _connection_manager(_listener(config, "front_door"))
@@ -319,6 +353,8 @@ def render_ads(
         "port_value": port,
     }
     config["static_resources"]["clusters"] = [xds]
+    if collector is not None:
+        _trace(config, collector)
     config["dynamic_resources"] = {
         "ads_config": {
             "api_type": "GRPC",

@@ -155,3 +155,18 @@ def test_with_authorization_every_front_door_request_is_checked_after_transcodin
     assert authz["failure_mode_allow"] is False  # fail closed
     limits = front["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][3]["typed_config"]
     assert limits["domain"] == "infermesh" and limits["failure_mode_deny"] is False  # fail open
+
+
+def test_with_an_otlp_collector_both_listeners_trace_into_it(tmp_path):
+    collector = envoy_config.otlp_endpoint({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4317"})
+    assert collector == ("jaeger", 4317)
+    assert envoy_config.otlp_endpoint({}) is None
+    assert envoy_config.otlp_endpoint({"OTEL_EXPORTER_OTLP_ENDPOINT": "x:1", "OTEL_SDK_DISABLED": "true"}) is None
+    config = envoy_config.render_ads(DESCRIPTOR, envoy_config.EnvoyPorts(), ("127.0.0.1", 18000), collector=collector)
+    envoy_validates(config, tmp_path)
+    for listener in config["static_resources"]["listeners"]:
+        tracing = listener["filter_chains"][0]["filters"][0]["typed_config"]["tracing"]
+        assert tracing["provider"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] == "otlp_collector"
+    otlp = next(c for c in config["static_resources"]["clusters"] if c["name"] == "otlp_collector")
+    assert otlp["type"] == "STRICT_DNS"  # a host name, as in compose
+    assert "tracing" not in str(envoy_config.render_ads(DESCRIPTOR, envoy_config.EnvoyPorts(), ("127.0.0.1", 18000)))

@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -23,6 +24,7 @@ from typing import Any, Generic, TypeVar
 
 from infermesh_inference import metrics
 from infermesh_runtime.errors import ResourceExhausted, Unavailable
+from infermesh_runtime.telemetry import past_span
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,6 +34,9 @@ T = TypeVar("T")
 class _Pending(Generic[T]):
     items: Sequence[Any]
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    # When it was queued, and its batch's start, end and size: its trace's spans.
+    queued_ns: int = field(default_factory=time.time_ns)
+    batch: tuple[int, int, int] = (0, 0, 0)
 
 
 class DynamicBatcher(Generic[T]):
@@ -87,7 +92,13 @@ class DynamicBatcher(Generic[T]):
         self._queued_items += len(items)
         self._waiting.append(pending)
         self._arrived.set()
-        return await pending.future
+        try:
+            return await pending.future
+        finally:
+            started, ended, size = pending.batch
+            if started:
+                past_span("queue wait", pending.queued_ns, started)
+                past_span(f"{self.name} forward", started, ended, {"infermesh.batch.size": size})
 
     async def close(self) -> None:
         """Stop collecting, fail calls still queued or running, and wait until no batch is
@@ -149,11 +160,14 @@ class DynamicBatcher(Generic[T]):
                 return
             items = [item for p in live for item in p.items]
             self._on_batch(len(items))
+            started = time.time_ns()
             try:
                 computing = self._executor.submit(self._run, items)
                 self._computing.add(computing)
                 computing.add_done_callback(self._computing.discard)
                 results = await asyncio.wrap_future(computing)
+                for p in live:
+                    p.batch = (started, time.time_ns(), len(items))
             except asyncio.CancelledError:
                 for p in live:
                     self._fail(p.future)

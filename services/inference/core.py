@@ -22,6 +22,7 @@ from infermesh_inference.models.base import (
 from infermesh_inference.models.continuous_batching import ContinuousBatcher
 from infermesh_inference.repository import ModelEntry, ModelRepository, ModelState
 from infermesh_runtime.errors import InvalidArgument
+from infermesh_runtime.telemetry import past_span
 
 
 class _Failed:
@@ -80,11 +81,11 @@ class InferenceCore:
     ) -> AsyncIterator[TextChunk]:
         """Generate on the batch where it can honour the request, alone otherwise; record timings."""
         model_id = entry.model.model_id
-        started = time.perf_counter()
-        first = None
+        started, started_ns = time.perf_counter(), time.time_ns()
+        first = first_ns = None
         async for chunk in self._generate_on_best_path(entry, prompt, sampling, extra_stops):
             if first is None and chunk.text:
-                first = time.perf_counter()
+                first, first_ns = time.perf_counter(), time.time_ns()
                 metrics.TIME_TO_FIRST_TOKEN.labels(model_id).observe(first - started)
             if chunk.usage is not None:
                 metrics.TOKENS.labels(model_id, "input").inc(chunk.usage.input_tokens)
@@ -92,6 +93,13 @@ class InferenceCore:
                 if first is not None and chunk.usage.output_tokens > 1:
                     per_token = (time.perf_counter() - first) / (chunk.usage.output_tokens - 1)
                     metrics.TIME_PER_OUTPUT_TOKEN.labels(model_id).observe(per_token)
+                # The request's life in the server: waiting for a place in the batch and
+                # the prompt's forward pass (prefill), then the batched decode steps.
+                usage = {"gen_ai.usage.input_tokens": chunk.usage.input_tokens}
+                past_span("queue wait and prefill", started_ns, first_ns or time.time_ns(), usage)
+                if first_ns is not None:
+                    decoded = {"gen_ai.usage.output_tokens": chunk.usage.output_tokens}
+                    past_span(f"{model_id} decode", first_ns, time.time_ns(), decoded)
             yield chunk
 
     async def _generate_on_best_path(

@@ -133,7 +133,10 @@ class Mesh:
     def _spawn_envoy(self, name: str, ports: envoy_config.EnvoyPorts, xds_port: int) -> None:
         s = self.settings
         envoy_file = self.run_dir / f"{name}.yaml"
-        bootstrap = envoy_config.render_ads(DESCRIPTOR_SET, ports, (s.host, xds_port), authorization=s.auth)
+        collector = envoy_config.otlp_endpoint(self._common)
+        bootstrap = envoy_config.render_ads(
+            DESCRIPTOR_SET, ports, (s.host, xds_port), authorization=s.auth, collector=collector
+        )
         envoy_config.write(bootstrap, envoy_file)
         envoy = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
         argv = [envoy, "-c", str(envoy_file), "--disable-hot-restart", "--log-level", "warn"]

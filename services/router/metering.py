@@ -20,6 +20,7 @@ from infermesh.inference.v1 import inference_types_pb2 as types_pb
 from infermesh_router.directory import Route
 from infermesh_router.usage import UsageLedger
 from infermesh_runtime.errors import status_of
+from infermesh_runtime.telemetry import annotate
 
 TOKENS = Counter(
     "infermesh_router_tokens_total",
@@ -102,9 +103,21 @@ class RequestRecord:
         self._first_token: float | None = None
         self._output_tokens = 0
         self._error: str | None = None
+        # The call's span, under the GenAI semantic conventions (no prompts, no outputs).
+        annotate({"gen_ai.operation.name": operation, "gen_ai.request.model": requested})
 
     def answered(self, route: Route, fallback: bool, cached: bool) -> None:
         self._route, self._fallback, self._cached = route, fallback, cached
+        annotate(
+            {
+                "gen_ai.response.model": route.model,
+                "gen_ai.provider.name": route.provider or "local",
+                "infermesh.model.version": route.version,
+                "infermesh.backend": route.backend,
+                "infermesh.fallback": fallback,
+                "infermesh.cache": "hit" if cached else "miss",
+            }
+        )
 
     def first_chunk(self) -> None:
         self._first_token = time.monotonic() - self._started
@@ -125,10 +138,12 @@ class RequestRecord:
         tally.cost += cost
         tally.currency = tally.currency or (route.pricing.currency or "USD" if route.pricing is not None else "")
         self._output_tokens = usage.output_tokens
+        annotate({"gen_ai.usage.input_tokens": usage.input_tokens, "gen_ai.usage.output_tokens": usage.output_tokens})
 
     def failed(self, error: BaseException) -> None:
         self._error = _error_type(error)
         self._route = None
+        annotate({"error.type": self._error})
 
     def finish(self) -> None:
         elapsed = time.monotonic() - self._started

@@ -1,11 +1,23 @@
-"""OpenTelemetry tracing: on only when an OTLP endpoint is configured (OTEL_* variables)."""
+"""OpenTelemetry tracing: on only when an OTLP endpoint is configured (OTEL_* variables).
+
+The gRPC interceptors make a span for every call (health checks and the xDS stream
+excepted) and carry W3C trace context from call to call; `annotate` adds attributes to the
+current call's span and `past_span` records a span after the fact (a queue wait, a batch),
+both no-ops when tracing is off."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import grpc
 from opentelemetry import trace
+from opentelemetry.util.types import AttributeValue
+
+_tracer = trace.get_tracer("infermesh")
+# Not traced: health checks (Envoy and Consul ask every few seconds) and the xDS stream
+# (one call as long as Envoy runs).
+UNTRACED_SERVICES = ("grpc.health.v1.", "envoy.service.discovery.")
 
 
 def tracing_enabled() -> bool:
@@ -34,9 +46,10 @@ def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
     """The OpenTelemetry server interceptor, which must come first, when tracing is on."""
     if not tracing_enabled():
         return []
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
-    return [aio_server_interceptor()]
+    untraced = filters.any_of(*(filters.service_prefix(prefix) for prefix in UNTRACED_SERVICES))
+    return [aio_server_interceptor(filter_=filters.negate(untraced))]
 
 
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
@@ -46,3 +59,19 @@ def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
     return list(aio_client_interceptors())
+
+
+def annotate(attributes: Mapping[str, AttributeValue]) -> None:
+    """Set attributes on the current call's span (unset values are skipped)."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes({k: v for k, v in attributes.items() if v is not None and v != ""})
+
+
+def past_span(name: str, start_ns: int, end_ns: int, attributes: Mapping[str, AttributeValue] | None = None) -> None:
+    """Record a span that already happened, as a child of the current one (times from
+    time.time_ns())."""
+    if not trace.get_current_span().is_recording():
+        return
+    span = _tracer.start_span(name, start_time=start_ns, attributes=attributes)
+    span.end(end_time=max(end_ns, start_ns))

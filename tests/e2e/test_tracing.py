@@ -1,0 +1,152 @@
+"""One request, one trace (issue 9): with OTEL_EXPORTER_OTLP_ENDPOINT set, Envoy (both
+listeners) and every service export spans to the same OTLP collector, W3C trace context
+is carried across every hop, and the spans of one request share its trace id and link to
+their parents: Envoy front door → router → Envoy mesh listener → inference server →
+queue wait and prefill → decode. Jaeger cannot run here: the collector is an OTLP/gRPC
+receiver started inside the test (the collector's service types from opentelemetry-proto),
+which is what Jaeger's OTLP port implements."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from conftest import free_port, mesh_settings
+from infermesh_mesh.launcher import Mesh
+
+GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"
+INFERENCE = "infermesh.inference.v1.InferenceService"
+PROMPT = "The secret word is artichoke. Repeat it:"
+
+
+class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+    """Keeps every exported span with its service's name."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, object]] = []
+        self._lock = threading.Lock()
+
+    def Export(self, request, context):
+        with self._lock:
+            for resource_spans in request.resource_spans:
+                service = next(
+                    (a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name"), ""
+                )
+                for scope in resource_spans.scope_spans:
+                    self.spans.extend((service, span) for span in scope.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def trace(self, trace_id: bytes) -> list[tuple[str, object]]:
+        with self._lock:
+            return [(service, span) for service, span in self.spans if span.trace_id == trace_id]
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory) -> Iterator[tuple[str, Receiver]]:
+    receiver = Receiver()
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",  # export within a fraction of a second
+    }
+    settings = mesh_settings(models=[GEMMA, MINILM], providers=[])
+    mesh = Mesh(settings, log_dir=tmp_path_factory.mktemp("traced-mesh"), env=env)
+    mesh.start()
+    try:
+        mesh.wait_ready()
+        yield f"http://127.0.0.1:{settings.front_door_port}", receiver
+    finally:
+        mesh.stop()
+        server.stop(0)
+
+
+def attributes(span) -> dict[str, object]:
+    values = {}
+    for a in span.attributes:
+        kind = a.value.WhichOneof("value")
+        values[a.key] = getattr(a.value, kind) if kind else None
+    return values
+
+
+def wait_for_trace(receiver: Receiver, trace_id: bytes, services: set[str], timeout: float = 15) -> list:
+    deadline = time.monotonic() + timeout
+    while True:
+        spans = receiver.trace(trace_id)
+        if services <= {service for service, _ in spans} or time.monotonic() > deadline:
+            return spans
+        time.sleep(0.2)
+
+
+def ancestry(span, by_id: dict[bytes, tuple[str, object]]) -> list[str]:
+    """The services of a span's ancestors in the trace, nearest first."""
+    chain = []
+    while span.parent_span_id in by_id:
+        service, span = by_id[span.parent_span_id]
+        chain.append(service)
+    return chain
+
+
+def test_one_request_is_one_trace_from_envoy_to_the_model(traced):
+    base, receiver = traced
+    # The caller's own trace context is continued, not replaced.
+    trace_id = bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
+    caller_span = "00f067aa0ba902b7"
+    headers = {"traceparent": f"00-{trace_id.hex()}-{caller_span}-01"}
+    body = {"model": GEMMA, "prompt": PROMPT, "max_tokens": 4, "temperature": 0}
+    reply = httpx.post(f"{base}/v1/generate-text", json=body, headers=headers, timeout=120)
+    assert reply.status_code == 200, reply.text
+
+    services = {"envoy-front-door", "router", "envoy-mesh", "inference"}
+    spans = wait_for_trace(receiver, trace_id, services)
+    assert services <= {service for service, _ in spans}, sorted({s for s, _ in spans})
+    by_id = {span.span_id: (service, span) for service, span in spans}
+    # Every span's parent is in the trace, up to the caller's span.
+    roots = [span for _, span in spans if span.parent_span_id not in by_id]
+    assert {span.parent_span_id.hex() for span in roots} == {caller_span}
+
+    names = sorted((service, span.name) for service, span in spans)
+    router = next(span for service, span in spans if span.name == "/infermesh.router.v1.RouterService/GenerateText")
+    assert "envoy-front-door" in ancestry(router, by_id)
+    inference = next(
+        span for service, span in spans if (service, span.name) == ("inference", f"/{INFERENCE}/GenerateText")
+    )
+    above = ancestry(inference, by_id)
+    assert "router" in above and above.index("envoy-mesh") < above.index("router"), names  # router → Envoy → inference
+    inside = {span.name: span for service, span in spans if service == "inference"}
+    assert by_id[inside["queue wait and prefill"].parent_span_id][1] is inference
+    decode = inside[f"{GEMMA} decode"]
+    assert decode.start_time_unix_nano >= inside["queue wait and prefill"].end_time_unix_nano - 1
+
+    # The router's span speaks the GenAI conventions; prompts and outputs are not recorded.
+    genai = attributes(router)
+    assert genai["gen_ai.operation.name"] == "text_completion" and genai["gen_ai.request.model"] == GEMMA
+    assert genai["gen_ai.response.model"] == GEMMA and genai["gen_ai.provider.name"] == "local"
+    assert genai["gen_ai.usage.output_tokens"] == int(reply.json()["usage"]["output_tokens"])
+    assert genai["infermesh.fallback"] is False and genai["infermesh.cache"] in ("hit", "miss")
+    recorded = " ".join(str(v) for _, span in spans for v in attributes(span).values())
+    assert "artichoke" not in recorded
+
+
+def test_embeddings_show_their_queue_wait_and_batch_and_health_checks_are_not_traced(traced):
+    base, receiver = traced
+    trace_id = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
+    headers = {"traceparent": f"00-{trace_id.hex()}-b7ad6b7169203331-01"}
+    reply = httpx.post(f"{base}/v1/embed", json={"model": MINILM, "inputs": ["a", "b"]}, headers=headers, timeout=60)
+    assert reply.status_code == 200, reply.text
+    spans = wait_for_trace(receiver, trace_id, {"inference"})
+    names = {span.name: span for service, span in spans if service == "inference"}
+    assert "queue wait" in names and attributes(names[f"{MINILM} forward"])["infermesh.batch.size"] >= 2
+    # Envoy checks every backend's health every few seconds: none of it is traced.
+    assert not [span.name for _, span in receiver.spans if "grpc.health" in span.name or "Health/Check" in span.name]
