@@ -113,6 +113,9 @@ def mesh_settings(**overrides: object) -> MeshSettings:
         "registry_metrics_port": free_port(),
         "router_metrics_port": free_port(),
         "inference_metrics_port": free_port(),
+        "openai_metrics_port": free_port(),
+        "gemini_metrics_port": free_port(),
+        "control_plane_metrics_port": free_port(),
     }
     data_dir = Path(os.environ.get("DATA_DIR", ROOT / ".data"))
     registry = Path(tempfile.mkdtemp(dir=_REGISTRIES.name)) / "registry.db"

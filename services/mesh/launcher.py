@@ -81,7 +81,12 @@ class Mesh:
         self._spawn(
             "control-plane",
             [sys.executable, "-m", "infermesh_gateway"],
-            {**common, "GRPC_PORT": str(s.xds_port), "INSTANCE_NAME": "control-plane"},
+            {
+                **common,
+                "GRPC_PORT": str(s.xds_port),
+                "INSTANCE_NAME": "control-plane",
+                **_metrics_env(s.control_plane_metrics_port),
+            },
         )
         for index in range(s.inference_replicas):
             name = f"inference-{index}"
@@ -125,7 +130,13 @@ class Mesh:
             self._spawn(
                 name,
                 [sys.executable, "-m", "infermesh_providers"],
-                {**common, "PROVIDER": name, "INSTANCE_NAME": name, "GRPC_PORT": str(self._provider_port(name))},
+                {
+                    **common,
+                    "PROVIDER": name,
+                    "INSTANCE_NAME": name,
+                    "GRPC_PORT": str(self._provider_port(name)),
+                    **_metrics_env(getattr(s, f"{name}_metrics_port")),
+                },
             )
         ports = envoy_config.EnvoyPorts(s.front_door_port, s.mesh_port, s.admin_port, s.host)
         self._spawn_envoy("envoy", ports, s.xds_port)

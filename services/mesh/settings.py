@@ -34,6 +34,9 @@ class MeshSettings(BaseSettings):
         9101, description="The first inference replica's; replica N's 100·N above."
     )
     registry_metrics_port: int | None = 9102
+    openai_metrics_port: int | None = 9103
+    gemini_metrics_port: int | None = 9104
+    control_plane_metrics_port: int | None = 9105
     registry_database_url: str = Field("", description="The registry's database; empty: SQLite in data_dir.")
     providers: CommaList = Field(
         ["openai", "gemini"],
