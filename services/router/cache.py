@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 
 from cachetools import TTLCache
@@ -24,6 +25,7 @@ from prometheus_client import Counter
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh_router.directory import Route
+from infermesh_runtime.telemetry import past_span
 
 log = logging.getLogger(__name__)
 LOOKUPS = Counter(
@@ -85,13 +87,21 @@ class ResponseCache:
     async def get(self, key: CacheKey | None, route: Route) -> Message | None:
         if key is None:
             return None
+        started = time.time_ns()
         try:
             found = await self._read(key)
+            result = "hit" if found is not None else "miss"
         except Exception as exc:  # noqa: BLE001 - an unreachable cache is a miss
             log.warning("response cache unavailable", extra={"error": repr(exc)})
-            LOOKUPS.labels(route.model, "error").inc()
-            return None
-        LOOKUPS.labels(route.model, "hit" if found is not None else "miss").inc()
+            found, result = None, "error"
+        LOOKUPS.labels(route.model, result).inc()
+        store = "redis" if self._redis is not None else "memory"
+        past_span(
+            "response cache lookup",
+            started,
+            time.time_ns(),
+            {"infermesh.cache": result, "infermesh.cache.store": store},
+        )
         return found
 
     async def put(self, key: CacheKey | None, reply: Message) -> None:

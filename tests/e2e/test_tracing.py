@@ -124,6 +124,9 @@ def test_one_request_is_one_trace_from_envoy_to_the_model(traced):
     )
     above = ancestry(inference, by_id)
     assert "router" in above and above.index("envoy-mesh") < above.index("router"), names  # router → Envoy → inference
+    # A deterministic request is looked up in the response cache first.
+    lookup = next(span for service, span in spans if span.name == "response cache lookup")
+    assert by_id[lookup.parent_span_id][1] is router and attributes(lookup)["infermesh.cache"] == "miss"
     inside = {span.name: span for service, span in spans if service == "inference"}
     assert by_id[inside["queue wait and prefill"].parent_span_id][1] is inference
     decode = inside[f"{GEMMA} decode"]
