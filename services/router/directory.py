@@ -34,6 +34,11 @@ POOL_SETTLE_SECONDS = 2.0
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
+def model_id(requested: str) -> str:
+    """A model's id without its version (`gemma-3-270m@q4-k-m` → `gemma-3-270m`)."""
+    return requested.partition("@")[0]
+
+
 @dataclass(frozen=True)
 class Route:
     """Where one request goes."""

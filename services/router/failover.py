@@ -26,7 +26,7 @@ from google.rpc import code_pb2
 from prometheus_client import Counter
 
 from infermesh_router.backends import CONTEXT_TOO_LONG, Backends, relay
-from infermesh_router.directory import Route
+from infermesh_router.directory import Route, model_id
 from infermesh_router.quota import Admission
 from infermesh_runtime.errors import (
     DeadlineExceeded,
@@ -89,8 +89,8 @@ def _permitted(models: list[str], requested: str, context) -> list[str]:
     if granted == "*":
         return models
     allowed = set(granted.split(","))
-    permitted = [m for m in models if m.partition("@")[0] in allowed]
-    if not permitted or (not requested.startswith("auto") and requested.partition("@")[0] not in allowed):
+    permitted = [m for m in models if model_id(m) in allowed]
+    if not permitted or (not requested.startswith("auto") and model_id(requested) not in allowed):
         raise PermissionDenied(
             f"these credentials may not use model {requested!r}; they may use {', '.join(sorted(allowed))}",
             reason="MODEL_NOT_ALLOWED",
@@ -148,7 +148,7 @@ class _Attempts:
                 return False  # a fallback with a window no larger cannot fit it either
         if self._context is not None and (self._context.time_remaining() or 1) <= 0:
             return False
-        if self._backend_failed and not self._backends.budget.acquire(self._request.model):
+        if self._backend_failed and not self._backends.budget.acquire(model_id(self._request.model)):
             return False
         log.warning(
             "falling back",
@@ -180,13 +180,14 @@ class _Attempts:
         self._backends.budget.succeeded()
         fallback = attempt.model != self.primary
         if fallback:
-            FALLBACKS.labels(self._request.model, attempt.model).inc()
+            # By model id, as every router series names models (versions are labels of their own).
+            FALLBACKS.labels(model_id(self._request.model), model_id(attempt.model)).inc()
         self.record.answered(route, fallback, cached)
         return fallback
 
     def interrupted(self, error: grpc.aio.AioRpcError | DomainError, route: Route, sent: int) -> DomainError:
         """The error for a stream whose backend failed after `sent` chunks."""
-        INTERRUPTED.labels(route.model).inc()
+        INTERRUPTED.labels(model_id(route.model)).inc()
         code = _code(error)
         if code in RETRYABLE:
             self._backends.cooldown.failed(route.backend)

@@ -17,7 +17,7 @@ from google.rpc import code_pb2
 from prometheus_client import Counter, Histogram
 
 from infermesh.inference.v1 import inference_types_pb2 as types_pb
-from infermesh_router.directory import Route
+from infermesh_router.directory import Route, model_id
 from infermesh_router.usage import UsageLedger
 from infermesh_runtime.errors import status_of
 from infermesh_runtime.telemetry import annotate
@@ -49,7 +49,7 @@ DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 
 REQUEST_DURATION = Histogram(
     "gen_ai_server_request_duration_seconds",
     "Time to the whole answer (gen_ai.server.request.duration); error_type set on failures.",
-    ["gen_ai_operation_name", "gen_ai_request_model", "gen_ai_response_model", "error_type"],
+    [*GENAI, "error_type"],
     buckets=DURATION_BUCKETS,
 )
 TIME_TO_FIRST_TOKEN = Histogram(
@@ -95,7 +95,7 @@ class RequestRecord:
     def __init__(self, ledger: UsageLedger, operation: str, requested: str) -> None:
         self._ledger = ledger
         self._operation = operation
-        self._requested = requested.partition("@")[0]
+        self._requested = model_id(requested)
         self._started = time.monotonic()
         self._route: Route | None = None
         self._fallback = False
@@ -167,7 +167,10 @@ class RequestRecord:
                 tally.first_token.add(self._first_token)
         REQUESTS.labels(self._requested, outcome).inc()
         response_model = route.model if route is not None else ""
-        REQUEST_DURATION.labels(self._operation, self._requested, response_model, self._error or "").observe(elapsed)
+        provider = (route.provider or "local") if route is not None else ""
+        REQUEST_DURATION.labels(self._operation, provider, self._requested, response_model, self._error or "").observe(
+            elapsed
+        )
         if route is not None and self._first_token is not None:
             TIME_TO_FIRST_TOKEN.labels(*self._labels(route)).observe(self._first_token)
             if self._output_tokens > 1:

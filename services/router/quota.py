@@ -30,6 +30,7 @@ from google.protobuf.message import Message
 
 from infermesh_gateway.limits import CONCURRENT, REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE
 from infermesh_gateway.ratelimit import Decision, Descriptor, RateLimiter, refusal
+from infermesh_router.directory import model_id
 from infermesh_runtime.errors import ResourceExhausted
 from infermesh_runtime.registry_client import PRINCIPAL_HEADER
 
@@ -123,7 +124,7 @@ class Quotas:
         key = dict(context.invocation_metadata() or ()).get(PRINCIPAL_HEADER, "") if context is not None else ""
         if self.limiter is None or not key:
             return Admission()
-        model = model.partition("@")[0]
+        model = model_id(model)
         descriptors = [
             Descriptor({"kind": TOKENS_PER_MINUTE, "api_key": key}),
             Descriptor({"kind": CONCURRENT, "api_key": key}),
