@@ -49,6 +49,7 @@ ADMIN_METHODS = {
 } | {
     "/infermesh.inference.v1.ModelService/LoadModel",
     "/infermesh.inference.v1.ModelService/UnloadModel",
+    "/infermesh.inference.v1.ModelService/GetServerResources",  # the host's figures: operators
     "/google.longrunning.Operations/CancelOperation",
     "/google.longrunning.Operations/DeleteOperation",
 }

@@ -16,11 +16,14 @@ from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from infermesh.inference.v1 import model_service_pb2 as model_pb
 from infermesh.inference.v1 import model_service_pb2_grpc as model_grpc
+from infermesh_inference import metrics
+from infermesh_inference.accelerators import shared_reader
 from infermesh_inference.core import EmbedBatching, InferenceCore
 from infermesh_inference.lifecycle import ModelServicer
 from infermesh_inference.models.builtin import BUILTIN_SPECS, BuildOptions, build_model, parse_specs
 from infermesh_inference.models.continuous_batching import BatchingSettings
 from infermesh_inference.repository import ModelEntry, ModelRepository, ModelState
+from infermesh_inference.resources import ResourceMonitor
 from infermesh_inference.servicer import InferenceServicer
 from infermesh_inference.settings import InferenceSettings
 from infermesh_runtime.operations import SERVICE as OPERATIONS_SERVICE
@@ -100,6 +103,8 @@ class InferenceApp:
             ),
         )
         self.operations = OperationStore()
+        self.resources = ResourceMonitor(settings.device, self.repository.memory_used, shared_reader())
+        metrics.export_accelerators()
         self._reaper: asyncio.Task | None = None
         # The catalog this server registers in; through it, the registry that keeps the
         # audit log of loads and unloads (none without a catalog: a server on its own).
@@ -112,7 +117,7 @@ class InferenceApp:
             Registration(
                 MODEL_SERVICE,
                 model_grpc.add_ModelServiceServicer_to_server,
-                ModelServicer(self.repository, self.operations, self.registry),
+                ModelServicer(self.repository, self.operations, self.resources, self.registry),
             ),
             Registration(
                 OPERATIONS_SERVICE,

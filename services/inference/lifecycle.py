@@ -1,4 +1,5 @@
-"""The ModelService: load, unload and status of models, loads and unloads as operations.
+"""The ModelService: load, unload and status of models, loads and unloads as operations,
+and the server's resource use.
 
 Loads and unloads are administrative actions: each is recorded in the registry's audit
 log twice, when asked for (or refused) and when its operation ends, with who asked."""
@@ -7,23 +8,60 @@ from __future__ import annotations
 
 import asyncio
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import code_pb2
 
 from infermesh.inference.v1 import model_service_pb2 as pb
 from infermesh.inference.v1 import model_service_pb2_grpc as pb_grpc
 from infermesh_inference.repository import ModelRepository
+from infermesh_inference.resources import ResourceMonitor, ResourceReading
 from infermesh_inference.servicer import list_models, model_proto
 from infermesh_runtime.errors import status_of
 from infermesh_runtime.operations import OperationStore, now
 from infermesh_runtime.registry_client import RegistryClient, principal_of
 
 
+def resources_proto(reading: ResourceReading) -> pb.ServerResources:
+    read_time = Timestamp()
+    read_time.FromNanoseconds(int(reading.read_time * 1e9))
+    return pb.ServerResources(
+        read_time=read_time,
+        cpu_cores_used=reading.cpu.cores,
+        cpu_window_seconds=reading.cpu.window_seconds,
+        cpu_seconds=reading.cpu.cpu_seconds,
+        cpu_count=reading.cpu_count,
+        resident_memory_bytes=reading.resident_memory_bytes,
+        thread_count=reading.thread_count,
+        memory_total_bytes=reading.memory_total_bytes,
+        memory_available_bytes=reading.memory_available_bytes,
+        device=reading.device,
+        model_memory_bytes=reading.model_memory_bytes,
+        accelerators=[
+            pb.Accelerator(
+                index=a.index,
+                name=a.name,
+                uuid=a.uuid,
+                utilization=a.utilization,
+                memory_used_bytes=a.memory_used_bytes,
+                memory_total_bytes=a.memory_total_bytes,
+                allocated_bytes=a.allocated_bytes,
+            )
+            for a in reading.accelerators
+        ],
+    )
+
+
 class ModelServicer(pb_grpc.ModelServiceServicer):
     def __init__(
-        self, repository: ModelRepository, operations: OperationStore, audit: RegistryClient | None = None
+        self,
+        repository: ModelRepository,
+        operations: OperationStore,
+        resources: ResourceMonitor,
+        audit: RegistryClient | None = None,
     ) -> None:
         self.repository = repository
         self.operations = operations
+        self.resources = resources
         self.audit = audit
 
     async def _record(self, principal: str, action: str, model_id: str, error: Exception | None, detail: str) -> None:
@@ -79,3 +117,6 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
 
     async def ListModels(self, request, context):
         return list_models(self.repository, request)
+
+    async def GetServerResources(self, request, context):
+        return resources_proto(await asyncio.to_thread(self.resources.read))
