@@ -14,6 +14,7 @@ from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from infermesh_runtime.catalog import Catalog
+from infermesh_runtime.telemetry import client_interceptors
 
 log = logging.getLogger(__name__)
 AUDIT_FAILURES = Counter(
@@ -41,7 +42,7 @@ class RegistryClient:
             raise RuntimeError("no registry in the catalog")
         address = f"{registries[0].host}:{registries[0].port}"
         if address not in self._channels:
-            self._channels[address] = grpc.aio.insecure_channel(address)
+            self._channels[address] = grpc.aio.insecure_channel(address, interceptors=client_interceptors())
         return pb_grpc.RegistryServiceStub(self._channels[address])
 
     async def authenticate(self, secret: str) -> res.ApiKey:
