@@ -111,6 +111,7 @@ def test_requests_per_minute_hold_across_two_gateway_replicas(gateways):
     ]
     allowed = [r for r in replies if r.status_code == 200]
     refused = [r for r in replies if r.status_code != 200]
+    print(f"\nrequests per minute across two gateways: {len(allowed)} of 200 allowed for a limit of 60")
     assert 57 <= len(allowed) <= 63, f"{len(allowed)} of 200 allowed with a limit of 60 a minute"
     assert {r.status_code for r in refused} == {429}
     # Each front door let some through: one count, not one per replica.
@@ -172,6 +173,7 @@ def test_concurrent_streams_are_cut_when_they_spend_the_quota_together(gateways)
     assert "incomplete" in cut[0]["message"]
     # Streamed text chunks in all: within the quota, give or take a flush per stream.
     chunks = sum(1 for events in results.values() for e in events if e.get("text"))
+    print(f"\ntwo streams on a 100-token quota: {chunks} text chunks in all, {len(cut)} cut at the quota")
     assert chunks <= 100 + 2 * FLUSH_TOKENS
     assert_refused_by(generate(fronts[0], key, 8), "tokens_per_minute")
 
