@@ -78,6 +78,19 @@ def unreachable(provider: str, detail: str, redact: Redactor) -> DomainError:
     )
 
 
+def check_count(provider: str, what: str, got: int, expected: int) -> None:
+    """A reply with more or fewer items than were asked for is the provider's failure
+    (as a 5xx would be), not one to pass on in pieces."""
+    if got != expected:
+        raise Unavailable(
+            f"{provider} answered {got} {what} for {expected} inputs",
+            reason="PROVIDER_BAD_REPLY",
+            provider=provider,
+            got=got,
+            expected=expected,
+        )
+
+
 def retry_after_header(headers) -> float | None:
     """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
     if headers is None:

@@ -91,6 +91,12 @@ class GeminiBackend:
             for role, content in messages
             if role != "system"
         ]
+        if not contents:  # google-genai raises ValueError for it, before any request
+            raise InvalidArgument(
+                "a chat with a Gemini model needs a user or assistant message, not only system ones",
+                reason="NO_CONVERSATION",
+                provider=self.provider,
+            )
         return self._stream(model_id, contents, self._config(sampling, system))
 
     async def _stream(
@@ -127,8 +133,13 @@ class GeminiBackend:
         yield TextChunk("", finish or FinishReason.STOP, usage)
 
     async def embed(self, model_id: str, texts: list[str]) -> Embeddings:
-        reply = await self._call(lambda: self._client.aio.models.embed_content(model=model_id, contents=texts))
+        # One Content per text: given plain strings, google-genai sends a model it deems
+        # multimodal (an id with "gemini" in it, gemini-embedding-001 aside) a single
+        # content of many parts, and gets one embedding back for all the texts.
+        contents = [types.Content(parts=[types.Part(text=text)]) for text in texts]
+        reply = await self._call(lambda: self._client.aio.models.embed_content(model=model_id, contents=contents))
         vectors = [list(e.values or []) for e in reply.embeddings or []]
+        errors.check_count(self.provider, "embeddings", len(vectors), len(texts))
         # The Gemini API reports no token counts for embeddings.
         return Embeddings(vectors=vectors, token_counts=apportion(0, texts))
 

@@ -132,6 +132,7 @@ class OpenAIBackend:
             lambda: self._client.embeddings.create(model=model_id, input=texts, encoding_format="float")
         )
         vectors = [item.embedding for item in sorted(reply.data, key=lambda item: item.index)]
+        errors.check_count(self.provider, "embeddings", len(vectors), len(texts))
         return Embeddings(vectors=vectors, token_counts=apportion(reply.usage.prompt_tokens, texts))
 
     async def describe_image(

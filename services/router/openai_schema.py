@@ -119,7 +119,7 @@ def parse(model: type[_Request], body: bytes) -> Any:
     """Parse a JSON body into `model`, or raise INVALID_ARGUMENT saying what is wrong."""
     try:
         data = json.loads(body or b"null")
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # also bytes that are not UTF-8, nesting past the parser's depth
         raise InvalidArgument(f"request body is not valid JSON: {exc}", reason="INVALID_JSON") from exc
     if not isinstance(data, dict):
         raise InvalidArgument("request body must be a JSON object", reason="INVALID_JSON")

@@ -18,14 +18,14 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 
 import grpc
-from google.rpc import status_pb2
+from google.rpc import code_pb2, status_pb2
 
 from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.inference.v1 import inference_types_pb2 as types_pb
 from infermesh.router.v1 import orchestration_pb2 as pb
 from infermesh_router import failover
 from infermesh_router.backends import AUTO, Backends
-from infermesh_runtime.errors import DomainError, Unavailable, status_of
+from infermesh_runtime.errors import DomainError, InvalidArgument, Unavailable, status_of
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,14 @@ JUDGE_PROMPT = (
     "Question:\n{question}\n\nAnswers:\n{answers}\n\nThe number of the best answer:"
 )
 _INTEGER = re.compile(r"\b\d+\b")
+CALLER_ERRORS = {
+    code_pb2.INVALID_ARGUMENT,
+    code_pb2.NOT_FOUND,
+    code_pb2.FAILED_PRECONDITION,
+    code_pb2.OUT_OF_RANGE,
+    code_pb2.PERMISSION_DENIED,
+    code_pb2.UNAUTHENTICATED,
+}
 
 
 def text_request(
@@ -162,7 +170,9 @@ async def ensemble(
     failed = [a for a in answers if a.WhichOneof("outcome") == "error"]
     if not answered:
         errors = "; ".join(f"{a.model}: {a.error.message}" for a in failed)
-        raise Unavailable(
+        # Every model refused the request itself (unknown, unable, invalid): retrying cannot help.
+        refused = all(a.error.code in CALLER_ERRORS for a in failed)
+        raise (InvalidArgument if refused else Unavailable)(
             f"none of the models answered ({errors})",
             reason="NO_ANSWERS",
             models=",".join(request.models),

@@ -12,6 +12,15 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 DOMAIN = "infermesh.dev"
+# An error travels in the call's trailers, which are bounded (Envoy refuses more than
+# 60 KiB and resets the stream: the caller sees UNAVAILABLE). Values a caller sent and
+# an error names back (an id, a name) are cut to these lengths.
+MAX_MESSAGE_CHARS = 4096
+MAX_VALUE_CHARS = 1024
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class DomainError(Exception):
@@ -20,11 +29,12 @@ class DomainError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
     def __init__(self, message: str, *, reason: str, retry_after: float | None = None, **metadata: object) -> None:
+        message = _clip(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
         self.reason = reason
         self.retry_after = retry_after
-        self.metadata = {key: str(value) for key, value in metadata.items()}
+        self.metadata = {key: _clip(str(value), MAX_VALUE_CHARS) for key, value in metadata.items()}
 
     def to_status(self) -> status_pb2.Status:
         details = [error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)]

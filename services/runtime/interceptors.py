@@ -24,6 +24,7 @@ from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
 from infermesh_runtime.errors import DOMAIN, STATUS_DETAILS_KEY, DomainError, InvalidArgument, internal_status
+from infermesh_runtime.well_known import invalid_times
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +141,20 @@ class Undecodable:
 def _validate(request: Any) -> None:
     if isinstance(request, Undecodable):
         raise request.error()
+    if problems := invalid_times(request):
+        raise InvalidArgument(
+            "; ".join(f"{path}: {problem}" for path, problem in problems),
+            reason="INVALID_REQUEST_FIELDS",
+            fields=",".join(path for path, _ in problems),
+        )
     protovalidate.validate(request)
 
 
 class ErrorInterceptor(WrappingInterceptor):
     """Validates requests against their protovalidate rules and maps exceptions to status.
 
-    Bytes that do not decode as the request → INVALID_ARGUMENT; DomainError → its
+    Bytes that do not decode as the request, and Timestamp or Duration values outside
+    the protobuf spec's range, → INVALID_ARGUMENT too; DomainError → its
     canonical code with ErrorInfo; an upstream call's error → the same status; anything
     else → a generic INTERNAL (the traceback goes to the log, never to the caller).
     """

@@ -298,10 +298,10 @@ def test_an_ensemble_where_one_model_answers_takes_that_answer(base_url):
     assert result["answers"][0]["error"]["code"] == 5
 
 
-def test_an_ensemble_where_no_model_answers_is_unavailable_naming_each_error(base_url, router):
+def test_an_ensemble_whose_models_all_refuse_is_a_client_error_naming_each_error(base_url, router):
     body = {"models": ["no-such-model", "nor-this-one"], "prompt": "hi", "strategy": "ENSEMBLE_STRATEGY_CONSENSUS"}
     reply = post(base_url, "/v1/generate-text:ensemble", body)
-    assert reply.status_code == 503
+    assert reply.status_code == 400
     error = reply.json()
     assert error["details"][0]["reason"] == "NO_ANSWERS"
     assert "no-such-model" in error["message"] and "nor-this-one" in error["message"]
