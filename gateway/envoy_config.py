@@ -27,8 +27,10 @@ HEALTH_SERVICES = {
     "inference": "infermesh.inference.v1.InferenceService",
     "provider": "infermesh.inference.v1.InferenceService",
     "registry": "infermesh.registry.v1.RegistryService",
+    "vector": "infermesh.vector.v1.VectorService",
 }
 REGISTRY_PREFIX = "/infermesh.registry.v1.RegistryService/"
+VECTOR_PREFIX = "/infermesh.vector.v1.VectorService/"
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,13 @@ def _lifecycle_routes(servers: list[ServiceInstance]) -> list[dict[str, Any]]:
     return routes
 
 
+def _vector_routes(instances: list[ServiceInstance]) -> list[dict[str, Any]]:
+    """The vector service is reached directly too (it calls the router itself to embed)."""
+    if not instances:
+        return []
+    return [{"match": {"prefix": VECTOR_PREFIX}, "route": {"cluster": instances[0].name, "timeout": "0s"}}]
+
+
 def _registry_routes(registries: list[ServiceInstance]) -> list[dict[str, Any]]:
     """Operators reach the registry directly (it is not behind the router). Unary calls
     carry their own deadlines; a watch is a stream that lasts as long as its client."""
@@ -251,6 +260,7 @@ def route_configs(catalog: Catalog) -> dict[str, dict[str, Any]]:
     front["virtual_hosts"][0]["routes"][:0] = [
         *_lifecycle_routes(catalog.instances("inference")),
         *_registry_routes(catalog.instances("registry")),
+        *_vector_routes(catalog.instances("vector")),
     ]
     for route in front["virtual_hosts"][0]["routes"]:
         if limits := _rate_limits(route):

@@ -108,6 +108,8 @@ def mesh_settings(**overrides: object) -> MeshSettings:
         "inference_port": free_port(),
         "xds_port": free_port(),
         "registry_port": free_port(),
+        "vector_port": free_port(),
+        "vector_metrics_port": free_port(),
         "openai_port": free_port(),
         "gemini_port": free_port(),
         "registry_metrics_port": free_port(),
@@ -125,6 +127,7 @@ def mesh_settings(**overrides: object) -> MeshSettings:
         "data_dir": data_dir,
         "ready_timeout_seconds": 600,
         "registry_database_url": f"sqlite:///{registry}",
+        "vector_dir": registry.parent / "vector",  # collections of this mesh's own
         "auth": False,
     }
     return MeshSettings(**{**ports, **defaults, **overrides})

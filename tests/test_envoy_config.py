@@ -106,6 +106,7 @@ def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
         "infermesh.openai.v1.OpenAIService",
         "infermesh.inference.v1.ModelService",
         "infermesh.registry.v1.RegistryService",
+        "infermesh.vector.v1.VectorService",
         "google.longrunning.Operations",
     ]
     assert transcoder["convert_grpc_status"] is True

@@ -116,6 +116,18 @@ class Mesh:
             },
         )
         self._spawn(
+            "vector",
+            [sys.executable, "-m", "infermesh_vector"],
+            {
+                **common,
+                "INSTANCE_NAME": "vector",
+                "GRPC_PORT": str(s.vector_port),
+                "DATA_DIR": str(s.data_dir.resolve()),
+                **({"VECTOR_DIR": str(s.vector_dir.resolve())} if s.vector_dir else {}),
+                **_metrics_env(s.vector_metrics_port),
+            },
+        )
+        self._spawn(
             "router",
             [sys.executable, "-m", "infermesh_router"],
             {
@@ -223,7 +235,7 @@ class Mesh:
         optional = tuple(f"{name}::" for name in self.settings.providers)
         flags = [line for line in text.splitlines() if "::health_flags::" in line and not line.startswith(optional)]
         # The clusters come from the control plane: wait until they are all there.
-        needed = {"router", "registry", *(f"inference-{i}" for i in range(self.settings.inference_replicas))}
+        needed = {"router", "registry", "vector", *(f"inference-{i}" for i in range(self.settings.inference_replicas))}
         needed |= {pool_name("inference", model) for model in self.settings.models}  # models ready in the catalog
         present = {line.split("::", 1)[0] for line in flags}
         return needed <= present and all(line.endswith("::healthy") for line in flags)

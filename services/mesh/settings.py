@@ -27,6 +27,7 @@ class MeshSettings(BaseSettings):
         "issues an admin API key and prints it once. `false` for local development without credentials.",
     )
     registry_port: int = 50053
+    vector_port: int = Field(50054, description="The vector search service.")
     openai_port: int = 50061
     gemini_port: int = 50062
     router_metrics_port: int | None = 9100
@@ -37,7 +38,9 @@ class MeshSettings(BaseSettings):
     openai_metrics_port: int | None = 9103
     gemini_metrics_port: int | None = 9104
     control_plane_metrics_port: int | None = 9105
+    vector_metrics_port: int | None = 9106
     registry_database_url: str = Field("", description="The registry's database; empty: SQLite in data_dir.")
+    vector_dir: Path | None = Field(None, description="The vector service's collections; empty: data_dir/vector.")
     providers: CommaList = Field(
         ["openai", "gemini"],
         description="Hosted provider adapters to start; each reports NOT_SERVING until its API key is set.",

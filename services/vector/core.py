@@ -1,0 +1,196 @@
+"""The vector service's core: collections and their points, on a backend, with texts
+embedded by a function the service is given (the router's Embed, so the mesh's fallbacks,
+metrics and the caller's limits apply). Knows nothing about gRPC.
+
+Collections of the embedded backend live under `directory`, one SQLite file each
+(`{id}.db`), which also holds the collection's settings: listing the directory lists the
+collections, and a restart finds them all."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from infermesh_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from infermesh_vector.embedded import EmbeddedCollection
+from infermesh_vector.filters import Predicate
+from infermesh_vector.model import CollectionConfig, Match, StoredPoint
+
+# Texts in, vectors out: (model, texts, the caller's call metadata).
+Embedder = Callable[[str, list[str], Sequence[tuple[str, str]]], Awaitable[list[list[float]]]]
+MAX_PAGE = 1000
+
+
+class VectorStore:
+    def __init__(self, directory: Path, embed: Embedder) -> None:
+        self._dir = directory
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._embed = embed
+        self._collections: dict[str, EmbeddedCollection] = {}
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        """Open every collection found on disk (its index is rebuilt from its file)."""
+        for path in sorted(self._dir.glob("*.db")):
+            config = _read_config(path)
+            if config is not None:
+                self._collections[config.name] = await asyncio.to_thread(EmbeddedCollection, path, config)
+
+    # -- collections ------------------------------------------------------------------
+
+    async def create(self, collection_id: str, config: CollectionConfig, metadata) -> CollectionConfig:
+        name = f"collections/{collection_id}"
+        if config.backend not in ("", "embedded"):
+            raise FailedPrecondition(
+                f"backend {config.backend!r} is not configured on this service", reason="BACKEND_UNAVAILABLE"
+            )
+        dimension = config.dimension
+        if config.embedding_model:
+            # The model decides the dimension: embed a probe text once.
+            probe = await self._embed(config.embedding_model, ["dimension probe"], metadata)
+            if dimension and dimension != len(probe[0]):
+                raise InvalidArgument(
+                    f"{config.embedding_model} makes vectors of {len(probe[0])} dimensions, not {dimension}",
+                    reason="DIMENSION_MISMATCH",
+                    model=config.embedding_model,
+                    dimension=len(probe[0]),
+                )
+            dimension = len(probe[0])
+        if dimension <= 0:
+            raise InvalidArgument("a collection needs a dimension or an embedding model", reason="DIMENSION_REQUIRED")
+        settled = CollectionConfig(name, dimension, config.distance, config.embedding_model, "embedded", time.time())
+        async with self._lock:
+            if name in self._collections:
+                raise AlreadyExists(f"{name} already exists", reason="COLLECTION_EXISTS", collection=name)
+            path = self._dir / f"{collection_id}.db"
+            _write_config(path, settled)
+            self._collections[name] = await asyncio.to_thread(EmbeddedCollection, path, settled)
+        return settled
+
+    def get(self, name: str) -> tuple[CollectionConfig, int]:
+        collection = self._collection(name)
+        return collection.config, collection.count()
+
+    def list(self, page_size: int, page_token: str) -> tuple[list[tuple[CollectionConfig, int]], str]:
+        size = min(page_size or 50, MAX_PAGE)
+        names = sorted(n for n in self._collections if n > page_token)
+        page = [self.get(n) for n in names[:size]]
+        return page, (names[size - 1] if len(names) > size else "")
+
+    async def delete(self, name: str) -> None:
+        async with self._lock:
+            collection = self._collection(name)
+            del self._collections[name]
+            collection.close()
+            stem = self._dir / f"{name.removeprefix('collections/')}.db"
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{stem}{suffix}").unlink(missing_ok=True)
+
+    # -- points -----------------------------------------------------------------------
+
+    async def upsert(self, name: str, points: list[StoredPoint], metadata) -> tuple[int, int]:
+        collection = self._collection(name)
+        to_embed = [p for p in points if not p.vector]
+        for p in to_embed:
+            if not p.text:
+                raise InvalidArgument(f"point {p.id!r} has neither a vector nor a text", reason="POINT_EMPTY", id=p.id)
+        if to_embed:
+            model = self._embedding_model(collection)
+            vectors = await self._embed(model, [p.text for p in to_embed], metadata)
+            for point, vector in zip(to_embed, vectors, strict=True):
+                point.vector = vector
+        for p in points:
+            if len(p.vector) != collection.config.dimension:
+                raise InvalidArgument(
+                    f"point {p.id!r} has {len(p.vector)} dimensions; {name} has {collection.config.dimension}",
+                    reason="DIMENSION_MISMATCH",
+                    id=p.id,
+                    dimension=collection.config.dimension,
+                )
+        written = await asyncio.to_thread(collection.upsert, points)
+        return written, len(to_embed)
+
+    async def get_points(self, name: str, ids: Sequence[str]) -> list[StoredPoint]:
+        collection = self._collection(name)
+        return await asyncio.to_thread(collection.get, ids)
+
+    async def delete_points(self, name: str, ids: Sequence[str], matches: Predicate | None) -> int:
+        collection = self._collection(name)
+        if bool(ids) == (matches is not None):
+            raise InvalidArgument("delete by ids or by a filter (one of them)", reason="DELETE_TARGET")
+        return await asyncio.to_thread(collection.delete, ids, matches)
+
+    async def query(
+        self,
+        name: str,
+        queries: list[tuple[list[float], str]],
+        top_k: list[int],
+        matches: list[Predicate | None],
+        thresholds: list[float | None],
+        metadata,
+    ) -> list[list[Match]]:
+        """Answer queries (each a vector, or a text to embed) in order."""
+        collection = self._collection(name)
+        texts = [text for vector, text in queries if not vector]
+        for vector, text in queries:
+            if bool(vector) == bool(text):
+                raise InvalidArgument("a query has a vector or a text (one of them)", reason="QUERY_TARGET")
+        embedded = iter(await self._embed(self._embedding_model(collection), texts, metadata) if texts else [])
+        vectors = [vector or next(embedded) for vector, _ in queries]
+        for vector in vectors:
+            if len(vector) != collection.config.dimension:
+                raise InvalidArgument(
+                    f"the query has {len(vector)} dimensions; {name} has {collection.config.dimension}",
+                    reason="DIMENSION_MISMATCH",
+                    dimension=collection.config.dimension,
+                )
+        results: list[list[Match]] = []
+        # Queries sharing a filter and threshold are searched together (one batched call).
+        for i, vector in enumerate(vectors):
+            found = await asyncio.to_thread(
+                collection.query, np.asarray([vector], np.float32), top_k[i] or 10, matches[i], thresholds[i]
+            )
+            results.append(found[0])
+        return results
+
+    def _collection(self, name: str) -> EmbeddedCollection:
+        collection = self._collections.get(name)
+        if collection is None:
+            raise NotFound(f"{name} does not exist", reason="COLLECTION_NOT_FOUND", collection=name)
+        return collection
+
+    def _embedding_model(self, collection: EmbeddedCollection) -> str:
+        if not collection.config.embedding_model:
+            raise FailedPrecondition(
+                f"{collection.config.name} has no embedding model: give vectors, not texts",
+                reason="NO_EMBEDDING_MODEL",
+                collection=collection.config.name,
+            )
+        return collection.config.embedding_model
+
+    def close(self) -> None:
+        for collection in self._collections.values():
+            collection.close()
+
+
+def _write_config(path: Path, config: CollectionConfig) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT OR REPLACE INTO settings VALUES ('collection', ?)", (json.dumps(config.__dict__),))
+    db.close()
+
+
+def _read_config(path: Path) -> CollectionConfig | None:
+    with sqlite3.connect(path) as db:
+        try:
+            row = db.execute("SELECT value FROM settings WHERE key = 'collection'").fetchone()
+        except sqlite3.OperationalError:
+            row = None
+    db.close()
+    return CollectionConfig(**json.loads(row[0])) if row else None

@@ -1,0 +1,262 @@
+"""The embedded backend: each collection a SQLite file under the data directory (the
+durable record: an upsert is acknowledged once its transaction is on disk, WAL with
+synchronous=FULL, so it survives kill -9) and an in-memory HNSW index (hnswlib) built
+from it at start and kept current on every write.
+
+Queries:
+  - small collections (under EXACT_BELOW points) are searched exactly (one matrix product);
+  - otherwise HNSW, with `ef` at least EF_SEARCH and above k;
+  - a filter is applied inside the search: HNSW visits only points that match (hnswlib's
+    filter callback), with `ef` raised by the filter's estimated selectivity; when few
+    points match (under EXACT_MATCHING, estimated from a sample), the matching points are
+    found first and searched exactly, which is both faster and exact. Either way a filtered
+    query returns k points when k match.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hnswlib
+import numpy as np
+
+from infermesh_vector.filters import Predicate
+from infermesh_vector.model import DISTANCES, CollectionConfig, Match, StoredPoint
+
+EXACT_BELOW = 20_000
+EXACT_MATCHING = 2_000
+EF_SEARCH = 96
+M, EF_CONSTRUCTION = 16, 200
+SAMPLE = 512
+
+
+@dataclass
+class _Points:
+    """One collection's points in memory, by label (the index's integer id)."""
+
+    dimension: int
+    vectors: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))
+    ids: list[str | None] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    payloads: list[dict[str, Any] | None] = field(default_factory=list)
+    by_id: dict[str, int] = field(default_factory=dict)
+
+    def live(self) -> list[int]:
+        return list(self.by_id.values())
+
+
+class EmbeddedCollection:
+    """One collection: its SQLite file, its points and its index. Thread-safe; the
+    service calls it from worker threads."""
+
+    def __init__(self, path: Path, config: CollectionConfig) -> None:
+        self.config = config
+        self._space = DISTANCES[config.distance]
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS points (label INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, "
+            "vector BLOB NOT NULL, text TEXT NOT NULL, payload TEXT NOT NULL)"
+        )
+        self._points = _Points(config.dimension)
+        self._index: hnswlib.Index | None = None
+        self._load()
+
+    # -- start-up -------------------------------------------------------------------
+
+    def _load(self) -> None:
+        rows = self._db.execute("SELECT label, id, vector, text, payload FROM points ORDER BY label").fetchall()
+        size = (rows[-1][0] + 1) if rows else 0
+        p = self._points
+        p.vectors = np.zeros((size, self.config.dimension), np.float32)
+        p.ids, p.texts, p.payloads = [None] * size, [""] * size, [None] * size
+        for label, point_id, blob, text, payload in rows:
+            p.vectors[label] = np.frombuffer(blob, np.float32)
+            p.ids[label], p.texts[label], p.payloads[label] = point_id, text, json.loads(payload)
+            p.by_id[point_id] = label
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        live = self._points.live()
+        if len(live) < EXACT_BELOW:
+            self._index = None
+            return
+        index = hnswlib.Index(space=self._space, dim=self.config.dimension)
+        index.init_index(max_elements=max(len(self._points.ids), 1) * 2, M=M, ef_construction=EF_CONSTRUCTION)
+        index.add_items(self._points.vectors[live], np.asarray(live))
+        index.set_ef(EF_SEARCH)
+        self._index = index
+
+    # -- writes ---------------------------------------------------------------------
+
+    def upsert(self, points: Sequence[StoredPoint]) -> int:
+        points = list({point.id: point for point in points}.values())  # an id given twice: the last wins
+        vectors = self._prepare(np.asarray([p.vector for p in points], np.float32))
+        with self._lock:
+            p = self._points
+            labels, fresh = [], []
+            for point in points:
+                label = p.by_id.get(point.id)
+                if label is None:
+                    label = len(p.ids) + len(fresh)
+                    fresh.append(label)
+                labels.append(label)
+            rows = [
+                (label, point.id, vectors[i].tobytes(), point.text, json.dumps(point.payload))
+                for i, (label, point) in enumerate(zip(labels, points, strict=True))
+            ]
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT OR REPLACE INTO points VALUES (?, ?, ?, ?, ?)", rows)
+            self._db.execute("COMMIT")  # durable from here: acknowledged only after this
+            grow = len(p.ids) + len(fresh)
+            if grow > len(p.vectors):
+                bigger = np.zeros((max(grow, 2 * len(p.vectors)), self.config.dimension), np.float32)
+                bigger[: len(p.vectors)] = p.vectors
+                p.vectors = bigger
+            p.ids.extend([None] * len(fresh))
+            p.texts.extend([""] * len(fresh))
+            p.payloads.extend([None] * len(fresh))
+            for i, (label, point) in enumerate(zip(labels, points, strict=True)):
+                p.vectors[label] = vectors[i]
+                p.ids[label], p.texts[label], p.payloads[label] = point.id, point.text, dict(point.payload)
+                p.by_id[point.id] = label
+            self._index_added(labels)
+            return len(points)
+
+    def _index_added(self, labels: list[int]) -> None:
+        if self._index is None:
+            if len(self._points.by_id) >= EXACT_BELOW:
+                self._rebuild()
+            return
+        needed = max(labels) + 1
+        if needed > self._index.get_max_elements():
+            self._index.resize_index(2 * needed)
+        unique = sorted(set(labels))
+        for label in unique:
+            try:
+                self._index.unmark_deleted(label)
+            except RuntimeError:
+                pass  # not in the index yet
+        self._index.add_items(self._points.vectors[unique], np.asarray(unique), replace_deleted=False)
+
+    def delete(self, ids: Sequence[str] | None, matches: Predicate | None) -> int:
+        with self._lock:
+            p = self._points
+            if matches is not None:
+                doomed = [label for label in p.live() if matches(p.payloads[label])]
+            else:
+                doomed = [p.by_id[i] for i in dict.fromkeys(ids or ()) if i in p.by_id]
+            if not doomed:
+                return 0
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("DELETE FROM points WHERE label = ?", [(label,) for label in doomed])
+            self._db.execute("COMMIT")
+            for label in doomed:
+                del p.by_id[p.ids[label]]
+                p.ids[label], p.payloads[label], p.texts[label] = None, None, ""
+                if self._index is not None:
+                    self._index.mark_deleted(label)
+            return len(doomed)
+
+    # -- reads ----------------------------------------------------------------------
+
+    def count(self) -> int:
+        return len(self._points.by_id)
+
+    def get(self, ids: Sequence[str]) -> list[StoredPoint]:
+        with self._lock:
+            return [self._stored(self._points.by_id[i]) for i in ids if i in self._points.by_id]
+
+    def query(
+        self, vectors: np.ndarray, top_k: int, matches: Predicate | None, threshold: float | None
+    ) -> list[list[Match]]:
+        queries = self._prepare(np.asarray(vectors, np.float32))
+        with self._lock:
+            live = self._points.live()
+            if not live:
+                return [[] for _ in queries]
+            if matches is not None:
+                share = self._selectivity(live, matches)
+                if self._index is None or share * len(live) < EXACT_MATCHING:
+                    allowed = [label for label in live if matches(self._points.payloads[label])]
+                    found = self._exact(queries, allowed, top_k)
+                else:
+                    found = self._approximate(queries, top_k, matches, share)
+            elif self._index is None:
+                found = self._exact(queries, live, top_k)
+            else:
+                found = self._approximate(queries, top_k, None, 1.0)
+            return [
+                [Match(self._stored(label), score) for label, score in hits if threshold is None or score >= threshold]
+                for hits in found
+            ]
+
+    def _selectivity(self, live: list[int], matches: Predicate) -> float:
+        sample = live if len(live) <= SAMPLE else random.sample(live, SAMPLE)
+        hits = sum(1 for label in sample if matches(self._points.payloads[label]))
+        return max(hits, 1) / len(sample)
+
+    def _exact(self, queries: np.ndarray, labels: list[int], top_k: int) -> list[list[tuple[int, float]]]:
+        if not labels:
+            return [[] for _ in queries]
+        candidates = np.asarray(labels)
+        scores = self._scores(queries, self._points.vectors[candidates])
+        k = min(top_k, len(labels))
+        best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        results = []
+        for row, picks in zip(scores, best, strict=True):
+            ordered = picks[np.argsort(-row[picks])]
+            results.append([(int(candidates[i]), float(row[i])) for i in ordered])
+        return results
+
+    def _approximate(
+        self, queries: np.ndarray, top_k: int, matches: Predicate | None, share: float
+    ) -> list[list[tuple[int, float]]]:
+        index = self._index
+        k = min(top_k, len(self._points.by_id))
+        # A filter that passes a fraction of points needs that much more of the graph seen.
+        index.set_ef(min(max(EF_SEARCH, 2 * k, math.ceil(k / share)), 4096))
+        payloads = self._points.payloads
+        keep = None if matches is None else (lambda label: payloads[label] is not None and matches(payloads[label]))
+        labels, distances = index.knn_query(queries, k=k, filter=keep, num_threads=1 if keep else -1)
+        index.set_ef(EF_SEARCH)
+        return [
+            [(int(label), self._score(d)) for label, d in zip(row, dist, strict=True)]
+            for row, dist in zip(labels, distances, strict=True)
+        ]
+
+    def _scores(self, queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        if self.config.distance == "l2":
+            return -np.sqrt(np.maximum(((queries[:, None, :] - vectors[None, :, :]) ** 2).sum(-1), 0))
+        return queries @ vectors.T  # cosine: both sides normalised
+
+    def _score(self, distance: float) -> float:
+        """hnswlib's distance as the API's score (higher is nearer)."""
+        if self.config.distance == "l2":
+            return -math.sqrt(max(distance, 0.0))  # hnswlib's l2 is squared
+        return 1.0 - float(distance)  # ip and cosine: 1 - dot
+
+    def _prepare(self, vectors: np.ndarray) -> np.ndarray:
+        if vectors.ndim != 2 or vectors.shape[1] != self.config.dimension:
+            raise ValueError(f"vectors must have {self.config.dimension} dimensions")
+        if self.config.distance == "cosine":
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.where(norms == 0, 1, norms)
+        return np.ascontiguousarray(vectors, np.float32)
+
+    def _stored(self, label: int) -> StoredPoint:
+        p = self._points
+        return StoredPoint(p.ids[label], p.vectors[label].tolist(), p.texts[label], p.payloads[label] or {})
+
+    def close(self) -> None:
+        self._db.close()
