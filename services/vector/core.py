@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from infermesh.vector.v1 import vector_service_pb2 as pb
 from infermesh_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from infermesh_vector.embedded import EmbeddedCollection
-from infermesh_vector.filters import Predicate
 from infermesh_vector.model import CollectionConfig, Match, StoredPoint
 
 # Texts in, vectors out: (model, texts, the caller's call metadata).
@@ -120,18 +120,18 @@ class VectorStore:
         collection = self._collection(name)
         return await asyncio.to_thread(collection.get, ids)
 
-    async def delete_points(self, name: str, ids: Sequence[str], matches: Predicate | None) -> int:
+    async def delete_points(self, name: str, ids: Sequence[str], where: pb.Filter | None) -> int:
         collection = self._collection(name)
-        if bool(ids) == (matches is not None):
+        if bool(ids) == (where is not None):
             raise InvalidArgument("delete by ids or by a filter (one of them)", reason="DELETE_TARGET")
-        return await asyncio.to_thread(collection.delete, ids, matches)
+        return await asyncio.to_thread(collection.delete, ids, where)
 
     async def query(
         self,
         name: str,
         queries: list[tuple[list[float], str]],
         top_k: list[int],
-        matches: list[Predicate | None],
+        filters: list[pb.Filter | None],
         thresholds: list[float | None],
         metadata,
     ) -> list[list[Match]]:
@@ -154,7 +154,7 @@ class VectorStore:
         # Queries sharing a filter and threshold are searched together (one batched call).
         for i, vector in enumerate(vectors):
             found = await asyncio.to_thread(
-                collection.query, np.asarray([vector], np.float32), top_k[i] or 10, matches[i], thresholds[i]
+                collection.query, np.asarray([vector], np.float32), top_k[i] or 10, filters[i], thresholds[i]
             )
             results.append(found[0])
         return results

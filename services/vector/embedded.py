@@ -28,7 +28,8 @@ from typing import Any
 import hnswlib
 import numpy as np
 
-from infermesh_vector.filters import Predicate
+from infermesh.vector.v1 import vector_service_pb2 as pb
+from infermesh_vector.filters import Predicate, predicate
 from infermesh_vector.model import DISTANCES, CollectionConfig, Match, StoredPoint
 
 EXACT_BELOW = 20_000
@@ -149,7 +150,8 @@ class EmbeddedCollection:
                 pass  # not in the index yet
         self._index.add_items(self._points.vectors[unique], np.asarray(unique), replace_deleted=False)
 
-    def delete(self, ids: Sequence[str] | None, matches: Predicate | None) -> int:
+    def delete(self, ids: Sequence[str] | None, where: pb.Filter | None) -> int:
+        matches = predicate(where) if where is not None else None
         with self._lock:
             p = self._points
             if matches is not None:
@@ -178,8 +180,9 @@ class EmbeddedCollection:
             return [self._stored(self._points.by_id[i]) for i in ids if i in self._points.by_id]
 
     def query(
-        self, vectors: np.ndarray, top_k: int, matches: Predicate | None, threshold: float | None
+        self, vectors: np.ndarray, top_k: int, where: pb.Filter | None, threshold: float | None
     ) -> list[list[Match]]:
+        matches = predicate(where) if where is not None else None
         queries = self._prepare(np.asarray(vectors, np.float32))
         with self._lock:
             live = self._points.live()

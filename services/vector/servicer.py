@@ -7,7 +7,6 @@ from google.protobuf import empty_pb2, json_format
 from infermesh.vector.v1 import vector_service_pb2 as pb
 from infermesh.vector.v1 import vector_service_pb2_grpc as pb_grpc
 from infermesh_vector.core import VectorStore
-from infermesh_vector.filters import predicate
 from infermesh_vector.model import CollectionConfig, Match, StoredPoint
 
 DISTANCE_NAMES = {pb.DISTANCE_COSINE: "cosine", pb.DISTANCE_DOT: "dot", pb.DISTANCE_L2: "l2"}
@@ -77,8 +76,8 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         return pb.GetPointsResponse(points=[point_proto(p, request.with_vectors) for p in found])
 
     async def DeletePoints(self, request, context):
-        matches = predicate(request.filter) if request.HasField("filter") else None
-        deleted = await self.store.delete_points(request.collection, list(request.ids), matches)
+        where = request.filter if request.HasField("filter") else None
+        deleted = await self.store.delete_points(request.collection, list(request.ids), where)
         return pb.DeletePointsResponse(deleted=deleted)
 
     async def Query(self, request, context):
@@ -93,7 +92,7 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
             collection,
             [(list(q.vector), q.text) for q in queries],
             [q.top_k for q in queries],
-            [predicate(q.filter) if q.HasField("filter") else None for q in queries],
+            [q.filter if q.HasField("filter") else None for q in queries],
             [q.score_threshold if q.HasField("score_threshold") else None for q in queries],
             _forwarded(context),
         )
