@@ -1,6 +1,7 @@
 """The vector service as an Application of the runtime kit. Texts are embedded by the
 router (found in the catalog, or ROUTER_ADDRESS), so the mesh's routing, fallbacks,
-metrics and the caller's limits apply to them."""
+metrics and the caller's limits apply to them. Collections are embedded, or on Qdrant
+when QDRANT_URL (or QDRANT_PATH, local mode) is set."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from infermesh_runtime.errors import Unavailable
 from infermesh_runtime.server import Registration, mark_serving, open_catalog_from
 from infermesh_runtime.telemetry import client_interceptors
 from infermesh_vector.core import VectorStore
+from infermesh_vector.qdrant import QdrantKind
 from infermesh_vector.servicer import VectorServicer
 from infermesh_vector.settings import VectorSettings
 
@@ -29,7 +31,11 @@ class VectorApp:
     def __init__(self, settings: VectorSettings) -> None:
         self.settings = settings
         self.catalog = open_catalog_from(settings)
-        self.store = VectorStore((settings.vector_dir or settings.data_dir / "vector").resolve(), self._embed)
+        qdrant = None
+        if settings.qdrant_url or settings.qdrant_path:
+            key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+            qdrant = QdrantKind.connect(settings.qdrant_url, settings.qdrant_path, key)
+        self.store = VectorStore((settings.vector_dir or settings.data_dir / "vector").resolve(), self._embed, qdrant)
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def registrations(self) -> list[Registration]:

@@ -2,9 +2,12 @@
 embedded by a function the service is given (the router's Embed, so the mesh's fallbacks,
 metrics and the caller's limits apply). Knows nothing about gRPC.
 
-Collections of the embedded backend live under `directory`, one SQLite file each
-(`{id}.db`), which also holds the collection's settings: listing the directory lists the
-collections, and a restart finds them all."""
+Each collection lives on a backend (backends.py): `embedded` (this service's own files,
+the default) or `qdrant` (when the service is given one). Every collection has a SQLite
+file under `directory` (`{id}.db`) holding its settings, its backend among them: listing
+the directory lists the collections, and a restart finds them all on their backends. An
+embedded collection keeps its points in the same file; a Qdrant collection's are in
+Qdrant (the Qdrant collection of the same id)."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import numpy as np
 
 from infermesh.vector.v1 import vector_service_pb2 as pb
 from infermesh_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from infermesh_vector.embedded import EmbeddedCollection
+from infermesh_vector.backends import Backend, BackendKind, EmbeddedKind, collection_file
 from infermesh_vector.model import CollectionConfig, Match, StoredPoint
 
 # Texts in, vectors out: (model, texts, the caller's call metadata).
@@ -28,28 +31,39 @@ MAX_PAGE = 1000
 
 
 class VectorStore:
-    def __init__(self, directory: Path, embed: Embedder) -> None:
+    def __init__(self, directory: Path, embed: Embedder, qdrant: BackendKind | None = None) -> None:
         self._dir = directory
         self._dir.mkdir(parents=True, exist_ok=True)
         self._embed = embed
-        self._collections: dict[str, EmbeddedCollection] = {}
+        self._kinds: dict[str, BackendKind] = {"embedded": EmbeddedKind(directory)}
+        if qdrant is not None:
+            self._kinds["qdrant"] = qdrant
+        self._collections: dict[str, Backend] = {}
         self._lock = asyncio.Lock()
 
     async def open(self) -> None:
-        """Open every collection found on disk (its index is rebuilt from its file)."""
+        """Open every collection found on disk, on its backend (an embedded one's index is
+        rebuilt from its file). A collection on a backend this service is not given stops
+        the start: serving without it would answer NOT_FOUND for a collection that exists."""
         for path in sorted(self._dir.glob("*.db")):
             config = _read_config(path)
             if config is not None:
-                self._collections[config.name] = await asyncio.to_thread(EmbeddedCollection, path, config)
+                self._collections[config.name] = await asyncio.to_thread(self._kind(config.backend).open, config)
+
+    def _kind(self, backend: str) -> BackendKind:
+        kind = self._kinds.get(backend)
+        if kind is None:
+            raise FailedPrecondition(
+                f"backend {backend!r} is not configured on this service", reason="BACKEND_UNAVAILABLE", backend=backend
+            )
+        return kind
 
     # -- collections ------------------------------------------------------------------
 
     async def create(self, collection_id: str, config: CollectionConfig, metadata) -> CollectionConfig:
         name = f"collections/{collection_id}"
-        if config.backend not in ("", "embedded"):
-            raise FailedPrecondition(
-                f"backend {config.backend!r} is not configured on this service", reason="BACKEND_UNAVAILABLE"
-            )
+        backend = config.backend or "embedded"
+        kind = self._kind(backend)
         dimension = config.dimension
         if config.embedding_model:
             # The model decides the dimension: embed a probe text once.
@@ -64,31 +78,38 @@ class VectorStore:
             dimension = len(probe[0])
         if dimension <= 0:
             raise InvalidArgument("a collection needs a dimension or an embedding model", reason="DIMENSION_REQUIRED")
-        settled = CollectionConfig(name, dimension, config.distance, config.embedding_model, "embedded", time.time())
+        settled = CollectionConfig(name, dimension, config.distance, config.embedding_model, backend, time.time())
         async with self._lock:
             if name in self._collections:
                 raise AlreadyExists(f"{name} already exists", reason="COLLECTION_EXISTS", collection=name)
-            path = self._dir / f"{collection_id}.db"
-            _write_config(path, settled)
-            self._collections[name] = await asyncio.to_thread(EmbeddedCollection, path, settled)
+            collection = await asyncio.to_thread(kind.create, settled)
+            try:
+                # The record last: a collection is listed once its backend has it.
+                _write_config(collection_file(self._dir, name), settled)
+            except BaseException:
+                collection.close()
+                await asyncio.to_thread(kind.drop, settled)
+                raise
+            self._collections[name] = collection
         return settled
 
-    def get(self, name: str) -> tuple[CollectionConfig, int]:
+    async def get(self, name: str) -> tuple[CollectionConfig, int]:
         collection = self._collection(name)
-        return collection.config, collection.count()
+        return collection.config, await asyncio.to_thread(collection.count)
 
-    def list(self, page_size: int, page_token: str) -> tuple[list[tuple[CollectionConfig, int]], str]:
+    async def list(self, page_size: int, page_token: str) -> tuple[list[tuple[CollectionConfig, int]], str]:
         size = min(page_size or 50, MAX_PAGE)
         names = sorted(n for n in self._collections if n > page_token)
-        page = [self.get(n) for n in names[:size]]
+        page = [await self.get(n) for n in names[:size]]
         return page, (names[size - 1] if len(names) > size else "")
 
     async def delete(self, name: str) -> None:
         async with self._lock:
             collection = self._collection(name)
-            del self._collections[name]
             collection.close()
-            stem = self._dir / f"{name.removeprefix('collections/')}.db"
+            await asyncio.to_thread(self._kinds[collection.config.backend].drop, collection.config)
+            del self._collections[name]
+            stem = collection_file(self._dir, name)
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{stem}{suffix}").unlink(missing_ok=True)
 
@@ -116,9 +137,9 @@ class VectorStore:
         written = await asyncio.to_thread(collection.upsert, points)
         return written, len(to_embed)
 
-    async def get_points(self, name: str, ids: Sequence[str]) -> list[StoredPoint]:
+    async def get_points(self, name: str, ids: Sequence[str], with_vectors: bool = True) -> list[StoredPoint]:
         collection = self._collection(name)
-        return await asyncio.to_thread(collection.get, ids)
+        return await asyncio.to_thread(collection.get, ids, with_vectors)
 
     async def delete_points(self, name: str, ids: Sequence[str], where: pb.Filter | None) -> int:
         collection = self._collection(name)
@@ -134,8 +155,10 @@ class VectorStore:
         filters: list[pb.Filter | None],
         thresholds: list[float | None],
         metadata,
+        with_vectors: list[bool] | None = None,
     ) -> list[list[Match]]:
         """Answer queries (each a vector, or a text to embed) in order."""
+        with_vectors = with_vectors or [True] * len(queries)
         collection = self._collection(name)
         texts = [text for vector, text in queries if not vector]
         for vector, text in queries:
@@ -150,22 +173,27 @@ class VectorStore:
                     reason="DIMENSION_MISMATCH",
                     dimension=collection.config.dimension,
                 )
-        results: list[list[Match]] = []
-        # Queries sharing a filter and threshold are searched together (one batched call).
-        for i, vector in enumerate(vectors):
-            found = await asyncio.to_thread(
-                collection.query, np.asarray([vector], np.float32), top_k[i] or 10, filters[i], thresholds[i]
-            )
-            results.append(found[0])
+        # Queries alike but for their vectors are searched together (one batched call).
+        alike: dict[tuple, list[int]] = {}
+        for i in range(len(vectors)):
+            spec = filters[i].SerializeToString(deterministic=True) if filters[i] is not None else None
+            alike.setdefault((top_k[i] or 10, spec, thresholds[i], with_vectors[i]), []).append(i)
+        results: list[list[Match]] = [[] for _ in vectors]
+        for (k, _, threshold, with_vector), members in alike.items():
+            i = members[0]
+            batch = np.asarray([vectors[m] for m in members], np.float32)
+            found = await asyncio.to_thread(collection.query, batch, k, filters[i], threshold, with_vector)
+            for m, matches in zip(members, found, strict=True):
+                results[m] = matches
         return results
 
-    def _collection(self, name: str) -> EmbeddedCollection:
+    def _collection(self, name: str) -> Backend:
         collection = self._collections.get(name)
         if collection is None:
             raise NotFound(f"{name} does not exist", reason="COLLECTION_NOT_FOUND", collection=name)
         return collection
 
-    def _embedding_model(self, collection: EmbeddedCollection) -> str:
+    def _embedding_model(self, collection: Backend) -> str:
         if not collection.config.embedding_model:
             raise FailedPrecondition(
                 f"{collection.config.name} has no embedding model: give vectors, not texts",
@@ -177,6 +205,8 @@ class VectorStore:
     def close(self) -> None:
         for collection in self._collections.values():
             collection.close()
+        for kind in self._kinds.values():
+            kind.close()
 
 
 def _write_config(path: Path, config: CollectionConfig) -> None:

@@ -10,7 +10,8 @@ Queries:
     filter callback), with `ef` raised by the filter's estimated selectivity; when few
     points match (under EXACT_MATCHING, estimated from a sample), the matching points are
     found first and searched exactly, which is both faster and exact. Either way a filtered
-    query returns k points when k match.
+    query returns k points when k match; where HNSW reaches fewer than k (fewer match than
+    the sample suggested), the matching points are searched exactly instead.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 
 from infermesh.vector.v1 import vector_service_pb2 as pb
 from infermesh_vector.filters import Predicate, predicate
-from infermesh_vector.model import DISTANCES, CollectionConfig, Match, StoredPoint
+from infermesh_vector.model import DISTANCES, CollectionConfig, Match, StoredPoint, as_matrix
 
 EXACT_BELOW = 20_000
 EXACT_MATCHING = 2_000
@@ -175,12 +176,17 @@ class EmbeddedCollection:
     def count(self) -> int:
         return len(self._points.by_id)
 
-    def get(self, ids: Sequence[str]) -> list[StoredPoint]:
+    def get(self, ids: Sequence[str], with_vectors: bool = True) -> list[StoredPoint]:
         with self._lock:
-            return [self._stored(self._points.by_id[i]) for i in ids if i in self._points.by_id]
+            return [self._stored(self._points.by_id[i], with_vectors) for i in ids if i in self._points.by_id]
 
     def query(
-        self, vectors: np.ndarray, top_k: int, where: pb.Filter | None, threshold: float | None
+        self,
+        vectors: np.ndarray,
+        top_k: int,
+        where: pb.Filter | None,
+        threshold: float | None,
+        with_vectors: bool = True,
     ) -> list[list[Match]]:
         matches = predicate(where) if where is not None else None
         queries = self._prepare(np.asarray(vectors, np.float32))
@@ -195,12 +201,19 @@ class EmbeddedCollection:
                     found = self._exact(queries, allowed, top_k)
                 else:
                     found = self._approximate(queries, top_k, matches, share)
+                    if found is None:  # HNSW could not reach k matching points: all of them, exactly
+                        allowed = [label for label in live if matches(self._points.payloads[label])]
+                        found = self._exact(queries, allowed, top_k)
             elif self._index is None:
                 found = self._exact(queries, live, top_k)
             else:
-                found = self._approximate(queries, top_k, None, 1.0)
+                found = self._approximate(queries, top_k, None, 1.0) or self._exact(queries, live, top_k)
             return [
-                [Match(self._stored(label), score) for label, score in hits if threshold is None or score >= threshold]
+                [
+                    Match(self._stored(label, with_vectors), score)
+                    for label, score in hits
+                    if threshold is None or score >= threshold
+                ]
                 for hits in found
             ]
 
@@ -224,15 +237,21 @@ class EmbeddedCollection:
 
     def _approximate(
         self, queries: np.ndarray, top_k: int, matches: Predicate | None, share: float
-    ) -> list[list[tuple[int, float]]]:
+    ) -> list[list[tuple[int, float]]] | None:
+        """HNSW's answers, or None where it finds fewer than k points (fewer than k match
+        the filter, or the ones that do are out of its reach): hnswlib then raises."""
         index = self._index
         k = min(top_k, len(self._points.by_id))
         # A filter that passes a fraction of points needs that much more of the graph seen.
         index.set_ef(min(max(EF_SEARCH, 2 * k, math.ceil(k / share)), 4096))
         payloads = self._points.payloads
         keep = None if matches is None else (lambda label: payloads[label] is not None and matches(payloads[label]))
-        labels, distances = index.knn_query(queries, k=k, filter=keep, num_threads=1 if keep else -1)
-        index.set_ef(EF_SEARCH)
+        try:
+            labels, distances = index.knn_query(queries, k=k, filter=keep, num_threads=1 if keep else -1)
+        except RuntimeError:
+            return None
+        finally:
+            index.set_ef(EF_SEARCH)
         return [
             [(int(label), self._score(d)) for label, d in zip(row, dist, strict=True)]
             for row, dist in zip(labels, distances, strict=True)
@@ -240,7 +259,11 @@ class EmbeddedCollection:
 
     def _scores(self, queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         if self.config.distance == "l2":
-            return -np.sqrt(np.maximum(((queries[:, None, :] - vectors[None, :, :]) ** 2).sum(-1), 0))
+            # |q - v|² = |q|² - 2 q·v + |v|²: one matrix product, not a (queries × points × dims)
+            # array; in float64, so the expansion's rounding stays below float32's precision.
+            q, v = queries.astype(np.float64), vectors.astype(np.float64)
+            squared = (q**2).sum(1)[:, None] - 2 * q @ v.T + (v**2).sum(1)[None, :]
+            return -np.sqrt(np.maximum(squared, 0))
         return queries @ vectors.T  # cosine: both sides normalised
 
     def _score(self, distance: float) -> float:
@@ -250,16 +273,12 @@ class EmbeddedCollection:
         return 1.0 - float(distance)  # ip and cosine: 1 - dot
 
     def _prepare(self, vectors: np.ndarray) -> np.ndarray:
-        if vectors.ndim != 2 or vectors.shape[1] != self.config.dimension:
-            raise ValueError(f"vectors must have {self.config.dimension} dimensions")
-        if self.config.distance == "cosine":
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.where(norms == 0, 1, norms)
-        return np.ascontiguousarray(vectors, np.float32)
+        return as_matrix(vectors, self.config)
 
-    def _stored(self, label: int) -> StoredPoint:
+    def _stored(self, label: int, with_vector: bool = True) -> StoredPoint:
         p = self._points
-        return StoredPoint(p.ids[label], p.vectors[label].tolist(), p.texts[label], p.payloads[label] or {})
+        vector = p.vectors[label].tolist() if with_vector else []
+        return StoredPoint(p.ids[label], vector, p.texts[label], p.payloads[label] or {})
 
     def close(self) -> None:
         self._db.close()

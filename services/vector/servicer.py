@@ -56,10 +56,10 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         return collection_proto(settled, 0)
 
     async def GetCollection(self, request, context):
-        return collection_proto(*self.store.get(request.name))
+        return collection_proto(*await self.store.get(request.name))
 
     async def ListCollections(self, request, context):
-        page, token = self.store.list(request.page_size, request.page_token)
+        page, token = await self.store.list(request.page_size, request.page_token)
         return pb.ListCollectionsResponse(collections=[collection_proto(*c) for c in page], next_page_token=token)
 
     async def DeleteCollection(self, request, context):
@@ -72,7 +72,7 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         return pb.UpsertPointsResponse(upserted=written, embedded=embedded)
 
     async def GetPoints(self, request, context):
-        found = await self.store.get_points(request.collection, list(request.ids))
+        found = await self.store.get_points(request.collection, list(request.ids), request.with_vectors)
         return pb.GetPointsResponse(points=[point_proto(p, request.with_vectors) for p in found])
 
     async def DeletePoints(self, request, context):
@@ -95,6 +95,7 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
             [q.filter if q.HasField("filter") else None for q in queries],
             [q.score_threshold if q.HasField("score_threshold") else None for q in queries],
             _forwarded(context),
+            [q.with_vectors for q in queries],
         )
         return [
             pb.QueryResponse(points=[_scored(m, q) for m in matches]) for q, matches in zip(queries, found, strict=True)
