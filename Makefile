@@ -25,6 +25,7 @@ test: install models test-services
 
 bench: install models
 	$(BIN)/python bench/inference_bench.py
+	$(BIN)/python bench/vector_bench.py
 
 lint: install
 	$(BIN)/ruff check .
