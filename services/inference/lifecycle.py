@@ -9,16 +9,14 @@ from __future__ import annotations
 import asyncio
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import code_pb2
 
 from infermesh.inference.v1 import model_service_pb2 as pb
 from infermesh.inference.v1 import model_service_pb2_grpc as pb_grpc
 from infermesh_inference.repository import ModelRepository
 from infermesh_inference.resources import ResourceMonitor, ResourceReading
 from infermesh_inference.servicer import list_models, model_proto
-from infermesh_runtime.errors import status_of
 from infermesh_runtime.operations import OperationStore, now
-from infermesh_runtime.registry_client import RegistryClient, principal_of
+from infermesh_runtime.registry_client import RegistryClient, outcome, principal_of
 
 
 def resources_proto(reading: ResourceReading) -> pb.ServerResources:
@@ -64,23 +62,16 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
         self.resources = resources
         self.audit = audit
 
-    async def _record(self, principal: str, action: str, model_id: str, error: Exception | None, detail: str) -> None:
-        result, message = "OK", detail
-        if error is not None:
-            status = status_of(error)
-            result, message = code_pb2.Code.Name(status.code), status.message
-        await self.audit_result(principal, action, model_id, result, message)
-
-    async def audit_result(self, principal: str, action: str, model_id: str, result: str, detail: str) -> None:
+    async def _record(self, principal: str, action: str, model_id: str, result: tuple[str, str]) -> None:
         if self.audit is not None:
-            await self.audit.record(principal, action, f"models/{model_id}", result, detail)
+            await self.audit.record(principal, action, f"models/{model_id}", *result)
 
     async def _start(self, context, model_id: str, action: str, verb: str, work_on):
         principal = principal_of(context)
         try:
             self.repository.entry(model_id)  # NOT_FOUND now, not inside the operation
         except Exception as error:
-            await self._record(principal, action, model_id, error, "")
+            await self._record(principal, action, model_id, outcome(error))
             raise
         metadata = pb.ModelOperationMetadata(model=model_id, verb=verb, stage="queued", create_time=now())
 
@@ -92,16 +83,16 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
             try:
                 await work_on(progress)
             except asyncio.CancelledError:
-                await self.audit_result(principal, action, model_id, "CANCELLED", f"{verb} cancelled")
+                await self._record(principal, action, model_id, ("CANCELLED", f"{verb} cancelled"))
                 raise
             except Exception as error:
-                await self._record(principal, action, model_id, error, "")
+                await self._record(principal, action, model_id, outcome(error))
                 raise
-            await self._record(principal, action, model_id, None, f"{verb} done")
+            await self._record(principal, action, model_id, outcome(None, f"{verb} done"))
             return model_proto(self.repository.entry(model_id))
 
         # Recorded before the operation starts, so the log reads in order.
-        await self._record(principal, action, model_id, None, f"{verb} requested")
+        await self._record(principal, action, model_id, outcome(None, f"{verb} requested"))
         return self.operations.start(metadata, work)
 
     async def LoadModel(self, request, context):

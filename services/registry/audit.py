@@ -10,14 +10,13 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from google.rpc import code_pb2
 from sqlalchemy import insert, select
 
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh_registry import schema
 from infermesh_registry.database import Database
-from infermesh_runtime.errors import InvalidArgument, status_of
-from infermesh_runtime.registry_client import principal_of
+from infermesh_runtime.errors import InvalidArgument
+from infermesh_runtime.registry_client import outcome, principal_of
 
 MAX_PAGE = 1000
 
@@ -80,16 +79,9 @@ def audited(resource: Callable[[Any, Any], str]) -> Callable:
             try:
                 reply = await method(self, request, context)
             except Exception as exc:
-                status = status_of(exc)
-                await self.audit.record(
-                    principal_of(context),
-                    action,
-                    resource(request, None),
-                    code_pb2.Code.Name(status.code),
-                    status.message,
-                )
+                await self.audit.record(principal_of(context), action, resource(request, None), *outcome(exc))
                 raise
-            await self.audit.record(principal_of(context), action, resource(request, reply), "OK")
+            await self.audit.record(principal_of(context), action, resource(request, reply), *outcome(None))
             return reply
 
         return wrapper

@@ -8,12 +8,14 @@ import logging
 import time
 
 import grpc
+from google.rpc import code_pb2
 from prometheus_client import Counter
 
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from infermesh_runtime.catalog import Catalog
+from infermesh_runtime.errors import status_of
 from infermesh_runtime.telemetry import client_interceptors
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,15 @@ AUDIT_FAILURES = Counter(
 # Who a call is from: set by the gateway's authorization service only (client copies are
 # removed), read by rate limits and the audit log.
 PRINCIPAL_HEADER = "x-infermesh-principal"
+
+
+def outcome(error: BaseException | None, detail: str = "") -> tuple[str, str]:
+    """An action's result and detail as the audit log records them: `OK` (and `detail`),
+    or the error's canonical code name and message."""
+    if error is None:
+        return "OK", detail
+    status = status_of(error)
+    return code_pb2.Code.Name(status.code), status.message
 
 
 def principal_of(context) -> str:
