@@ -72,6 +72,13 @@ def collection_file(directory: Path, name: str) -> Path:
     return directory / f"{name.removeprefix('collections/')}.db"
 
 
+def remove_collection_file(directory: Path, name: str) -> None:
+    """Delete a collection's SQLite file with its write-ahead log and shared memory."""
+    stem = collection_file(directory, name)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{stem}{suffix}").unlink(missing_ok=True)
+
+
 class EmbeddedKind:
     """Collections in this service's own files (embedded.py)."""
 
@@ -79,15 +86,13 @@ class EmbeddedKind:
         self._dir = directory
 
     def create(self, config: CollectionConfig) -> Backend:
-        return EmbeddedCollection(collection_file(self._dir, config.name), config)
+        return self.open(config)  # the file is made on first open
 
     def open(self, config: CollectionConfig) -> Backend:
         return EmbeddedCollection(collection_file(self._dir, config.name), config)
 
     def drop(self, config: CollectionConfig) -> None:
-        stem = collection_file(self._dir, config.name)
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{stem}{suffix}").unlink(missing_ok=True)
+        remove_collection_file(self._dir, config.name)
 
     def close(self) -> None:
         pass

@@ -22,7 +22,7 @@ import numpy as np
 
 from infermesh.vector.v1 import vector_service_pb2 as pb
 from infermesh_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from infermesh_vector.backends import Backend, BackendKind, EmbeddedKind, collection_file
+from infermesh_vector.backends import Backend, BackendKind, EmbeddedKind, collection_file, remove_collection_file
 from infermesh_vector.model import CollectionConfig, Match, StoredPoint
 
 # Texts in, vectors out: (model, texts, the caller's call metadata).
@@ -109,9 +109,7 @@ class VectorStore:
             collection.close()
             await asyncio.to_thread(self._kinds[collection.config.backend].drop, collection.config)
             del self._collections[name]
-            stem = collection_file(self._dir, name)
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{stem}{suffix}").unlink(missing_ok=True)
+            remove_collection_file(self._dir, name)  # the settings record (an embedded drop removed it already)
 
     # -- points -----------------------------------------------------------------------
 

@@ -48,7 +48,6 @@ SAMPLE = 512
 class _Points:
     """One collection's points in memory, by label (the index's integer id)."""
 
-    dimension: int
     vectors: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))
     ids: list[str | None] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
@@ -74,7 +73,7 @@ class EmbeddedCollection:
             "CREATE TABLE IF NOT EXISTS points (label INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, "
             "vector BLOB NOT NULL, text TEXT NOT NULL, payload TEXT NOT NULL)"
         )
-        self._points = _Points(config.dimension)
+        self._points = _Points()
         self._index: hnswlib.Index | None = None
         self._load()
 
@@ -107,7 +106,7 @@ class EmbeddedCollection:
 
     def upsert(self, points: Sequence[StoredPoint]) -> int:
         points = list({point.id: point for point in points}.values())  # an id given twice: the last wins
-        vectors = self._prepare(np.asarray([p.vector for p in points], np.float32))
+        vectors = as_matrix(np.asarray([p.vector for p in points], np.float32), self.config)
         with self._lock:
             p = self._points
             labels, fresh = [], []
@@ -193,21 +192,19 @@ class EmbeddedCollection:
         with_vectors: bool = True,
     ) -> list[list[Match]]:
         matches = predicate(where) if where is not None else None
-        queries = self._prepare(np.asarray(vectors, np.float32))
+        queries = as_matrix(vectors, self.config)
         with self._lock:
             live = self._points.live()
             if not live:
                 return [[] for _ in queries]
             if matches is not None:
                 share = self._selectivity(live, matches)
-                if self._index is None or share * len(live) < EXACT_MATCHING:
+                found = None
+                if self._index is not None and share * len(live) >= EXACT_MATCHING:
+                    found = self._approximate(queries, top_k, matches, share)
+                if found is None:  # few match, or HNSW could not reach k of them: all of them, exactly
                     allowed = [label for label in live if matches(self._points.payloads[label])]
                     found = self._exact(queries, allowed, top_k)
-                else:
-                    found = self._approximate(queries, top_k, matches, share)
-                    if found is None:  # HNSW could not reach k matching points: all of them, exactly
-                        allowed = [label for label in live if matches(self._points.payloads[label])]
-                        found = self._exact(queries, allowed, top_k)
             elif self._index is None:
                 found = self._exact(queries, live, top_k)
             else:
@@ -275,9 +272,6 @@ class EmbeddedCollection:
         if self.config.distance == "l2":
             return -math.sqrt(max(distance, 0.0))  # hnswlib's l2 is squared
         return 1.0 - float(distance)  # ip and cosine: 1 - dot
-
-    def _prepare(self, vectors: np.ndarray) -> np.ndarray:
-        return as_matrix(vectors, self.config)
 
     def _stored(self, label: int, with_vector: bool = True) -> StoredPoint:
         p = self._points
