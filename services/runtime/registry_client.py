@@ -15,8 +15,8 @@ from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from infermesh_runtime.catalog import Catalog
-from infermesh_runtime.errors import status_of
-from infermesh_runtime.telemetry import client_interceptors
+from infermesh_runtime.channels import InstanceChannels
+from infermesh_runtime.errors import Unavailable, status_of
 
 log = logging.getLogger(__name__)
 AUDIT_FAILURES = Counter(
@@ -43,18 +43,11 @@ def principal_of(context) -> str:
 
 class RegistryClient:
     def __init__(self, catalog: Catalog, timeout_seconds: float = 2.0) -> None:
-        self._catalog = catalog
+        self._channels = InstanceChannels(catalog)
         self._timeout = timeout_seconds
-        self._channels: dict[str, grpc.aio.Channel] = {}
 
     def stub(self) -> pb_grpc.RegistryServiceStub:
-        registries = self._catalog.instances("registry")
-        if not registries:
-            raise RuntimeError("no registry in the catalog")
-        address = f"{registries[0].host}:{registries[0].port}"
-        if address not in self._channels:
-            self._channels[address] = grpc.aio.insecure_channel(address, interceptors=client_interceptors())
-        return pb_grpc.RegistryServiceStub(self._channels[address])
+        return pb_grpc.RegistryServiceStub(self._channels.to("registry"))
 
     async def authenticate(self, secret: str) -> res.ApiKey:
         request = pb.AuthenticateApiKeyRequest(secret=secret)
@@ -67,7 +60,7 @@ class RegistryClient:
         started = time.monotonic()
         try:
             await self.stub().RecordAuditEvent(pb.RecordAuditEventRequest(audit_event=event), timeout=self._timeout)
-        except (grpc.aio.AioRpcError, RuntimeError) as error:
+        except (grpc.aio.AioRpcError, Unavailable) as error:
             AUDIT_FAILURES.inc()
             log.error(
                 "audit event not recorded",
@@ -80,6 +73,4 @@ class RegistryClient:
             )
 
     async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
+        await self._channels.close()

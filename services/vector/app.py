@@ -7,16 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import grpc
 from grpc_health.v1._async import HealthServicer
 
 from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from infermesh.vector.v1 import vector_service_pb2 as pb
 from infermesh.vector.v1 import vector_service_pb2_grpc as pb_grpc
-from infermesh_runtime.errors import Unavailable
+from infermesh_runtime.channels import InstanceChannels
 from infermesh_runtime.server import Registration, mark_serving, open_catalog_from
-from infermesh_runtime.telemetry import client_interceptors
 from infermesh_vector.core import VectorStore
 from infermesh_vector.qdrant import QdrantKind
 from infermesh_vector.servicer import VectorServicer
@@ -36,24 +34,18 @@ class VectorApp:
             key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
             qdrant = QdrantKind.connect(settings.qdrant_url, settings.qdrant_path, key)
         self.store = VectorStore((settings.vector_dir or settings.data_dir / "vector").resolve(), self._embed, qdrant)
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels = InstanceChannels(self.catalog)
 
     def registrations(self) -> list[Registration]:
         return [Registration(SERVICE, pb_grpc.add_VectorServiceServicer_to_server, VectorServicer(self.store))]
 
     def _router(self) -> router_grpc.RouterServiceStub:
-        address = self.settings.router_address
-        if not address and self.catalog is not None and (routers := self.catalog.instances("router")):
-            address = f"{routers[0].host}:{routers[0].port}"
-        if not address:
-            raise Unavailable("no router to embed texts with", reason="NO_ROUTER")
-        if address not in self._channels:
-            self._channels[address] = grpc.aio.insecure_channel(address, interceptors=client_interceptors())
-        return router_grpc.RouterServiceStub(self._channels[address])
+        return router_grpc.RouterServiceStub(self._channels.to("router", self.settings.router_address))
 
     async def _embed(self, model: str, texts: list[str], metadata: Sequence[tuple[str, str]]) -> list[list[float]]:
         vectors: list[list[float]] = []
-        for start in range(0, len(texts), 256):  # the router's limit per call
+        # 256 texts a call: well within the router's 2,048 inputs and 4 MiB per message.
+        for start in range(0, len(texts), 256):
             request = inference_pb.EmbedRequest(model=model, inputs=texts[start : start + 256])
             reply = await self._router().Embed(
                 request, metadata=list(metadata), timeout=self.settings.embed_timeout_seconds
@@ -69,7 +61,6 @@ class VectorApp:
 
     async def close(self) -> None:
         self.store.close()
-        for channel in self._channels.values():
-            await channel.close()
+        await self._channels.close()
         if self.catalog is not None:
             await self.catalog.close()
