@@ -25,7 +25,7 @@ class Backend(Protocol):
     config: CollectionConfig
 
     def upsert(self, points: Sequence[StoredPoint]) -> int:
-        """Writes the points (an id given twice: the last wins); returns how many."""
+        """Writes the points (their ids unique: the core keeps the last of each); returns how many."""
         ...
 
     def get(self, ids: Sequence[str], with_vectors: bool = True) -> list[StoredPoint]:

@@ -115,6 +115,8 @@ class VectorStore:
 
     async def upsert(self, name: str, points: list[StoredPoint], metadata) -> tuple[int, int]:
         collection = self._collection(name)
+        # An id given twice: the last wins, decided before anything is embedded.
+        points = list({point.id: point for point in points}.values())
         to_embed = [p for p in points if not p.vector]
         for p in to_embed:
             if not p.text:

@@ -105,7 +105,6 @@ class EmbeddedCollection:
     # -- writes ---------------------------------------------------------------------
 
     def upsert(self, points: Sequence[StoredPoint]) -> int:
-        points = list({point.id: point for point in points}.values())  # an id given twice: the last wins
         vectors = as_matrix(np.asarray([p.vector for p in points], np.float32), self.config)
         with self._lock:
             p = self._points

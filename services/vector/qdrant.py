@@ -116,7 +116,6 @@ class QdrantCollection:
         self._lock = lock
 
     def upsert(self, points: Sequence[StoredPoint]) -> int:
-        points = list({point.id: point for point in points}.values())  # an id given twice: the last wins
         vectors = as_matrix(np.asarray([p.vector for p in points], np.float32), self.config)
         structs = [
             models.PointStruct(id=point_uuid(p.id), vector=vector.tolist(), payload=to_payload(p))
