@@ -49,6 +49,9 @@ class _Points:
     """One collection's points in memory, by label (the index's integer id)."""
 
     vectors: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))
+    # Which rows hold a point (deleted labels keep their row): exact search over every
+    # point scores the matrix in place, without gathering the live rows on each query.
+    alive: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     ids: list[str | None] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     payloads: list[dict[str, Any] | None] = field(default_factory=list)
@@ -84,9 +87,10 @@ class EmbeddedCollection:
         size = (rows[-1][0] + 1) if rows else 0
         p = self._points
         p.vectors = np.zeros((size, self.config.dimension), np.float32)
+        p.alive = np.zeros(size, bool)
         p.ids, p.texts, p.payloads = [None] * size, [""] * size, [None] * size
         for label, point_id, blob, text, payload in rows:
-            p.vectors[label] = np.frombuffer(blob, np.float32)
+            p.vectors[label], p.alive[label] = np.frombuffer(blob, np.float32), True
             p.ids[label], p.texts[label], p.payloads[label] = point_id, text, json.loads(payload)
             p.by_id[point_id] = label
         self._rebuild()
@@ -127,11 +131,12 @@ class EmbeddedCollection:
                 bigger = np.zeros((max(grow, 2 * len(p.vectors)), self.config.dimension), np.float32)
                 bigger[: len(p.vectors)] = p.vectors
                 p.vectors = bigger
+                p.alive = np.concatenate([p.alive, np.zeros(len(bigger) - len(p.alive), bool)])
             p.ids.extend([None] * len(fresh))
             p.texts.extend([""] * len(fresh))
             p.payloads.extend([None] * len(fresh))
             for i, (label, point) in enumerate(zip(labels, points, strict=True)):
-                p.vectors[label] = vectors[i]
+                p.vectors[label], p.alive[label] = vectors[i], True
                 p.ids[label], p.texts[label], p.payloads[label] = point.id, point.text, dict(point.payload)
                 p.by_id[point.id] = label
             self._index_added(labels)
@@ -169,6 +174,7 @@ class EmbeddedCollection:
             for label in doomed:
                 del p.by_id[p.ids[label]]
                 p.ids[label], p.payloads[label], p.texts[label] = None, None, ""
+                p.alive[label] = False
                 if self._index is not None:
                     self._index.mark_deleted(label)
             return len(doomed)
@@ -205,9 +211,9 @@ class EmbeddedCollection:
                     allowed = [label for label in live if matches(self._points.payloads[label])]
                     found = self._exact(queries, allowed, top_k)
             elif self._index is None:
-                found = self._exact(queries, live, top_k)
+                found = self._exact(queries, None, top_k)
             else:
-                found = self._approximate(queries, top_k, None, 1.0) or self._exact(queries, live, top_k)
+                found = self._approximate(queries, top_k, None, 1.0) or self._exact(queries, None, top_k)
             return [
                 [
                     Match(self._stored(label, with_vectors), score)
@@ -222,12 +228,21 @@ class EmbeddedCollection:
         hits = sum(1 for label in sample if matches(self._points.payloads[label]))
         return max(hits, 1) / len(sample)
 
-    def _exact(self, queries: np.ndarray, labels: list[int], top_k: int) -> list[list[tuple[int, float]]]:
-        if not labels:
+    def _exact(self, queries: np.ndarray, labels: list[int] | None, top_k: int) -> list[list[tuple[int, float]]]:
+        """The top_k of `labels` (None: of every point) by exact score."""
+        p = self._points
+        count = len(p.by_id) if labels is None else len(labels)
+        if not count:
             return [[] for _ in queries]
-        candidates = np.asarray(labels)
-        scores = self._scores(queries, self._points.vectors[candidates])
-        k = min(top_k, len(labels))
+        if labels is None:
+            size = len(p.ids)
+            candidates = np.arange(size)
+            scores = self._scores(queries, p.vectors[:size])  # a view: no copy of the matrix
+            scores[:, ~p.alive[:size]] = -np.inf
+        else:
+            candidates = np.asarray(labels)
+            scores = self._scores(queries, p.vectors[candidates])
+        k = min(top_k, count)
         best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         results = []
         for row, picks in zip(scores, best, strict=True):
