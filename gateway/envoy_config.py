@@ -7,12 +7,9 @@ from __future__ import annotations
 import argparse
 import copy
 import ipaddress
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
@@ -297,18 +294,6 @@ def render(catalog: Catalog, descriptor_set: Path, ports: EnvoyPorts) -> dict[st
         _connection_manager(_listener(config, name))["route_config"] = routes[name]
     config["static_resources"]["clusters"] = clusters(catalog)
     return config
-
-
-def otlp_endpoint(environ: Mapping[str, str] = os.environ) -> tuple[str, int] | None:
-    """The OTLP/gRPC collector the services export to (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
-    or OTEL_EXPORTER_OTLP_ENDPOINT), as host and port; None when tracing is off."""
-    if environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return None
-    url = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    if not url:
-        return None
-    parsed = urlsplit(url if "//" in url else f"//{url}")
-    return parsed.hostname or "127.0.0.1", parsed.port or 4317
 
 
 def _trace(config: dict[str, Any], collector: tuple[str, int]) -> None:

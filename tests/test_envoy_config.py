@@ -12,6 +12,7 @@ import yaml
 from conftest import BIN, ROOT
 from infermesh_gateway import envoy_config
 from infermesh_runtime.catalog import EmbeddedCatalog, ServiceInstance
+from infermesh_runtime.telemetry import otlp_endpoint
 
 GOLDEN = ROOT / "tests" / "golden" / "envoy.yaml"
 DESCRIPTOR = ROOT / "build" / "infermesh.binpb"
@@ -159,10 +160,10 @@ def test_with_authorization_every_front_door_request_is_checked_after_transcodin
 
 
 def test_with_an_otlp_collector_both_listeners_trace_into_it(tmp_path):
-    collector = envoy_config.otlp_endpoint({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4317"})
+    collector = otlp_endpoint({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4317"})
     assert collector == ("jaeger", 4317)
-    assert envoy_config.otlp_endpoint({}) is None
-    assert envoy_config.otlp_endpoint({"OTEL_EXPORTER_OTLP_ENDPOINT": "x:1", "OTEL_SDK_DISABLED": "true"}) is None
+    assert otlp_endpoint({}) is None
+    assert otlp_endpoint({"OTEL_EXPORTER_OTLP_ENDPOINT": "x:1", "OTEL_SDK_DISABLED": "true"}) is None
     config = envoy_config.render_ads(DESCRIPTOR, envoy_config.EnvoyPorts(), ("127.0.0.1", 18000), collector=collector)
     envoy_validates(config, tmp_path)
     for listener in config["static_resources"]["listeners"]:

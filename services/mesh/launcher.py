@@ -29,6 +29,7 @@ from infermesh_gateway import envoy_config
 from infermesh_mesh.settings import MeshSettings
 from infermesh_runtime.catalog import pool_name
 from infermesh_runtime.registry_client import PRINCIPAL_HEADER
+from infermesh_runtime.telemetry import otlp_endpoint
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -156,7 +157,7 @@ class Mesh:
     def _spawn_envoy(self, name: str, ports: envoy_config.EnvoyPorts, xds_port: int) -> None:
         s = self.settings
         envoy_file = self.run_dir / f"{name}.yaml"
-        collector = envoy_config.otlp_endpoint(self._common)
+        collector = otlp_endpoint(self._common)
         bootstrap = envoy_config.render_ads(
             DESCRIPTOR_SET, ports, (s.host, xds_port), authorization=s.auth, collector=collector
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 import grpc
 from opentelemetry import trace
@@ -20,11 +21,21 @@ _tracer = trace.get_tracer("infermesh")
 UNTRACED_SERVICES = ("grpc.health.v1.", "envoy.service.discovery.")
 
 
+def otlp_endpoint(environ: Mapping[str, str] = os.environ) -> tuple[str, int] | None:
+    """The OTLP/gRPC collector spans go to (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
+    OTEL_EXPORTER_OTLP_ENDPOINT), as host and port; None when tracing is off. The services
+    and Envoy's tracer (gateway/envoy_config.py) read the same variables through this."""
+    if environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    url = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if not url:
+        return None
+    parsed = urlsplit(url if "//" in url else f"//{url}")
+    return parsed.hostname or "127.0.0.1", parsed.port or 4317
+
+
 def tracing_enabled() -> bool:
-    return (
-        bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
-        and os.environ.get("OTEL_SDK_DISABLED", "").lower() != "true"
-    )
+    return otlp_endpoint() is not None
 
 
 def configure_tracing(service: str) -> trace.TracerProvider | None:
