@@ -79,78 +79,31 @@ class Mesh:
             "PYTHONUNBUFFERED": "1",
         }
         self._common = common
-        self._spawn(
-            "control-plane",
-            [sys.executable, "-m", "infermesh_gateway"],
-            {
-                **common,
-                "GRPC_PORT": str(s.xds_port),
-                "INSTANCE_NAME": "control-plane",
-                **_metrics_env(s.control_plane_metrics_port),
-            },
-        )
+        self._service("control-plane", "infermesh_gateway", s.xds_port, s.control_plane_metrics_port)
+        data_dir = str(s.data_dir.resolve())
         for index in range(s.inference_replicas):
-            name = f"inference-{index}"
             grpc_port, metrics_port = s.inference_ports(index)
-            self._spawn(
-                name,
-                [sys.executable, "-m", "infermesh_inference"],
-                {
-                    **common,
-                    "INSTANCE_NAME": name,
-                    "GRPC_PORT": str(grpc_port),
-                    "MODELS": ",".join(s.models),
-                    "DATA_DIR": str(s.data_dir.resolve()),
-                    **_metrics_env(metrics_port),
-                },
+            models = ",".join(s.models)
+            self._service(
+                f"inference-{index}", "infermesh_inference", grpc_port, metrics_port, MODELS=models, DATA_DIR=data_dir
             )
-        self._spawn(
+        self._service(
             "registry",
-            [sys.executable, "-m", "infermesh_registry"],
-            {
-                **common,
-                "INSTANCE_NAME": "registry",
-                "GRPC_PORT": str(s.registry_port),
-                "DATA_DIR": str(s.data_dir.resolve()),
-                "REGISTRY_DATABASE_URL": s.registry_database_url,
-                **_metrics_env(s.registry_metrics_port),
-            },
+            "infermesh_registry",
+            s.registry_port,
+            s.registry_metrics_port,
+            DATA_DIR=data_dir,
+            REGISTRY_DATABASE_URL=s.registry_database_url,
         )
-        self._spawn(
-            "vector",
-            [sys.executable, "-m", "infermesh_vector"],
-            {
-                **common,
-                "INSTANCE_NAME": "vector",
-                "GRPC_PORT": str(s.vector_port),
-                "DATA_DIR": str(s.data_dir.resolve()),
-                **({"VECTOR_DIR": str(s.vector_dir.resolve())} if s.vector_dir else {}),
-                **_metrics_env(s.vector_metrics_port),
-            },
+        vector_dir = {"VECTOR_DIR": str(s.vector_dir.resolve())} if s.vector_dir else {}
+        self._service(
+            "vector", "infermesh_vector", s.vector_port, s.vector_metrics_port, DATA_DIR=data_dir, **vector_dir
         )
-        self._spawn(
-            "router",
-            [sys.executable, "-m", "infermesh_router"],
-            {
-                **common,
-                "INSTANCE_NAME": "router",
-                "GRPC_PORT": str(s.router_port),
-                "MESH_ADDRESS": f"{s.host}:{s.mesh_port}",
-                **_metrics_env(s.router_metrics_port),
-            },
-        )
+        mesh_address = f"{s.host}:{s.mesh_port}"
+        self._service("router", "infermesh_router", s.router_port, s.router_metrics_port, MESH_ADDRESS=mesh_address)
         for name in s.providers:
-            self._spawn(
-                name,
-                [sys.executable, "-m", "infermesh_providers"],
-                {
-                    **common,
-                    "PROVIDER": name,
-                    "INSTANCE_NAME": name,
-                    "GRPC_PORT": str(self._provider_port(name)),
-                    **_metrics_env(getattr(s, f"{name}_metrics_port")),
-                },
-            )
+            metrics_port = getattr(s, f"{name}_metrics_port")
+            self._service(name, "infermesh_providers", self._provider_port(name), metrics_port, PROVIDER=name)
         ports = envoy_config.EnvoyPorts(s.front_door_port, s.mesh_port, s.admin_port, s.host)
         self._spawn_envoy("envoy", ports, s.xds_port)
 
@@ -171,13 +124,14 @@ class Mesh:
         (the same catalog, limits and credentials as the first); its front door's address."""
         index = len([c for c in self.children if c.name.startswith("control-plane")])
         name = f"control-plane-{index}"
-        self._spawn(
-            name,
-            [sys.executable, "-m", "infermesh_gateway"],
-            {**self._common, "GRPC_PORT": str(xds_port), "INSTANCE_NAME": name},
-        )
+        self._service(name, "infermesh_gateway", xds_port, None)
         self._spawn_envoy(f"envoy-{index}", ports, xds_port)
         return f"{ports.host}:{ports.front_door}"
+
+    def _service(self, name: str, package: str, port: int, metrics_port: int | None, **env: str) -> None:
+        """Start `python -m package` as instance `name` on `port` (and `metrics_port`)."""
+        settings = {"INSTANCE_NAME": name, "GRPC_PORT": str(port), **_metrics_env(metrics_port), **env}
+        self._spawn(name, [sys.executable, "-m", package], {**self._common, **settings})
 
     def _provider_port(self, name: str) -> int:
         return getattr(self.settings, f"{name}_port")
