@@ -568,9 +568,9 @@ def response(decision: Decision, unit: int, window_seconds: float) -> rls_pb2.Ra
         if binding.reset_seconds is not None:
             headers["x-ratelimit-reset"] = str(math.ceil(binding.reset_seconds))
     if not decision.allowed and binding is not None:
-        retry_after = max(1, math.ceil(binding.retry_after_seconds or 1))
-        headers["retry-after"] = str(retry_after)
-        reply.raw_body = _body(binding, window_seconds)
+        error = refusal(binding, window_seconds)
+        headers["retry-after"] = str(error.retry_after)
+        reply.raw_body = json.dumps(json_format.MessageToDict(error.to_status())).encode()
     reply.response_headers_to_add.extend(base_pb2.HeaderValue(key=k, value=v) for k, v in headers.items())
     if decision.lease:
         reply.request_headers_to_add.add(key=LEASE_HEADER, value=decision.lease)
@@ -593,11 +593,6 @@ def refusal(status: Status, window_seconds: float) -> ResourceExhausted:
         window_seconds=f"{window_seconds:g}",
         retry_after_seconds=retry_after,
     )
-
-
-def _body(status: Status, window_seconds: float) -> bytes:
-    """A google.rpc.Status as JSON, the shape the transcoder gives every other error."""
-    return json.dumps(json_format.MessageToDict(refusal(status, window_seconds).to_status())).encode()
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
