@@ -135,8 +135,9 @@ class Quotas:
         decision: Decision = await self.limiter.check(descriptors)
         if not decision.allowed:
             raise refusal(decision.binding, self.limiter.config.window_seconds)
-        remaining = await self.limiter.remaining(key, model)
-        return Admission(self.limiter, key, model, decision.lease, remaining)
+        # The tokens-per-minute checks just read what is left: no second trip to the store.
+        left = [s.remaining for s in decision.statuses if s.kind == TOKENS_PER_MINUTE and s.remaining is not None]
+        return Admission(self.limiter, key, model, decision.lease, min(left, default=None))
 
     async def close(self) -> None:
         if self.limiter is not None:
