@@ -91,7 +91,7 @@ class ConsulStandIn:
 
     def start(self) -> ConsulStandIn:
         self._closing = False
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
+        server = _Server(("127.0.0.1", self.port), _Handler)
         server.daemon_threads = True
         server.stand_in = self  # type: ignore[attr-defined]
         self._server, self.port = server, server.server_address[1]
@@ -299,6 +299,13 @@ class ConsulStandIn:
         except grpc.RpcError:
             return "critical"
         return "passing" if reply.status == health_pb2.HealthCheckResponse.SERVING else "critical"
+
+
+class _Server(ThreadingHTTPServer):
+    # Every watcher's blocking queries come back at once when the index moves and all
+    # reconnect together: with socketserver's backlog of 5 the kernel drops the rest of
+    # the burst's SYNs and they retry a second later. Consul (Go) listens with the OS's.
+    request_queue_size = 128
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent.parent
 DESCRIPTOR_SET = ROOT / "build" / "infermesh.binpb"
 INFERENCE_SERVICE = "infermesh.inference.v1.InferenceService"
+ROUTER_SERVICE = "infermesh.router.v1.RouterService"
 
 
 @dataclass
@@ -163,14 +164,21 @@ class Mesh:
         return [c for c in self.children if c.process.poll() is not None]
 
     def model_states(self) -> dict[str, bool]:
-        """Per-model readiness (on every inference replica), asked of their health services."""
+        """Per-model readiness, asked of health services: loaded on every inference
+        replica, and routable by the router (which follows the catalog on its own)."""
         states = dict.fromkeys(self.settings.models, True)
-        for index in range(self.settings.inference_replicas):
-            target = f"{self.settings.host}:{self.settings.inference_ports(index)[0]}"
-            with grpc.insecure_channel(target) as channel:
+        targets = [
+            *(
+                (self.settings.inference_ports(index)[0], INFERENCE_SERVICE)
+                for index in range(self.settings.inference_replicas)
+            ),
+            (self.settings.router_port, ROUTER_SERVICE),
+        ]
+        for port, service in targets:
+            with grpc.insecure_channel(f"{self.settings.host}:{port}") as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 for model in self.settings.models:
-                    request = health_pb2.HealthCheckRequest(service=f"{INFERENCE_SERVICE}/{model}")
+                    request = health_pb2.HealthCheckRequest(service=f"{service}/{model}")
                     try:
                         serving = stub.Check(request, timeout=1).status == health_pb2.HealthCheckResponse.SERVING
                     except grpc.RpcError:

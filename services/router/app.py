@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from grpc_health.v1._async import HealthServicer
 
 from infermesh.inference.v1 import model_service_pb2 as model_pb
@@ -20,6 +23,7 @@ from infermesh_router.cooldown import Cooldown
 from infermesh_router.metering import Metering
 from infermesh_router.openai_servicer import OpenAIServicer
 from infermesh_router.quota import Quotas
+from infermesh_router.readiness import RoutableHealth
 from infermesh_router.servicer import RouterServicer
 from infermesh_router.settings import RouterSettings
 from infermesh_router.usage_servicer import UsageServicer
@@ -56,6 +60,7 @@ class RouterApp:
             settings.fallback_after_seconds,
             Quotas(open_limiter(limits, settings.rate_limit_redis_url or None) if limits.limited else None),
         )
+        self._readiness: asyncio.Task | None = None
 
     def registrations(self) -> list[Registration]:
         return [
@@ -78,7 +83,15 @@ class RouterApp:
         # Envoy's concern (active health checks), so a request for a loading model gets
         # UNAVAILABLE from the mesh rather than hanging here.
         await mark_serving(health, [ROUTER_SERVICE, OPENAI_SERVICE, USAGE_SERVICE])
+        # Per model: whether its requests can be routed now (readiness.py).
+        routable = RoutableHealth(health, ROUTER_SERVICE, self.backends.models, self.backends.routable)
+        await routable.refresh()
+        self._readiness = asyncio.create_task(routable.run(), name="routable-health")
 
     async def close(self) -> None:
+        if self._readiness is not None:
+            self._readiness.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._readiness
         await self.backends.close()
         await self.catalog.close()

@@ -184,19 +184,11 @@ class ModelDirectory:
                 reason="MODEL_NOT_FOUND",
                 model=model_id,
             )
-        deployments = [d for d in self._state.deployments.values() if _model_of(d.name) == model.name]
-        if version_id:
-            version_name = f"{model.name}/versions/{version_id}"
-            if version_name not in self._state.versions:
-                raise NotFound(
-                    f"model {model_id!r} has no version {version_id!r}", reason="VERSION_NOT_FOUND", model=model_id
-                )
-            candidates = [d for d in deployments if d.version == version_name]
-            weights = [max(d.traffic_weight, 1) for d in candidates]
-        else:
-            candidates = [d for d in deployments if d.traffic_weight > 0]
-            weights = [d.traffic_weight for d in candidates]
-        options = [(d, w) for d, w in zip(candidates, weights, strict=True) if self._instances(d)]
+        if version_id and f"{model.name}/versions/{version_id}" not in self._state.versions:
+            raise NotFound(
+                f"model {model_id!r} has no version {version_id!r}", reason="VERSION_NOT_FOUND", model=model_id
+            )
+        candidates, options = self._options(model.name, version_id)
         if not options:
             if any(self._instances(d, cooling_too=True) for d in candidates):
                 raise Unavailable(
@@ -222,6 +214,26 @@ class ModelDirectory:
             provider=model.provider,
             pricing=model.pricing if model.HasField("pricing") else None,
         )
+
+    def routable(self) -> list[str]:
+        """Model ids a request naming just the model can be sent for now (a deployment
+        with traffic on a usable backend): what the router's per-model health reports."""
+        return [m for m in self.models() if self._options(f"models/{m}", "")[1]]
+
+    def _options(
+        self, model_name: str, version_id: str
+    ) -> tuple[list[res.Deployment], list[tuple[res.Deployment, int]]]:
+        """The model's deployments for the request (a version's whatever their weight, else
+        those with traffic), and those of them on a usable backend with their weights."""
+        deployments = [d for d in self._state.deployments.values() if _model_of(d.name) == model_name]
+        if version_id:
+            version_name = f"{model_name}/versions/{version_id}"
+            candidates = [d for d in deployments if d.version == version_name]
+            weights = [max(d.traffic_weight, 1) for d in candidates]
+        else:
+            candidates = [d for d in deployments if d.traffic_weight > 0]
+            weights = [d.traffic_weight for d in candidates]
+        return candidates, [(d, w) for d, w in zip(candidates, weights, strict=True) if self._instances(d)]
 
     def _instances(self, deployment: res.Deployment, cooling_too: bool = False) -> list[ServiceInstance]:
         return [

@@ -10,8 +10,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import mesh_settings
 from consul_stand_in import ConsulStandIn
@@ -59,3 +61,35 @@ def test_services_register_in_consul_and_the_mesh_answers_through_it(consul_mesh
             break
         assert reply.headers["x-infermesh-served-by"] == "inference-0" and time.monotonic() < deadline
         time.sleep(0.2)
+
+
+def test_a_backend_failing_its_consul_check_leaves_the_routers_view_and_returns(consul_mesh):
+    """The router's per-model health (`infermesh.router.v1.RouterService/<model>`, what
+    `make run` waits on) follows Consul: with the only replica's check critical the model
+    can't be routed and requests say so; passing again, both come back."""
+    mesh, consul = consul_mesh
+    base = f"http://127.0.0.1:{mesh.settings.front_door_port}"
+    body = {"model": MINILM, "inputs": ["hello consul"]}
+    with grpc.insecure_channel(f"127.0.0.1:{mesh.settings.router_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+
+        def routable() -> bool:
+            request = health_pb2.HealthCheckRequest(service=f"infermesh.router.v1.RouterService/{MINILM}")
+            return health.Check(request, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+
+        assert routable()
+        consul.set_check("inference-0", "critical")
+        until(lambda: not routable(), timeout=10)
+        reply = httpx.post(f"{base}/v1/embed", json=body, timeout=60)
+        assert reply.status_code == 503 and reply.json()["details"][0]["reason"] == "MODEL_NOT_DEPLOYED"
+
+        consul.set_check("inference-0", "passing")
+        until(routable, timeout=10)
+        until(lambda: httpx.post(f"{base}/v1/embed", json=body, timeout=60).status_code == 200, timeout=15)
+
+
+def until(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout}s"
+        time.sleep(0.1)
