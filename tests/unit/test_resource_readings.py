@@ -41,8 +41,11 @@ def test_nvml_is_initialised_once_and_a_missing_library_is_reported_once(caplog)
 
 
 def burn(seconds: float) -> None:
-    end = time.process_time() + seconds
-    while time.process_time() < end:
+    """Spin until `seconds` of wall time and of this process's CPU time have both passed
+    (CPU time alone ends early when other threads of the process also run; wall time
+    alone ends early in CPU terms when the machine is busy)."""
+    wall_end, cpu_end = time.monotonic() + seconds, time.process_time() + seconds
+    while time.monotonic() < wall_end or time.process_time() < cpu_end:
         pass
 
 
