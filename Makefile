@@ -26,6 +26,7 @@ test: install models test-services
 bench: install models
 	$(BIN)/python bench/inference_bench.py
 	$(BIN)/python bench/vector_bench.py
+	$(BIN)/python bench/vector_restart_bench.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from infermesh.vector.v1 import vector_service_pb2 as pb
+from infermesh_vector import snapshots
 from infermesh_vector.embedded import EmbeddedCollection
 from infermesh_vector.model import CollectionConfig, Match, StoredPoint
 
@@ -50,6 +51,10 @@ class Backend(Protocol):
 
     def count(self) -> int: ...
 
+    def checkpoint(self) -> None:
+        """Make the next open quick (embedded: save the index); called when the service stops."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -73,10 +78,12 @@ def collection_file(directory: Path, name: str) -> Path:
 
 
 def remove_collection_file(directory: Path, name: str) -> None:
-    """Delete a collection's SQLite file with its write-ahead log and shared memory."""
-    stem = collection_file(directory, name)
+    """Delete a collection's SQLite file with its write-ahead log, shared memory and
+    index snapshots."""
+    path = collection_file(directory, name)
     for suffix in ("", "-wal", "-shm"):
-        Path(f"{stem}{suffix}").unlink(missing_ok=True)
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    snapshots.remove(path.with_suffix(""))
 
 
 class EmbeddedKind:

@@ -204,6 +204,7 @@ class VectorStore:
 
     def close(self) -> None:
         for collection in self._collections.values():
+            collection.checkpoint()  # e.g. the embedded index saved: the next start loads it
             collection.close()
         for kind in self._kinds.values():
             kind.close()

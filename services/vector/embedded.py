@@ -12,16 +12,25 @@ Queries:
     found first and searched exactly, which is both faster and exact. Either way a filtered
     query returns k points when k match; where HNSW reaches fewer than k (fewer match than
     the sample suggested), the matching points are searched exactly instead.
+
+Restarts: the index is saved next to the file (snapshots.py) when the service stops and
+after a start that had to build it; a start loads the newest snapshot and replays onto it
+the writes made after it (every write numbers itself, `writes.seq`; points carry the
+number of their last write, deletions leave one in `removed` until the next snapshot), so
+a restart costs reading the file plus the writes since the last snapshot, not a rebuild.
+A snapshot that can't be read, or that disagrees with the file, is ignored: rebuilt.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +39,7 @@ import hnswlib
 import numpy as np
 
 from infermesh.vector.v1 import vector_service_pb2 as pb
+from infermesh_vector import snapshots
 from infermesh_vector.filters import Predicate, predicate
 from infermesh_vector.model import DISTANCES, CollectionConfig, Match, StoredPoint, as_matrix
 
@@ -42,6 +52,9 @@ EF_SEARCH = 96
 # (M=16 needed ef 192 and ran at half the rate).
 M, EF_CONSTRUCTION = 32, 128
 SAMPLE = 512
+# A start that replays this many writes onto a snapshot saves a new one at once.
+REPLAYED_BEFORE_SAVING = 10_000
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,28 +85,123 @@ class EmbeddedCollection:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS points (label INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, "
-            "vector BLOB NOT NULL, text TEXT NOT NULL, payload TEXT NOT NULL)"
-        )
+        self._stem = path.with_suffix("")  # snapshots are {stem}.{seq}.hnsw
+        self._seq = self._schema()  # the number of the last write
+        self._saved_seq = -1  # the write the newest snapshot has (-1: none known)
         self._points = _Points()
         self._index: hnswlib.Index | None = None
         self._load()
 
+    def _schema(self) -> int:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS points (label INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, "
+            "vector BLOB NOT NULL, text TEXT NOT NULL, payload TEXT NOT NULL, seq INTEGER NOT NULL DEFAULT 0)"
+        )
+        if "seq" not in {row[1] for row in db.execute("PRAGMA table_info(points)")}:
+            db.execute("ALTER TABLE points ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")  # a file from before snapshots
+        db.execute("CREATE TABLE IF NOT EXISTS removed (label INTEGER PRIMARY KEY, seq INTEGER NOT NULL)")
+        db.execute("CREATE TABLE IF NOT EXISTS writes (seq INTEGER NOT NULL)")
+        if db.execute("SELECT 1 FROM writes").fetchone() is None:
+            db.execute("INSERT INTO writes VALUES (0)")
+        db.execute("COMMIT")
+        return db.execute("SELECT seq FROM writes").fetchone()[0]
+
+    @contextmanager
+    def _write(self) -> Iterator[int]:
+        """One numbered write transaction (yields its number); durable when it returns."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("UPDATE writes SET seq = seq + 1")
+            yield self._seq + 1
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._seq += 1
+
     # -- start-up -------------------------------------------------------------------
 
     def _load(self) -> None:
-        rows = self._db.execute("SELECT label, id, vector, text, payload FROM points ORDER BY label").fetchall()
+        rows = self._db.execute("SELECT label, id, vector, text, payload, seq FROM points ORDER BY label").fetchall()
         size = (rows[-1][0] + 1) if rows else 0
         p = self._points
         p.vectors = np.zeros((size, self.config.dimension), np.float32)
         p.alive = np.zeros(size, bool)
         p.ids, p.texts, p.payloads = [None] * size, [""] * size, [None] * size
-        for label, point_id, blob, text, payload in rows:
+        written = np.zeros(size, np.int64)  # each label's last write
+        for label, point_id, blob, text, payload, seq in rows:
             p.vectors[label], p.alive[label] = np.frombuffer(blob, np.float32), True
             p.ids[label], p.texts[label], p.payloads[label] = point_id, text, json.loads(payload)
             p.by_id[point_id] = label
-        self._rebuild()
+            written[label] = seq
+        if len(p.by_id) < EXACT_BELOW:
+            return  # searched exactly: no index
+        replayed = self._restore(written)
+        if replayed is None:
+            self._rebuild()
+            self.snapshot()
+        elif replayed >= REPLAYED_BEFORE_SAVING:
+            self.snapshot()
+
+    def _restore(self, written: np.ndarray) -> int | None:
+        """Load the newest snapshot and replay the writes after it; how many were
+        replayed, or None when there is no usable snapshot."""
+        found = snapshots.latest(self._stem, self._seq)
+        if found is None:
+            return None
+        seq, path = found
+        p = self._points
+        index = hnswlib.Index(space=self._space, dim=self.config.dimension)
+        try:
+            index.load_index(str(path), max_elements=max(len(p.ids) * 2, 1))
+            # Spot-check it against the file: points untouched since the snapshot must be
+            # in it with the same vectors (hnswlib normalises for cosine, as we do).
+            untouched = [label for label in p.live() if written[label] <= seq]
+            sample = random.sample(untouched, min(16, len(untouched)))
+            if sample and not np.allclose(index.get_items(sample, return_type="numpy"), p.vectors[sample], atol=1e-5):
+                raise ValueError("its vectors differ from the collection's")
+        except (RuntimeError, ValueError) as error:
+            log.warning("ignoring the index snapshot, rebuilding", extra={"snapshot": str(path), "error": str(error)})
+            return None
+        self._index = index
+        changed = [label for label in p.live() if written[label] > seq]
+        removed = [
+            label
+            for (label,) in self._db.execute("SELECT label FROM removed WHERE seq > ?", (seq,))
+            if label >= len(p.alive) or not p.alive[label]
+        ]
+        for label in removed:
+            try:
+                index.mark_deleted(label)
+            except RuntimeError:
+                pass  # added and deleted after the snapshot: never in it
+        if changed:
+            self._index_added(changed)
+        index.set_ef(EF_SEARCH)
+        self._saved_seq = seq
+        log.info(
+            "index loaded from its snapshot",
+            extra={"collection": self.config.name, "points": len(p.by_id), "replayed": len(changed) + len(removed)},
+        )
+        return len(changed) + len(removed)
+
+    def snapshot(self) -> None:
+        """Save the index next to the file, when there is one and it changed since the
+        last save; a failure (disk full) is logged: the next start rebuilds."""
+        with self._lock:
+            if self._index is None or self._seq == self._saved_seq:
+                return
+            try:
+                snapshots.save(self._index, self._stem, self._seq)
+            except OSError as error:
+                log.warning(
+                    "could not save the index snapshot", extra={"collection": self.config.name, "error": str(error)}
+                )
+                return
+            self._db.execute("DELETE FROM removed WHERE seq <= ?", (self._seq,))
+            self._saved_seq = self._seq
 
     def _rebuild(self) -> None:
         live = self._points.live()
@@ -119,13 +227,13 @@ class EmbeddedCollection:
                     label = len(p.ids) + len(fresh)
                     fresh.append(label)
                 labels.append(label)
-            rows = [
-                (label, point.id, vectors[i].tobytes(), point.text, json.dumps(point.payload))
-                for i, (label, point) in enumerate(zip(labels, points, strict=True))
-            ]
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT OR REPLACE INTO points VALUES (?, ?, ?, ?, ?)", rows)
-            self._db.execute("COMMIT")  # durable from here: acknowledged only after this
+            with self._write() as seq:  # durable after it: acknowledged only then
+                rows = [
+                    (label, point.id, vectors[i].tobytes(), point.text, json.dumps(point.payload), seq)
+                    for i, (label, point) in enumerate(zip(labels, points, strict=True))
+                ]
+                self._db.executemany("INSERT OR REPLACE INTO points VALUES (?, ?, ?, ?, ?, ?)", rows)
+                self._db.executemany("DELETE FROM removed WHERE label = ?", [(label,) for label in labels])
             grow = len(p.ids) + len(fresh)
             if grow > len(p.vectors):
                 bigger = np.zeros((max(grow, 2 * len(p.vectors)), self.config.dimension), np.float32)
@@ -168,9 +276,9 @@ class EmbeddedCollection:
                 doomed = [p.by_id[i] for i in dict.fromkeys(ids or ()) if i in p.by_id]
             if not doomed:
                 return 0
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("DELETE FROM points WHERE label = ?", [(label,) for label in doomed])
-            self._db.execute("COMMIT")
+            with self._write() as seq:
+                self._db.executemany("DELETE FROM points WHERE label = ?", [(label,) for label in doomed])
+                self._db.executemany("INSERT OR REPLACE INTO removed VALUES (?, ?)", [(label, seq) for label in doomed])
             for label in doomed:
                 del p.by_id[p.ids[label]]
                 p.ids[label], p.payloads[label], p.texts[label] = None, None, ""
@@ -291,6 +399,9 @@ class EmbeddedCollection:
         p = self._points
         vector = p.vectors[label].tolist() if with_vector else []
         return StoredPoint(p.ids[label], vector, p.texts[label], p.payloads[label] or {})
+
+    def checkpoint(self) -> None:
+        self.snapshot()
 
     def close(self) -> None:
         self._db.close()

@@ -180,6 +180,9 @@ class QdrantCollection:
         with self._lock, _errors(self._name):
             return self._client.count(self._name, exact=True).count
 
+    def checkpoint(self) -> None:
+        pass  # Qdrant keeps its own index on disk
+
     def close(self) -> None:
         pass  # the client is the QdrantKind's
 
