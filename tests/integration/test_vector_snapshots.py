@@ -113,6 +113,33 @@ def test_a_restart_loads_the_index_and_replays_the_writes_after_its_snapshot(tmp
         collection.close()
 
 
+def test_snapshots_follow_the_writes_so_a_kill_replays_little(tmp_path, rebuilds, monkeypatch):
+    """Without a graceful stop ever happening, a snapshot is saved every
+    UNSAVED_BEFORE_SAVING points written (here 1,000): after kill -9 a start replays
+    only the writes since the last one."""
+    monkeypatch.setattr(embedded, "UNSAVED_BEFORE_SAVING", 1000)
+    path = collection_file(tmp_path, CONFIG.name)
+    vectors = clustered(3500, 10)
+    collection = EmbeddedCollection(path, CONFIG)
+    upsert(collection, [f"p{i}" for i in range(3000)], vectors[:3000])
+    first = snapshot_files(tmp_path)
+    assert len(first) == 1  # saved while writing, not at a stop
+    upsert(collection, [f"p{i}" for i in range(3000, 3500)], vectors[3000:])
+    collection.delete([f"p{i}" for i in range(600)], None)  # 500 + 600 more: another snapshot
+    second = snapshot_files(tmp_path)
+    assert len(second) == 1 and second != first  # the newer replaced the older
+    collection.upsert([StoredPoint("p3499", clustered(1, 11)[0].tolist(), "", {})])
+    collection.close()  # no checkpoint: as after kill -9
+
+    collection = EmbeddedCollection(path, CONFIG)
+    try:
+        assert rebuilds == [1] and collection.count() == 2900
+        assert nearest(collection, clustered(1, 11), k=1) == [["p3499"]]
+        assert nearest(collection, vectors[5][None, :], k=1) != [["p5"]]
+    finally:
+        collection.close()
+
+
 def test_a_snapshot_that_cannot_be_read_is_rebuilt_from_the_file(tmp_path, rebuilds, caplog):
     path = collection_file(tmp_path, CONFIG.name)
     vectors = clustered(3000, 6)
