@@ -14,11 +14,12 @@ Queries:
     the sample suggested), the matching points are searched exactly instead.
 
 Restarts: the index is saved next to the file (snapshots.py) when the service stops,
-after a start that had to build it, and every UNSAVED_BEFORE_SAVING points written; a start loads the newest snapshot and replays onto it
-the writes made after it (every write numbers itself, `writes.seq`; points carry the
-number of their last write, deletions leave one in `removed` until the next snapshot), so
-a restart costs reading the file plus the writes since the last snapshot, not a rebuild.
-A snapshot that can't be read, or that disagrees with the file, is ignored: rebuilt.
+after a start that had to build it, and every UNSAVED_BEFORE_SAVING points written; a
+start loads the newest snapshot and replays onto it the writes made after it (every write
+numbers itself, `writes.seq`; points carry the number of their last write, deletions
+leave one in `removed` until the next snapshot), so a restart costs reading the file plus
+the writes since the last snapshot, not a rebuild. A snapshot that can't be read, or that
+disagrees with the file, is ignored: rebuilt.
 """
 
 from __future__ import annotations
