@@ -73,12 +73,10 @@ def main() -> None:
         collection = EmbeddedCollection(path, config)
         write(collection, ids, base)
         built = time.perf_counter() - started
-        collection.checkpoint()  # the graceful stop (here a no-op: the last write's periodic save has it all)
+        collection.checkpoint()  # the graceful stop (nothing to do if a periodic save just had it all)
         collection.close()
         size = sum(p.stat().st_size for p in Path(scratch).glob("*.hnsw"))
-        print(
-            f"written in {built:.1f} s (SQLite commits, index, a snapshot every 10,000 points); snapshot {size / 2**20:,.0f} MiB"
-        )
+        print(f"written in {built:.1f} s (SQLite commits, index, periodic snapshots); snapshot {size / 2**20:,.0f} MiB")
 
         def truth_now() -> list[set[str]]:
             unit = base / np.linalg.norm(base, axis=1, keepdims=True)
