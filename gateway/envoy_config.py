@@ -14,7 +14,14 @@ from typing import Any
 import yaml
 
 from infermesh_gateway.limits import REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE
-from infermesh_runtime.catalog import BACKEND_HEADER, POOL_KINDS, Catalog, ServiceInstance, pool_name
+from infermesh_runtime.catalog import (
+    BACKEND_HEADER,
+    POOL_KINDS,
+    Catalog,
+    ServiceInstance,
+    model_health_service,
+    pool_name,
+)
 from infermesh_runtime.registry_client import PRINCIPAL_HEADER
 
 ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
@@ -182,7 +189,8 @@ def _pool_cluster(template: dict[str, Any], name: str, members: list[ServiceInst
         {"endpoint": {"address": {"socket_address": {"address": m.host, "port_value": m.port}}}} for m in members
     ]
     model = name.split("/", 1)[1]
-    cluster["health_checks"][0]["grpc_health_check"]["service_name"] = f"{HEALTH_SERVICES[members[0].kind]}/{model}"
+    health = model_health_service(HEALTH_SERVICES[members[0].kind], model)
+    cluster["health_checks"][0]["grpc_health_check"]["service_name"] = health
     return cluster
 
 

@@ -26,6 +26,7 @@ from infermesh_inference.repository import ModelEntry, ModelRepository, ModelSta
 from infermesh_inference.resources import ResourceMonitor
 from infermesh_inference.servicer import InferenceServicer
 from infermesh_inference.settings import InferenceSettings
+from infermesh_runtime.catalog import model_health_service
 from infermesh_runtime.operations import SERVICE as OPERATIONS_SERVICE
 from infermesh_runtime.operations import OperationsServicer, OperationStore, add_operations_servicer_to_server
 from infermesh_runtime.registry_client import RegistryClient
@@ -38,7 +39,7 @@ MODEL_SERVICE = model_pb.DESCRIPTOR.services_by_name["ModelService"].full_name
 
 def model_health_name(model_id: str) -> str:
     """Per-model health service name, so Envoy and Consul can route by model readiness."""
-    return f"{SERVICE}/{model_id}"
+    return model_health_service(SERVICE, model_id)
 
 
 def default_embed_instances(device: str, threads: int) -> int:

@@ -27,15 +27,13 @@ from infermesh.registry.v1 import registry_service_pb2 as registry_pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
 from infermesh_gateway import envoy_config
 from infermesh_mesh.settings import MeshSettings
-from infermesh_runtime.catalog import pool_name
+from infermesh_runtime.catalog import model_health_service, pool_name
 from infermesh_runtime.registry_client import PRINCIPAL_HEADER
 from infermesh_runtime.telemetry import otlp_endpoint
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent.parent
 DESCRIPTOR_SET = ROOT / "build" / "infermesh.binpb"
-INFERENCE_SERVICE = "infermesh.inference.v1.InferenceService"
-ROUTER_SERVICE = "infermesh.router.v1.RouterService"
 
 
 @dataclass
@@ -169,16 +167,16 @@ class Mesh:
         states = dict.fromkeys(self.settings.models, True)
         targets = [
             *(
-                (self.settings.inference_ports(index)[0], INFERENCE_SERVICE)
+                (self.settings.inference_ports(index)[0], envoy_config.HEALTH_SERVICES["inference"])
                 for index in range(self.settings.inference_replicas)
             ),
-            (self.settings.router_port, ROUTER_SERVICE),
+            (self.settings.router_port, envoy_config.HEALTH_SERVICES["router"]),
         ]
         for port, service in targets:
             with grpc.insecure_channel(f"{self.settings.host}:{port}") as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 for model in self.settings.models:
-                    request = health_pb2.HealthCheckRequest(service=f"{service}/{model}")
+                    request = health_pb2.HealthCheckRequest(service=model_health_service(service, model))
                     try:
                         serving = stub.Check(request, timeout=1).status == health_pb2.HealthCheckResponse.SERVING
                     except grpc.RpcError:

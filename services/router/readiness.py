@@ -17,6 +17,8 @@ from collections.abc import Callable
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
+from infermesh_runtime.catalog import model_health_service
+
 # Routability changes with the registry's feed, the catalog and cooldown expiries; a
 # cheap in-memory check twice a second follows all three without three notifications.
 POLL_SECONDS = 0.5
@@ -41,7 +43,7 @@ class RoutableHealth:
         for model in sorted({*self._known(), *self._published}):
             status = SERVING if model in routable else NOT_SERVING
             if self._published.get(model) != status:
-                await self._health.set(f"{self._service}/{model}", status)
+                await self._health.set(model_health_service(self._service, model), status)
                 self._published[model] = status
 
     async def run(self) -> None:

@@ -40,6 +40,13 @@ def pool_name(kind: str, model: str) -> str:
     return f"{kind}/{model}"
 
 
+def model_health_service(service: str, model: str) -> str:
+    """The gRPC health service that says whether `service` is ready for `model`
+    (`infermesh.inference.v1.InferenceService/gemma-3-270m`: loaded on that inference
+    server; `infermesh.router.v1.RouterService/<model>`: routable by that router)."""
+    return f"{service}/{model}"
+
+
 @dataclass(frozen=True)
 class ServiceInstance:
     name: str  # unique: also the Envoy cluster name, e.g. "inference-0"
