@@ -21,6 +21,8 @@ from infermesh_vector.servicer import VectorServicer
 from infermesh_vector.settings import VectorSettings
 
 SERVICE = pb.DESCRIPTOR.services_by_name["VectorService"].full_name
+# Texts per embedding call: well within the router's 2,048 inputs and 4 MiB per message.
+EMBED_BATCH = 256
 
 
 class VectorApp:
@@ -44,9 +46,8 @@ class VectorApp:
 
     async def _embed(self, model: str, texts: list[str], metadata: Sequence[tuple[str, str]]) -> list[list[float]]:
         vectors: list[list[float]] = []
-        # 256 texts a call: well within the router's 2,048 inputs and 4 MiB per message.
-        for start in range(0, len(texts), 256):
-            request = inference_pb.EmbedRequest(model=model, inputs=texts[start : start + 256])
+        for start in range(0, len(texts), EMBED_BATCH):
+            request = inference_pb.EmbedRequest(model=model, inputs=texts[start : start + EMBED_BATCH])
             reply = await self._router().Embed(
                 request, metadata=list(metadata), timeout=self.settings.embed_timeout_seconds
             )

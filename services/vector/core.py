@@ -43,7 +43,7 @@ class VectorStore:
 
     async def open(self) -> None:
         """Open every collection found on disk, on its backend (an embedded one's index is
-        rebuilt from its file). A collection on a backend this service is not given stops
+        loaded from its snapshot, or rebuilt from its file). A collection on a backend this service is not given stops
         the start: serving without it would answer NOT_FOUND for a collection that exists."""
         for path in sorted(self._dir.glob("*.db")):
             config = _read_config(path)

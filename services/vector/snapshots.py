@@ -33,7 +33,7 @@ def latest(stem: Path, at_most: int) -> tuple[int, Path] | None:
     return max(found) if found else None
 
 
-def save(index: hnswlib.Index, stem: Path, seq: int) -> Path:
+def save(index: hnswlib.Index, stem: Path, seq: int) -> None:
     """Write the index as the snapshot after write `seq`; remove older ones."""
     final = stem.parent / f"{stem.name}.{seq}.hnsw"
     temporary = stem.parent / f"{stem.name}.hnsw.tmp"
@@ -47,12 +47,10 @@ def save(index: hnswlib.Index, stem: Path, seq: int) -> Path:
     finally:
         os.close(directory)
     remove(stem, keep=final)
-    return final
 
 
-def remove(stem: Path, keep: Path | None = None) -> list[Path]:
-    """Every snapshot file of the collection (finished or not) but `keep`, removed."""
-    doomed = [p for p in stem.parent.glob(f"{stem.name}.*hnsw*") if p != keep]
-    for path in doomed:
-        path.unlink(missing_ok=True)
-    return doomed
+def remove(stem: Path, keep: Path | None = None) -> None:
+    """Remove every snapshot file of the collection (finished or not) but `keep`."""
+    for path in stem.parent.glob(f"{stem.name}.*hnsw*"):
+        if path != keep:
+            path.unlink(missing_ok=True)
