@@ -22,6 +22,7 @@ import pytest
 from google.protobuf import json_format
 from pydantic import ValidationError
 from qdrant_client import QdrantClient, models
+from vector_data import clustered, exact_scores
 
 from infermesh.vector.v1 import vector_service_pb2 as pb
 from infermesh_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -74,24 +75,6 @@ def store(stand: Stand) -> Iterator[VectorStore]:
 async def create(store: VectorStore, stand: Stand, collection_id: str, dimension: int, distance: str) -> str:
     settled = await store.create(collection_id, CollectionConfig("", dimension, distance, "", stand.backend), [])
     return settled.name
-
-
-def clustered(n: int, dimension: int, seed: int) -> np.ndarray:
-    """Points around n/50 centres: shaped like embeddings, not uniform noise (on which
-    HNSW's recall collapses)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(max(n // 50, 4), dimension))
-    return (centres[rng.integers(len(centres), size=n)] + 0.3 * rng.normal(size=(n, dimension))).astype(np.float32)
-
-
-def exact_scores(vectors: np.ndarray, queries: np.ndarray, distance: str) -> np.ndarray:
-    v, q = vectors.astype(np.float64), queries.astype(np.float64)
-    if distance == "cosine":
-        v = v / np.linalg.norm(v, axis=1, keepdims=True)
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    if distance == "l2":
-        return -np.sqrt(((q[:, None, :] - v[None, :, :]) ** 2).sum(-1))
-    return q @ v.T
 
 
 def points(vectors: np.ndarray, payloads: list[dict] | None = None, prefix: str = "p") -> list[StoredPoint]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from vector_data import clustered, exact_scores
 
 from infermesh_vector import embedded
 from infermesh_vector.backends import EmbeddedKind, collection_file
@@ -31,12 +32,6 @@ def rebuilds(monkeypatch) -> list[int]:
     return calls
 
 
-def clustered(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(max(n // 50, 4), DIMENSION))
-    return (centres[rng.integers(len(centres), size=n)] + 0.3 * rng.normal(size=(n, DIMENSION))).astype(np.float32)
-
-
 def upsert(collection: EmbeddedCollection, ids: list[str], vectors: np.ndarray) -> None:
     for start in range(0, len(ids), 1000):
         batch = zip(ids[start : start + 1000], vectors[start : start + 1000], strict=True)
@@ -49,10 +44,8 @@ def nearest(collection: EmbeddedCollection, queries: np.ndarray, k: int = 10) ->
 
 def truth(points: dict[str, np.ndarray], queries: np.ndarray, k: int = 10) -> list[set[str]]:
     ids = list(points)
-    matrix = np.stack([points[i] for i in ids])
-    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    return [{ids[j] for j in np.argsort(-row)[:k]} for row in q @ matrix.T]
+    scores = exact_scores(np.stack([points[i] for i in ids]), queries, "cosine")
+    return [{ids[j] for j in np.argsort(-row)[:k]} for row in scores]
 
 
 def recall(found: list[list[str]], expected: list[set[str]]) -> float:
@@ -65,9 +58,9 @@ def snapshot_files(directory: Path) -> list[str]:
 
 def test_a_restart_loads_the_index_and_replays_the_writes_after_its_snapshot(tmp_path, rebuilds):
     path = collection_file(tmp_path, CONFIG.name)
-    vectors = clustered(4000, 1)
+    vectors = clustered(4000, DIMENSION, 1)
     points = {f"p{i}": vectors[i] for i in range(4000)}
-    queries = clustered(30, 2)
+    queries = clustered(30, DIMENSION, 2)
 
     collection = EmbeddedCollection(path, CONFIG)
     upsert(collection, list(points), vectors)
@@ -85,17 +78,17 @@ def test_a_restart_loads_the_index_and_replays_the_writes_after_its_snapshot(tmp
 
     # Writes after the snapshot, then a stop without one (kill -9): new points, moved
     # points, deleted points, and a deleted label reused by a new point.
-    moved = clustered(200, 3)
+    moved = clustered(200, DIMENSION, 3)
     upsert(collection, [f"p{i}" for i in range(200)], moved)
-    fresh = clustered(300, 4)
+    fresh = clustered(300, DIMENSION, 4)
     upsert(collection, [f"n{i}" for i in range(300)], fresh)
     doomed = [f"p{i}" for i in range(3700, 4000)]
     assert collection.delete(doomed, None) == 300
-    upsert(collection, ["late"], clustered(1, 5))
+    upsert(collection, ["late"], clustered(1, DIMENSION, 5))
     collection.close()
     points.update({f"p{i}": moved[i] for i in range(200)})
     points.update({f"n{i}": fresh[i] for i in range(300)})
-    points["late"] = clustered(1, 5)[0]
+    points["late"] = clustered(1, DIMENSION, 5)[0]
     for point_id in doomed:
         del points[point_id]
 
@@ -119,7 +112,7 @@ def test_snapshots_follow_the_writes_so_a_kill_replays_little(tmp_path, rebuilds
     only the writes since the last one."""
     monkeypatch.setattr(embedded, "UNSAVED_BEFORE_SAVING", 1000)
     path = collection_file(tmp_path, CONFIG.name)
-    vectors = clustered(3500, 10)
+    vectors = clustered(3500, DIMENSION, 10)
     collection = EmbeddedCollection(path, CONFIG)
     upsert(collection, [f"p{i}" for i in range(3000)], vectors[:3000])
     first = snapshot_files(tmp_path)
@@ -128,13 +121,13 @@ def test_snapshots_follow_the_writes_so_a_kill_replays_little(tmp_path, rebuilds
     collection.delete([f"p{i}" for i in range(600)], None)  # 500 + 600 more: another snapshot
     second = snapshot_files(tmp_path)
     assert len(second) == 1 and second != first  # the newer replaced the older
-    collection.upsert([StoredPoint("p3499", clustered(1, 11)[0].tolist(), "", {})])
+    collection.upsert([StoredPoint("p3499", clustered(1, DIMENSION, 11)[0].tolist(), "", {})])
     collection.close()  # no checkpoint: as after kill -9
 
     collection = EmbeddedCollection(path, CONFIG)
     try:
         assert rebuilds == [1] and collection.count() == 2900
-        assert nearest(collection, clustered(1, 11), k=1) == [["p3499"]]
+        assert nearest(collection, clustered(1, DIMENSION, 11), k=1) == [["p3499"]]
         assert nearest(collection, vectors[5][None, :], k=1) != [["p5"]]
     finally:
         collection.close()
@@ -142,10 +135,10 @@ def test_snapshots_follow_the_writes_so_a_kill_replays_little(tmp_path, rebuilds
 
 def test_a_snapshot_that_cannot_be_read_is_rebuilt_from_the_file(tmp_path, rebuilds, caplog):
     path = collection_file(tmp_path, CONFIG.name)
-    vectors = clustered(3000, 6)
+    vectors = clustered(3000, DIMENSION, 6)
     collection = EmbeddedCollection(path, CONFIG)
     upsert(collection, [f"p{i}" for i in range(3000)], vectors)
-    queries = clustered(10, 7)
+    queries = clustered(10, DIMENSION, 7)
     expected = truth({f"p{i}": vectors[i] for i in range(3000)}, queries)
     collection.checkpoint()
     collection.close()
@@ -169,7 +162,7 @@ def test_a_collection_file_from_before_snapshots_opens_with_its_points(tmp_path,
     """Files written by the first release have no write numbers: they open, their points
     all there, and from then on are numbered."""
     path = collection_file(tmp_path, CONFIG.name)
-    vectors = clustered(1500, 8)
+    vectors = clustered(1500, DIMENSION, 8)
     with sqlite3.connect(path) as db:
         db.execute(
             "CREATE TABLE points (label INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, "
@@ -198,7 +191,7 @@ def test_a_collection_file_from_before_snapshots_opens_with_its_points(tmp_path,
 def test_dropping_a_collection_removes_its_snapshots(tmp_path, rebuilds):
     kind = EmbeddedKind(tmp_path)
     collection = kind.create(CONFIG)
-    upsert(collection, [f"p{i}" for i in range(1200)], clustered(1200, 9))
+    upsert(collection, [f"p{i}" for i in range(1200)], clustered(1200, DIMENSION, 9))
     collection.checkpoint()
     collection.close()
     assert snapshot_files(tmp_path)
