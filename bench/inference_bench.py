@@ -28,7 +28,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from raw_http import Connection  # noqa: E402  (bench/ is this script's own folder)
+from machine import cpu_name  # noqa: E402  (bench/ is this script's own folder)
+from raw_http import Connection  # noqa: E402  (from tests/, put on the path above)
 
 PROMPTS = [
     "Write a long story about a lighthouse keeper named",
@@ -276,7 +277,7 @@ def main() -> None:
     from conftest import mesh_settings
     from infermesh_mesh.launcher import Mesh
 
-    print(f"machine: {os.cpu_count()} CPUs ({_cpu_name()}); model gemma-3-270m, max_tokens={args.max_tokens}")
+    print(f"machine: {os.cpu_count()} CPUs ({cpu_name()}); model gemma-3-270m, max_tokens={args.max_tokens}")
     settings = mesh_settings()
     with tempfile.TemporaryDirectory() as logs:
         mesh = Mesh(settings, log_dir=Path(logs))
@@ -297,16 +298,6 @@ def main() -> None:
         print(f"  generation at {n:3d} concurrent: {mesh_rate / local_rate:5.2f}")
     one, many = mesh_results["embeddings"][1].rate, local["embeddings"][1].rate
     print(f"  embeddings at  64 concurrent: {one / many:5.2f}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
 from shaped_vectors import shaped_vectors  # noqa: E402  (bench/ is this script's own folder)
 
 K = 10
@@ -198,7 +199,7 @@ def main() -> None:
     args = parser.parse_args()
 
     print(
-        f"machine: {os.cpu_count()} CPUs ({_cpu_name()}), {psutil.virtual_memory().total / 2**30:.0f} GiB; "
+        f"machine: {os.cpu_count()} CPUs ({cpu_name()}), {psutil.virtual_memory().total / 2**30:.0f} GiB; "
         f"hnswlib {_version('hnswlib')}, numpy {np.__version__}"
     )
     load = os.getloadavg()[0]
@@ -246,16 +247,6 @@ def _version(package: str) -> str:
     from importlib.metadata import version
 
     return version(package)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shaped_vectors import shaped_vectors  # noqa: E402  (bench/ is this script's own folder)
+from machine import cpu_name  # noqa: E402  (bench/ is this script's own folder)
+from shaped_vectors import shaped_vectors  # noqa: E402
 
 from infermesh_vector import snapshots  # noqa: E402
 from infermesh_vector.backends import collection_file  # noqa: E402
@@ -65,7 +66,9 @@ def main() -> None:
     moved = data[args.vectors + args.queries :]
     config = CollectionConfig("collections/bench", args.dim, "cosine", "", "embedded", 0.0)
     ids = [f"p{i}" for i in range(args.vectors)]
-    print(f"machine: {os.cpu_count()} CPUs; {args.vectors:,} x {args.dim} vectors shaped like MiniLM embeddings")
+    print(
+        f"machine: {os.cpu_count()} CPUs ({cpu_name()}); {args.vectors:,} x {args.dim} vectors shaped like MiniLM embeddings"
+    )
 
     with tempfile.TemporaryDirectory() as scratch:
         path = collection_file(Path(scratch), config.name)
