@@ -176,7 +176,7 @@ class EmbeddedCollection:
         removed = [
             label
             for (label,) in self._db.execute("SELECT label FROM removed WHERE seq > ?", (seq,))
-            if label >= len(p.alive) or not p.alive[label]
+            if label >= len(p.alive) or not p.alive[label]  # not written again since
         ]
         for label in removed:
             try:
@@ -243,7 +243,6 @@ class EmbeddedCollection:
                     for i, (label, point) in enumerate(zip(labels, points, strict=True))
                 ]
                 self._db.executemany("INSERT OR REPLACE INTO points VALUES (?, ?, ?, ?, ?, ?)", rows)
-                self._db.executemany("DELETE FROM removed WHERE label = ?", [(label,) for label in labels])
             grow = len(p.ids) + len(fresh)
             if grow > len(p.vectors):
                 bigger = np.zeros((max(grow, 2 * len(p.vectors)), self.config.dimension), np.float32)
