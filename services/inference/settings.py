@@ -11,7 +11,8 @@ from infermesh_runtime.settings import CommaList, ServiceSettings
 
 class InferenceSettings(ServiceSettings):
     models: CommaList = Field(
-        ["gemma-3-270m", "all-minilm-l6-v2"], description="Model ids to preload at start-up, comma-separated."
+        ["gemma-3-270m", "qwen2.5-coder-0.5b-instruct", "all-minilm-l6-v2"],
+        description="Model ids to preload at start-up, comma-separated.",
     )
     available_models: CommaList = Field(
         ["gemma-3-270m-llamacpp", "all-minilm-l6-v2-onnx"],

@@ -45,7 +45,7 @@ class MeshSettings(BaseSettings):
         ["openai", "gemini"],
         description="Hosted provider adapters to start; each reports NOT_SERVING until its API key is set.",
     )
-    models: CommaList = Field(["gemma-3-270m", "all-minilm-l6-v2"])
+    models: CommaList = Field(["gemma-3-270m", "qwen2.5-coder-0.5b-instruct", "all-minilm-l6-v2"])
     data_dir: Path = Field(Path(".data"), description="Prepared model weights and run files.")
     ready_timeout_seconds: float = Field(900.0, description="Give up if the mesh is not ready by then.")
 

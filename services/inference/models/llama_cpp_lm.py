@@ -10,10 +10,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from infermesh_inference.models.base import CancelToken, Capability, GenerationParams, ServedModel, TextChunk
 from infermesh_inference.models.chat_format import base_model_chat_prompt
 from infermesh_inference.models.text_assembly import TextAssembler
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 
 class LlamaCppLM(ServedModel):
@@ -43,7 +47,8 @@ class LlamaCppLM(ServedModel):
             verbose=False,
         )
         self.context_length = min(self._max_context, int(self.llm.n_ctx()))
-        self._eos = {int(self.llm.token_eos())}
+        self._eos = self._end_of_generation_tokens()
+        self._chat_format = self._chat_template()
 
     def warmup(self) -> None:
         for _ in self.generate("Hello", GenerationParams(max_tokens=2), CancelToken()):
@@ -68,7 +73,38 @@ class LlamaCppLM(ServedModel):
         return len(self.encode(text))
 
     def chat_prompt(self, messages: list[tuple[str, str]]) -> tuple[str, tuple[str, ...]]:
-        return base_model_chat_prompt(messages)
+        """The model's own chat template where its GGUF has one; a base model's transcript
+        otherwise. A template's turn ends with an end-of-generation token (Qwen's
+        <|im_end|>), which stops generation by itself: no extra stop sequences."""
+        if self._chat_format is None:
+            return base_model_chat_prompt(messages)
+        turns = [{"role": role, "content": content} for role, content in messages]
+        return self._chat_format(messages=turns).prompt, ()
+
+    def _end_of_generation_tokens(self) -> set[int]:
+        """EOS, the end-of-turn token (EOT) and every other token llama.cpp ends generation
+        on (Qwen: <|im_end|>, <|endoftext|>, ...), so a model's turn ends where it says so."""
+        import llama_cpp
+
+        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        eog = {t for t in range(llama_cpp.llama_vocab_n_tokens(vocab)) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+        return eog | {int(t) for t in (self.llm.token_eos(), llama_cpp.llama_vocab_eot(vocab)) if t >= 0}
+
+    def _chat_template(self) -> Jinja2ChatFormatter | None:
+        """The GGUF's tokenizer.chat_template, rendered as Hugging Face renders it."""
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return None
+        import llama_cpp
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        def text(token: int) -> str:
+            return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace") if token >= 0 else ""
+
+        # encode() adds BOS itself where the vocabulary asks for it: then the template must not.
+        adds_bos = llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(self.llm.model))
+        bos = "" if adds_bos else text(self.llm.token_bos())
+        return Jinja2ChatFormatter(template, eos_token=text(self.llm.token_eos()), bos_token=bos)
 
     def generate(self, prompt: str, params: GenerationParams, cancel: CancelToken) -> Iterator[TextChunk]:
         tokens = self.encode(prompt)

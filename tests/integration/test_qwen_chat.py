@@ -1,0 +1,88 @@
+"""The instruction-tuned chat model: Qwen2.5-Coder-0.5B-Instruct's GGUF, joined from six
+packages that are not Qwen's, is served only as the file Qwen published (its SHA-256);
+llama.cpp chats with it through the GGUF's own chat template and stops at its end of turn,
+while Gemma's base model, which has no template, keeps the plain transcript prompt."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from gguf import GGUFReader
+
+from conftest import ROOT
+from inference_servers import inference_server
+from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh.inference.v1 import inference_types_pb2 as types
+from infermesh_inference.models import builtin
+from infermesh_inference.models.chat_format import base_model_chat_prompt
+from infermesh_registry.seed import _defaults
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+QWEN, GEMMA_LLAMA = builtin.QWEN_CODER_ID, builtin.GEMMA_GGUF_ID
+DATA_DIR = Path(os.environ.get("DATA_DIR", ROOT / ".data"))
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def test_the_joined_file_is_the_gguf_qwen_published():
+    path = builtin.qwen_coder_gguf(DATA_DIR)
+    assert path.stat().st_size == 491_400_064
+    assert sha256(path) == builtin.QWEN_CODER_SHA256
+    reader = GGUFReader(path)
+    field = lambda key: reader.fields[key].contents()  # noqa: E731
+    assert field("general.architecture") == "qwen2"
+    assert field("general.name").startswith("Qwen2.5 Coder 0.5B Instruct")
+    assert field("qwen2.context_length") == 32768 and len(reader.tensors) == 291
+    assert "<|im_start|>" in field("tokenizer.chat_template")
+    # The registry records the same file for the model's version.
+    _, versions, _ = _defaults()[QWEN]
+    assert versions["q4-k-m"].artifact_sha256 == builtin.QWEN_CODER_SHA256
+
+
+def test_parts_that_do_not_join_into_qwens_file_leave_nothing_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(builtin, "QWEN_CODER_SHA256", "0" * 64)
+    with pytest.raises(builtin.WeightsMismatch, match="refusing to serve it"):
+        builtin.qwen_coder_gguf(tmp_path)
+    assert list((tmp_path / "models" / QWEN).iterdir()) == []
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def server():
+    async with inference_server(models=[QWEN, GEMMA_LLAMA], available_models=[]) as running:
+        yield running
+
+
+async def test_qwen_follows_an_instruction_and_ends_its_turn(server):
+    # The right answer last in the list: a model that just repeats the first word fails.
+    ask = "Reply with exactly one word from this list: Rome, Paris, Berlin. What is the capital of Germany?"
+    request = pb.ChatRequest(
+        model=QWEN, messages=[pb.ChatMessage(role=types.ROLE_USER, content=ask)], max_tokens=48, temperature=0
+    )
+    reply = await server.inference.Chat(request)
+    assert "berlin" in reply.message.content.lower() and len(reply.message.content.split()) <= 3
+    # It stopped at its end-of-turn token, not at the length limit, and the token is not text.
+    assert reply.finish_reason == types.FINISH_REASON_STOP and reply.usage.output_tokens < 48
+    assert "<|im_end|>" not in reply.message.content and "<|im_start|>" not in reply.message.content
+    chunks = [c async for c in server.inference.StreamChat(request)]
+    assert "".join(c.message.content for c in chunks) == reply.message.content
+    assert chunks[-1].finish_reason == types.FINISH_REASON_STOP
+
+
+async def test_each_model_gets_its_own_chat_prompt(server):
+    turns = [("system", "Be brief."), ("user", "Hi")]
+    qwen = server.app.repository.entry(QWEN).model
+    prompt, stops = qwen.chat_prompt(turns)
+    assert prompt == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert stops == ()
+    gemma = server.app.repository.entry(GEMMA_LLAMA).model  # a base model: no template in its GGUF
+    assert gemma.chat_prompt(turns) == base_model_chat_prompt(turns)
