@@ -11,7 +11,7 @@ export DATA_DIR ?= $(CURDIR)/.data
 
 PROTOS := $(shell find protos third_party -name '*.proto')
 
-.PHONY: run test lint bench install gen models clean test-services admin-key
+.PHONY: run test lint bench install gen models clean test-services admin-key node-deps
 
 run: install models
 	$(BIN)/python -m infermesh_mesh
@@ -20,7 +20,7 @@ run: install models
 admin-key: install
 	$(BIN)/python -m infermesh_mesh.admin_key
 
-test: install models test-services
+test: install models test-services node-deps
 	$(BIN)/python -m pytest
 
 bench: install models
@@ -47,9 +47,21 @@ install: $(VENV)/.installed
 test-services:
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
 
+# The official OpenAI Node SDK for the conformance tests (tests/conformance/test_node_sdk.py),
+# exactly as locked; installed again only when the lock file changes.
+NODE_DIR := tests/conformance/node
+
+node-deps: $(NODE_DIR)/node_modules/.installed
+
+$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package-lock.json
+	npm ci --prefix $(NODE_DIR) --no-audit --no-fund
+	touch $@
+
 # The code generator first (pins read from pyproject.toml), then generate, then install
 # the project, whose packages include the generated code.
 GENERATOR_PINS = $(shell grep -oE '"(grpcio-tools|protovalidate|googleapis-common-protos|protobuf)==[^"]+"' pyproject.toml | tr -d '"')
+# Pins whose own requirements conflict with ours ([tool.infermesh] in pyproject.toml says why).
+NO_DEPS_PINS = $(shell sed -n 's/^install-without-deps = \[\(.*\)\]/\1/p' pyproject.toml | tr -d '",')
 
 $(VENV)/.installed: pyproject.toml scripts/gen_protos.py $(PROTOS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +69,7 @@ $(VENV)/.installed: pyproject.toml scripts/gen_protos.py $(PROTOS)
 	$(BIN)/pip install -q $(GENERATOR_PINS)
 	$(BIN)/python scripts/gen_protos.py
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps $(NO_DEPS_PINS)
 	@# xds-protos ships its own, older copy of opentelemetry/proto/ (Envoy's API imports it)
 	@# over opentelemetry-proto's files; whichever installs last wins, and the old one breaks
 	@# the OTLP exporter. The current one serves both (tests/e2e/test_tracing.py).
