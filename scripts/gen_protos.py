@@ -17,6 +17,7 @@ from google.protobuf import (
     descriptor_pb2,
     duration_pb2,
     field_mask_pb2,
+    struct_pb2,
     timestamp_pb2,
 )
 from grpc_tools import protoc
@@ -42,7 +43,7 @@ def validate_descriptor() -> descriptor_pb2.FileDescriptorProto:
 
 def write_dependency_set(path: Path) -> None:
     files = descriptor_pb2.FileDescriptorSet()
-    for module in (descriptor_pb2, duration_pb2, field_mask_pb2, timestamp_pb2):
+    for module in (descriptor_pb2, duration_pb2, field_mask_pb2, struct_pb2, timestamp_pb2):
         module.DESCRIPTOR.CopyToProto(files.file.add())
     files.file.append(validate_descriptor())
     path.write_bytes(files.SerializeToString())

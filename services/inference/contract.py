@@ -7,16 +7,50 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from google.protobuf import json_format
+
+from infermesh.inference.v1 import generation_options_pb2 as options
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from infermesh.inference.v1 import inference_types_pb2 as types
-from infermesh_inference.models.base import Embeddings, FinishReason, GenerationParams, TextChunk, Usage
+from infermesh_inference.models.base import (
+    ChatTurn,
+    Embeddings,
+    FinishReason,
+    GenerationParams,
+    ResponseFormat,
+    TextChunk,
+    TokenLogprob,
+    ToolCallDelta,
+    ToolChoice,
+    Tools,
+    ToolSpec,
+    Usage,
+)
+from infermesh_runtime.errors import InvalidArgument
 
-ROLES = {types.ROLE_SYSTEM: "system", types.ROLE_USER: "user", types.ROLE_ASSISTANT: "assistant"}
+ROLES = {
+    types.ROLE_SYSTEM: "system",
+    types.ROLE_USER: "user",
+    types.ROLE_ASSISTANT: "assistant",
+    types.ROLE_TOOL: "tool",
+}
 FINISH = {
     None: types.FINISH_REASON_UNSPECIFIED,
     FinishReason.STOP: types.FINISH_REASON_STOP,
     FinishReason.LENGTH: types.FINISH_REASON_LENGTH,
+    FinishReason.TOOL_CALLS: types.FINISH_REASON_TOOL_CALLS,
+}
+FORMATS = {
+    options.RESPONSE_FORMAT_TYPE_JSON_OBJECT: "json_object",
+    options.RESPONSE_FORMAT_TYPE_JSON_SCHEMA: "json_schema",
+}
+CHOICES = {
+    options.TOOL_CHOICE_MODE_UNSPECIFIED: "auto",
+    options.TOOL_CHOICE_MODE_AUTO: "auto",
+    options.TOOL_CHOICE_MODE_NONE: "none",
+    options.TOOL_CHOICE_MODE_REQUIRED: "required",
+    options.TOOL_CHOICE_MODE_FUNCTION: "function",
 }
 
 
@@ -25,11 +59,51 @@ class Backend(Protocol):
 
     def generate(self, model_id: str, prompt: str, sampling: GenerationParams) -> AsyncIterator[TextChunk]: ...
 
-    def chat(
-        self, model_id: str, messages: list[tuple[str, str]], sampling: GenerationParams
-    ) -> AsyncIterator[TextChunk]: ...
+    def chat(self, model_id: str, turns: list[ChatTurn], sampling: GenerationParams) -> AsyncIterator[TextChunk]: ...
 
     async def embed(self, model_id: str, texts: list[str]) -> Embeddings: ...
+
+
+def json_value(struct) -> dict:
+    """A google.protobuf.Struct as plain JSON (Struct numbers are doubles: whole ones
+    become ints again, as a JSON Schema's `maxLength: 20` must be)."""
+
+    def whole(value):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, dict):
+            return {k: whole(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [whole(v) for v in value]
+        return value
+
+    return whole(json_format.MessageToDict(struct))
+
+
+def response_format_from(message: options.ResponseFormat) -> ResponseFormat | None:
+    kind = FORMATS.get(message.type)
+    if kind is None:
+        return None
+    schema = json_value(message.json_schema) if message.HasField("json_schema") else None
+    if kind == "json_schema" and not schema:
+        raise InvalidArgument(
+            "response_format of type json_schema needs a schema", reason="MISSING_SCHEMA", param="response_format"
+        )
+    return ResponseFormat(kind, schema, message.schema_name, message.strict)
+
+
+def tools_from(request: pb.ChatRequest) -> Tools | None:
+    if not request.tools:
+        if request.tool_choice.mode in (options.TOOL_CHOICE_MODE_REQUIRED, options.TOOL_CHOICE_MODE_FUNCTION):
+            raise InvalidArgument("tool_choice needs tools to choose from", reason="NO_TOOLS", param="tool_choice")
+        return None
+    specs = tuple(
+        ToolSpec(t.name, t.description, json_value(t.parameters) if t.HasField("parameters") else {})
+        for t in request.tools
+    )
+    choice = ToolChoice(CHOICES[request.tool_choice.mode], request.tool_choice.function_name)
+    parallel = not request.HasField("parallel_tool_calls") or request.parallel_tool_calls
+    return Tools(specs, choice, parallel)
 
 
 def sampling_from(request: pb.GenerateTextRequest | pb.ChatRequest) -> GenerationParams:
@@ -41,7 +115,41 @@ def sampling_from(request: pb.GenerateTextRequest | pb.ChatRequest) -> Generatio
         stop_sequences=tuple(request.stop_sequences),
         seed=request.seed if request.HasField("seed") else None,
         repetition_penalty=request.repetition_penalty if request.HasField("repetition_penalty") else 1.0,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        logit_bias=tuple(sorted(request.logit_bias.items())),
+        logprobs=request.top_logprobs if request.logprobs else None,
+        response_format=response_format_from(request.response_format),
+        tools=tools_from(request) if isinstance(request, pb.ChatRequest) else None,
     )
+
+
+def logprobs_proto(entries: list[TokenLogprob]) -> list[options.TokenLogprob]:
+    return [
+        options.TokenLogprob(
+            token=e.token,
+            logprob=e.logprob,
+            bytes=e.token.encode(),
+            top_logprobs=[options.TopLogprob(token=t.token, logprob=t.logprob, bytes=t.token.encode()) for t in e.top],
+        )
+        for e in entries
+    ]
+
+
+def tool_calls_proto(calls: list[ToolCallDelta]) -> list[options.ToolCall]:
+    return [options.ToolCall(index=c.index, id=c.id, name=c.name, arguments=c.arguments) for c in calls]
+
+
+def turns_from(request: pb.ChatRequest) -> list[ChatTurn]:
+    return [
+        ChatTurn(
+            ROLES[m.role],
+            m.content,
+            tuple(ToolCallDelta(c.index, c.arguments, c.id, c.name) for c in m.tool_calls),
+            m.tool_call_id,
+        )
+        for m in request.messages
+    ]
 
 
 def usage_proto(usage: Usage | None) -> types.Usage | None:
@@ -53,13 +161,21 @@ def usage_proto(usage: Usage | None) -> types.Usage | None:
 
 
 async def collect(chunks: AsyncIterator[TextChunk]) -> TextChunk:
-    """Join a stream of chunks into one, keeping the final finish reason and usage."""
+    """Join a stream of chunks into one, keeping the final finish reason and usage, every
+    log probability, and each tool call whole."""
     parts: list[str] = []
+    logprobs: list[TokenLogprob] = []
+    calls: dict[int, ToolCallDelta] = {}
     last = TextChunk("")
     async for chunk in chunks:
         parts.append(chunk.text)
+        logprobs += chunk.logprobs
+        for piece in chunk.tool_calls:
+            call = calls.setdefault(piece.index, ToolCallDelta(piece.index))
+            call.id, call.name = call.id or piece.id, call.name or piece.name
+            call.arguments += piece.arguments
         last = chunk
-    return TextChunk("".join(parts), last.finish_reason, last.usage)
+    return TextChunk("".join(parts), last.finish_reason, last.usage, logprobs, list(calls.values()))
 
 
 class ContractServicer(pb_grpc.InferenceServiceServicer):
@@ -70,15 +186,22 @@ class ContractServicer(pb_grpc.InferenceServiceServicer):
 
     def _text(self, model: str, chunk: TextChunk) -> pb.GenerateTextResponse:
         return pb.GenerateTextResponse(
-            text=chunk.text, finish_reason=FINISH[chunk.finish_reason], usage=usage_proto(chunk.usage), model=model
+            text=chunk.text,
+            finish_reason=FINISH[chunk.finish_reason],
+            usage=usage_proto(chunk.usage),
+            model=model,
+            logprobs=logprobs_proto(chunk.logprobs),
         )
 
     def _chat(self, model: str, chunk: TextChunk) -> pb.ChatResponse:
         return pb.ChatResponse(
-            message=pb.ChatMessage(role=types.ROLE_ASSISTANT, content=chunk.text),
+            message=pb.ChatMessage(
+                role=types.ROLE_ASSISTANT, content=chunk.text, tool_calls=tool_calls_proto(chunk.tool_calls)
+            ),
             finish_reason=FINISH[chunk.finish_reason],
             usage=usage_proto(chunk.usage),
             model=model,
+            logprobs=logprobs_proto(chunk.logprobs),
         )
 
     async def GenerateText(self, request, context):
@@ -89,16 +212,12 @@ class ContractServicer(pb_grpc.InferenceServiceServicer):
         async for chunk in self.backend.generate(request.model, request.prompt, sampling_from(request)):
             yield self._text(request.model, chunk)
 
-    @staticmethod
-    def _messages(request: pb.ChatRequest) -> list[tuple[str, str]]:
-        return [(ROLES[m.role], m.content) for m in request.messages]
-
     async def Chat(self, request, context):
-        chunk = await collect(self.backend.chat(request.model, self._messages(request), sampling_from(request)))
+        chunk = await collect(self.backend.chat(request.model, turns_from(request), sampling_from(request)))
         return self._chat(request.model, chunk)
 
     async def StreamChat(self, request, context):
-        async for chunk in self.backend.chat(request.model, self._messages(request), sampling_from(request)):
+        async for chunk in self.backend.chat(request.model, turns_from(request), sampling_from(request)):
             yield self._chat(request.model, chunk)
 
     async def Embed(self, request, context):

@@ -14,12 +14,18 @@ from infermesh_inference.batching import DynamicBatcher
 from infermesh_inference.models.base import (
     CancelToken,
     Capability,
+    ChatTurn,
     Embeddings,
+    FinishReason,
     GenerationParams,
+    ResponseFormat,
     ServedModel,
     TextChunk,
+    Tools,
 )
 from infermesh_inference.models.continuous_batching import ContinuousBatcher
+from infermesh_inference.models.grammar import chat_answer_grammar, json_schema_grammar
+from infermesh_inference.models.tool_calling import ToolCallReader, tool_grammar
 from infermesh_inference.repository import ModelEntry, ModelRepository, ModelState
 from infermesh_runtime.errors import InvalidArgument
 from infermesh_runtime.telemetry import past_span
@@ -60,20 +66,32 @@ class InferenceCore:
 
     async def generate(self, model_id: str, prompt: str, sampling: GenerationParams) -> AsyncIterator[TextChunk]:
         async with self.repository.use(model_id, Capability.TEXT_GENERATION) as entry:
+            if sampling.response_format is not None:
+                sampling = replace(sampling, grammar=json_schema_grammar(sampling.response_format.answer_schema()))
             async for chunk in self._generate(entry, prompt, sampling, ()):
                 yield chunk
 
-    async def chat(
-        self, model_id: str, messages: list[tuple[str, str]], sampling: GenerationParams
-    ) -> AsyncIterator[TextChunk]:
+    async def chat(self, model_id: str, turns: list[ChatTurn], sampling: GenerationParams) -> AsyncIterator[TextChunk]:
         async with self.repository.use(model_id, Capability.CHAT) as entry:
-            prompt, stops = entry.model.chat_prompt(messages)
+            tools = sampling.tools if sampling.tools is not None and sampling.tools.callable else None
+            prompt, stops = entry.model.chat_prompt(turns, tools)
+            sampling = replace(sampling, grammar=_chat_grammar(sampling.response_format, tools))
+            reader = ToolCallReader() if tools is not None else None
             started = False
             async for chunk in self._generate(entry, prompt, sampling, stops):
                 if not started:  # a reply after "Assistant:" starts with a space the user should not see
                     chunk.text = chunk.text.lstrip()
+                    if chunk.logprobs and chunk.text:
+                        first = chunk.logprobs[0]
+                        chunk.logprobs[0] = replace(first, token=first.token.lstrip())
                     started = bool(chunk.text)
-                if chunk.text or chunk.finish_reason is not None:
+                if reader is not None:
+                    chunk.text, chunk.tool_calls = reader.push(chunk.text)
+                    if chunk.finish_reason is not None:
+                        chunk.text += reader.finish()
+                        if reader.calls and chunk.finish_reason is FinishReason.STOP:
+                            chunk.finish_reason = FinishReason.TOOL_CALLS
+                if chunk.text or chunk.tool_calls or chunk.logprobs or chunk.finish_reason is not None:
                     yield chunk
 
     async def _generate(
@@ -243,6 +261,15 @@ class InferenceCore:
             finally:
                 cancel.cancel()
                 await asyncio.shield(worker)
+
+
+def _chat_grammar(response_format: ResponseFormat | None, tools: Tools | None) -> str | None:
+    """The grammar a chat reply follows: tool calls (or text, or the JSON the response
+    format asks for, when the model may choose), the JSON alone, or none."""
+    schema = response_format.answer_schema() if response_format is not None else None
+    if tools is not None:
+        return tool_grammar(tools, schema)
+    return chat_answer_grammar(schema) if schema is not None else None
 
 
 def _context_error(model_id: str, prompt_tokens: int, max_tokens: int, limit: int) -> InvalidArgument:

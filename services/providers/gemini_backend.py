@@ -3,6 +3,7 @@ the design card names, reached its end of life in 2025)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,14 +13,30 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from infermesh_inference.models.base import Embeddings, FinishReason, GenerationParams, TextChunk, Usage
+from infermesh_inference.models.base import (
+    NO_ARGUMENTS,
+    ChatTurn,
+    Embeddings,
+    FinishReason,
+    GenerationParams,
+    TextChunk,
+    ToolCallDelta,
+    Usage,
+)
+from infermesh_inference.models.tool_calling import new_call_id
 from infermesh_providers import errors
 from infermesh_providers.apportion import apportion
 from infermesh_providers.retrying import Retrier
 from infermesh_providers.settings import ProviderSettings
 from infermesh_runtime.errors import DomainError, InvalidArgument
 
-ROLES = {"user": "user", "assistant": "model"}
+ROLES = {"user": "user", "assistant": "model", "tool": "user"}
+CHOICES = {
+    "auto": types.FunctionCallingConfigMode.AUTO,
+    "none": types.FunctionCallingConfigMode.NONE,
+    "required": types.FunctionCallingConfigMode.ANY,
+    "function": types.FunctionCallingConfigMode.ANY,
+}
 # google-genai sends with httpx2 (or httpx, when asked to): either can raise.
 TRANSPORT_ERRORS = (httpx.HTTPError, httpx2.HTTPError)
 TIMEOUTS = (httpx.TimeoutException, httpx2.TimeoutException)
@@ -65,11 +82,24 @@ class GeminiBackend:
 
     @staticmethod
     def _config(sampling: GenerationParams, system: str | None = None) -> types.GenerateContentConfig:
-        if sampling.repetition_penalty != 1.0:
-            raise InvalidArgument(
-                "the Gemini API has no repetition_penalty", reason="UNSUPPORTED_PARAMETER", provider="gemini"
+        unsupported = [
+            name
+            for name, used in (
+                ("repetition_penalty", sampling.repetition_penalty != 1.0),
+                ("logit_bias", bool(sampling.logit_bias)),
+                ("logprobs", sampling.logprobs is not None),
+                ("parallel_tool_calls", sampling.tools is not None and not sampling.tools.parallel),
             )
-        return types.GenerateContentConfig(
+            if used
+        ]
+        if unsupported:
+            raise InvalidArgument(
+                f"the Gemini API has no {', '.join(unsupported)}",
+                reason="UNSUPPORTED_PARAMETER",
+                provider="gemini",
+                param=unsupported[0],
+            )
+        config = types.GenerateContentConfig(
             max_output_tokens=sampling.max_tokens,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
@@ -77,20 +107,39 @@ class GeminiBackend:
             stop_sequences=list(sampling.stop_sequences) or None,
             seed=sampling.seed,
             system_instruction=system,
+            presence_penalty=sampling.presence_penalty or None,
+            frequency_penalty=sampling.frequency_penalty or None,
         )
+        if (answer := sampling.response_format) is not None:
+            config.response_mime_type = "application/json"
+            config.response_json_schema = answer.answer_schema()
+        if (tools := sampling.tools) is not None:
+            config.tools = [
+                types.Tool(
+                    function_declarations=[
+                        types.FunctionDeclaration(
+                            name=spec.name,
+                            description=spec.description or None,
+                            parameters_json_schema=spec.parameters or NO_ARGUMENTS,
+                        )
+                        for spec in tools.specs
+                    ]
+                )
+            ]
+            allowed = [tools.choice.name] if tools.choice.mode == "function" else None
+            config.tool_config = types.ToolConfig(
+                function_calling_config=types.FunctionCallingConfig(
+                    mode=CHOICES[tools.choice.mode], allowed_function_names=allowed
+                )
+            )
+        return config
 
     def generate(self, model_id: str, prompt: str, sampling: GenerationParams) -> AsyncIterator[TextChunk]:
         return self._stream(model_id, prompt, self._config(sampling))
 
-    def chat(
-        self, model_id: str, messages: list[tuple[str, str]], sampling: GenerationParams
-    ) -> AsyncIterator[TextChunk]:
-        system = "\n".join(content for role, content in messages if role == "system") or None
-        contents = [
-            types.Content(role=ROLES[role], parts=[types.Part(text=content)])
-            for role, content in messages
-            if role != "system"
-        ]
+    def chat(self, model_id: str, turns: list[ChatTurn], sampling: GenerationParams) -> AsyncIterator[TextChunk]:
+        system = "\n".join(turn.content for turn in turns if turn.role == "system") or None
+        contents = _contents([turn for turn in turns if turn.role != "system"])
         if not contents:  # google-genai raises ValueError for it, before any request
             raise InvalidArgument(
                 "a chat with a Gemini model needs a user or assistant message, not only system ones",
@@ -113,6 +162,7 @@ class GeminiBackend:
         stream, chunk = await self._call(start)
         finish: FinishReason | None = None
         usage = Usage()
+        calls = 0
         while chunk is not None:
             for candidate in chunk.candidates or []:
                 if (
@@ -124,12 +174,19 @@ class GeminiBackend:
             if chunk.usage_metadata is not None:
                 metadata = chunk.usage_metadata
                 usage = Usage(metadata.prompt_token_count or 0, metadata.candidates_token_count or 0)
-            if text := chunk.text or "":
-                yield TextChunk(text)
+            piece = TextChunk(_text(chunk))
+            for call in chunk.function_calls or []:  # Gemini sends each call whole
+                arguments = json.dumps(call.args or {})
+                piece.tool_calls.append(ToolCallDelta(calls, arguments, call.id or new_call_id(), call.name or ""))
+                calls += 1
+            if piece.text or piece.tool_calls:
+                yield piece
             try:
                 chunk = await anext(stream, None)
             except (genai_errors.APIError, *TRANSPORT_ERRORS) as exc:
                 raise self._error(exc) from None
+        if calls and finish is FinishReason.STOP:
+            finish = FinishReason.TOOL_CALLS
         yield TextChunk("", finish or FinishReason.STOP, usage)
 
     async def embed(self, model_id: str, texts: list[str]) -> Embeddings:
@@ -154,3 +211,33 @@ class GeminiBackend:
         metadata = reply.usage_metadata
         usage = Usage(metadata.prompt_token_count or 0, metadata.candidates_token_count or 0) if metadata else Usage()
         return reply.text or "", usage
+
+
+def _text(chunk: types.GenerateContentResponse) -> str:
+    """The chunk's text parts (not `chunk.text`, which warns when a chunk holds a call)."""
+    parts = chunk.candidates[0].content.parts if chunk.candidates and chunk.candidates[0].content else None
+    return "".join(part.text for part in parts or [] if part.text and not part.thought)
+
+
+def _contents(turns: list[ChatTurn]) -> list[types.Content]:
+    """The conversation as Gemini contents: calls the model made are function_call parts,
+    tool results function_response parts naming the function they answer."""
+    names = {call.id: call.name for turn in turns for call in turn.tool_calls}
+    contents = []
+    for turn in turns:
+        parts = [types.Part(text=turn.content)] if turn.content and turn.role != "tool" else []
+        for call in turn.tool_calls:
+            parts.append(
+                types.Part(
+                    function_call=types.FunctionCall(
+                        id=call.id, name=call.name, args=json.loads(call.arguments or "{}")
+                    )
+                )
+            )
+        if turn.role == "tool":
+            response = types.FunctionResponse(
+                id=turn.tool_call_id, name=names.get(turn.tool_call_id, ""), response={"result": turn.content}
+            )
+            parts.append(types.Part(function_response=response))
+        contents.append(types.Content(role=ROLES[turn.role], parts=parts))
+    return contents

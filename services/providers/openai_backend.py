@@ -12,14 +12,26 @@ from typing import Any
 
 import openai
 
-from infermesh_inference.models.base import Embeddings, FinishReason, GenerationParams, TextChunk, Usage
+from infermesh_inference.models.base import (
+    ChatTurn,
+    Embeddings,
+    FinishReason,
+    GenerationParams,
+    ResponseFormat,
+    TextChunk,
+    TokenLogprob,
+    ToolCallDelta,
+    Tools,
+    TopLogprob,
+    Usage,
+)
 from infermesh_providers import errors
 from infermesh_providers.apportion import apportion
 from infermesh_providers.retrying import Retrier
 from infermesh_providers.settings import ProviderSettings
 from infermesh_runtime.errors import DomainError, InvalidArgument
 
-FINISH = {"length": FinishReason.LENGTH}
+FINISH = {"length": FinishReason.LENGTH, "tool_calls": FinishReason.TOOL_CALLS}
 
 
 class OpenAIBackend:
@@ -70,7 +82,10 @@ class OpenAIBackend:
         ]
         if unsupported:
             raise InvalidArgument(
-                f"the OpenAI API has no {', '.join(unsupported)}", reason="UNSUPPORTED_PARAMETER", provider="openai"
+                f"the OpenAI API has no {', '.join(unsupported)}",
+                reason="UNSUPPORTED_PARAMETER",
+                provider="openai",
+                param=unsupported[0],
             )
         options: dict[str, Any] = {"temperature": sampling.temperature, "top_p": sampling.top_p}
         if sampling.max_tokens is not None:
@@ -79,16 +94,27 @@ class OpenAIBackend:
             options["stop"] = list(sampling.stop_sequences)
         if sampling.seed is not None:
             options["seed"] = sampling.seed
+        if sampling.presence_penalty:
+            options["presence_penalty"] = sampling.presence_penalty
+        if sampling.frequency_penalty:
+            options["frequency_penalty"] = sampling.frequency_penalty
+        if sampling.logit_bias:
+            options["logit_bias"] = {str(token): bias for token, bias in sampling.logit_bias}
+        if sampling.logprobs is not None:
+            options["logprobs"] = True
+            if sampling.logprobs:
+                options["top_logprobs"] = sampling.logprobs
+        if (answer := sampling.response_format) is not None:
+            options["response_format"] = _response_format(answer)
+        if (tools := sampling.tools) is not None:
+            options.update(_tool_options(tools))
         return options
 
     def generate(self, model_id: str, prompt: str, sampling: GenerationParams) -> AsyncIterator[TextChunk]:
-        return self.chat(model_id, [("user", prompt)], sampling)
+        return self.chat(model_id, [ChatTurn("user", prompt)], sampling)
 
-    async def chat(
-        self, model_id: str, messages: list[tuple[str, str]], sampling: GenerationParams
-    ) -> AsyncIterator[TextChunk]:
-        payload = [{"role": role, "content": content} for role, content in messages]
-        async for chunk in self._stream(model_id, payload, self._options(sampling)):
+    async def chat(self, model_id: str, turns: list[ChatTurn], sampling: GenerationParams) -> AsyncIterator[TextChunk]:
+        async for chunk in self._stream(model_id, [_message(t) for t in turns], self._options(sampling)):
             yield chunk
 
     async def _stream(self, model_id: str, messages: list[dict], options: dict[str, Any]) -> AsyncIterator[TextChunk]:
@@ -107,17 +133,21 @@ class OpenAIBackend:
         try:
             chunk = first
             while chunk is not None:
-                text = ""
+                piece = TextChunk("")
                 for choice in chunk.choices:
-                    text += choice.delta.content or ""
+                    piece.text += choice.delta.content or ""
+                    piece.tool_calls += [_tool_call(c) for c in choice.delta.tool_calls or []]
+                    if choice.logprobs is not None:
+                        piece.logprobs += [_logprob(entry) for entry in choice.logprobs.content or []]
                     if choice.finish_reason:
                         finish = FINISH.get(choice.finish_reason, FinishReason.STOP)
                 if chunk.usage is not None:
-                    usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-                    yield TextChunk(text, finish or FinishReason.STOP, usage)
+                    piece.finish_reason = finish or FinishReason.STOP
+                    piece.usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                    yield piece
                     ended = True
-                elif text:
-                    yield TextChunk(text)
+                elif piece.text or piece.tool_calls or piece.logprobs:
+                    yield piece
                 try:
                     chunk = await anext(iterator, None)
                 except openai.OpenAIError as exc:
@@ -148,3 +178,48 @@ class OpenAIBackend:
         )
         usage = Usage(reply.usage.prompt_tokens, reply.usage.completion_tokens) if reply.usage else Usage()
         return reply.choices[0].message.content or "", usage
+
+
+def _message(turn: ChatTurn) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": turn.role, "content": turn.content}
+    if turn.tool_calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in turn.tool_calls
+        ]
+        message["content"] = turn.content or None
+    if turn.role == "tool":
+        message["tool_call_id"] = turn.tool_call_id
+    return message
+
+
+def _response_format(answer: ResponseFormat) -> dict[str, Any]:
+    if answer.kind == "json_object":
+        return {"type": "json_object"}
+    schema = {"name": answer.name or "answer", "schema": answer.schema, "strict": answer.strict}
+    return {"type": "json_schema", "json_schema": schema}
+
+
+def _tool_options(tools: Tools) -> dict[str, Any]:
+    choice: Any = tools.choice.mode
+    if choice == "function":
+        choice = {"type": "function", "function": {"name": tools.choice.name}}
+    options: dict[str, Any] = {"tools": [spec.as_openai() for spec in tools.specs], "tool_choice": choice}
+    if not tools.parallel:
+        options["parallel_tool_calls"] = False
+    return options
+
+
+def _tool_call(call) -> ToolCallDelta:
+    function = call.function
+    return ToolCallDelta(
+        index=call.index,
+        arguments=(function.arguments if function else None) or "",
+        id=call.id or "",
+        name=(function.name if function else None) or "",
+    )
+
+
+def _logprob(entry) -> TokenLogprob:
+    top = tuple(TopLogprob(t.token, t.logprob) for t in entry.top_logprobs or [])
+    return TokenLogprob(entry.token, entry.logprob, top)

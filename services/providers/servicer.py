@@ -30,7 +30,7 @@ class Unconfigured:
     def generate(self, model_id: str, prompt: str, sampling: GenerationParams) -> AsyncIterator[TextChunk]:
         raise self._refuse()
 
-    def chat(self, model_id, messages, sampling) -> AsyncIterator[TextChunk]:
+    def chat(self, model_id, turns, sampling) -> AsyncIterator[TextChunk]:
         raise self._refuse()
 
     async def embed(self, model_id: str, texts: list[str]) -> Embeddings:

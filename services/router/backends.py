@@ -94,6 +94,10 @@ class Backends:
             return self.directory.models()
         return sorted({m for s in self._catalog.instances() for m in s.models if s.kind not in ("router", "registry")})
 
+    def requestable(self) -> list[str]:
+        """What a request's `model` may name (with the registry: versions too, `id@version`)."""
+        return self.directory.requestable() if self.directory is not None else self.models()
+
     def routable(self) -> list[str]:
         """Model ids whose requests can be sent somewhere now."""
         return self.directory.routable() if self.directory is not None else self.models()

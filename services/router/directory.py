@@ -137,6 +137,16 @@ class ModelDirectory:
         deployed = {_model_of(d.name) for d in self._state.deployments.values()}
         return sorted(name.removeprefix("models/") for name in deployed if name in self._state.models)
 
+    def requestable(self) -> list[str]:
+        """What a request's `model` may name: each deployed model's id, and `id@version`
+        for each of its versions a deployment serves."""
+        names = set(self.models())
+        for deployment in self._state.deployments.values():
+            model, _, version = deployment.version.partition("/versions/")
+            if model in self._state.models and version:
+                names.add(f"{model.removeprefix('models/')}@{version}")
+        return sorted(names)
+
     def ranked(self, capability: str, strategy: str, load: ModelLoad) -> list[str]:
         """Model ids that have `capability` and a deployment with traffic on a usable
         backend, best first by `strategy` (see STRATEGIES)."""
@@ -196,10 +206,14 @@ class ModelDirectory:
                     reason="BACKEND_COOLING",
                     model=requested,
                 )
+            # `deployments`: how many it has with traffic, whose backends are not in the
+            # catalog now. 0 is for an operator to fix (the OpenAI surface answers 404,
+            # not a 503 that clients retry); more is a backend down or restarting.
             raise Unavailable(
                 f"model {requested!r} has no deployment with traffic on a backend of this mesh",
                 reason="MODEL_NOT_DEPLOYED",
                 model=requested,
+                deployments=len(candidates),
             )
         deployment = random.choices([d for d, _ in options], weights=[w for _, w in options])[0]
         version = self._state.versions[deployment.version]

@@ -213,7 +213,7 @@ class _Attempts:
         self.record.finish()
 
 
-async def _announce(context, answer: Answer, cache: str) -> None:
+async def announce(context, answer: Answer, cache: str) -> None:
     """Response headers (gRPC initial metadata; HTTP headers through Envoy) saying which
     model, version and backend answered and whether that was a fallback."""
     if context is None:
@@ -247,7 +247,7 @@ async def unary(backends: Backends, rpc: str, send: Send, request: Message, cont
                     cached.model = attempt.model
                     answer = Answer(cached, route, attempts.answered(attempt, route, cached=True), cached=True)
                     if announce:
-                        await _announce(context, answer, cache="hit")
+                        await announce(context, answer, cache="hit")
                     return answer
                 if attempts.more:
                     options["timeout"] = min(options["timeout"], backends.fallback_after_seconds)
@@ -261,7 +261,7 @@ async def unary(backends: Backends, rpc: str, send: Send, request: Message, cont
             await backends.cache.put(key, reply)
             reply.model = attempt.model
             if announce:
-                await _announce(context, answer, cache="miss" if key else "")
+                await announce(context, answer, cache="miss" if key else "")
             return answer
         raise attempts.give_up()
     finally:
@@ -270,11 +270,19 @@ async def unary(backends: Backends, rpc: str, send: Send, request: Message, cont
 
 
 async def stream(
-    backends: Backends, rpc: str, open_call: Open, request: Message, context, in_band_errors: bool = True
+    backends: Backends,
+    rpc: str,
+    open_call: Open,
+    request: Message,
+    context,
+    in_band_errors: bool = True,
+    announce_answer: bool = True,
 ) -> AsyncIterator[Any]:
     """Chunks from the first of the model and its fallbacks that starts answering. If its
     backend fails after the first chunk, a last chunk carrying the error (`in_band_errors`;
-    REST clients see no gRPC status) precedes the STREAM_INTERRUPTED status."""
+    REST clients see no gRPC status) precedes the STREAM_INTERRUPTED status.
+    `announce_answer=False` leaves the response headers to the caller (a call that makes
+    several streams)."""
     attempts = _Attempts(backends, rpc, request, context)
     admission = Admission()
     try:
@@ -294,7 +302,8 @@ async def stream(
                 attempts.failed(exc, route)
                 continue
             answer = Answer(None, route, attempts.answered(attempt, route), cached=False)
-            await _announce(context, answer, cache="")
+            if announce_answer:
+                await announce(context, answer, cache="")
             attempts.record.first_chunk()
             async for chunk in _interruptible(_prepend(first, chunks), route, attempts, in_band_errors):
                 if chunk.HasField("usage"):

@@ -1,22 +1,27 @@
-"""OpenAI request shapes (parsed with pydantic) and response shapes (plain dicts).
+"""OpenAI request shapes, parsed with pydantic, and their translation to the mesh's own
+typed requests.
 
-Only what this mesh can honour is accepted; a field it cannot honour (n > 1, token-array
-inputs, other embedding dimensions) is a 400 naming the field, never silently ignored.
+Nothing a caller sends is silently dropped: every field of OpenAI's request types is
+either honoured, accepted as a hint that cannot change an answer (`user`, prompt-cache
+keys, `store: false`...: HINTS), or refused with a 400 that names it when set to
+anything but its no-op value (REFUSED). A field OpenAI does not define is refused too
+(`extra="forbid"`), except the sampling extensions vLLM established (`top_k`,
+`repetition_penalty`). tests/conformance/test_no_silent_drops.py enumerates the installed
+SDK's request types against these tables, so a field a new SDK adds cannot slip through.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import time
-import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from google.protobuf import struct_pb2
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from infermesh.inference.v1 import generation_options_pb2 as options
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
+from infermesh_router.token_ids import decode_token_ids
 from infermesh_runtime.errors import InvalidArgument
 
 ROLES = {
@@ -24,99 +29,385 @@ ROLES = {
     "developer": types.ROLE_SYSTEM,
     "user": types.ROLE_USER,
     "assistant": types.ROLE_ASSISTANT,
+    "tool": types.ROLE_TOOL,
 }
-FINISH = {types.FINISH_REASON_STOP: "stop", types.FINISH_REASON_LENGTH: "length"}
+TOOL_CHOICES = {
+    "auto": options.TOOL_CHOICE_MODE_AUTO,
+    "none": options.TOOL_CHOICE_MODE_NONE,
+    "required": options.TOOL_CHOICE_MODE_REQUIRED,
+}
+
+# Hints: accepted, and without effect on any answer the mesh gives (for OpenAI itself
+# they key its internal caches, tag stored logs and identify end users to its abuse
+# monitoring; this mesh stores nothing and has no prompt cache to key).
+HINTS = {"user", "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options"}
+
+# Refused unless absent, null or the value that asks for nothing (the second element).
+REFUSED: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "audio": ("audio output is not supported", ()),
+    "modalities": ("only text output is supported", (["text"],)),
+    "functions": ("the deprecated `functions` parameter is not supported; use `tools`", ([],)),
+    "function_call": ("the deprecated `function_call` parameter is not supported; use `tool_choice`", ()),
+    "prediction": ("predicted outputs are not supported", ()),
+    "reasoning_effort": ("no model served here reasons before answering", ()),
+    "verbosity": ("no model served here has a verbosity setting", ()),
+    "web_search_options": ("web search is not supported", ()),
+    "moderation": ("moderation of outputs is not supported", ()),
+    "service_tier": ("there is one service tier", ("auto", "default")),
+    "store": ("completions are not stored", (False,)),
+    "metadata": ("completions are not stored, so there is nothing to tag with metadata", ({},)),
+    "suffix": ("text insertion (suffix) is not supported", ("",)),
+    "best_of": ("best_of is not supported", (1,)),
+}
+
+
+def unsupported(param: str, why: str) -> InvalidArgument:
+    return InvalidArgument(f"Unsupported parameter: '{param}': {why}.", reason="UNSUPPORTED_PARAMETER", param=param)
 
 
 class _Request(BaseModel):
-    # Unknown fields are tolerated, as OpenAI-compatible servers do: SDKs add new ones often.
-    model_config = ConfigDict(extra="ignore")
+    # Fields OpenAI does not define are a 400 naming them, never ignored.
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, value in data.items():
+                if name in REFUSED and value is not None and value not in REFUSED[name][1]:
+                    raise unsupported(name, REFUSED[name][0])
+        return data
 
 
-class ContentPart(BaseModel):
+class _Hinted(_Request):
+    user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    # Refused fields are declared so a no-op value (null, false, "auto") parses.
+    service_tier: str | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+
+
+class TextPart(_Request):
     type: Literal["text"]
     text: str
 
 
+class ImageUrl(_Request):
+    url: str
+    detail: Literal["auto", "low", "high"] = "auto"
+
+
+class ImagePart(_Request):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class FunctionCall(_Request):
+    name: str
+    arguments: str
+
+    @field_validator("arguments")
+    @classmethod
+    def _json(cls, value: str) -> str:
+        try:
+            json.loads(value or "{}")
+        except ValueError as exc:
+            raise ValueError("must be a JSON object as text") from exc
+        return value
+
+
+class ToolCall(_Request):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(_Request):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = ""
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[Part] | None = ""
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+    refusal: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Message:
+        if self.name:
+            raise ValueError("`name` on messages is not supported (participant names are not passed to models)")
+        if self.refusal:
+            raise ValueError("`refusal` on messages is not supported")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        return self
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
+            return "".join(part.text for part in self.content if isinstance(part, TextPart))
         return self.content or ""
+
+    def images(self) -> list[str]:
+        if isinstance(self.content, list):
+            return [part.image_url.url for part in self.content if isinstance(part, ImagePart)]
+        return []
+
+    def to_proto(self) -> pb.ChatMessage:
+        calls = [
+            options.ToolCall(index=i, id=c.id, name=c.function.name, arguments=c.function.arguments)
+            for i, c in enumerate(self.tool_calls or [])
+        ]
+        return pb.ChatMessage(
+            role=ROLES[self.role], content=self.text(), tool_calls=calls, tool_call_id=self.tool_call_id or ""
+        )
 
 
 class StreamOptions(_Request):
     include_usage: bool = False
+    include_obfuscation: Literal[False] | None = None
 
 
-class _Sampling(_Request):
+class JsonSchemaFormat(_Request):
+    name: str = Field("answer", max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema(self) -> ResponseFormat:
+        if self.type == "json_schema" and (self.json_schema is None or not self.json_schema.schema_):
+            raise ValueError("type json_schema needs json_schema.schema")
+        return self
+
+    def to_proto(self) -> options.ResponseFormat | None:
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return options.ResponseFormat(type=options.RESPONSE_FORMAT_TYPE_JSON_OBJECT)
+        spec = self.json_schema
+        schema = struct_pb2.Struct()
+        schema.update(spec.schema_)
+        return options.ResponseFormat(
+            type=options.RESPONSE_FORMAT_TYPE_JSON_SCHEMA,
+            json_schema=schema,
+            schema_name=spec.name,
+            strict=bool(spec.strict),
+        )
+
+
+class FunctionSpec(_Request):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Request):
+    type: Literal["function"]
+    function: FunctionSpec
+
+    def to_proto(self) -> options.Tool:
+        tool = options.Tool(
+            name=self.function.name, description=self.function.description or "", strict=bool(self.function.strict)
+        )
+        if self.function.parameters:
+            tool.parameters.update(self.function.parameters)
+        return tool
+
+
+class NamedFunction(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class _Sampling(_Hinted):
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    repetition_penalty: float | None = Field(None, gt=0, le=2, description="An extension, as vLLM has it.")
-    n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[int, float] | None = None
+    n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # Extensions vLLM and llama.cpp's server established.
+    top_k: int | None = Field(None, ge=0, le=1000)
+    repetition_penalty: float | None = Field(None, gt=0, le=2)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_range(cls, value: dict[int, float] | None) -> dict[int, float] | None:
+        for token, bias in (value or {}).items():
+            if token < 0 or not -100 <= bias <= 100:
+                raise ValueError("keys are token ids (>= 0) and values biases from -100 to 100")
+        return value
+
+    def limit(self) -> int | None:
+        return self.max_tokens
 
     def sampling_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"model": self.model}
-        limit = self.max_completion_tokens or self.max_tokens
-        if limit is not None:
-            fields["max_tokens"] = limit
-        if self.temperature is not None:
-            fields["temperature"] = self.temperature
-        if self.top_p is not None:
-            fields["top_p"] = self.top_p
-        if self.seed is not None:
-            fields["seed"] = self.seed
-        if self.repetition_penalty is not None:
-            fields["repetition_penalty"] = self.repetition_penalty
+        optional = {
+            "max_tokens": self.limit(),
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "top_k": self.top_k,
+            "repetition_penalty": self.repetition_penalty,
+        }
+        fields.update({name: value for name, value in optional.items() if value is not None})
         fields["stop_sequences"] = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if self.logit_bias:
+            fields["logit_bias"] = self.logit_bias
         return fields
 
 
 class ChatCompletionRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    # Refused fields, declared so their no-op values parse (REFUSED says which).
+    audio: dict[str, Any] | None = None
+    modalities: list[str] | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: Any = None
+    prediction: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    web_search_options: dict[str, Any] | None = None
+    moderation: Any = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise unsupported("top_logprobs", "it needs logprobs: true")
+        if isinstance(self.tool_choice, NamedToolChoice) or self.tool_choice == "required":
+            if not self.tools:
+                raise InvalidArgument(
+                    "tool_choice asks for a tool call but no tools were given", reason="NO_TOOLS", param="tool_choice"
+                )
+        for index, message in enumerate(self.messages):
+            if message.images():
+                raise unsupported(
+                    f"messages[{index}].content",
+                    "image parts are answered by POST /v1/describe-image (the mesh's image description API); "
+                    "chat models here read text",
+                )
+        return self
+
+    def limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
 
     def to_proto(self) -> pb.ChatRequest:
-        messages = [pb.ChatMessage(role=ROLES[m.role], content=m.text()) for m in self.messages]
-        return pb.ChatRequest(messages=messages, **self.sampling_fields())
+        request = pb.ChatRequest(messages=[m.to_proto() for m in self.messages], **self.sampling_fields())
+        if self.response_format is not None and (answer := self.response_format.to_proto()) is not None:
+            request.response_format.CopyFrom(answer)
+        if self.logprobs:
+            request.logprobs = True
+            request.top_logprobs = self.top_logprobs or 0
+        request.tools.extend(t.to_proto() for t in self.tools or [])
+        if isinstance(self.tool_choice, NamedToolChoice):
+            request.tool_choice.mode = options.TOOL_CHOICE_MODE_FUNCTION
+            request.tool_choice.function_name = self.tool_choice.function.name
+        elif self.tool_choice is not None:
+            request.tool_choice.mode = TOOL_CHOICES[self.tool_choice]
+        if self.parallel_tool_calls is not None:
+            request.parallel_tool_calls = self.parallel_tool_calls
+        return request
+
+
+TokenIds = list[Annotated[int, Field(ge=0)]]
 
 
 class CompletionRequest(_Sampling):
-    prompt: str
+    prompt: str | list[str] | TokenIds | list[TokenIds] = Field(description="Text, texts, or cl100k_base token ids")
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=5)
+    suffix: str | None = None
+    best_of: int | None = None
 
-    def to_proto(self) -> pb.GenerateTextRequest:
-        return pb.GenerateTextRequest(prompt=self.prompt, **self.sampling_fields())
+    @model_validator(mode="after")
+    def _consistent(self) -> CompletionRequest:
+        if self.echo and self.logprobs is not None:
+            raise unsupported("echo", "echo with logprobs would need the prompt's log probabilities, not computed here")
+        if not self.prompts():
+            raise ValueError("prompt must not be empty")
+        return self
+
+    def prompts(self) -> list[str]:
+        """One text per prompt (token ids are OpenAI's cl100k_base ids: token_ids.py)."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if prompt and all(isinstance(p, int) for p in prompt):
+            return [decode_token_ids(prompt, "prompt")]
+        return [p if isinstance(p, str) else decode_token_ids(p, f"prompt[{i}]") for i, p in enumerate(prompt)]
+
+    def to_protos(self) -> list[pb.GenerateTextRequest]:
+        requests = []
+        for text in self.prompts():
+            request = pb.GenerateTextRequest(prompt=text, **self.sampling_fields())
+            if self.logprobs is not None:
+                request.logprobs = True
+                request.top_logprobs = self.logprobs
+            requests.append(request)
+        return requests
 
 
 class EmbeddingRequest(_Request):
     model: str = Field(min_length=1)
-    input: str | list[str] = Field(description="Text or texts; token arrays are not supported.")
+    input: str | list[str] | TokenIds | list[TokenIds] = Field(description="Text, texts, or cl100k_base token ids")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
 
     @field_validator("input")
     @classmethod
-    def _not_empty(cls, value: str | list[str]) -> str | list[str]:
+    def _not_empty(cls, value: Any) -> Any:
         if not value:
             raise ValueError("must not be empty")
         return value
 
+    def texts(self) -> list[str]:
+        value = self.input
+        if isinstance(value, str):
+            return [value]
+        if all(isinstance(v, int) for v in value):
+            return [decode_token_ids(value, "input")]
+        return [v if isinstance(v, str) else decode_token_ids(v, f"input[{i}]") for i, v in enumerate(value)]
+
     def to_proto(self) -> pb.EmbedRequest:
-        inputs = [self.input] if isinstance(self.input, str) else self.input
-        return pb.EmbedRequest(model=self.model, inputs=inputs)
+        return pb.EmbedRequest(model=self.model, inputs=self.texts())
 
 
 def parse(model: type[_Request], body: bytes) -> Any:
-    """Parse a JSON body into `model`, or raise INVALID_ARGUMENT saying what is wrong."""
+    """Parse a JSON body into `model`, or raise INVALID_ARGUMENT naming what is wrong."""
     try:
         data = json.loads(body or b"null")
     except (ValueError, RecursionError) as exc:  # also bytes that are not UTF-8, nesting past the parser's depth
@@ -126,43 +417,32 @@ def parse(model: type[_Request], body: bytes) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors(include_url=False)
+        raise _invalid(exc) from exc
+
+
+def _invalid(exc: ValidationError) -> InvalidArgument:
+    errors = exc.errors(include_url=False)
+    where = [_param(e["loc"]) for e in errors]
+    if errors[0]["type"] == "extra_forbidden":
+        return InvalidArgument(
+            f"Unrecognized request argument supplied: {where[0]}", reason="UNKNOWN_PARAMETER", param=where[0]
         )
-        fields = ",".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
-        raise InvalidArgument(f"invalid request: {problems}", reason="INVALID_REQUEST_FIELDS", fields=fields) from exc
+    problems = "; ".join(f"{w or 'body'}: {e['msg']}" for w, e in zip(where, errors, strict=True))
+    return InvalidArgument(
+        f"invalid request: {problems}", reason="INVALID_REQUEST_FIELDS", param=where[0], fields=",".join(where)
+    )
 
 
-def completion_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+def _param(loc: tuple) -> str:
+    """A pydantic error location as OpenAI names parameters: `messages[0].content`
+    (union branches, which pydantic names by type, left out)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part and part not in TYPE_TAGS and part[0].islower() and not set("[-") & set(part):
+            out += f".{part}" if out else part
+    return out
 
 
-def now() -> int:
-    return int(time.time())
-
-
-def usage_dict(usage: types.Usage) -> dict[str, int]:
-    return {
-        "prompt_tokens": usage.input_tokens,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.total_tokens,
-    }
-
-
-def finish_reason(reason: int) -> str | None:
-    return FINISH.get(reason)
-
-
-def encode_embedding(values: list[float], encoding_format: str) -> list[float] | str:
-    if encoding_format == "base64":
-        return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode()
-    return list(values)
-
-
-def model_dict(model_id: str, created: int) -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": created, "owned_by": "infermesh"}
-
-
-def error_event(code: str, message: str) -> dict[str, Any]:
-    """The in-band error a stream sends when it fails after it has started."""
-    return {"error": {"message": message, "type": "server_error", "code": code}}
+TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}  # how pydantic names union branches

@@ -1,31 +1,46 @@
 """The OpenAI-compatible surface, served as google.api.HttpBody through Envoy's transcoder.
 
 One path serves streaming and non-streaming requests: the `stream` field decides.
-A stream's first frame is sent only after the backend's first chunk arrives, so any
-error before then (unknown model, context too long) is a real HTTP error status;
-an error after that is an in-band `data: {"error": ...}` event.
+A stream's first frame is sent only after the backends' first chunks arrive, so any
+error before then (unknown model, a field that cannot be honoured, context too long)
+is a real HTTP error; an error after that is an in-band `data: {"error": ...}` event.
+
+Errors are in OpenAI's shape (runtime/openai_errors.py): the call itself succeeds with
+the error's JSON as its body and the HTTP status in a header, which Envoy turns into
+the response's status on these paths (the transcoder would otherwise write
+google.rpc.Status JSON, which the SDKs cannot read).
+
+`n` choices (and, for text completions, each of several prompts) are separate calls
+through failover, run side by side: the inference server's continuous batching decodes
+them together.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 import protovalidate
 from google.api import httpbody_pb2
-from google.rpc import code_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, status_pb2
 
 from infermesh.openai.v1 import openai_service_pb2_grpc as pb_grpc
 from infermesh_router import failover
+from infermesh_router import openai_replies as reply
 from infermesh_router import openai_schema as oa
 from infermesh_router.backends import Backends
 from infermesh_runtime.errors import DomainError, InvalidArgument, NotFound, status_of
+from infermesh_runtime.interceptors import validation_status
+from infermesh_runtime.openai_errors import HTTP_STATUS_HEADER, RETRY_AFTER_HEADER, openai_error, retry_after_seconds
 
 log = logging.getLogger(__name__)
+FAILURES = (grpc.aio.AioRpcError, DomainError, protovalidate.ValidationError)
 
 
 def json_body(payload: dict[str, Any]) -> httpbody_pb2.HttpBody:
@@ -35,6 +50,94 @@ def json_body(payload: dict[str, Any]) -> httpbody_pb2.HttpBody:
 def sse(payload: dict[str, Any] | str) -> httpbody_pb2.HttpBody:
     data = payload if isinstance(payload, str) else json.dumps(payload)
     return httpbody_pb2.HttpBody(content_type="text/event-stream", data=f"data: {data}\n\n".encode())
+
+
+def _status(error: BaseException) -> status_pb2.Status:
+    if isinstance(error, protovalidate.ValidationError):
+        return validation_status(error)
+    return status_of(error)
+
+
+async def _error_reply(context, error: BaseException) -> httpbody_pb2.HttpBody:
+    """The OpenAI error body for a call that has sent nothing yet, with the headers that
+    give the response its HTTP status (and Retry-After)."""
+    status = _status(error)
+    http_status, body = openai_error(status)
+    headers = [(HTTP_STATUS_HEADER, str(http_status))]
+    if (wait := retry_after_seconds(status)) is not None:
+        headers.append((RETRY_AFTER_HEADER, str(wait)))
+    await context.send_initial_metadata(headers)
+    return json_body(body)
+
+
+async def _answered(context, bodies: AsyncIterator[httpbody_pb2.HttpBody]) -> AsyncIterator[httpbody_pb2.HttpBody]:
+    """A reply's bodies; a failure before the first becomes an OpenAI error response,
+    one after it (a stream midway) an in-band SSE error event."""
+    started = False
+    try:
+        async for body in bodies:
+            started = True
+            yield body
+    except FAILURES as exc:
+        if not started:
+            yield await _error_reply(context, exc)
+            return
+        status = _status(exc)
+        code = code_pb2.Code.Name(status.code)
+        log.warning("stream failed after it started", extra={"code": code, "error": status.message})
+        yield sse(reply.error_event(code, status.message or "stream failed"))
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+async def _merged(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tuple[int, Any]]:
+    """(stream index, item) from several streams as items arrive; a failure in any ends
+    all of them."""
+    if len(streams) == 1:
+        async for item in streams[0]:
+            yield 0, item
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(index: int, stream: AsyncIterator[Any]) -> None:
+        try:
+            async for item in stream:
+                await queue.put((index, item))
+        except Exception as exc:  # noqa: BLE001 - raised on the merging side
+            await queue.put((index, _Failed(exc)))
+        await queue.put((index, done))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            index, item = await queue.get()
+            if isinstance(item, _Failed):
+                raise item.error
+            if item is done:
+                running -= 1
+                continue
+            yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _copies(request: Message, n: int) -> list[Message]:
+    """`n` copies of a request, one per choice; with a seed, choice i samples with seed + i
+    (the same seed would give n identical choices)."""
+    copies = []
+    for i in range(n):
+        copy = type(request)()
+        copy.CopyFrom(request)
+        if i and copy.HasField("seed"):
+            copy.seed = (copy.seed + i) % 2**32
+        copies.append(copy)
+    return copies
 
 
 class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
@@ -47,101 +150,153 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         self._chat = lambda request, options: stub.Chat(request, **options)
         self._stream_chat = lambda request, options: stub.StreamChat(request, **options)
 
-    @staticmethod
-    def _parse(schema: type, request: Any) -> tuple[Any, Any]:
-        """Parse the JSON body and check it against the typed request's rules."""
-        body = oa.parse(schema, request.body.data)
-        proto = body.to_proto()
-        protovalidate.validate(proto)
-        return body, proto
+    async def _unary(self, rpc: str, send: Callable, requests: list[Message], context) -> list[Any]:
+        """Every request's reply (in order), announcing the first's route once all have
+        answered; one failure fails the call."""
+        calls = [
+            asyncio.ensure_future(failover.unary(self.backends, rpc, send, r, context, announce=False))
+            for r in requests
+        ]
+        try:
+            answers = await asyncio.gather(*calls)
+        except BaseException:
+            for call in calls:
+                call.cancel()
+            raise
+        await failover.announce(context, answers[0], cache="hit" if all(a.cached for a in answers) else "")
+        return [a.reply for a in answers]
+
+    def _streams(self, rpc: str, open_call: Callable, requests: list[Message], context) -> list[AsyncIterator[Any]]:
+        one = len(requests) == 1
+        return [
+            failover.stream(self.backends, rpc, open_call, r, context, in_band_errors=False, announce_answer=one)
+            for r in requests
+        ]
 
     async def CreateChatCompletion(self, request, context):
-        body, proto = self._parse(oa.ChatCompletionRequest, request)
-        ident, created = oa.completion_id("chatcmpl"), oa.now()
+        async for body in _answered(context, self._chat_completion(request, context)):
+            yield body
+
+    async def _chat_completion(self, request, context) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        body = oa.parse(oa.ChatCompletionRequest, request.body.data)
+        proto = body.to_proto()
+        protovalidate.validate(proto)
+        ident, created = reply.completion_id("chatcmpl"), reply.now()
+        requests = _copies(proto, body.n)
         if not body.stream:
-            reply = (await failover.unary(self.backends, "Chat", self._chat, proto, context)).reply
+            replies = await self._unary("Chat", self._chat, requests, context)
+            choices = []
+            for index, answer in enumerate(replies):
+                choice = {
+                    "index": index,
+                    "message": reply.chat_message(answer),
+                    "finish_reason": reply.finish_reason(answer.finish_reason),
+                    "logprobs": reply.chat_logprobs(list(answer.logprobs)) if body.logprobs else None,
+                }
+                choices.append(choice)
             yield json_body(
                 {
                     "id": ident,
                     "object": "chat.completion",
                     "created": created,
-                    "model": reply.model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": reply.message.content},
-                            "finish_reason": oa.finish_reason(reply.finish_reason),
-                            "logprobs": None,
-                        }
-                    ],
-                    "usage": oa.usage_dict(reply.usage),
+                    "model": replies[0].model,
+                    "choices": choices,
+                    "usage": reply.usage_dict([r.usage for r in replies]),
                 }
             )
             return
 
-        def chunk(delta: dict[str, Any], finish: str | None, model: str) -> dict[str, Any]:
+        def chunk(choices: list[dict[str, Any]], model: str) -> dict[str, Any]:
             return {
                 "id": ident,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+                "choices": choices,
             }
 
-        first = True
-        async for item in _guarded(
-            failover.stream(self.backends, "Chat", self._stream_chat, proto, context, in_band_errors=False)
-        ):
-            if isinstance(item, httpbody_pb2.HttpBody):
-                yield item
-                return
-            delta: dict[str, Any] = {"content": item.message.content} if item.message.content else {}
-            if first:
+        started: set[int] = set()
+        usages = {}
+        model = ""
+        async for index, item in _merged(self._streams("Chat", self._stream_chat, requests, context)):
+            model = item.model
+            delta: dict[str, Any] = {}
+            if index not in started:
+                started.add(index)
                 delta["role"] = "assistant"
-                delta.setdefault("content", "")
-                first = False
-            finish = oa.finish_reason(item.finish_reason)
-            if delta or finish:
-                yield sse(chunk(delta, finish, item.model))
-            if finish and body.stream_options and body.stream_options.include_usage:
-                yield sse({**chunk({}, None, item.model), "choices": [], "usage": oa.usage_dict(item.usage)})
+                delta["content"] = None if item.message.tool_calls and not item.message.content else ""
+            if item.message.content:
+                delta["content"] = item.message.content
+            if item.message.tool_calls:
+                delta["tool_calls"] = reply.tool_call_deltas(list(item.message.tool_calls))
+            finish = reply.finish_reason(item.finish_reason)
+            logprobs = reply.chat_logprobs(list(item.logprobs)) if body.logprobs and item.logprobs else None
+            if delta or finish or logprobs:
+                choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
+                yield sse(chunk([choice], model))
+            if finish:
+                usages[index] = item.usage
+        if body.stream_options and body.stream_options.include_usage:
+            yield sse({**chunk([], model), "usage": reply.usage_dict(list(usages.values()))})
         yield sse("[DONE]")
 
     async def CreateCompletion(self, request, context):
-        body, proto = self._parse(oa.CompletionRequest, request)
-        ident, created = oa.completion_id("cmpl"), oa.now()
+        async for body in _answered(context, self._completion(request, context)):
+            yield body
 
-        def completion(text: str, finish: str | None, model: str) -> dict[str, Any]:
-            return {
-                "id": ident,
-                "object": "text_completion",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
-            }
+    async def _completion(self, request, context) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        body = oa.parse(oa.CompletionRequest, request.body.data)
+        prompts = body.to_protos()
+        for proto in prompts:
+            protovalidate.validate(proto)
+        requests = [copy for proto in prompts for copy in _copies(proto, body.n)]
+        # Choice i answers prompt i // n, as OpenAI orders them.
+        echoed = [proto.prompt if body.echo else "" for proto in prompts for _ in range(body.n)]
+        ident, created = reply.completion_id("cmpl"), reply.now()
+
+        def choice(index: int, text: str, finish: str | None, logprobs: list, offset: int) -> dict[str, Any]:
+            entries = reply.completion_logprobs(logprobs, offset) if body.logprobs is not None else None
+            return {"index": index, "text": text, "finish_reason": finish, "logprobs": entries}
+
+        def completion(choices: list[dict[str, Any]], model: str) -> dict[str, Any]:
+            return {"id": ident, "object": "text_completion", "created": created, "model": model, "choices": choices}
 
         if not body.stream:
-            reply = (await failover.unary(self.backends, "GenerateText", self._generate, proto, context)).reply
-            payload = completion(reply.text, oa.finish_reason(reply.finish_reason), reply.model)
-            yield json_body({**payload, "usage": oa.usage_dict(reply.usage)})
+            replies = await self._unary("GenerateText", self._generate, requests, context)
+            choices = [
+                choice(i, echoed[i] + r.text, reply.finish_reason(r.finish_reason), list(r.logprobs), len(echoed[i]))
+                for i, r in enumerate(replies)
+            ]
+            usage = reply.usage_dict([r.usage for r in replies])
+            yield json_body({**completion(choices, replies[0].model), "usage": usage})
             return
-        async for item in _guarded(
-            failover.stream(self.backends, "GenerateText", self._stream_generate, proto, context, in_band_errors=False)
-        ):
-            if isinstance(item, httpbody_pb2.HttpBody):
-                yield item
-                return
-            finish = oa.finish_reason(item.finish_reason)
-            if item.text or finish:
-                yield sse(completion(item.text, finish, item.model))
-            if finish and body.stream_options and body.stream_options.include_usage:
-                yield sse({**completion("", None, item.model), "choices": [], "usage": oa.usage_dict(item.usage)})
+        offsets = [len(text) for text in echoed]
+        usages = {}
+        model = ""
+        async for index, item in _merged(self._streams("GenerateText", self._stream_generate, requests, context)):
+            model = item.model
+            text = item.text
+            if echoed[index]:
+                text, echoed[index] = echoed[index] + text, ""
+            finish = reply.finish_reason(item.finish_reason)
+            if text or finish or item.logprobs:
+                yield sse(completion([choice(index, text, finish, list(item.logprobs), offsets[index])], model))
+                offsets[index] += sum(len(e.token) for e in item.logprobs)
+            if finish:
+                usages[index] = item.usage
+        if body.stream_options and body.stream_options.include_usage:
+            yield sse({**completion([], model), "usage": reply.usage_dict(list(usages.values()))})
         yield sse("[DONE]")
 
     async def CreateEmbedding(self, request, context):
-        body, proto = self._parse(oa.EmbeddingRequest, request)
-        reply = (await failover.unary(self.backends, "Embed", self.backends.embed, proto, context)).reply
-        width = len(reply.embeddings[0].values) if reply.embeddings else 0
+        return await _one(context, self._embedding(request, context))
+
+    async def _embedding(self, request, context) -> httpbody_pb2.HttpBody:
+        body = oa.parse(oa.EmbeddingRequest, request.body.data)
+        proto = body.to_proto()
+        protovalidate.validate(proto)
+        answer = (await failover.unary(self.backends, "Embed", self.backends.embed, proto, context)).reply
+        width = len(answer.embeddings[0].values) if answer.embeddings else 0
         if body.dimensions is not None and body.dimensions != width:
             raise InvalidArgument(
                 f"model {body.model!r} makes {width}-dimensional embeddings; dimensions={body.dimensions} "
@@ -149,36 +304,35 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
                 reason="UNSUPPORTED_DIMENSIONS",
                 model=body.model,
                 dimensions=body.dimensions,
+                param="dimensions",
             )
         data = [
-            {"object": "embedding", "index": e.index, "embedding": oa.encode_embedding(e.values, body.encoding_format)}
-            for e in reply.embeddings
+            {
+                "object": "embedding",
+                "index": e.index,
+                "embedding": reply.encode_embedding(e.values, body.encoding_format),
+            }
+            for e in answer.embeddings
         ]
-        usage = {"prompt_tokens": reply.usage.input_tokens, "total_tokens": reply.usage.input_tokens}
-        return json_body({"object": "list", "data": data, "model": reply.model, "usage": usage})
+        usage = {"prompt_tokens": answer.usage.input_tokens, "total_tokens": answer.usage.input_tokens}
+        return json_body({"object": "list", "data": data, "model": answer.model, "usage": usage})
 
     async def ListModels(self, request, context):
-        models = [oa.model_dict(m, self.created) for m in self.backends.models()]
+        models = [reply.model_dict(m, self.created) for m in self.backends.requestable()]
         return json_body({"object": "list", "data": models})
 
     async def GetModel(self, request, context):
-        if request.model not in self.backends.models():
+        return await _one(context, self._model(request))
+
+    async def _model(self, request) -> httpbody_pb2.HttpBody:
+        if request.model not in self.backends.requestable():
             raise NotFound(f"model {request.model!r} does not exist", reason="MODEL_NOT_FOUND", model=request.model)
-        return json_body(oa.model_dict(request.model, self.created))
+        return json_body(reply.model_dict(request.model, self.created))
 
 
-async def _guarded(chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """Yield a stream's chunks; once one has been sent, turn a failure into an in-band SSE
-    error event (an HttpBody) instead of cutting the stream silently."""
-    started = False
+async def _one(context, answer: Awaitable[httpbody_pb2.HttpBody]) -> httpbody_pb2.HttpBody:
+    """A unary reply, or the OpenAI error response for its failure."""
     try:
-        async for item in chunks:
-            started = True
-            yield item
-    except (grpc.aio.AioRpcError, DomainError) as exc:
-        if not started:
-            raise
-        status = status_of(exc)
-        code = code_pb2.Code.Name(status.code)
-        log.warning("stream failed after it started", extra={"code": code, "error": status.message})
-        yield sse(oa.error_event(code, status.message or "stream failed"))
+        return await answer
+    except FAILURES as exc:
+        return await _error_reply(context, exc)

@@ -18,6 +18,7 @@ from inference_servers import inference_server
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
 from infermesh_inference.models import builtin
+from infermesh_inference.models.base import ChatTurn
 from infermesh_inference.models.chat_format import base_model_chat_prompt
 from infermesh_registry.seed import _defaults
 
@@ -79,10 +80,20 @@ async def test_qwen_follows_an_instruction_and_ends_its_turn(server):
 
 
 async def test_each_model_gets_its_own_chat_prompt(server):
-    turns = [("system", "Be brief."), ("user", "Hi")]
+    turns = [ChatTurn("system", "Be brief."), ChatTurn("user", "Hi")]
     qwen = server.app.repository.entry(QWEN).model
     prompt, stops = qwen.chat_prompt(turns)
     assert prompt == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     assert stops == ()
     gemma = server.app.repository.entry(GEMMA_LLAMA).model  # a base model: no template in its GGUF
     assert gemma.chat_prompt(turns) == base_model_chat_prompt(turns)
+
+
+async def test_tools_reach_the_models_template_in_its_trained_format(server):
+    from infermesh_inference.models.base import Tools, ToolSpec
+
+    qwen = server.app.repository.entry(QWEN).model
+    weather = ToolSpec("get_weather", "The weather in a city.", {"type": "object", "properties": {}})
+    prompt, _ = qwen.chat_prompt([ChatTurn("user", "Weather in Paris?")], Tools((weather,)))
+    assert "<tools>" in prompt and '"name": "get_weather"' in prompt
+    assert "<tool_call>" in prompt  # the template teaches the call format the grammar enforces

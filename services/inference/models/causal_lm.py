@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import llguidance.hf
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -26,13 +27,17 @@ from transformers import (
 from infermesh_inference.models.base import (
     CancelToken,
     Capability,
+    ChatTurn,
     GenerationParams,
     ServedModel,
     TextChunk,
+    Tools,
     safetensors_bytes,
 )
-from infermesh_inference.models.chat_format import base_model_chat_prompt
+from infermesh_inference.models.chat_format import base_model_chat_prompt, template_messages
 from infermesh_inference.models.continuous_batching import BatchingSettings, ContinuousBatcher
+from infermesh_inference.models.decoding_step import DecodingStep
+from infermesh_inference.models.grammar import TokenizerCache
 from infermesh_inference.models.text_assembly import TextAssembler
 from infermesh_inference.models.torch_threads import use_torch_threads
 
@@ -99,6 +104,8 @@ class TransformersCausalLM(ServedModel):
         if self._batching is not None:
             self.batcher = ContinuousBatcher(model, self._eos, self._batching, self.model_id)
             self.batcher.start()
+        tokenizer = self.tokenizer
+        self._grammar_tokenizer = TokenizerCache(lambda: llguidance.hf.from_tokenizer(tokenizer))
 
     def estimate_bytes(self) -> int:
         if self._weights_dir is None or not self._weights_dir.exists():
@@ -121,11 +128,14 @@ class TransformersCausalLM(ServedModel):
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text)["input_ids"])
 
-    def chat_prompt(self, messages: list[tuple[str, str]]) -> tuple[str, tuple[str, ...]]:
+    def chat_prompt(self, turns: list[ChatTurn], tools: Tools | None = None) -> tuple[str, tuple[str, ...]]:
         if self.tokenizer.chat_template:
-            turns = [{"role": role, "content": content} for role, content in messages]
-            return self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False), ()
-        return base_model_chat_prompt(messages)
+            described = {"tools": [spec.as_openai() for spec in tools.callable_specs()]} if tools else {}
+            prompt = self.tokenizer.apply_chat_template(
+                template_messages(turns), add_generation_prompt=True, tokenize=False, **described
+            )
+            return prompt, ()
+        return base_model_chat_prompt(turns, tools)
 
     def encode(self, prompt: str) -> list[int]:
         return self.tokenizer(prompt)["input_ids"]
@@ -137,21 +147,34 @@ class TransformersCausalLM(ServedModel):
     @torch.inference_mode()
     def generate(self, prompt: str, params: GenerationParams, cancel: CancelToken) -> Iterator[TextChunk]:
         """One request alone: used where batching cannot honour a parameter (seeded sampling,
-        repetition penalty) and when batching is off."""
+        penalties, a grammar, log probabilities) and when batching is off."""
         input_ids = torch.tensor([self.encode(prompt)], device=self._torch_device)
         text = self.assembler(int(input_ids.shape[1]), params)
         pick = self._sampler(params)
+        step = DecodingStep(params, self._grammar_tokenizer.constraint(params.grammar), self._token_text)
         output = self.model(input_ids=input_ids, use_cache=True)
         tokens = input_ids
         while not cancel.cancelled:
-            next_id = pick(tokens, output.logits[:, -1, :])
-            if piece := text.push(int(next_id)):
-                yield TextChunk(piece)
+            logits = output.logits[:, -1, :]
+            if step.active:
+                row = step.shape(logits[0].float().cpu().numpy().copy())
+                logits = torch.from_numpy(row).unsqueeze(0).to(logits.device)
+            next_id = pick(tokens, logits)
+            token = int(next_id)
+            piece = text.push(token, step.chosen(token))
+            if step.complete:
+                text.end()
+            chunk = TextChunk(piece, logprobs=text.take_logprobs())
+            if chunk.text or chunk.logprobs:
+                yield chunk
             if text.finish is not None:
                 break
             tokens = torch.cat([tokens, next_id.view(1, 1)], dim=1)
             output = self.model(input_ids=next_id.view(1, 1), cache=output.cache, use_cache=True)
         yield text.last_chunk()
+
+    def _token_text(self, token: int) -> str:
+        return self.tokenizer.decode([token])
 
     def _sampler(self, params: GenerationParams) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         penalty = LogitsProcessorList()

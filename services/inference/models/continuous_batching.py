@@ -11,9 +11,9 @@ profiled at half of all CPU time under 32 streams). Inverse-CDF sampling (a cumu
 sum and a binary search per row) draws from exactly the same distribution in 14 ms for
 32 rows, so the manager's sampler is replaced by it (`inverse_cdf_sample`). Temperature
 is per request (greedy is a temperature so small that the distribution is one-hot);
-top_k/top_p would sort the vocabulary per row, and per-request seeds and repetition
-penalty are not supported by the manager, so requests using those run on the model's
-one-request loop instead.
+top_k/top_p would sort the vocabulary per row, and per-request seeds, penalties, logit
+biases, grammars (constrained decoding) and log probabilities are not supported by the
+manager, so requests using those run on the model's one-request loop instead.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class ContinuousBatcher:
 
     @staticmethod
     def can_serve(params: GenerationParams) -> bool:
-        if params.repetition_penalty != 1.0:
+        if not params.plain:  # penalties, biases, grammars, log probabilities: the one-request loop
             return False
         sampling = params.temperature > 0
         return not (sampling and (params.seed is not None or params.top_k > 0 or params.top_p < 1.0))

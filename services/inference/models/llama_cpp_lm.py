@@ -12,8 +12,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from infermesh_inference.models.base import CancelToken, Capability, GenerationParams, ServedModel, TextChunk
-from infermesh_inference.models.chat_format import base_model_chat_prompt
+import llguidance
+from llama_cpp import LogitsProcessorList
+
+from infermesh_inference.models.base import (
+    CancelToken,
+    Capability,
+    ChatTurn,
+    GenerationParams,
+    ServedModel,
+    TextChunk,
+    Tools,
+)
+from infermesh_inference.models.chat_format import base_model_chat_prompt, template_messages
+from infermesh_inference.models.decoding_step import DecodingStep
+from infermesh_inference.models.grammar import TokenizerCache
 from infermesh_inference.models.text_assembly import TextAssembler
 
 if TYPE_CHECKING:
@@ -49,6 +62,7 @@ class LlamaCppLM(ServedModel):
         self.context_length = min(self._max_context, int(self.llm.n_ctx()))
         self._eos = self._end_of_generation_tokens()
         self._chat_format = self._chat_template()
+        self._grammar_tokenizer = TokenizerCache(self._llguidance_tokenizer)
 
     def warmup(self) -> None:
         for _ in self.generate("Hello", GenerationParams(max_tokens=2), CancelToken()):
@@ -56,6 +70,7 @@ class LlamaCppLM(ServedModel):
 
     def stop(self) -> None:
         if self.llm is not None:
+            self._grammar_tokenizer.settle()  # it reads the vocabulary the model holds
             self.llm.close()
         self.llm = None
 
@@ -72,14 +87,15 @@ class LlamaCppLM(ServedModel):
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
 
-    def chat_prompt(self, messages: list[tuple[str, str]]) -> tuple[str, tuple[str, ...]]:
-        """The model's own chat template where its GGUF has one; a base model's transcript
-        otherwise. A template's turn ends with an end-of-generation token (Qwen's
-        <|im_end|>), which stops generation by itself: no extra stop sequences."""
+    def chat_prompt(self, turns: list[ChatTurn], tools: Tools | None = None) -> tuple[str, tuple[str, ...]]:
+        """The model's own chat template where its GGUF has one (with the tools, which
+        templates like Qwen's describe to the model in its trained format); a base model's
+        transcript otherwise. A template's turn ends with an end-of-generation token
+        (Qwen's <|im_end|>), which stops generation by itself: no extra stop sequences."""
         if self._chat_format is None:
-            return base_model_chat_prompt(messages)
-        turns = [{"role": role, "content": content} for role, content in messages]
-        return self._chat_format(messages=turns).prompt, ()
+            return base_model_chat_prompt(turns, tools)
+        described = [spec.as_openai() for spec in tools.callable_specs()] if tools else None
+        return self._chat_format(messages=template_messages(turns), tools=described).prompt, ()
 
     def _end_of_generation_tokens(self) -> set[int]:
         """EOS, the end-of-turn token (EOT) and every other token llama.cpp ends generation
@@ -110,6 +126,7 @@ class LlamaCppLM(ServedModel):
         tokens = self.encode(prompt)
         decode = lambda ids: self.llm.detokenize(ids).decode("utf-8", errors="replace")  # noqa: E731
         text = TextAssembler(decode, self._eos, params.stop_sequences, len(tokens), params.max_tokens)
+        step = DecodingStep(params, self._grammar_tokenizer.constraint(params.grammar), self._token_text)
         greedy = params.temperature <= 0
         self.llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
         stream = self.llm.generate(
@@ -119,10 +136,29 @@ class LlamaCppLM(ServedModel):
             top_p=1.0 if greedy else params.top_p,
             repeat_penalty=params.repetition_penalty,
             reset=True,
+            # Run first in llama.cpp's sampler chain, on the logits in token-id order.
+            logits_processor=LogitsProcessorList([lambda ids, scores: step.shape(scores)]) if step.active else None,
         )
         for token in stream:
-            if piece := text.push(int(token)):
-                yield TextChunk(piece)
+            piece = text.push(int(token), step.chosen(int(token)))
+            if step.complete:
+                text.end()
+            chunk = TextChunk(piece, logprobs=text.take_logprobs())
+            if chunk.text or chunk.logprobs:
+                yield chunk
             if text.finish is not None or cancel.cancelled:
                 break
         yield text.last_chunk()
+
+    def _token_text(self, token: int) -> str:
+        return self.llm.detokenize([token]).decode("utf-8", errors="replace")
+
+    def _llguidance_tokenizer(self) -> llguidance.LLTokenizer:
+        import llama_cpp
+        import llguidance.llamacpp
+
+        # llguidance reads each token's attributes with llama_token_get_attr, which
+        # llama-cpp-python 0.3.36 deprecates and warns about on every call (262k warnings
+        # for Gemma's vocabulary): its replacement takes the same arguments.
+        llama_cpp.llama_token_get_attr = llama_cpp.llama_vocab_get_attr
+        return llguidance.llamacpp.lltokenizer_from_vocab(self.llm._model.vocab, eos_token=sorted(self._eos))

@@ -1,0 +1,112 @@
+"""OpenAI response shapes (plain dicts) built from the mesh's typed replies: chat
+completions and their stream chunks (tool calls, log probabilities), text completions,
+embeddings, models."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from infermesh.inference.v1 import generation_options_pb2 as options
+from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh.inference.v1 import inference_types_pb2 as types
+
+FINISH = {
+    types.FINISH_REASON_STOP: "stop",
+    types.FINISH_REASON_LENGTH: "length",
+    types.FINISH_REASON_TOOL_CALLS: "tool_calls",
+}
+
+
+def completion_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def finish_reason(reason: int) -> str | None:
+    return FINISH.get(reason)
+
+
+def usage_dict(usages: list[types.Usage]) -> dict[str, int]:
+    """Token usage, summed over the calls one answer took (one per choice)."""
+    prompt = sum(u.input_tokens for u in usages)
+    completion = sum(u.output_tokens for u in usages)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _top(entry: options.TopLogprob | options.TokenLogprob) -> dict[str, Any]:
+    return {"token": entry.token, "logprob": entry.logprob, "bytes": list(entry.bytes)}
+
+
+def chat_logprobs(entries: list[options.TokenLogprob]) -> dict[str, Any]:
+    content = [{**_top(e), "top_logprobs": [_top(t) for t in e.top_logprobs]} for e in entries]
+    return {"content": content, "refusal": None}
+
+
+def completion_logprobs(entries: list[options.TokenLogprob], offset: int) -> dict[str, Any]:
+    """The legacy completions API's shape: parallel lists, and each token's character
+    offset in the choice's text (`offset`: where the first one starts)."""
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry.token)
+    return {
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{t.token: t.logprob for t in e.top_logprobs} for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def tool_calls(calls: list[options.ToolCall]) -> list[dict[str, Any]]:
+    return [
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        for c in sorted(calls, key=lambda c: c.index)
+    ]
+
+
+def chat_message(reply: pb.ChatResponse) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": reply.message.content if reply.message.content or not reply.message.tool_calls else None,
+        "refusal": None,
+    }
+    if reply.message.tool_calls:
+        message["tool_calls"] = tool_calls(list(reply.message.tool_calls))
+    return message
+
+
+def tool_call_deltas(calls: list[options.ToolCall]) -> list[dict[str, Any]]:
+    """Stream pieces of tool calls in OpenAI's chunk shape: a call's first piece has its
+    id, type and name; later pieces only the index and more arguments."""
+    deltas = []
+    for call in calls:
+        function: dict[str, Any] = {"arguments": call.arguments}
+        delta: dict[str, Any] = {"index": call.index, "function": function}
+        if call.id:
+            delta.update(id=call.id, type="function")
+            function["name"] = call.name
+        deltas.append(delta)
+    return deltas
+
+
+def encode_embedding(values: list[float], encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode()
+    return list(values)
+
+
+def model_dict(model_id: str, created: int) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "infermesh"}
+
+
+def error_event(code: str, message: str) -> dict[str, Any]:
+    """The in-band error a stream sends when it fails after it has started."""
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
