@@ -89,7 +89,7 @@ def response_format_from(message: options.ResponseFormat) -> ResponseFormat | No
         raise InvalidArgument(
             "response_format of type json_schema needs a schema", reason="MISSING_SCHEMA", param="response_format"
         )
-    return ResponseFormat(kind, schema, message.schema_name, message.strict)
+    return ResponseFormat(kind, schema, message.schema_name, message.strict, message.description)
 
 
 def tools_from(request: pb.ChatRequest) -> Tools | None:

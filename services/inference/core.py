@@ -23,6 +23,7 @@ from infermesh_inference.models.base import (
     TextChunk,
     Tools,
 )
+from infermesh_inference.models.chat_format import with_answer_format
 from infermesh_inference.models.continuous_batching import ContinuousBatcher
 from infermesh_inference.models.grammar import chat_answer_grammar, json_schema_grammar
 from infermesh_inference.models.tool_calling import ToolCallReader, tool_grammar
@@ -74,7 +75,7 @@ class InferenceCore:
     async def chat(self, model_id: str, turns: list[ChatTurn], sampling: GenerationParams) -> AsyncIterator[TextChunk]:
         async with self.repository.use(model_id, Capability.CHAT) as entry:
             tools = sampling.tools if sampling.tools is not None and sampling.tools.callable else None
-            prompt, stops = entry.model.chat_prompt(turns, tools)
+            prompt, stops = entry.model.chat_prompt(with_answer_format(turns, sampling.response_format), tools)
             sampling = replace(sampling, grammar=_chat_grammar(sampling.response_format, tools))
             reader = ToolCallReader() if tools is not None else None
             started = False

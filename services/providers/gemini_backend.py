@@ -112,7 +112,10 @@ class GeminiBackend:
         )
         if (answer := sampling.response_format) is not None:
             config.response_mime_type = "application/json"
-            config.response_json_schema = answer.answer_schema()
+            schema = answer.answer_schema()
+            if answer.description:  # Gemini takes what the answer is for inside the schema
+                schema = {"description": answer.description, **schema}
+            config.response_json_schema = schema
         if (tools := sampling.tools) is not None:
             config.tools = [
                 types.Tool(

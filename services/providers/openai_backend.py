@@ -197,6 +197,8 @@ def _response_format(answer: ResponseFormat) -> dict[str, Any]:
     if answer.kind == "json_object":
         return {"type": "json_object"}
     schema = {"name": answer.name or "answer", "schema": answer.schema, "strict": answer.strict}
+    if answer.description:
+        schema["description"] = answer.description
     return {"type": "json_schema", "json_schema": schema}
 
 

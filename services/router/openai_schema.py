@@ -12,7 +12,10 @@ SDK's request types against these tables, so a field a new SDK adds cannot slip 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from google.protobuf import struct_pb2
@@ -204,6 +207,7 @@ class ResponseFormat(_Request):
             json_schema=schema,
             schema_name=spec.name,
             strict=bool(spec.strict),
+            description=spec.description or "",
         )
 
 
@@ -312,14 +316,41 @@ class ChatCompletionRequest(_Sampling):
                 raise InvalidArgument(
                     "tool_choice asks for a tool call but no tools were given", reason="NO_TOOLS", param="tool_choice"
                 )
-        for index, message in enumerate(self.messages):
-            if message.images():
-                raise unsupported(
-                    f"messages[{index}].content",
-                    "image parts are answered by POST /v1/describe-image (the mesh's image description API); "
-                    "chat models here read text",
-                )
         return self
+
+    def image_request(self) -> pb.DescribeImageRequest | None:
+        """A conversation that shows the model an image, as the mesh's image description
+        call (models with the image-description capability answer it); None for a
+        conversation in text. What that call cannot honour is refused by name."""
+        shown = [i for i, m in enumerate(self.messages) if m.images()]
+        if not shown:
+            return None
+        index = shown[0]
+        message = self.messages[index]
+        turns = [m for i, m in enumerate(self.messages) if i != index and m.role not in ("system", "developer")]
+        if len(shown) > 1 or len(message.images()) > 1 or turns or message.role != "user":
+            raise unsupported(
+                f"messages[{index}].content",
+                "a chat with an image is answered by a model that describes images: one user message with one "
+                "image and its text (system messages may precede it), no other turns",
+            )
+        for name, used in (
+            ("n", self.n > 1),
+            ("tools", bool(self.tools)),
+            ("response_format", self.response_format is not None and self.response_format.type != "text"),
+            ("logprobs", bool(self.logprobs)),
+            *((field, getattr(self, field) is not None) for field in IMAGE_UNSAMPLED),
+            ("stop", bool(self.stop)),
+        ):
+            if used:
+                raise unsupported(name, "image descriptions take only a prompt and max_tokens")
+        mime_type, data = data_url(message.images()[0], f"messages[{index}].content")
+        system = [m.text() for m in self.messages if m.role in ("system", "developer")]
+        prompt = "\n\n".join([*system, message.text()]).strip()
+        request = pb.DescribeImageRequest(model=self.model, image=data, mime_type=mime_type, prompt=prompt)
+        if (limit := self.limit()) is not None:
+            request.max_tokens = limit
+        return request
 
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -340,6 +371,32 @@ class ChatCompletionRequest(_Sampling):
         if self.parallel_tool_calls is not None:
             request.parallel_tool_calls = self.parallel_tool_calls
         return request
+
+
+IMAGE_UNSAMPLED = (
+    "temperature",
+    "top_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "top_k",
+    "repetition_penalty",
+)
+DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)$", re.DOTALL)
+
+
+def data_url(url: str, param: str) -> tuple[str, bytes]:
+    """An image sent inline (`data:image/png;base64,...`): its type and bytes."""
+    found = DATA_URL.match(url)
+    if found is None:
+        raise unsupported(param, "images must be sent inline as data: URLs (base64); the mesh fetches nothing")
+    try:
+        return found["mime"], base64.b64decode(found["data"], validate=True)
+    except binascii.Error as exc:
+        raise InvalidArgument(
+            f"{param}: the data URL is not valid base64: {exc}", reason="INVALID_IMAGE", param=param
+        ) from None
 
 
 TokenIds = list[Annotated[int, Field(ge=0)]]

@@ -35,6 +35,7 @@ from infermesh_router import failover
 from infermesh_router import openai_replies as reply
 from infermesh_router import openai_schema as oa
 from infermesh_router.backends import Backends
+from infermesh_router.images import check_image
 from infermesh_runtime.errors import DomainError, InvalidArgument, NotFound, status_of
 from infermesh_runtime.interceptors import validation_status
 from infermesh_runtime.openai_errors import HTTP_STATUS_HEADER, RETRY_AFTER_HEADER, openai_error, retry_after_seconds
@@ -149,6 +150,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         self._stream_generate = lambda request, options: stub.StreamGenerateText(request, **options)
         self._chat = lambda request, options: stub.Chat(request, **options)
         self._stream_chat = lambda request, options: stub.StreamChat(request, **options)
+        self._describe = lambda request, options: stub.DescribeImage(request, **options)
 
     async def _unary(self, rpc: str, send: Callable, requests: list[Message], context) -> list[Any]:
         """Every request's reply (in order), announcing the first's route once all have
@@ -179,9 +181,13 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
 
     async def _chat_completion(self, request, context) -> AsyncIterator[httpbody_pb2.HttpBody]:
         body = oa.parse(oa.ChatCompletionRequest, request.body.data)
+        ident, created = reply.completion_id("chatcmpl"), reply.now()
+        if (image := body.image_request()) is not None:
+            async for answer in self._image_completion(body, image, ident, created, context):
+                yield answer
+            return
         proto = body.to_proto()
         protovalidate.validate(proto)
-        ident, created = reply.completion_id("chatcmpl"), reply.now()
         requests = _copies(proto, body.n)
         if not body.stream:
             replies = await self._unary("Chat", self._chat, requests, context)
@@ -238,6 +244,35 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
                 usages[index] = item.usage
         if body.stream_options and body.stream_options.include_usage:
             yield sse({**chunk([], model), "usage": reply.usage_dict(list(usages.values()))})
+        yield sse("[DONE]")
+
+    async def _image_completion(
+        self, body: oa.ChatCompletionRequest, image, ident: str, created: int, context
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        """A chat that shows the model an image, answered by image description."""
+        protovalidate.validate(image)
+        check_image(image.image, image.mime_type)
+        answer = (await failover.unary(self.backends, "DescribeImage", self._describe, image, context)).reply
+        message = {"role": "assistant", "content": answer.description, "refusal": None}
+        usage = reply.usage_dict([answer.usage])
+        if not body.stream:
+            choice = {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
+            yield json_body(
+                {
+                    "id": ident,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": answer.model,
+                    "choices": [choice],
+                    "usage": usage,
+                }
+            )
+            return
+        head = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": answer.model}
+        yield sse({**head, "choices": [{"index": 0, "delta": message, "finish_reason": None, "logprobs": None}]})
+        yield sse({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "logprobs": None}]})
+        if body.stream_options and body.stream_options.include_usage:
+            yield sse({**head, "choices": [], "usage": usage})
         yield sse("[DONE]")
 
     async def CreateCompletion(self, request, context):

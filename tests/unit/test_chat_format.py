@@ -2,8 +2,8 @@
 
 import json
 
-from infermesh_inference.models.base import ChatTurn, ToolCallDelta, ToolChoice, Tools, ToolSpec
-from infermesh_inference.models.chat_format import base_model_chat_prompt, template_messages
+from infermesh_inference.models.base import ChatTurn, ResponseFormat, ToolCallDelta, ToolChoice, Tools, ToolSpec
+from infermesh_inference.models.chat_format import base_model_chat_prompt, template_messages, with_answer_format
 
 WEATHER = ToolSpec(
     "get_weather", "The weather in a city.", {"type": "object", "properties": {"city": {"type": "string"}}}
@@ -56,3 +56,15 @@ def test_templates_get_openai_shaped_messages_with_arguments_as_objects():
     ]
     assert messages[1] == {"role": "tool", "content": "sunny", "tool_call_id": "call_1"}
     assert json.dumps(messages)  # plain JSON, as Jinja templates take it
+
+
+def test_a_json_schema_answer_is_shown_to_the_model_in_the_system_message():
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    answer = ResponseFormat("json_schema", schema, "city", description="where it is")
+    shown = with_answer_format([ChatTurn("system", "Be brief."), ChatTurn("user", "Eiffel Tower?")], answer)
+    assert shown[0].role == "system" and shown[0].content.startswith("Be brief.\n\nAnswer with JSON (where it is)")
+    assert json.dumps(schema) in shown[0].content and shown[1] == ChatTurn("user", "Eiffel Tower?")
+    alone = with_answer_format([ChatTurn("user", "Hi")], answer)
+    assert [t.role for t in alone] == ["system", "user"]
+    # JSON-object mode leaves the conversation as the caller wrote it (as OpenAI does).
+    assert with_answer_format([ChatTurn("user", "Hi")], ResponseFormat("json_object")) == [ChatTurn("user", "Hi")]

@@ -84,6 +84,7 @@ class ResponseFormat:
     schema: dict[str, Any] | None = None
     name: str = ""
     strict: bool = False
+    description: str = ""
 
     def answer_schema(self) -> dict[str, Any]:
         return self.schema if self.kind == "json_schema" and self.schema is not None else {"type": "object"}

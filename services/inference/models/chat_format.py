@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from infermesh_inference.models.base import ChatTurn, Tools
+from infermesh_inference.models.base import ChatTurn, ResponseFormat, Tools
 from infermesh_inference.models.tool_calling import CLOSE, OPEN
 
 SPEAKERS = {"system": None, "user": "User", "assistant": "Assistant", "tool": "Tool"}
@@ -74,3 +74,17 @@ def base_model_chat_prompt(turns: list[ChatTurn], tools: Tools | None = None) ->
         lines.append(f"{SPEAKERS[turn.role]}: {content}")
     lines.append("Assistant:")
     return "\n".join(lines), STOP_SEQUENCES
+
+
+def with_answer_format(turns: list[ChatTurn], answer: ResponseFormat | None) -> list[ChatTurn]:
+    """The conversation with the JSON Schema the answer must follow shown to the model, as
+    OpenAI shows it to its models, in the system message (decoding enforces the schema;
+    knowing it, the model also fills it in sensibly). JSON-object mode adds nothing: as
+    with OpenAI, the caller's own messages say what JSON to write."""
+    if answer is None or answer.kind != "json_schema" or not answer.schema:
+        return turns
+    about = f" ({answer.description})" if answer.description else ""
+    note = f"Answer with JSON{about} that follows this JSON Schema:\n{json.dumps(answer.schema)}"
+    if turns and turns[0].role == "system":
+        return [ChatTurn("system", f"{turns[0].content}\n\n{note}"), *turns[1:]]
+    return [ChatTurn("system", note), *turns]
