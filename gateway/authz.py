@@ -10,7 +10,8 @@ key stops working within `cache_seconds`), or an OIDC JWT (`Authorization: Beare
 <jwt>`), checked by a verifier (gateway/oidc.py). On success the request goes on with
 headers naming the caller — `x-infermesh-principal`, `x-infermesh-role`,
 `x-infermesh-models` (the models it may use, `*` for any) — which replace anything the
-client sent under those names; the router enforces the model list.
+client sent under those names; the router enforces the model list. A refusal is
+google.rpc.Status JSON, or OpenAI's error shape on the OpenAI-compatible paths.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2 as authz_pb
 from envoy.service.auth.v3 import external_auth_pb2_grpc as authz_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 from prometheus_client import Counter
 
 from infermesh.registry.v1 import registry_resources_pb2 as res
+from infermesh_runtime.openai_errors import SHAPED_METADATA_KEY, is_openai_rest_call, openai_error
 from infermesh_runtime.registry_client import PRINCIPAL_HEADER
 
 DECISIONS = Counter(
@@ -189,7 +192,7 @@ class AuthorizationServicer(authz_grpc.AuthorizationServicer):
             principal = await self._authorizer.decide(http.path, headers)
         except Denied as denied:
             DECISIONS.labels("denied", str(denied.http_status)).inc()
-            return _denied(denied)
+            return _denied(denied, openai=is_openai_rest_call(http.path, headers))
         DECISIONS.labels("allowed", ",".join(sorted(principal.roles)) if principal else "public").inc()
         return _allowed(principal)
 
@@ -218,10 +221,20 @@ def _allowed(principal: Principal | None) -> authz_pb.CheckResponse:
     )
 
 
-def _denied(denied: Denied) -> authz_pb.CheckResponse:
-    body = json.dumps({"code": denied.code, "message": denied.message, "details": []})
+def _denied(denied: Denied, openai: bool = False) -> authz_pb.CheckResponse:
+    """The refusal Envoy answers with: google.rpc.Status JSON, or on the OpenAI paths
+    OpenAI's error shape, marked in the filter's dynamic metadata so that the front
+    door's local reply mappers leave it as it is."""
+    status = status_pb2.Status(code=denied.code, message=denied.message)
+    body = json.dumps(
+        openai_error(status)[1] if openai else {"code": denied.code, "message": denied.message, "details": []}
+    )
+    shaped = struct_pb2.Struct()
+    if openai:
+        shaped.update({SHAPED_METADATA_KEY: True})
     return authz_pb.CheckResponse(
-        status=status_pb2.Status(code=denied.code, message=denied.message),
+        dynamic_metadata=shaped,
+        status=status,
         denied_response=authz_pb.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=denied.http_status),
             headers=[

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from infermesh_gateway.limits import REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE
+from infermesh_gateway.limits import OPENAI_SURFACE, REQUESTS_PER_MINUTE, SURFACE_KEY, TOKENS_PER_MINUTE
 from infermesh_runtime.catalog import (
     BACKEND_HEADER,
     POOL_KINDS,
@@ -21,6 +21,12 @@ from infermesh_runtime.catalog import (
     ServiceInstance,
     model_health_service,
     pool_name,
+)
+from infermesh_runtime.openai_errors import (
+    OPENAI_SERVICE_PREFIX,
+    SHAPED_METADATA_KEY,
+    TRANSCODED_PATH_HEADER,
+    error_type,
 )
 from infermesh_runtime.registry_client import PRINCIPAL_HEADER
 
@@ -232,34 +238,149 @@ def clusters(catalog: Catalog, limits: Limits | None = None) -> list[dict[str, A
 
 REFLECTION_PREFIX = "/grpc.reflection."
 
+# The OpenAI-compatible REST paths (the OpenAI SDK's, services/router/openai_servicer.py):
+# `/v1/models/{id}` but not the lifecycle verbs `/v1/models/{id}:load`. Errors there are
+# in OpenAI's shape (DESIGN decision 9), whoever answers: the router's OpenAI servicer,
+# the gateway's authorization and rate limit services, or Envoy itself.
+OPENAI_REST_PATH = r"/v1/(chat/completions|completions|embeddings|models(/[^:?]*)?)"
+OPENAI_ROUTE, OPENAI_REST_ROUTE = "openai", "openai-rest"
+_OPENAI_STATUS = {
+    "envoy.filters.http.lua": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+        "name": "openai_status",
+    }
+}
+
+
+def _openai_routes(router: dict[str, Any]) -> list[dict[str, Any]]:
+    """The OpenAI surface's two routes, each like the router's catch-all `router` route
+    plus the Lua filter that sets the status of the servicer's error answers
+    (envoy/openai_status.lua). The filter chain is made for the route a request first
+    matches, its REST path: that route turns the filter on. Once transcoded, the request
+    is matched again, on its gRPC method and the REST path the transcoder kept in
+    x-envoy-original-path: that route runs the script on the response, and carries the
+    rate limits, which say they are for the OpenAI surface. A gRPC client calling the
+    service itself matches neither and is answered as before."""
+    rest = {
+        "name": OPENAI_REST_ROUTE,
+        "match": {"safe_regex": {"regex": OPENAI_REST_PATH}},
+        "route": copy.deepcopy(router["route"]),
+        "typed_per_filter_config": copy.deepcopy(_OPENAI_STATUS),
+    }
+    transcoded = {
+        "name": OPENAI_ROUTE,
+        "match": {
+            "prefix": OPENAI_SERVICE_PREFIX,
+            "headers": [{"name": TRANSCODED_PATH_HEADER, "present_match": True}],
+        },
+        "route": copy.deepcopy(router["route"]),
+        "typed_per_filter_config": copy.deepcopy(_OPENAI_STATUS),
+    }
+    return [rest, transcoded]
+
 
 def _rate_limits(route: dict[str, Any]) -> list[dict[str, Any]]:
     """The descriptors Envoy's rate limit filter sends for a front-door route: the
     caller's requests per minute everywhere but reflection, and, on the router's routes
     (where tokens are spent), whether the caller has tokens left this minute. Per-model
     limits, concurrency and the tokens themselves are the router's to count: Envoy
-    cannot read a model from a request body, nor see when a request ends."""
+    cannot read a model from a request body, nor see when a request ends. On the OpenAI
+    routes each descriptor also says so (`surface: openai`, counted by nothing), and the
+    rate limit service answers a refusal in OpenAI's shape."""
     prefix = route["match"].get("prefix", "")
     if prefix.startswith(REFLECTION_PREFIX):
         return []
     kinds = [REQUESTS_PER_MINUTE]
     if route["route"]["cluster"] == "router":
         kinds.append(TOKENS_PER_MINUTE)
+    openai = route.get("name") in (OPENAI_ROUTE, OPENAI_REST_ROUTE)
+    surface = {"generic_key": {"descriptor_key": SURFACE_KEY, "descriptor_value": OPENAI_SURFACE}}
     return [
         {
             "actions": [
                 {"generic_key": {"descriptor_key": "kind", "descriptor_value": kind}},
                 # No principal (auth off, or a public route): no descriptor, no limit.
                 {"request_headers": {"header_name": PRINCIPAL_HEADER, "descriptor_key": "api_key"}},
+                *([copy.deepcopy(surface)] if openai else []),
             ]
         }
         for kind in kinds
     ]
 
 
+def _status_is(op: str, code: int) -> dict[str, Any]:
+    runtime_key = f"front_door.openai_local_reply.{op.lower()}_{code}"  # required; nothing sets it
+    return {
+        "status_code_filter": {"comparison": {"op": op, "value": {"default_value": code, "runtime_key": runtime_key}}}
+    }
+
+
+def _openai_local_replies(max_request_bytes: int) -> dict[str, Any]:
+    """The front door's local_reply_config: what Envoy itself answers on the OpenAI paths
+    (413 too large, 404 no such method, 503 no router or no authorization service, 504,
+    any other 4xx or 5xx) in OpenAI's error shape; everything else, the native REST API
+    and gRPC callers included, as before. A request is on the OpenAI paths by its REST
+    path: in :path before the transcoder, in x-envoy-original-path after it (a gRPC
+    client has neither). Refusals the gateway already shaped are left alone: the rate
+    limiter's (response flag RL) and the authorization service's (its dynamic metadata
+    says so)."""
+    # A header's value is matched whole, query string and all.
+    path = OPENAI_REST_PATH + r"(\?.*)?"
+    on_openai_path = {
+        "or_filter": {
+            "filters": [
+                {"header_filter": {"header": {"name": name, "string_match": {"safe_regex": {"regex": path}}}}}
+                for name in (":path", TRANSCODED_PATH_HEADER)
+            ]
+        }
+    }
+    shaped = {
+        "or_filter": {
+            "filters": [
+                {"response_flag_filter": {"flags": ["RL"]}},
+                {
+                    "metadata_filter": {
+                        "matcher": {
+                            "filter": "envoy.filters.http.ext_authz",
+                            "path": [{"key": SHAPED_METADATA_KEY}],
+                            "value": {"bool_match": True},
+                        },
+                        "match_if_key_not_found": False,
+                    }
+                },
+            ]
+        }
+    }
+    failed = "the mesh could not serve this request: %RESPONSE_CODE_DETAILS%"
+    replies = [  # (comparison, status, code, message), first match wins
+        ("EQ", 404, "unknown_url", "Invalid URL (%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%)"),
+        (
+            "EQ",
+            413,
+            "request_too_large",
+            f"the request body is larger than the {max_request_bytes / 2**20:g} MiB this mesh accepts",
+        ),
+        ("EQ", 503, "service_unavailable", failed),
+        ("EQ", 504, "timeout", failed),
+        ("GE", 500, "server_error", failed),
+        ("GE", 400, "invalid_request", "%LOCAL_REPLY_BODY%"),
+    ]
+    mappers: list[dict[str, Any]] = [{"filter": {"and_filter": {"filters": [copy.deepcopy(on_openai_path), shaped]}}}]
+    for op, status, code, message in replies:
+        error = {"message": message, "type": error_type(status), "param": None, "code": code}
+        mappers.append(
+            {
+                "filter": {"and_filter": {"filters": [copy.deepcopy(on_openai_path), _status_is(op, status)]}},
+                "body_format_override": {"json_format": {"error": error}, "content_type": "application/json"},
+            }
+        )
+    return {"mappers": mappers}
+
+
 def route_configs(catalog: Catalog) -> dict[str, dict[str, Any]]:
-    """The two listeners' routes: the front door's (lifecycle and registry routes, then
-    everything else to the router) and the mesh listener's (each backend and pool by header)."""
+    """The two listeners' routes: the front door's (lifecycle and registry routes, the
+    OpenAI surface's, then everything else to the router) and the mesh listener's (each
+    backend and pool by header)."""
     config = _load("front_door.yaml")
     front = copy.deepcopy(_connection_manager(_listener(config, "front_door"))["route_config"])
     front["virtual_hosts"][0]["routes"][:0] = [
@@ -267,7 +388,9 @@ def route_configs(catalog: Catalog) -> dict[str, dict[str, Any]]:
         *_registry_routes(catalog.instances("registry")),
         *_vector_routes(catalog.instances("vector")),
     ]
-    for route in front["virtual_hosts"][0]["routes"]:
+    routes = front["virtual_hosts"][0]["routes"]
+    routes[-1:-1] = _openai_routes(routes[-1])
+    for route in routes:
         if limits := _rate_limits(route):
             route["route"]["rate_limits"] = limits
     mesh = copy.deepcopy(_connection_manager(_listener(config, "mesh"))["route_config"])
@@ -286,8 +409,13 @@ def _bootstrap(descriptor_set: Path, ports: EnvoyPorts) -> dict[str, Any]:
     config["admin"]["address"]["socket_address"] = {"address": ports.host, "port_value": ports.admin}
     front = _listener(config, "front_door")
     front["address"]["socket_address"] = {"address": ports.host, "port_value": ports.front_door}
-    transcoder = _http_filter(_connection_manager(front), "envoy.filters.http.grpc_json_transcoder")
+    manager = _connection_manager(front)
+    transcoder = _http_filter(manager, "envoy.filters.http.grpc_json_transcoder")
     transcoder["typed_config"]["proto_descriptor"] = str(descriptor_set)
+    lua = _http_filter(manager, "envoy.filters.http.lua")["typed_config"]["source_codes"]["openai_status"]
+    lua["inline_string"] = (ENVOY_DIR / "openai_status.lua").read_text()
+    max_request_bytes = _http_filter(manager, "envoy.filters.http.buffer")["typed_config"]["max_request_bytes"]
+    manager["local_reply_config"] = _openai_local_replies(max_request_bytes)
     mesh = _listener(config, "mesh")
     mesh["address"]["socket_address"] = {"address": ports.host, "port_value": ports.mesh}
     return config

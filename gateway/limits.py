@@ -32,6 +32,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 _STRICT = ConfigDict(extra="forbid")
 REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE, CONCURRENT = "requests_per_minute", "tokens_per_minute", "concurrent"
 KINDS = (REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE, CONCURRENT)
+# A descriptor entry that counts nothing: the OpenAI-compatible routes send it, and their
+# refusals are in OpenAI's error shape (gateway/ratelimit.py, gateway/envoy_config.py).
+SURFACE_KEY, OPENAI_SURFACE = "surface", "openai"
 
 
 @dataclass(frozen=True, config=_STRICT)

@@ -7,7 +7,9 @@ Descriptors. Envoy's `envoy.filters.http.ratelimit` filter (after ext_authz, dom
   - `kind`: `requests_per_minute`, `tokens_per_minute` or `concurrent`;
   - `api_key`: the caller, as ext_authz names it in `x-infermesh-principal`;
   - `model` (optional): the model asked for; present, the descriptor checks the limits
-    under `models` for that caller and model, absent, the caller's own limits.
+    under `models` for that caller and model, absent, the caller's own limits;
+  - `surface` (optional, counts nothing): `openai` on the OpenAI-compatible routes, whose
+    refusals are in OpenAI's error shape.
 A descriptor without `kind` and `api_key`, or with no limit configured for it, is answered
 OK with no limit. `hits_addend` (the descriptor's, else the request's; default 1) is the
 number of requests a `requests_per_minute` descriptor counts.
@@ -33,8 +35,9 @@ Without one, `MemoryStore` keeps the same counters in this process: one replica 
 Answers. OVER_LIMIT carries `retry-after` (whole seconds, rounded up),
 `x-ratelimit-limit`, `x-ratelimit-remaining`, `x-ratelimit-reset`, `x-infermesh-ratelimit`
 (the limit that refused, e.g. `tokens_per_minute`) and a JSON google.rpc.Status body with
-an ErrorInfo naming the limit. An OK answer carries the same x-ratelimit headers for the
-limit closest to running out.
+an ErrorInfo naming the limit (on the `openai` surface, OpenAI's error shape built from the
+same error). An OK answer carries the same x-ratelimit headers for the limit closest to
+running out.
 
 Failure: when Redis is unreachable every call fails open (OK, no limits), logs an error
 (at most every 10 s) and counts `infermesh_ratelimit_store_errors_total`: an outage of the
@@ -62,8 +65,18 @@ from prometheus_client import Counter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from infermesh_gateway.limits import CONCURRENT, KINDS, REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE, LimitConfig, Limits
+from infermesh_gateway.limits import (
+    CONCURRENT,
+    KINDS,
+    OPENAI_SURFACE,
+    REQUESTS_PER_MINUTE,
+    SURFACE_KEY,
+    TOKENS_PER_MINUTE,
+    LimitConfig,
+    Limits,
+)
 from infermesh_runtime.errors import ResourceExhausted
+from infermesh_runtime.openai_errors import openai_error
 
 log = logging.getLogger(__name__)
 DECISIONS = Counter(
@@ -540,14 +553,15 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
             for d in request.descriptors
         ]
         decision = await self._limiter.check(descriptors)
-        return response(decision, self._unit, self._limiter.config.window_seconds)
+        openai = any(d.entries.get(SURFACE_KEY) == OPENAI_SURFACE for d in descriptors)
+        return response(decision, self._unit, self._limiter.config.window_seconds, openai=openai)
 
 
 _Limit = rls_pb2.RateLimitResponse.RateLimit
 _UNITS = {1.0: _Limit.SECOND, 60.0: _Limit.MINUTE, 3600.0: _Limit.HOUR, 86400.0: _Limit.DAY}
 
 
-def response(decision: Decision, unit: int, window_seconds: float) -> rls_pb2.RateLimitResponse:
+def response(decision: Decision, unit: int, window_seconds: float, openai: bool = False) -> rls_pb2.RateLimitResponse:
     ok, over = rls_pb2.RateLimitResponse.OK, rls_pb2.RateLimitResponse.OVER_LIMIT
     reply = rls_pb2.RateLimitResponse(overall_code=ok if decision.allowed else over)
     for status in decision.statuses:
@@ -570,7 +584,9 @@ def response(decision: Decision, unit: int, window_seconds: float) -> rls_pb2.Ra
     if not decision.allowed and binding is not None:
         error = refusal(binding, window_seconds)
         headers["retry-after"] = str(error.retry_after)
-        reply.raw_body = json.dumps(json_format.MessageToDict(error.to_status())).encode()
+        status = error.to_status()
+        body = openai_error(status)[1] if openai else json_format.MessageToDict(status)
+        reply.raw_body = json.dumps(body).encode()
     reply.response_headers_to_add.extend(base_pb2.HeaderValue(key=k, value=v) for k, v in headers.items())
     if decision.lease:
         reply.request_headers_to_add.add(key=LEASE_HEADER, value=decision.lease)

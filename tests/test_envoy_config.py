@@ -4,6 +4,7 @@ Envoy binary (--mode validate) and against a golden file, so config changes are 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -99,8 +100,8 @@ def test_every_backend_gets_a_cluster_health_checked_on_its_service_and_a_header
 def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
     front = next(x for x in rendered()["static_resources"]["listeners"] if x["name"] == "front_door")
     manager = front["filter_chains"][0]["filters"][0]["typed_config"]
-    transcoder = manager["http_filters"][1]["typed_config"]
-    assert manager["http_filters"][0]["typed_config"]["max_request_bytes"] == 32 * 1024 * 1024
+    transcoder = manager["http_filters"][2]["typed_config"]
+    assert manager["http_filters"][1]["typed_config"]["max_request_bytes"] == 32 * 1024 * 1024
     assert transcoder["services"] == [
         "infermesh.router.v1.RouterService",
         "infermesh.router.v1.UsageService",
@@ -117,12 +118,15 @@ def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
     # Model lifecycle goes to the inference server, the registry API to the registry
     # (with no route timeout: a watch lasts as long as its client); everything else to the router.
     assert routes[0]["match"]["prefix"] == "/infermesh.inference.v1.ModelService/"
-    assert {r["route"]["cluster"] for r in routes[:-3]} == {"inference-0"}
-    assert routes[-3]["match"] == {"prefix": "/infermesh.registry.v1.RegistryService/"}
-    assert routes[-3]["route"]["cluster"] == "registry" and routes[-3]["route"]["timeout"] == "0s"
+    assert {r["route"]["cluster"] for r in routes[:-5]} == {"inference-0"}
+    assert routes[-5]["match"] == {"prefix": "/infermesh.registry.v1.RegistryService/"}
+    assert routes[-5]["route"]["cluster"] == "registry" and routes[-5]["route"]["timeout"] == "0s"
     # Reflection (a bidirectional stream) skips the whole-body buffer, which would wait forever.
-    assert routes[-2]["match"] == {"prefix": "/grpc.reflection."} and routes[-2]["route"]["cluster"] == "router"
-    assert routes[-2]["typed_per_filter_config"]["envoy.filters.http.buffer"]["disabled"] is True
+    assert routes[-4]["match"] == {"prefix": "/grpc.reflection."} and routes[-4]["route"]["cluster"] == "router"
+    assert routes[-4]["typed_per_filter_config"]["envoy.filters.http.buffer"]["disabled"] is True
+    # The OpenAI surface's two routes go where everything else does (see the OpenAI test below).
+    assert [r["name"] for r in routes[-3:-1]] == ["openai-rest", "openai"]
+    assert all(r["route"] == {**routes[-1]["route"], "rate_limits": r["route"]["rate_limits"]} for r in routes[-3:])
     assert routes[-1]["match"] == {"prefix": "/"} and routes[-1]["route"]["cluster"] == "router"
     # Streams outlive Envoy's 15 s default route timeout.
     assert routes[-1]["route"]["timeout"] == "0s"
@@ -134,11 +138,66 @@ def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
             policy["actions"][0]["generic_key"]["descriptor_value"] for policy in route["route"].get("rate_limits", [])
         ]
 
-    assert limited(routes[-3]) == ["requests_per_minute"] and limited(routes[0]) == ["requests_per_minute"]
-    assert limited(routes[-2]) == []
+    assert limited(routes[-5]) == ["requests_per_minute"] and limited(routes[0]) == ["requests_per_minute"]
+    assert limited(routes[-4]) == []
     assert limited(routes[-1]) == ["requests_per_minute", "tokens_per_minute"]
     caller = routes[-1]["route"]["rate_limits"][0]["actions"][1]["request_headers"]
     assert caller == {"header_name": "x-infermesh-principal", "descriptor_key": "api_key"}
+
+
+OPENAI_PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/models/gemma-3-270m"]
+NATIVE_PATHS = ["/v1/chat", "/v1/chat:stream", "/v1/embed", "/v1/models/gemma-3-270m:load", "/v1/registry/models"]
+
+
+def test_the_openai_paths_answer_errors_in_openais_shape_and_other_routes_are_untouched():
+    front = next(x for x in rendered()["static_resources"]["listeners"] if x["name"] == "front_door")
+    manager = front["filter_chains"][0]["filters"][0]["typed_config"]
+    # The Lua filter that moves the servicer's x-infermesh-http-status into :status is
+    # first (it sees a response last, after the transcoder) and off by default...
+    lua = manager["http_filters"][0]
+    assert lua["name"] == "envoy.filters.http.lua" and lua["disabled"] is True
+    script = lua["typed_config"]["source_codes"]["openai_status"]["inline_string"]
+    assert script == (ROOT / "envoy" / "openai_status.lua").read_text() and "x-infermesh-http-status" in script
+    assert "envoy_on_request" not in script  # responses only: requests pay nothing
+    # ...on only on the two OpenAI routes: the REST paths (where the filter chain is made)
+    # and, once transcoded, the service's methods with x-envoy-original-path (not gRPC callers).
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    on = [r for r in routes if "envoy.filters.http.lua" in r.get("typed_per_filter_config", {})]
+    assert [r["name"] for r in on] == ["openai-rest", "openai"]
+    rest = re.compile(on[0]["match"]["safe_regex"]["regex"])
+    assert all(rest.fullmatch(p) for p in OPENAI_PATHS) and not any(rest.fullmatch(p) for p in NATIVE_PATHS)
+    assert on[1]["match"] == {
+        "prefix": "/infermesh.openai.v1.OpenAIService/",
+        "headers": [{"name": "x-envoy-original-path", "present_match": True}],
+    }
+    # Their rate limit descriptors say so, for the limiter to answer in OpenAI's shape.
+    for route in routes:
+        marked = [a for d in route["route"].get("rate_limits", []) for a in d["actions"] if "surface" in str(a)]
+        assert bool(marked) == (route in on), route["match"]
+    # Envoy's own replies there are OpenAI-shaped, except refusals the gateway shaped already.
+    mappers = manager["local_reply_config"]["mappers"]
+    assert "body_format_override" not in mappers[0]
+    assert "RL" in str(mappers[0]) and "openai_error" in str(mappers[0])
+    shapes = {}
+    for mapper in mappers[1:]:
+        path, status = mapper["filter"]["and_filter"]["filters"]
+        headers = [f["header_filter"]["header"] for f in path["or_filter"]["filters"]]
+        assert [h["name"] for h in headers] == [":path", "x-envoy-original-path"]
+        matches = re.compile(headers[0]["string_match"]["safe_regex"]["regex"]).fullmatch
+        assert all(matches(p) and matches(p + "?x=1") for p in OPENAI_PATHS)
+        assert not any(matches(p) for p in NATIVE_PATHS)
+        comparison = status["status_code_filter"]["comparison"]
+        error = mapper["body_format_override"]["json_format"]["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        shapes[(comparison["op"], comparison["value"]["default_value"])] = (error["type"], error["code"])
+    assert shapes == {
+        ("EQ", 404): ("invalid_request_error", "unknown_url"),
+        ("EQ", 413): ("invalid_request_error", "request_too_large"),
+        ("EQ", 503): ("server_error", "service_unavailable"),
+        ("EQ", 504): ("server_error", "timeout"),
+        ("GE", 500): ("server_error", "server_error"),
+        ("GE", 400): ("invalid_request_error", "invalid_request"),
+    }
 
 
 def test_with_authorization_every_front_door_request_is_checked_after_transcoding(tmp_path):
@@ -147,15 +206,16 @@ def test_with_authorization_every_front_door_request_is_checked_after_transcodin
     front = next(x for x in config["static_resources"]["listeners"] if x["name"] == "front_door")
     filters = [f["name"] for f in front["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]]
     assert filters == [
+        "envoy.filters.http.lua",  # off but on the OpenAI routes
         "envoy.filters.http.buffer",
         "envoy.filters.http.grpc_json_transcoder",
         "envoy.filters.http.ext_authz",
         "envoy.filters.http.ratelimit",
         "envoy.filters.http.router",
     ]
-    authz = front["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][2]["typed_config"]
+    authz = front["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][3]["typed_config"]
     assert authz["failure_mode_allow"] is False  # fail closed
-    limits = front["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][3]["typed_config"]
+    limits = front["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][4]["typed_config"]
     assert limits["domain"] == "infermesh" and limits["failure_mode_deny"] is False  # fail open
 
 

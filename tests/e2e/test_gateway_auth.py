@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import grpc
 import httpx
 import jwt
+import openai
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -127,6 +128,37 @@ def test_a_revoked_key_stops_working_within_a_second(secured):
     assert time.monotonic() - revoked_at <= 1.2
     refused = httpx.post(f"http://{front}/v1/embed", json=EMBED, headers=bearer(user))
     assert refused.status_code == 401 and "revoked" in refused.json()["message"]
+
+
+def sdk(front: str, secret: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"http://{front}/v1", api_key=secret, max_retries=0, timeout=60)
+
+
+def test_refusals_on_the_openai_paths_are_in_openais_shape_and_native_ones_are_not(secured):
+    """The official SDK raises its own classes with our message; the native REST API
+    keeps google.rpc.Status JSON for the same refusals."""
+    front, admin = secured
+    with pytest.raises(openai.AuthenticationError) as unknown:
+        sdk(front, "imk_not-a-key").embeddings.create(model=MINILM, input="hello")
+    assert unknown.value.type == "authentication_error" and unknown.value.code == "invalid_api_key"
+    assert unknown.value.param is None and "not recognised" in unknown.value.body["message"]
+    assert unknown.value.message == f"Error code: 401 - {unknown.value.body['message']}"
+    assert unknown.value.response.headers["www-authenticate"] == "Bearer"
+    missing = httpx.get(f"http://{front}/v1/models")
+    assert missing.status_code == 401 and missing.headers["content-type"] == "application/json"
+    assert missing.json()["error"]["message"].startswith("credentials are required")
+    with pytest.raises(openai.PermissionDeniedError) as no_role:
+        sdk(front, token([])).models.list()
+    assert no_role.value.type == "permission_error" and no_role.value.code == "permission_denied"
+    assert "needs the user role" in no_role.value.body["message"]
+    # A key that may: answered (the OpenAI surface behind the same authorization).
+    assert MINILM in {m.id for m in sdk(front, admin).models.list()}
+    native = httpx.post(f"http://{front}/v1/embed", json=EMBED, headers=bearer("imk_not-a-key"))
+    assert native.status_code == 401 and native.json() == {
+        "code": 16,
+        "message": unknown.value.body["message"],
+        "details": [],
+    }
 
 
 def token(roles: list[str], expires_in: float = 300, **claims: object) -> str:

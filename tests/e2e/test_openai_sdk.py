@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -82,3 +83,62 @@ def test_errors_have_the_right_status(client):
         client.chat.completions.create(model="gemma-3-270m", messages=MESSAGES, n=2)
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         client.chat.completions.create(model="gemma-3-270m", messages=MESSAGES, max_tokens=100000)
+
+
+# Errors on the OpenAI paths are OpenAI's `{"error": {"message", "type", "param", "code"}}`
+# (infermesh_runtime.openai_errors), whoever answers; the native REST API keeps
+# google.rpc.Status JSON.
+
+
+def test_envoys_own_replies_on_the_openai_paths_are_openai_shaped(client, base_url):
+    too_big = "a" * (33 * 1024 * 1024)
+    with pytest.raises(openai.APIStatusError) as error:
+        client.embeddings.create(model="all-minilm-l6-v2", input=too_big)
+    assert error.value.status_code == 413
+    assert error.value.type == "invalid_request_error" and error.value.code == "request_too_large"
+    assert error.value.message == "Error code: 413 - the request body is larger than the 32 MiB this mesh accepts"
+    # A path the SDK knows with a verb this API does not serve.
+    wrong = httpx.get(f"{base_url}/v1/chat/completions", timeout=30)
+    assert wrong.status_code == 404 and wrong.headers["content-type"] == "application/json"
+    assert wrong.json() == {
+        "error": {
+            "message": "Invalid URL (GET /v1/chat/completions)",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "unknown_url",
+        }
+    }
+    # The native REST API is answered as before.
+    native = httpx.post(f"{base_url}/v1/embed", content=too_big, timeout=60)
+    assert native.status_code == 413 and native.text == "Payload Too Large"
+    assert httpx.get(f"{base_url}/v1/generate-text", timeout=30).text.startswith("Could not resolve")
+
+
+def test_the_routers_errors_on_the_openai_paths_are_openai_shaped(client):
+    """The servicer answers an OK call with the error body and x-infermesh-http-status,
+    which Envoy's Lua filter on these routes makes the response's status."""
+    with pytest.raises(openai.NotFoundError) as error:
+        client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+    assert error.value.type == "invalid_request_error" and error.value.code == "model_not_found"
+    assert error.value.param == "model" and "no-such-model" in error.value.body["message"]
+    assert error.value.message == f"Error code: 404 - {error.value.body['message']}"
+    with pytest.raises(openai.NotFoundError) as streamed:
+        client.chat.completions.create(model="no-such-model", messages=MESSAGES, stream=True)
+    assert streamed.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="gemma-3-270m", messages=MESSAGES, extra_body={"bogus": 1})
+    assert bad.value.type == "invalid_request_error" and bad.value.param == "bogus"
+    assert bad.value.code == "unknown_parameter"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("no-such-model")
+    assert missing.value.code == "model_not_found"
+
+
+def test_the_native_rest_api_keeps_google_rpc_status_errors(base_url):
+    reply = httpx.post(
+        f"{base_url}/v1/generate-text", json={"model": "no-such-model", "prompt": "x", "max_tokens": 2}, timeout=30
+    )
+    assert reply.status_code == 404
+    error = reply.json()
+    assert error["code"] == 5 and "no-such-model" in error["message"]
+    assert error["details"][0]["reason"] == "MODEL_NOT_FOUND"

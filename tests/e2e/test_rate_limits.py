@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import grpc
 import httpx
+import openai
 import pytest
 
 from conftest import free_port, mesh_settings
@@ -34,6 +35,7 @@ LIMITS = {
         "tokens": {"tokens_per_minute": 120},
         "streams": {"tokens_per_minute": 100},
         "single": {"concurrent": 1},
+        "sdk": {"requests_per_minute": 2},
     },
     "models": {MINILM: {"requests_per_minute": 3}},
 }
@@ -205,3 +207,22 @@ def test_a_per_model_limit_applies_to_that_model_only(gateways):
     info = assert_refused_by(refused, "requests_per_minute")
     assert info["metadata"]["model"] == MINILM
     assert generate(fronts[0], key, 4).status_code == 200  # other models: unaffected
+
+
+def test_a_refusal_on_the_openai_paths_is_an_openai_rate_limit_error_and_native_ones_are_not(gateways):
+    fronts, secrets = gateways
+    key = secrets["sdk"]  # 2 requests a minute
+    client = openai.OpenAI(base_url=f"http://{fronts[0]}/v1", api_key=key, max_retries=0, timeout=60)
+    assert {m.id for m in client.models.list()} >= {GEMMA, MINILM}
+    client.models.retrieve(GEMMA)
+    with pytest.raises(openai.RateLimitError) as error:
+        client.models.list()
+    assert error.value.type == "rate_limit_error" and error.value.code == "rate_limit_exceeded"
+    assert "requests_per_minute" in error.value.body["message"]
+    assert error.value.message == f"Error code: 429 - {error.value.body['message']}"
+    assert error.value.body["details"]["metadata"]["limit"] == "requests_per_minute"
+    assert 1 <= int(error.value.response.headers["retry-after"]) <= 60
+    assert error.value.response.headers["x-infermesh-ratelimit"] == "requests_per_minute"
+    # The same refusal on the native REST API, on the other front door: google.rpc.Status.
+    native = httpx.get(f"http://{fronts[1]}/v1/registry/models", headers=bearer(key), timeout=30)
+    assert_refused_by(native, "requests_per_minute")

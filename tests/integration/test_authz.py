@@ -6,6 +6,7 @@ claim an identity by sending the identity headers itself."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import grpc
@@ -84,6 +85,29 @@ async def test_every_method_needs_credentials_except_health_and_reflection(gatew
     assert wrong.denied_response.status.code == 401 and "not recognised" in wrong.denied_response.body
     for path in ("/grpc.health.v1.Health/Check", "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"):
         assert (await check(authz, path)).status.code == code_pb2.OK
+
+
+async def test_refusals_of_openai_rest_calls_are_in_openais_shape_and_say_so_to_envoy(gateway):
+    """A transcoded OpenAI call (Envoy names its REST path in x-envoy-original-path) is
+    refused with OpenAI's error body, marked in the filter's dynamic metadata for the
+    front door's local reply mappers to leave alone; a gRPC client of the same service
+    gets google.rpc.Status like every other caller."""
+    authz, _, _ = gateway
+    path = "/infermesh.openai.v1.OpenAIService/CreateChatCompletion"
+    rest = await check(authz, path, x_envoy_original_path="/v1/chat/completions")
+    assert rest.denied_response.status.code == 401
+    assert json.loads(rest.denied_response.body) == {
+        "error": {
+            "message": "credentials are required: send Authorization: Bearer <API key or token>",
+            "type": "authentication_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+    }
+    assert rest.dynamic_metadata["openai_error"] is True
+    grpc_caller = await check(authz, path)
+    assert json.loads(grpc_caller.denied_response.body)["code"] == code_pb2.UNAUTHENTICATED
+    assert "openai_error" not in grpc_caller.dynamic_metadata
 
 
 async def test_a_user_key_may_infer_and_read_but_not_administer(gateway):

@@ -99,6 +99,22 @@ async def test_requests_per_minute_hold_across_two_gateway_replicas(redis_url):
         assert body["details"][0]["metadata"]["limit"] == "requests_per_minute"
 
 
+async def test_refusals_on_the_openai_surface_are_in_openais_shape_and_the_marker_counts_nothing(store):
+    config = {"default": {"requests_per_minute": 2}}
+    async with replica(config, store, prefix()) as (stub, _):
+        native = descriptor("requests_per_minute", "apiKeys/alice")
+        openai = descriptor("requests_per_minute", "apiKeys/alice")
+        openai.entries.add(key="surface", value="openai")
+        assert [(await ask(stub, d)).overall_code for d in (native, openai)] == [OK, OK]  # one count
+        refused = await ask(stub, openai)
+        assert refused.overall_code == OVER and 1 <= int(headers(refused)["retry-after"]) <= 60
+        error = json.loads(refused.raw_body)["error"]
+        assert (error["type"], error["code"], error["param"]) == ("rate_limit_error", "rate_limit_exceeded", None)
+        assert "requests_per_minute for apiKeys/alice is 2 per 60 s" in error["message"]
+        assert error["details"]["metadata"]["limit"] == "requests_per_minute"
+        assert json.loads((await ask(stub, native)).raw_body)["details"][0]["reason"] == "RATE_LIMIT_EXCEEDED"
+
+
 async def test_a_second_key_is_independent_and_keys_have_their_own_limits(store):
     config = {"default": {"requests_per_minute": 5}, "keys": {"bob": {"requests_per_minute": 2}}}
     async with replica(config, store, prefix()) as (stub, _):
