@@ -27,6 +27,7 @@ bench: install models
 	$(BIN)/python bench/inference_bench.py
 	$(BIN)/python bench/vector_bench.py
 	$(BIN)/python bench/vector_restart_bench.py
+	$(BIN)/python bench/structured_bench.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -213,7 +213,7 @@ class _Attempts:
         self.record.finish()
 
 
-async def announce(context, answer: Answer, cache: str) -> None:
+async def send_answer_headers(context, answer: Answer, cache: str) -> None:
     """Response headers (gRPC initial metadata; HTTP headers through Envoy) saying which
     model, version and backend answered and whether that was a fallback."""
     if context is None:
@@ -247,7 +247,7 @@ async def unary(backends: Backends, rpc: str, send: Send, request: Message, cont
                     cached.model = attempt.model
                     answer = Answer(cached, route, attempts.answered(attempt, route, cached=True), cached=True)
                     if announce:
-                        await announce(context, answer, cache="hit")
+                        await send_answer_headers(context, answer, cache="hit")
                     return answer
                 if attempts.more:
                     options["timeout"] = min(options["timeout"], backends.fallback_after_seconds)
@@ -261,7 +261,7 @@ async def unary(backends: Backends, rpc: str, send: Send, request: Message, cont
             await backends.cache.put(key, reply)
             reply.model = attempt.model
             if announce:
-                await announce(context, answer, cache="miss" if key else "")
+                await send_answer_headers(context, answer, cache="miss" if key else "")
             return answer
         raise attempts.give_up()
     finally:
@@ -276,12 +276,12 @@ async def stream(
     request: Message,
     context,
     in_band_errors: bool = True,
-    announce_answer: bool = True,
+    announce: bool = True,
 ) -> AsyncIterator[Any]:
     """Chunks from the first of the model and its fallbacks that starts answering. If its
     backend fails after the first chunk, a last chunk carrying the error (`in_band_errors`;
     REST clients see no gRPC status) precedes the STREAM_INTERRUPTED status.
-    `announce_answer=False` leaves the response headers to the caller (a call that makes
+    `announce=False` leaves the response headers to the caller (a call that makes
     several streams)."""
     attempts = _Attempts(backends, rpc, request, context)
     admission = Admission()
@@ -302,8 +302,8 @@ async def stream(
                 attempts.failed(exc, route)
                 continue
             answer = Answer(None, route, attempts.answered(attempt, route), cached=False)
-            if announce_answer:
-                await announce(context, answer, cache="")
+            if announce:
+                await send_answer_headers(context, answer, cache="")
             attempts.record.first_chunk()
             async for chunk in _interruptible(_prepend(first, chunks), route, attempts, in_band_errors):
                 if chunk.HasField("usage"):

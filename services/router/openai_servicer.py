@@ -38,7 +38,13 @@ from infermesh_router.backends import Backends
 from infermesh_router.images import check_image
 from infermesh_runtime.errors import DomainError, InvalidArgument, NotFound, status_of
 from infermesh_runtime.interceptors import validation_status
-from infermesh_runtime.openai_errors import HTTP_STATUS_HEADER, RETRY_AFTER_HEADER, openai_error, retry_after_seconds
+from infermesh_runtime.openai_errors import (
+    HTTP_STATUS_HEADER,
+    RETRY_AFTER_HEADER,
+    TRANSCODED_PATH_HEADER,
+    openai_error,
+    retry_after_seconds,
+)
 
 log = logging.getLogger(__name__)
 FAILURES = (grpc.aio.AioRpcError, DomainError, protovalidate.ValidationError)
@@ -59,9 +65,19 @@ def _status(error: BaseException) -> status_pb2.Status:
     return status_of(error)
 
 
-async def _error_reply(context, error: BaseException) -> httpbody_pb2.HttpBody:
+def _transcoded(context) -> bool:
+    """Whether the call came in on an OpenAI REST path (through Envoy's transcoder); a
+    gRPC client calling this service itself gets gRPC errors."""
+    return any(key == TRANSCODED_PATH_HEADER for key, _ in context.invocation_metadata() or ())
+
+
+async def _error_reply(context, error: Exception) -> httpbody_pb2.HttpBody:
     """The OpenAI error body for a call that has sent nothing yet, with the headers that
     give the response its HTTP status (and Retry-After)."""
+    if not isinstance(error, FAILURES):
+        log.exception("unhandled error on the OpenAI surface", exc_info=error)
+    if not _transcoded(context):
+        raise error
     status = _status(error)
     http_status, body = openai_error(status)
     headers = [(HTTP_STATUS_HEADER, str(http_status))]
@@ -79,7 +95,7 @@ async def _answered(context, bodies: AsyncIterator[httpbody_pb2.HttpBody]) -> As
         async for body in bodies:
             started = True
             yield body
-    except FAILURES as exc:
+    except Exception as exc:  # noqa: BLE001 - every failure is answered in OpenAI's shape
         if not started:
             yield await _error_reply(context, exc)
             return
@@ -165,13 +181,13 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
             for call in calls:
                 call.cancel()
             raise
-        await failover.announce(context, answers[0], cache="hit" if all(a.cached for a in answers) else "")
+        await failover.send_answer_headers(context, answers[0], cache="hit" if all(a.cached for a in answers) else "")
         return [a.reply for a in answers]
 
     def _streams(self, rpc: str, open_call: Callable, requests: list[Message], context) -> list[AsyncIterator[Any]]:
         one = len(requests) == 1
         return [
-            failover.stream(self.backends, rpc, open_call, r, context, in_band_errors=False, announce_answer=one)
+            failover.stream(self.backends, rpc, open_call, r, context, in_band_errors=False, announce=one)
             for r in requests
         ]
 
@@ -369,5 +385,5 @@ async def _one(context, answer: Awaitable[httpbody_pb2.HttpBody]) -> httpbody_pb
     """A unary reply, or the OpenAI error response for its failure."""
     try:
         return await answer
-    except FAILURES as exc:
+    except Exception as exc:  # noqa: BLE001 - every failure is answered in OpenAI's shape
         return await _error_reply(context, exc)

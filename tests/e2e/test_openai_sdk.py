@@ -79,10 +79,33 @@ def test_errors_have_the_right_status(client):
         client.chat.completions.create(model="no-such-model", messages=MESSAGES)
     with pytest.raises(openai.NotFoundError, match="no-such-model"):
         client.chat.completions.create(model="no-such-model", messages=MESSAGES, stream=True)
-    with pytest.raises(openai.BadRequestError, match="n"):
-        client.chat.completions.create(model="gemma-3-270m", messages=MESSAGES, n=2)
+    with pytest.raises(openai.BadRequestError, match="n") as many:
+        client.chat.completions.create(model="gemma-3-270m", messages=MESSAGES, n=17)
+    assert many.value.param == "n"
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         client.chat.completions.create(model="gemma-3-270m", messages=MESSAGES, max_tokens=100000)
+
+
+def test_several_choices_are_decoded_side_by_side(client):
+    reply = client.chat.completions.create(
+        model="gemma-3-270m", messages=MESSAGES, max_tokens=8, n=2, temperature=1.0, seed=3
+    )
+    assert [c.index for c in reply.choices] == [0, 1] and all(c.message.content for c in reply.choices)
+    assert 2 <= reply.usage.completion_tokens <= 16
+    stream = client.chat.completions.create(
+        model="gemma-3-270m", messages=MESSAGES, max_tokens=8, n=2, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    finished = {c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason}
+    assert finished == {0, 1} and chunks[-1].usage.completion_tokens >= 2
+
+
+def test_a_list_of_prompts_gets_a_choice_per_prompt_in_order(client):
+    prompts = ["The capital of France is", "One, two, three,"]
+    reply = client.completions.create(model="gemma-3-270m", prompt=prompts, max_tokens=4, n=2, echo=True)
+    assert [c.index for c in reply.choices] == [0, 1, 2, 3]
+    # Choice i continues prompt i // n, as OpenAI orders them.
+    assert [c.text.startswith(prompts[c.index // 2]) for c in reply.choices] == [True] * 4
 
 
 # Errors on the OpenAI paths are OpenAI's `{"error": {"message", "type", "param", "code"}}`

@@ -6,6 +6,7 @@ no credentials → NOT_SERVING, and the Gemini adapter's requests and responses.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -197,3 +198,135 @@ async def test_gemini_failures_map_and_retry_as_google_advises():
             stand_in.script.extend([gemini_error(503, "UNAVAILABLE", "x")] * 3)
             error = await failure(adapter.Embed(pb.EmbedRequest(model="m", inputs=["x"])))
             assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def error_info_of(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    from infermesh_runtime.errors import error_info
+
+    return error_info(error)
+
+
+def struct(value: dict):
+    from google.protobuf import struct_pb2
+
+    message = struct_pb2.Struct()
+    message.update(value)
+    return message
+
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+def weather_chat(**fields) -> pb.ChatRequest:
+    from infermesh.inference.v1 import generation_options_pb2 as options
+
+    return pb.ChatRequest(
+        model="gemini-test",
+        messages=[pb.ChatMessage(role=types.ROLE_USER, content="Weather in Paris?")],
+        tools=[options.Tool(name="get_weather", description="The weather.", parameters=struct(WEATHER))],
+        tool_choice=options.ToolChoice(mode=options.TOOL_CHOICE_MODE_FUNCTION, function_name="get_weather"),
+        **fields,
+    )
+
+
+def gemini_call(request) -> Reply:
+    """Gemini answering with a function call, as its REST API documents it."""
+    candidate = {
+        "content": {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]},
+        "finishReason": "STOP",
+        "index": 0,
+    }
+    usage = {"promptTokenCount": 5, "candidatesTokenCount": 4, "totalTokenCount": 9}
+    return Reply(200, [{"candidates": [candidate], "usageMetadata": usage}], stream=True)
+
+
+async def test_gemini_gets_tools_and_schemas_in_its_own_terms_and_its_calls_come_back_as_tool_calls():
+    from infermesh.inference.v1 import generation_options_pb2 as options
+
+    with StandIn(gemini_call).running() as stand_in:
+        async with provider_server(**gemini_settings(stand_in)) as (_, adapter, _health):
+            reply = await adapter.Chat(weather_chat())
+            [call] = reply.message.tool_calls
+            assert call.name == "get_weather" and call.id and json.loads(call.arguments) == {"city": "Paris"}
+            assert reply.finish_reason == types.FINISH_REASON_TOOL_CALLS
+            sent = stand_in.seen[-1].body
+            [declaration] = sent["tools"][0]["functionDeclarations"]
+            # Google's JSON takes field names in camelCase or snake_case (google-genai sends either).
+            parameters = declaration.get("parametersJsonSchema") or declaration.get("parameters_json_schema")
+            assert declaration["name"] == "get_weather" and parameters == WEATHER
+            assert sent["toolConfig"]["functionCallingConfig"] == {
+                "mode": "ANY",
+                "allowedFunctionNames": ["get_weather"],
+            }
+
+            # The call and its result go back to Gemini as function_call/function_response parts.
+            history = [
+                pb.ChatMessage(role=types.ROLE_USER, content="Weather in Paris?"),
+                pb.ChatMessage(role=types.ROLE_ASSISTANT, tool_calls=[call]),
+                pb.ChatMessage(role=types.ROLE_TOOL, tool_call_id=call.id, content="sunny"),
+            ]
+            schema = options.ResponseFormat(type=options.RESPONSE_FORMAT_TYPE_JSON_SCHEMA, json_schema=struct(WEATHER))
+            await adapter.Chat(pb.ChatRequest(model="gemini-test", messages=history, response_format=schema))
+            sent = stand_in.seen[-1].body
+            assert sent["contents"][1]["parts"][0]["functionCall"]["name"] == "get_weather"
+            response = sent["contents"][2]["parts"][0]["functionResponse"]
+            assert response["name"] == "get_weather" and response["response"] == {"result": "sunny"}
+            config = sent["generationConfig"]
+            assert config["responseMimeType"] == "application/json"
+            assert (config.get("responseJsonSchema") or config.get("response_json_schema")) == WEATHER
+
+
+async def test_what_gemini_cannot_honour_is_refused_naming_the_field():
+    with StandIn(gemini_default).running() as stand_in:
+        async with provider_server(**gemini_settings(stand_in)) as (_, adapter, _health):
+            for fields, param in (({"logprobs": True}, "logprobs"), ({"logit_bias": {5: 1.0}}, "logit_bias")):
+                error = await failure(adapter.Chat(weather_chat(**fields)))
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert error_info_of(error).metadata["param"] == param
+            assert not stand_in.seen  # refused before any request
+
+
+async def test_the_openai_adapter_passes_tools_formats_and_logprobs_through_and_reads_streamed_calls():
+    from infermesh.inference.v1 import generation_options_pb2 as options
+
+    def streamed_call(request) -> Reply:
+        head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+        first = {"index": 0, "id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+        events = [
+            {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [first]}}]},
+            {
+                **head,
+                "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"ci'}}]}}],
+            },
+            {
+                **head,
+                "choices": [
+                    {"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": 'ty": "Paris"}'}}]}}
+                ],
+            },
+            {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+            {**head, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}},
+            "[DONE]",
+        ]
+        return Reply(200, events, stream=True)
+
+    with StandIn(streamed_call).running() as stand_in:
+        async with provider_server(**openai_settings(stand_in)) as (_, adapter, _health):
+            request = weather_chat(
+                logprobs=True,
+                top_logprobs=2,
+                frequency_penalty=0.5,
+                logit_bias={7: -100.0},
+                parallel_tool_calls=False,
+                response_format=options.ResponseFormat(type=options.RESPONSE_FORMAT_TYPE_JSON_OBJECT),
+            )
+            reply = await adapter.Chat(request)
+            [call] = reply.message.tool_calls
+            assert (call.id, call.name, call.arguments) == ("call_9", "get_weather", '{"city": "Paris"}')
+            assert reply.finish_reason == types.FINISH_REASON_TOOL_CALLS
+            sent = stand_in.seen[-1].body
+            assert sent["tools"][0]["function"]["parameters"] == WEATHER
+            assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+            assert sent["parallel_tool_calls"] is False and sent["logit_bias"] == {"7": -100.0}
+            assert (sent["logprobs"], sent["top_logprobs"], sent["frequency_penalty"]) == (True, 2, 0.5)
+            assert sent["response_format"] == {"type": "json_object"}
