@@ -26,7 +26,7 @@ from infermesh_inference.models.base import (
 from infermesh_inference.models.chat_format import with_answer_format
 from infermesh_inference.models.continuous_batching import ContinuousBatcher
 from infermesh_inference.models.grammar import chat_answer_grammar, json_schema_grammar
-from infermesh_inference.models.tool_calling import ToolCallReader, tool_grammar
+from infermesh_inference.models.tool_calling import TAGS, ToolCallReader, tool_grammar
 from infermesh_inference.repository import ModelEntry, ModelRepository, ModelState
 from infermesh_runtime.errors import InvalidArgument
 from infermesh_runtime.telemetry import past_span
@@ -68,7 +68,8 @@ class InferenceCore:
     async def generate(self, model_id: str, prompt: str, sampling: GenerationParams) -> AsyncIterator[TextChunk]:
         async with self.repository.use(model_id, Capability.TEXT_GENERATION) as entry:
             if sampling.response_format is not None:
-                sampling = replace(sampling, grammar=json_schema_grammar(sampling.response_format.answer_schema()))
+                schema = sampling.response_format.answer_schema()
+                sampling = replace(sampling, grammar=await asyncio.to_thread(json_schema_grammar, schema))
             async for chunk in self._generate(entry, prompt, sampling, ()):
                 yield chunk
 
@@ -76,7 +77,10 @@ class InferenceCore:
         async with self.repository.use(model_id, Capability.CHAT) as entry:
             tools = sampling.tools if sampling.tools is not None and sampling.tools.callable else None
             prompt, stops = entry.model.chat_prompt(with_answer_format(turns, sampling.response_format), tools)
-            sampling = replace(sampling, grammar=_chat_grammar(sampling.response_format, tools))
+            # Compiling a grammar (and, the first time, waiting for the model's tokenizer)
+            # takes milliseconds to seconds: off the event loop.
+            grammar = await asyncio.to_thread(_chat_grammar, entry.model, sampling.response_format, tools)
+            sampling = replace(sampling, grammar=grammar)
             reader = ToolCallReader() if tools is not None else None
             started = False
             async for chunk in self._generate(entry, prompt, sampling, stops):
@@ -264,12 +268,12 @@ class InferenceCore:
                 await asyncio.shield(worker)
 
 
-def _chat_grammar(response_format: ResponseFormat | None, tools: Tools | None) -> str | None:
+def _chat_grammar(model: ServedModel, response_format: ResponseFormat | None, tools: Tools | None) -> str | None:
     """The grammar a chat reply follows: tool calls (or text, or the JSON the response
     format asks for, when the model may choose), the JSON alone, or none."""
     schema = response_format.answer_schema() if response_format is not None else None
     if tools is not None:
-        return tool_grammar(tools, schema)
+        return tool_grammar(tools, schema, model.special_tokens(set(TAGS)))
     return chat_answer_grammar(schema) if schema is not None else None
 
 

@@ -97,3 +97,32 @@ async def test_tools_reach_the_models_template_in_its_trained_format(server):
     prompt, _ = qwen.chat_prompt([ChatTurn("user", "Weather in Paris?")], Tools((weather,)))
     assert "<tools>" in prompt and '"name": "get_weather"' in prompt
     assert "<tool_call>" in prompt  # the template teaches the call format the grammar enforces
+
+
+async def test_a_forced_tool_call_uses_the_models_own_tool_tokens_and_validates(server):
+    """Qwen writes <tool_call> and </tool_call> as single special tokens: the grammar names
+    them as tokens, and the reader still finds the call."""
+    import json
+
+    from google.protobuf import struct_pb2
+
+    from infermesh.inference.v1 import generation_options_pb2 as options
+
+    parameters = struct_pb2.Struct()
+    parameters.update({"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}})
+    request = pb.ChatRequest(
+        model=QWEN,
+        messages=[pb.ChatMessage(role=types.ROLE_USER, content="What is the weather in Paris?")],
+        tools=[options.Tool(name="get_weather", description="The weather in a city.", parameters=parameters)],
+        tool_choice=options.ToolChoice(mode=options.TOOL_CHOICE_MODE_REQUIRED),
+        parallel_tool_calls=False,  # left free, this small model goes on calling for other cities
+        max_tokens=48,
+    )
+    reply = await server.inference.Chat(request)
+    [call] = reply.message.tool_calls
+    assert call.name == "get_weather" and set(json.loads(call.arguments)) <= {"city"}
+    assert reply.finish_reason == types.FINISH_REASON_TOOL_CALLS and not reply.message.content
+    auto = await server.inference.Chat(
+        pb.ChatRequest(model=QWEN, messages=request.messages, tools=request.tools, max_tokens=48)
+    )
+    assert auto.message.tool_calls[0].name == "get_weather" and not auto.message.content  # it chose to call

@@ -253,6 +253,11 @@ class ServedModel(abc.ABC):
         tools), and extra stop sequences."""
         raise NotImplementedError
 
+    def special_tokens(self, texts: set[str]) -> set[str]:
+        """Which of `texts` the model's tokenizer has as single special tokens (for
+        grammars, which must name those as tokens)."""
+        return set()
+
     def embed(self, texts: list[str]) -> Embeddings:
         raise NotImplementedError
 

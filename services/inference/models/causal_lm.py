@@ -173,6 +173,9 @@ class TransformersCausalLM(ServedModel):
             output = self.model(input_ids=next_id.view(1, 1), cache=output.cache, use_cache=True)
         yield text.last_chunk()
 
+    def special_tokens(self, texts: set[str]) -> set[str]:
+        return self._grammar_tokenizer.special(texts)
+
     def _token_text(self, token: int) -> str:
         return self.tokenizer.decode([token])
 

@@ -14,6 +14,7 @@ matching needs the model's tokenizer, built once per model (a few seconds for a
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,8 @@ import llguidance
 import numpy as np
 
 from infermesh_runtime.errors import Internal, InvalidArgument
+
+log = logging.getLogger(__name__)
 
 # JSON as json.dumps writes it, with no freedom in whitespace: a model cannot pad an
 # answer with endless blanks, and tool-call parsing sees one layout.
@@ -39,10 +42,41 @@ def _checked(grammar: str, param: str) -> str:
     return grammar
 
 
+def closed(schema: Any) -> Any:
+    """`schema` with every object that lists its properties closed to others
+    (`additionalProperties: false` where it says nothing). What the closed schema accepts,
+    the original accepts too, so answers still validate against the caller's schema; a
+    model can no longer invent keys until it runs out of tokens (LangChain and Instructor
+    send tool schemas that leave it open). Objects inside `allOf` stay as they are
+    (closing one part would refuse the other parts' keys)."""
+    if isinstance(schema, list):
+        return [closed(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in ("properties", "patternProperties", "$defs", "definitions") and isinstance(value, dict):
+            out[key] = {name: closed(sub) for name, sub in value.items()}
+        elif key in ("items", "prefixItems", "anyOf", "oneOf", "additionalProperties", "contains"):
+            out[key] = closed(value)
+        else:
+            out[key] = value
+    declared = set(out.get("properties", {}))
+    if (
+        isinstance(out.get("properties"), dict)
+        and "additionalProperties" not in out
+        and "patternProperties" not in out
+        and not {"allOf", "$ref", "unevaluatedProperties"} & set(out)
+        and set(out.get("required", ())) <= declared
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
 def json_schema_grammar(schema: dict[str, Any], param: str = "response_format.json_schema") -> str:
     """A grammar for JSON that validates against `schema`."""
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_LAYOUT)
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(closed(schema), defaults=JSON_LAYOUT)
     except ValueError as exc:
         raise InvalidArgument(f"{param} is not a JSON Schema: {exc}", reason="INVALID_SCHEMA", param=param) from exc
     return _checked(grammar, param)
@@ -56,7 +90,7 @@ def json_object_grammar() -> str:
 def chat_answer_grammar(schema: dict[str, Any]) -> str:
     """JSON following `schema` as a chat reply, which may open with a space (base models
     write one after "Assistant:"; the core strips it)."""
-    return lark_grammar(f'start: " "? answer\nanswer: %json {schema_json(schema)}', param="response_format")
+    return lark_grammar(f'start: " "? answer\nanswer: %json {schema_json(closed(schema))}', param="response_format")
 
 
 def lark_grammar(lark: str, param: str) -> str:
@@ -80,7 +114,9 @@ class Constraint:
 
     def _check(self) -> None:
         if self._matcher.is_error():
-            raise Internal(f"constrained decoding failed: {self._matcher.get_error()}", reason="GRAMMAR_FAILED")
+            # The matcher's message shows its parser state (token lists): logged, not sent.
+            log.error("constrained decoding failed", extra={"error": self._matcher.get_error()[:2000]})
+            raise Internal("constrained decoding failed", reason="GRAMMAR_FAILED")
 
     def allowed(self) -> np.ndarray:
         """A boolean mask over the tokenizer's vocabulary: the tokens allowed next."""
@@ -143,6 +179,17 @@ class TokenizerCache:
         if self._tokenizer is None:
             raise Internal(f"constrained decoding is unavailable: {self._error!r}", reason="GRAMMAR_UNAVAILABLE")
         return self._tokenizer
+
+    def special(self, texts: set[str]) -> set[str]:
+        """Which of `texts` the model writes as one special token (Qwen's `<tool_call>`):
+        a grammar must name those as tokens, not spell them out."""
+        tokenizer = self.get()
+        found = set()
+        for text in texts:
+            ids = tokenizer.tokenize_str(text, parse_special=True)
+            if len(ids) == 1 and tokenizer.is_special_token(ids[0]):
+                found.add(text)
+        return found
 
     def constraint(self, grammar: str | None) -> Constraint | None:
         return None if grammar is None else Constraint(self.get(), grammar)

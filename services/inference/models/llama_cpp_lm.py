@@ -150,6 +150,9 @@ class LlamaCppLM(ServedModel):
                 break
         yield text.last_chunk()
 
+    def special_tokens(self, texts: set[str]) -> set[str]:
+        return self._grammar_tokenizer.special(texts)
+
     def _token_text(self, token: int) -> str:
         return self.llm.detokenize([token]).decode("utf-8", errors="replace")
 

@@ -17,19 +17,29 @@ import uuid
 from typing import Any, Literal
 
 from infermesh_inference.models.base import NO_ARGUMENTS, ToolCallDelta, Tools
-from infermesh_inference.models.grammar import lark_grammar, schema_json
+from infermesh_inference.models.grammar import closed, lark_grammar, schema_json
 
 OPEN = "<tool_call>\n"
 CLOSE = "\n</tool_call>"
 
 
-def tool_grammar(tools: Tools, answer_schema: dict[str, Any] | None = None) -> str:
+TAGS = frozenset({OPEN.strip(), CLOSE.strip()})
+
+
+def tool_grammar(tools: Tools, answer_schema: dict[str, Any] | None = None, special: set[str] = frozenset()) -> str:
     """The grammar of an answer: calls only (required, a named function), or text
-    (JSON following `answer_schema` when a response format asks for it) or calls."""
+    (JSON following `answer_schema` when a response format asks for it) or calls.
+
+    A call is the tagged form the chat templates teach, or the bare JSON object small
+    models often write instead (Qwen2.5-Coder-0.5B's first choice): both are read as
+    calls. A text answer therefore cannot start with `<` or `{` (nor a blank), so it
+    never hides a call; with a JSON response format the answer is JSON, and calls must
+    be tagged. `special`: the tags the model's tokenizer has as single special tokens
+    (Qwen's), which the grammar names as tokens (`<tool_call>`), not as their text."""
     calls = [
         {
             "type": "object",
-            "properties": {"name": {"const": spec.name}, "arguments": spec.parameters or NO_ARGUMENTS},
+            "properties": {"name": {"const": spec.name}, "arguments": closed(spec.parameters or NO_ARGUMENTS)},
             "required": ["name", "arguments"],
             "additionalProperties": False,
         }
@@ -38,20 +48,25 @@ def tool_grammar(tools: Tools, answer_schema: dict[str, Any] | None = None) -> s
     body = calls[0] if len(calls) == 1 else {"anyOf": calls}
     # A named function is called once; otherwise several calls may follow each other.
     repeat = ' ("\\n" call)*' if tools.parallel and tools.choice.mode != "function" else ""
+    tagged = f'{_tag(OPEN.strip(), special)} "\\n" body "\\n" {_tag(CLOSE.strip(), special)}'
     rules = [
         f"calls: call{repeat}",
-        f"call: {json.dumps(OPEN)} body {json.dumps(CLOSE)}",
+        f"call: {tagged}" if answer_schema is not None else f"call: {tagged} | body",
         f"body: %json {schema_json(body)}",
     ]
     # A reply may open with a space (base models write one after "Assistant:"); the
-    # core strips it. Text cannot start with `<` or a blank, so it never hides a call.
+    # core strips it.
     if tools.choice.mode in ("required", "function"):
         rules.insert(0, 'start: " "? calls')
     elif answer_schema is not None:
-        rules[:0] = ['start: " "? (answer | calls)', f"answer: %json {schema_json(answer_schema)}"]
+        rules[:0] = ['start: " "? (answer | calls)', f"answer: %json {schema_json(closed(answer_schema))}"]
     else:
-        rules[:0] = ['start: " "? (TEXT | calls)', r"TEXT: /[^<\s](.|\n)*/"]
+        rules[:0] = ['start: " "? (TEXT | calls)', r"TEXT: /[^<{\s](.|\n)*/"]
     return lark_grammar("\n".join(rules), param="tools")
+
+
+def _tag(text: str, special: set[str]) -> str:
+    return text if text in special else json.dumps(text)
 
 
 def new_call_id() -> str:
@@ -62,8 +77,8 @@ class ToolCallReader:
     """Splits generated text into the answer's text and its tool calls, as it streams.
 
     The grammar guarantees the layout, so the reader only follows it: an answer that
-    starts with `<` is calls; each call's name is sent once known (with a new id and
-    empty arguments), then its arguments as they are generated, which joined are the
+    starts with `<` or `{` is calls, tagged or bare; each call's name is sent once known
+    (with a new id), then its arguments as they are generated, which joined are the
     call's whole JSON arguments (the closing brace of the call's object and the closing
     tag are held back until they can be told apart from the arguments).
     """
@@ -76,6 +91,7 @@ class ToolCallReader:
         self._mode: Literal["?", "text", "calls"] = "?"
         self.calls: list[ToolCallDelta] = []  # whole calls, for the unary answer
         self._state = "open"  # open, name, arguments, close
+        self._tagged = False  # the current call's form
         self._depth = 0
         self._in_string = False
         self._escaped = False
@@ -89,23 +105,18 @@ class ToolCallReader:
             self._buffer = self._buffer.lstrip()
             if not self._buffer:
                 return "", []
-            if not self._buffer.startswith("<"):
+            if self._buffer[0] not in "<{":
                 self._mode = "text"
                 out, self._buffer = self._buffer, ""
                 return out, []
             self._mode = "calls"
-        return "", self._read_calls()
+        return "", _coalesced(self._read_calls())
 
     def _read_calls(self) -> list[ToolCallDelta]:
         deltas: list[ToolCallDelta] = []
         while True:
-            if self._state == "open":
-                head = "\n" + OPEN if self.calls else OPEN
-                start = head + self._PREFIX
-                if len(self._buffer) < len(start):
-                    return deltas
-                self._buffer = self._buffer[len(start) :]
-                self._state = "name"
+            if self._state == "open" and not self._open():
+                return deltas
             if self._state == "name":
                 end = self._buffer.find(self._AFTER_NAME)
                 if end < 0:
@@ -124,11 +135,24 @@ class ToolCallReader:
                 if self._state == "arguments":
                     return deltas
             if self._state == "close":
-                tail = "}" + CLOSE
+                tail = "}" + (CLOSE if self._tagged else "")
                 if len(self._buffer) < len(tail):
                     return deltas
                 self._buffer = self._buffer[len(tail) :]
                 self._state = "open"
+
+    def _open(self) -> bool:
+        """Read up to a call's name (the separator before a later call, its opening tag if
+        it has one, and `{"name": "`); False until all of that has arrived."""
+        head = "\n" if self.calls else ""
+        if len(self._buffer) <= len(head):
+            return False
+        tagged = self._buffer[len(head)] == "<"
+        start = head + (OPEN if tagged else "") + self._PREFIX
+        if len(self._buffer) < len(start):
+            return False
+        self._buffer, self._tagged, self._state = self._buffer[len(start) :], tagged, "name"
+        return True
 
     def _take_arguments(self) -> str:
         """The buffered characters that belong to the arguments object."""
@@ -159,3 +183,14 @@ class ToolCallReader:
             out, self._buffer = self._buffer, ""
             return out
         return ""
+
+
+def _coalesced(deltas: list[ToolCallDelta]) -> list[ToolCallDelta]:
+    """One piece per call (OpenAI's chunks never hold two for the same index)."""
+    pieces: dict[int, ToolCallDelta] = {}
+    for delta in deltas:
+        if delta.index in pieces:
+            pieces[delta.index].arguments += delta.arguments
+        else:
+            pieces[delta.index] = ToolCallDelta(delta.index, delta.arguments, delta.id, delta.name)
+    return list(pieces.values())
