@@ -20,9 +20,11 @@ import pytest
 from pydantic import BaseModel, Field
 
 BASE_MODEL = "gemma-3-270m"  # Gemma 3 270M base on transformers: no chat template
-QUANTIZED_MODEL = "gemma-3-270m@q4-k-m"  # the same model on llama.cpp, as a version one may request
+# A version one may request by name: the one the default deployment serves (the llama.cpp
+# version, q4-k-m, is registered without a deployment until an operator makes one).
+VERSIONED_MODEL = "gemma-3-270m@bf16"
 INSTRUCT_MODEL = "qwen2.5-coder-0.5b-instruct"  # instruction-tuned, its chat template knows tools
-TEXT_MODELS = (BASE_MODEL, QUANTIZED_MODEL, INSTRUCT_MODEL)
+TEXT_MODELS = (BASE_MODEL, INSTRUCT_MODEL)  # one per local runtime: transformers, llama.cpp
 EMBEDDING_MODEL = "all-minilm-l6-v2"
 
 # Small enough to generate in a second or two on these CPUs: short strings, few properties.

@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from openai_conformance import BASE_MODEL, QUANTIZED_MODEL, sdk_client
+from openai_conformance import BASE_MODEL, VERSIONED_MODEL, sdk_client
 
 MESSAGES = [{"role": "user", "content": "Name a French city."}]
 
@@ -49,8 +49,8 @@ def test_error_bodies_have_openai_shape(base_url, path, body, status):
 
 
 def test_model_list_includes_versions_one_may_request(client):
-    assert {BASE_MODEL, QUANTIZED_MODEL} <= {m.id for m in client.models.list()}
+    assert {BASE_MODEL, VERSIONED_MODEL} <= {m.id for m in client.models.list()}
 
 
 def test_a_version_can_be_retrieved(client):
-    assert client.models.retrieve(QUANTIZED_MODEL).id == QUANTIZED_MODEL
+    assert client.models.retrieve(VERSIONED_MODEL).id == VERSIONED_MODEL
