@@ -69,6 +69,7 @@ class Answer:
     route: Route
     fallback: bool
     cached: bool
+    looked_up: bool = False  # whether the response cache was asked (it may have missed)
 
 
 def _code(error: BaseException) -> grpc.StatusCode | None:
@@ -245,7 +246,9 @@ async def unary(backends: Backends, rpc: str, send: Send, request: Message, cont
                 key = backends.cache.key(rpc, route, outgoing, context)
                 if (cached := await backends.cache.get(key, route)) is not None:
                     cached.model = attempt.model
-                    answer = Answer(cached, route, attempts.answered(attempt, route, cached=True), cached=True)
+                    answer = Answer(
+                        cached, route, attempts.answered(attempt, route, cached=True), cached=True, looked_up=True
+                    )
                     if announce:
                         await send_answer_headers(context, answer, cache="hit")
                     return answer
@@ -255,7 +258,7 @@ async def unary(backends: Backends, rpc: str, send: Send, request: Message, cont
             except Exception as exc:
                 attempts.failed(exc, route)
                 continue
-            answer = Answer(reply, route, attempts.answered(attempt, route), cached=False)
+            answer = Answer(reply, route, attempts.answered(attempt, route), cached=False, looked_up=key is not None)
             attempts.record.usage(route, reply.usage)
             await admission.charge(route.model, reply.usage)
             await backends.cache.put(key, reply)

@@ -181,7 +181,8 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
             for call in calls:
                 call.cancel()
             raise
-        await failover.send_answer_headers(context, answers[0], cache="hit" if all(a.cached for a in answers) else "")
+        cache = "hit" if all(a.cached for a in answers) else "miss" if any(a.looked_up for a in answers) else ""
+        await failover.send_answer_headers(context, answers[0], cache=cache)
         return [a.reply for a in answers]
 
     def _streams(self, rpc: str, open_call: Callable, requests: list[Message], context) -> list[AsyncIterator[Any]]:

@@ -165,3 +165,40 @@ def test_the_native_rest_api_keeps_google_rpc_status_errors(base_url):
     error = reply.json()
     assert error["code"] == 5 and "no-such-model" in error["message"]
     assert error["details"][0]["reason"] == "MODEL_NOT_FOUND"
+
+
+def image_message(text: str) -> list[dict]:
+    import base64
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 30, 30)).save(out, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+    return [
+        {"role": "user", "content": [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]}
+    ]
+
+
+def test_an_image_in_a_chat_goes_to_a_model_that_describes_images(client):
+    """gemini-test sees images (here: the Gemini adapter's stand-in, which says what it got)."""
+    reply = client.chat.completions.create(model="gemini-test", messages=image_message("What is it?"), max_tokens=16)
+    assert (
+        reply.choices[0].message.content.startswith("an image of") and "image/png" in reply.choices[0].message.content
+    )
+    streamed = client.chat.completions.create(
+        model="gemini-test", messages=image_message("What is it?"), max_tokens=16, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == reply.choices[0].message.content
+
+
+def test_an_image_for_a_text_model_or_with_what_description_cannot_do_is_a_400(client):
+    with pytest.raises(openai.BadRequestError, match="image-description"):
+        client.chat.completions.create(model="gemma-3-270m", messages=image_message("What is it?"))
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="gemini-test", messages=image_message("What is it?"), temperature=0.5)
+    assert caught.value.param == "temperature"
+    remote = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]
+    with pytest.raises(openai.BadRequestError, match="data: URLs"):
+        client.chat.completions.create(model="gemini-test", messages=remote)

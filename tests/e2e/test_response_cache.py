@@ -44,3 +44,31 @@ def test_embeddings_are_cached_too(base_url):
     second = httpx.post(f"{base_url}/v1/embed", json=body, timeout=60)
     assert (first.headers["x-infermesh-cache"], second.headers["x-infermesh-cache"]) == ("miss", "hit")
     assert second.json() == first.json()
+
+
+def test_a_response_format_or_tools_are_part_of_the_key(base_url):
+    """A structured-output or tool request is never answered from the plain request's
+    entry (OpenAI's surface, where clients send these fields)."""
+    import json
+
+    import openai
+
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+    messages = [{"role": "user", "content": f"A city {uuid.uuid4().hex[:6]}, as JSON with a field city."}]
+    plain = client.chat.completions.with_raw_response.create(model=GEMMA, messages=messages, max_tokens=16)
+    assert plain.headers["x-infermesh-cache"] == "miss"
+    shaped = client.chat.completions.with_raw_response.create(
+        model=GEMMA, messages=messages, max_tokens=16, response_format={"type": "json_object"}
+    )
+    assert shaped.headers["x-infermesh-cache"] == "miss"
+    json.loads(shaped.parse().choices[0].message.content)  # the JSON answer, not the plain one
+    tool = {"type": "function", "function": {"name": "city", "parameters": {"type": "object"}}}
+    called = client.chat.completions.with_raw_response.create(
+        model=GEMMA, messages=messages, max_tokens=16, tools=[tool], tool_choice="required"
+    )
+    assert called.headers["x-infermesh-cache"] == "miss" and called.parse().choices[0].message.tool_calls
+    again = client.chat.completions.with_raw_response.create(
+        model=GEMMA, messages=messages, max_tokens=16, response_format={"type": "json_object"}
+    )
+    assert again.headers["x-infermesh-cache"] == "hit"
+    assert again.parse().choices[0].message.content == shaped.parse().choices[0].message.content
