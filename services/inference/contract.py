@@ -4,6 +4,7 @@ protos out. Light on purpose: importing it pulls in no model runtime."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -141,6 +142,9 @@ def tool_calls_proto(calls: list[ToolCallDelta]) -> list[options.ToolCall]:
 
 
 def turns_from(request: pb.ChatRequest) -> list[ChatTurn]:
+    for i, message in enumerate(request.messages):
+        for j, call in enumerate(message.tool_calls):
+            _check_arguments(call.arguments, f"messages[{i}].tool_calls[{j}].arguments")
     return [
         ChatTurn(
             ROLES[m.role],
@@ -150,6 +154,17 @@ def turns_from(request: pb.ChatRequest) -> list[ChatTurn]:
         )
         for m in request.messages
     ]
+
+
+def _check_arguments(text: str, param: str) -> None:
+    """A tool call's arguments in a conversation must be a JSON object (every backend
+    hands them on as one)."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{param} must be a JSON object", reason="INVALID_TOOL_ARGUMENTS", param=param)
 
 
 def usage_proto(usage: Usage | None) -> types.Usage | None:

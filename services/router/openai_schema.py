@@ -120,9 +120,11 @@ class FunctionCall(_Request):
     @classmethod
     def _json(cls, value: str) -> str:
         try:
-            json.loads(value or "{}")
-        except ValueError as exc:
-            raise ValueError("must be a JSON object as text") from exc
+            parsed = json.loads(value or "{}")
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise ValueError("must be a JSON object as text")
         return value
 
 

@@ -30,7 +30,9 @@ def post(base_url: str, path: str, **kwargs) -> httpx.Response:
         ("/v1/chat/completions", b"{not json", 400, "not valid JSON"),
         ("/v1/chat/completions", b'{"model":"gemma-3-270m","messages":"hi"}', 400, "messages"),
         ("/v1/embeddings", b'{"model":"all-minilm-l6-v2","input":[]}', 400, "input"),
-        ("/v1/embeddings", b'{"model":"all-minilm-l6-v2","input":[[1,2,3]]}', 400, "input"),
+        # Token ids are cl100k_base's: one it does not have is named.
+        ("/v1/embeddings", b'{"model":"all-minilm-l6-v2","input":[[15339,900000]]}', 400, "input[0]"),
+        ("/v1/embeddings", b'{"model":"all-minilm-l6-v2","input":[[-1]]}', 400, "input"),
     ],
 )
 def test_bad_request_is_rejected_clearly(base_url, path, body, status, says):

@@ -184,7 +184,7 @@ class TransformersCausalLM(ServedModel):
         if params.repetition_penalty != 1.0:
             penalty.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
         if params.temperature <= 0:
-            return lambda tokens, logits: penalty(tokens, logits.float()).argmax(dim=-1)
+            return lambda tokens, logits: _finite(penalty(tokens, logits.float())).argmax(dim=-1)
         warpers = LogitsProcessorList([*penalty, TemperatureLogitsWarper(params.temperature)])
         if params.top_k:
             warpers.append(TopKLogitsWarper(params.top_k))
@@ -197,7 +197,14 @@ class TransformersCausalLM(ServedModel):
             generator.seed()
 
         def pick(tokens: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-            probs = torch.softmax(warpers(tokens, logits.float()), dim=-1)
+            probs = torch.softmax(_finite(warpers(tokens, logits.float())), dim=-1)
             return torch.multinomial(probs, 1, generator=generator).view(-1)
 
         return pick
+
+
+def _finite(scores: torch.Tensor) -> torch.Tensor:
+    """Scores sampling can draw from: an extreme repetition penalty (1e-45 divides a
+    logit into infinity) made softmax NaN and the request fail; the largest finite
+    value stands in for infinity, NaN is never chosen."""
+    return torch.nan_to_num(scores, nan=float("-inf"), posinf=torch.finfo(scores.dtype).max)
