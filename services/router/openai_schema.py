@@ -415,18 +415,13 @@ class CompletionRequest(_Sampling):
     def _consistent(self) -> CompletionRequest:
         if self.echo and self.logprobs is not None:
             raise unsupported("echo", "echo with logprobs would need the prompt's log probabilities, not computed here")
-        if not self.prompts():
+        if not self.prompt and not isinstance(self.prompt, str):
             raise ValueError("prompt must not be empty")
         return self
 
     def prompts(self) -> list[str]:
-        """One text per prompt (token ids are OpenAI's cl100k_base ids: token_ids.py)."""
-        prompt = self.prompt
-        if isinstance(prompt, str):
-            return [prompt]
-        if prompt and all(isinstance(p, int) for p in prompt):
-            return [decode_token_ids(prompt, "prompt")]
-        return [p if isinstance(p, str) else decode_token_ids(p, f"prompt[{i}]") for i, p in enumerate(prompt)]
+        """One text per prompt."""
+        return texts_of(self.prompt, "prompt")
 
     def to_protos(self) -> list[pb.GenerateTextRequest]:
         requests = []
@@ -453,16 +448,18 @@ class EmbeddingRequest(_Request):
             raise ValueError("must not be empty")
         return value
 
-    def texts(self) -> list[str]:
-        value = self.input
-        if isinstance(value, str):
-            return [value]
-        if all(isinstance(v, int) for v in value):
-            return [decode_token_ids(value, "input")]
-        return [v if isinstance(v, str) else decode_token_ids(v, f"input[{i}]") for i, v in enumerate(value)]
-
     def to_proto(self) -> pb.EmbedRequest:
-        return pb.EmbedRequest(model=self.model, inputs=self.texts())
+        return pb.EmbedRequest(model=self.model, inputs=texts_of(self.input, "input"))
+
+
+def texts_of(value: str | list[str] | list[int] | list[list[int]], param: str) -> list[str]:
+    """A text, texts, one prompt's token ids or several prompts' as texts (token ids are
+    OpenAI's cl100k_base ids: token_ids.py)."""
+    if isinstance(value, str):
+        return [value]
+    if value and all(isinstance(v, int) for v in value):
+        return [decode_token_ids(value, param)]
+    return [v if isinstance(v, str) else decode_token_ids(v, f"{param}[{i}]") for i, v in enumerate(value)]
 
 
 def parse(model: type[_Request], body: bytes) -> Any:
