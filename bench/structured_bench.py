@@ -8,12 +8,16 @@ inference server uses, interleaved round by round so the machine's load hits bot
   under JSON-object mode (the same prompt, the free run capped at the constrained run's
   length), and the added time per token;
 - validity: N strict-schema generations with sampling (temperature 1, a new seed each):
-  how many parse and validate (the goal: all of them).
+  how many parse and validate (the goal: all of them);
+- under concurrency, through the inference core: free requests on transformers share
+  continuous-batching passes, constrained ones run one at a time (llama.cpp runs every
+  request alone here), so the aggregate rates show what batching does for each.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -99,11 +103,53 @@ def validity(model, count: int) -> None:
     )
 
 
+async def concurrent(model_ids: list[str], streams: int, data_dir: Path) -> None:
+    """Aggregate tok/s of `streams` concurrent requests through the inference core (as the
+    server runs them: free transformers requests share continuous-batching passes;
+    constrained ones, like seeded or penalised ones, take the one-request loop)."""
+    from infermesh_inference.app import InferenceApp
+    from infermesh_inference.models.base import ResponseFormat
+    from infermesh_inference.settings import InferenceSettings
+    from infermesh_runtime.server import create_server
+
+    settings = InferenceSettings(grpc_port=0, data_dir=data_dir, models=model_ids, available_models=[])
+    app = InferenceApp(settings)
+    bound = await create_server(settings, app)
+    await app.start(bound.health)
+    answer = ResponseFormat("json_schema", SCHEMA)
+    print(f"\n{streams} concurrent requests through the inference core (aggregate tok/s):")
+    try:
+        for model_id in model_ids:
+            rates = {}
+            for name, params in (
+                ("free", GenerationParams(max_tokens=60)),
+                ("json_schema", GenerationParams(max_tokens=120, response_format=answer)),
+            ):
+
+                async def one(params=params, model_id=model_id) -> int:
+                    tokens = 0
+                    async for chunk in app.core.generate(model_id, PROMPT, params):
+                        tokens = chunk.usage.output_tokens if chunk.usage else tokens
+                    return tokens
+
+                started = time.perf_counter()
+                counts = await asyncio.gather(*(one() for _ in range(streams)))
+                rates[name] = sum(counts) / (time.perf_counter() - started)
+            ratio = rates["json_schema"] / rates["free"]
+            print(
+                f"  {model_id}: free {rates['free']:6.1f}  json_schema {rates['json_schema']:6.1f}  "
+                f"= {ratio:5.1%} of free"
+            )
+    finally:
+        await app.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved throughput rounds per runtime")
     parser.add_argument("--generations", type=int, default=200, help="sampled strict-schema generations per runtime")
     parser.add_argument("--models", nargs="*", default=MODELS)
+    parser.add_argument("--streams", type=int, default=8, help="concurrent requests for the batched comparison")
     args = parser.parse_args()
     options = BuildOptions(
         data_dir=Path(os.environ.get("DATA_DIR", ROOT / ".data")),
@@ -125,6 +171,9 @@ def main() -> None:
         throughput(model, args.rounds)
         validity(model, args.generations)
         model.stop()
+    if args.streams:
+        present = [m for m in args.models if m in BUILTIN_SPECS]
+        asyncio.run(concurrent(present, args.streams, options.data_dir))
 
 
 if __name__ == "__main__":

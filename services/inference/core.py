@@ -134,7 +134,8 @@ class InferenceCore:
             input_ids = model.encode(prompt)
             params = self._params(model, len(input_ids), sampling, extra_stops)
             text = model.assembler(len(input_ids), params)
-            async with aclosing(batcher.tokens(input_ids, params)) as batches:
+            constraint = await asyncio.to_thread(model.constraint, params.grammar) if params.grammar else None
+            async with aclosing(batcher.tokens(input_ids, params, constraint)) as batches:
                 async for new_tokens in batches:
                     for token in new_tokens:
                         if piece := text.push(token):

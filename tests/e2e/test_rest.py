@@ -137,3 +137,42 @@ def test_a_body_over_the_limit_is_refused_before_any_service_reads_it(base_url, 
     reply = httpx.post(f"{base_url}/v1/embed", json=huge, timeout=60)
     assert reply.status_code == 413
     assert metric(router, "infermesh_grpc_requests_total", method="/infermesh.router.v1.RouterService/Embed") == before
+
+
+def test_structured_outputs_and_tool_calls_on_the_native_rest_api(base_url):
+    """The typed fields, as REST clients write them (enums by name, schemas as JSON)."""
+    import json
+
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}, "country": {"type": "string", "maxLength": 20}},
+        "required": ["city", "country"],
+    }
+    chat = {
+        "model": "gemma-3-270m",
+        "messages": [{"role": "ROLE_USER", "content": "Where is the Eiffel Tower?"}],
+        "max_tokens": 48,
+    }
+    shaped = httpx.post(
+        f"{base_url}/v1/chat",
+        json={**chat, "response_format": {"type": "RESPONSE_FORMAT_TYPE_JSON_SCHEMA", "json_schema": schema}},
+        timeout=120,
+    )
+    assert shaped.status_code == 200, shaped.text
+    assert set(json.loads(shaped.json()["message"]["content"])) == {"city", "country"}
+    tool = {"name": "locate", "description": "Where a landmark is.", "parameters": schema}
+    called = httpx.post(
+        f"{base_url}/v1/chat",
+        json={
+            **chat,
+            "tools": [tool],
+            "tool_choice": {"mode": "TOOL_CHOICE_MODE_REQUIRED"},
+            "parallel_tool_calls": False,
+        },
+        timeout=120,
+    )
+    assert called.status_code == 200, called.text
+    answer = called.json()
+    [call] = answer["message"]["tool_calls"]
+    assert call["name"] == "locate" and set(json.loads(call["arguments"])) == {"city", "country"}
+    assert answer["finish_reason"] == "FINISH_REASON_TOOL_CALLS"

@@ -239,3 +239,38 @@ async def test_sampled_answers_under_a_strict_schema_all_validate(stub, model):
             )
         )
         jsonschema.validate(json.loads(reply.text), PERSON)
+
+
+async def test_constrained_requests_share_the_batch_with_each_other_and_free_ones(stub):
+    """On transformers, requests under a grammar decode in the continuous batch (each row
+    masked by its own grammar), side by side with free requests: all answers validate,
+    and the passes held several sequences."""
+    import asyncio
+
+    from prometheus_client import REGISTRY
+
+    def passes() -> tuple[float, float]:
+        labels = {"model": TRANSFORMERS}
+        count = REGISTRY.get_sample_value("infermesh_inference_batch_size_count", labels) or 0.0
+        return count, REGISTRY.get_sample_value("infermesh_inference_batch_size_sum", labels) or 0.0
+
+    before = passes()
+    shaped = [
+        stub.GenerateText(
+            pb.GenerateTextRequest(
+                model=TRANSFORMERS,
+                prompt=f"Person number {i}, as JSON:",
+                max_tokens=120,
+                temperature=1.0,
+                response_format=schema_format(PERSON),
+            )
+        )
+        for i in range(4)
+    ]
+    free = [stub.GenerateText(pb.GenerateTextRequest(model=TRANSFORMERS, prompt="Once upon a time", max_tokens=24))]
+    replies = await asyncio.gather(*shaped, *free)
+    for reply in replies[:4]:
+        jsonschema.validate(json.loads(reply.text), PERSON)
+    assert replies[4].text and replies[4].usage.output_tokens == 24
+    after = passes()
+    assert (after[1] - before[1]) / (after[0] - before[0]) > 2  # sequences per pass, on average

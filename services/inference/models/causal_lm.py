@@ -37,7 +37,7 @@ from infermesh_inference.models.base import (
 from infermesh_inference.models.chat_format import base_model_chat_prompt, template_messages
 from infermesh_inference.models.continuous_batching import BatchingSettings, ContinuousBatcher
 from infermesh_inference.models.decoding_step import DecodingStep
-from infermesh_inference.models.grammar import TokenizerCache
+from infermesh_inference.models.grammar import Constraint, TokenizerCache
 from infermesh_inference.models.text_assembly import TextAssembler
 from infermesh_inference.models.torch_threads import use_torch_threads
 
@@ -172,6 +172,10 @@ class TransformersCausalLM(ServedModel):
             tokens = torch.cat([tokens, next_id.view(1, 1)], dim=1)
             output = self.model(input_ids=next_id.view(1, 1), cache=output.cache, use_cache=True)
         yield text.last_chunk()
+
+    def constraint(self, grammar: str) -> Constraint:
+        """A matcher for one request's grammar (for the batch's sampler)."""
+        return self._grammar_tokenizer.constraint(grammar)
 
     def special_tokens(self, texts: set[str]) -> set[str]:
         return self._grammar_tokenizer.special(texts)

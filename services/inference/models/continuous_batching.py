@@ -12,8 +12,9 @@ sum and a binary search per row) draws from exactly the same distribution in 14 
 32 rows, so the manager's sampler is replaced by it (`inverse_cdf_sample`). Temperature
 is per request (greedy is a temperature so small that the distribution is one-hot);
 top_k/top_p would sort the vocabulary per row, and per-request seeds, penalties, logit
-biases, grammars (constrained decoding) and log probabilities are not supported by the
-manager, so requests using those run on the model's one-request loop instead.
+biases and log probabilities are not supported by the manager, so requests using those
+run on the model's one-request loop instead. Grammars (constrained decoding) batch: the
+sampler masks a constrained request's row and follows its token (BatchedGrammar).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import GenerationConfig
@@ -32,6 +33,7 @@ from transformers.generation.continuous_batching.scheduler import SCHEDULER_MAPP
 
 from infermesh_inference import metrics
 from infermesh_inference.models.base import GenerationParams
+from infermesh_inference.models.grammar import Constraint
 from infermesh_runtime.errors import Internal, ResourceExhausted
 
 log = logging.getLogger(__name__)
@@ -54,16 +56,67 @@ _manager_sample = ModelRunner._sample
 GREEDY_LOGIT_SCALE = 1e6
 
 
+class BatchedGrammar:
+    """A request's grammar as the batch's sampler applies it, on the manager's thread: its
+    row is masked before the draw and the drawn token followed right after, so the next
+    mask always knows the last token. Once the grammar is complete only end-of-sequence
+    is allowed, and the manager ends the request. A failure never escapes into the batch
+    (the other requests go on): the request is ended and the failure kept for its caller."""
+
+    def __init__(self, constraint: Constraint, eos_ids: list[int]) -> None:
+        self._constraint = constraint
+        self._eos = eos_ids
+        self.failure: BaseException | None = None
+
+    def mask(self, row: torch.Tensor) -> None:
+        if self.failure is None:
+            try:
+                self._constraint.mask_row_(row)
+                return
+            except Exception as exc:  # noqa: BLE001 - kept for the request's caller
+                self.failure = exc
+        row.fill_(float("-inf"))
+        row[self._eos] = 0.0
+
+    def follow(self, token: int) -> None:
+        if self.failure is None:
+            try:
+                self._constraint.advance(token)
+            except Exception as exc:  # noqa: BLE001 - kept for the request's caller
+                self.failure = exc
+
+
+# Requests in the batch that decode under a grammar, by request id.
+_GRAMMARS: dict[str, BatchedGrammar] = {}
+
+
+def _grammar_rows(runner: ModelRunner) -> list[tuple[int, BatchedGrammar]]:
+    """(row of the batch's scores, grammar) for the constrained requests predicting a
+    token in this pass (rows follow the batch's requests that have a new token)."""
+    if not _GRAMMARS:
+        return []
+    predicting = [f.state.request_id for f in runner.inputs_and_outputs.requests_in_batch if f.has_new_token]
+    # One lookup each: a request may leave the table (its caller went) while this runs.
+    found = [(row, _GRAMMARS.get(request)) for row, request in enumerate(predicting)]
+    return [(row, grammar) for row, grammar in found if grammar is not None]
+
+
 def _sample(self: ModelRunner, scores: torch.Tensor, output_ids: torch.Tensor) -> None:
     if not self.do_sample or self.return_logprobs:
         return _manager_sample(self, scores, output_ids)
     rows = scores[0]
+    # Which rows sample is read before any grammar mask (a masked row holds -inf).
+    sampled = rows.abs().amax(dim=-1) < GREEDY_LOGIT_SCALE
+    constrained = _grammar_rows(self)
+    for row, grammar in constrained:
+        grammar.mask(rows[row])
     # Greedy rows take the argmax: bf16 logits often tie at the top, and a draw between
     # tied tokens would make greedy decoding differ from run to run.
     next_tokens = rows.argmax(dim=-1)
-    sampled = rows.abs().amax(dim=-1) < GREEDY_LOGIT_SCALE
     if sampled.any():
         next_tokens[sampled] = inverse_cdf_sample(torch.nn.functional.softmax(rows[sampled], dim=-1))
+    for row, grammar in constrained:
+        grammar.follow(int(next_tokens[row]))
     output_ids[0, : next_tokens.size(0)].copy_(next_tokens)
     return None
 
@@ -133,14 +186,18 @@ class ContinuousBatcher:
 
     @staticmethod
     def can_serve(params: GenerationParams) -> bool:
-        if not params.plain:  # penalties, biases, grammars, log probabilities: the one-request loop
+        # Penalties, biases and log probabilities: the one-request loop. Grammars batch.
+        if not replace(params, grammar=None).plain:
             return False
         sampling = params.temperature > 0
         return not (sampling and (params.seed is not None or params.top_k > 0 or params.top_p < 1.0))
 
-    async def tokens(self, input_ids: list[int], params: GenerationParams) -> AsyncIterator[list[int]]:
-        """Yield newly generated token ids as the batch produces them. Leaving the loop
-        early (stop sequence, cancelled caller) takes the request out of the batch."""
+    async def tokens(
+        self, input_ids: list[int], params: GenerationParams, constraint: Constraint | None = None
+    ) -> AsyncIterator[list[int]]:
+        """Yield newly generated token ids as the batch produces them (under `constraint`'s
+        grammar when given). Leaving the loop early (stop sequence, cancelled caller) takes
+        the request out of the batch."""
         if self.in_flight >= self._settings.max_queue_size:
             metrics.REJECTED.labels(self._name).inc()
             raise ResourceExhausted(
@@ -157,6 +214,9 @@ class ContinuousBatcher:
         self.in_flight += 1
         metrics.QUEUE_DEPTH.labels(self._name).set(self.in_flight)
         self._manager.register_result_handler(request_id, updates.put_nowait)
+        grammar = None
+        if constraint is not None:
+            grammar = _GRAMMARS[request_id] = BatchedGrammar(constraint, self._eos)
         finished = False
         try:
             self._manager.add_request(
@@ -172,12 +232,15 @@ class ContinuousBatcher:
                 output = await updates.get()
                 if output.error:
                     raise Internal(f"generation failed: {output.error}", reason="GENERATION_FAILED", model=self._name)
+                if grammar is not None and grammar.failure is not None:
+                    raise grammar.failure
                 finished = output.is_finished()
                 new = output.generated_tokens[seen:]
                 seen = len(output.generated_tokens)
                 if new:
                     yield new
         finally:
+            _GRAMMARS.pop(request_id, None)
             self.in_flight -= 1
             metrics.QUEUE_DEPTH.labels(self._name).set(self.in_flight)
             if not finished:

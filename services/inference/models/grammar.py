@@ -140,6 +140,13 @@ class Constraint:
         logits[..., : self._vocab].masked_fill_(~allowed.to(logits.device), float("-inf"))
         return logits
 
+    def mask_row_(self, row) -> None:  # torch.Tensor [vocab], masked in place
+        import torch
+
+        allowed = torch.from_numpy(self.allowed()).to(row.device)
+        row[self._vocab :] = float("-inf")
+        row[: self._vocab].masked_fill_(~allowed, float("-inf"))
+
     def advance(self, token: int) -> None:
         """Follow the token the model chose."""
         self._matcher.consume_token(token)
