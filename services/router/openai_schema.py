@@ -77,7 +77,9 @@ class _Request(BaseModel):
     def _refuse(cls, data: Any) -> Any:
         if isinstance(data, dict):
             for name, value in data.items():
-                if name in REFUSED and value is not None and value not in REFUSED[name][1]:
+                # Only fields of this request type: another's is an unknown parameter.
+                refused = name in REFUSED and name in cls.model_fields
+                if refused and value is not None and value not in REFUSED[name][1]:
                     raise unsupported(name, REFUSED[name][0])
         return data
 
