@@ -169,7 +169,8 @@ def main() -> None:
         generate(model, GenerationParams(max_tokens=4, grammar=json_object_grammar()))  # builds its tokenizer
         print(f"{model_id} ({BUILTIN_SPECS[model_id].runtime}, {model.dtype}):")
         throughput(model, args.rounds)
-        validity(model, args.generations)
+        if args.generations:
+            validity(model, args.generations)
         model.stop()
     if args.streams:
         present = [m for m in args.models if m in BUILTIN_SPECS]
