@@ -269,6 +269,12 @@ class _Sampling(_Hinted):
                 raise ValueError("keys are token ids (>= 0) and values biases from -100 to 100")
         return value
 
+    @model_validator(mode="after")
+    def _streaming(self) -> _Sampling:
+        if self.stream_options is not None and not self.stream:
+            raise unsupported("stream_options", "it is only allowed with stream: true")
+        return self
+
     def limit(self) -> int | None:
         return self.max_tokens
 
@@ -315,11 +321,9 @@ class ChatCompletionRequest(_Sampling):
     def _consistent(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise unsupported("top_logprobs", "it needs logprobs: true")
-        if isinstance(self.tool_choice, NamedToolChoice) or self.tool_choice == "required":
-            if not self.tools:
-                raise InvalidArgument(
-                    "tool_choice asks for a tool call but no tools were given", reason="NO_TOOLS", param="tool_choice"
-                )
+        for name in ("tool_choice", "parallel_tool_calls"):
+            if getattr(self, name) is not None and not self.tools:
+                raise unsupported(name, "it is only allowed when tools are given")
         return self
 
     def image_request(self) -> pb.DescribeImageRequest | None:

@@ -114,3 +114,10 @@ def test_a_chat_with_one_image_becomes_an_image_description():
     with pytest.raises(InvalidArgument) as caught:
         parse(oa.ChatCompletionRequest, **body, seed=3).image_request()
     assert caught.value.metadata["param"] == "seed"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("tool_choice", "auto"), ("parallel_tool_calls", False), ("stream_options", {})]
+)
+def test_a_field_that_means_nothing_without_another_is_refused_as_openai_does(field, value):
+    assert refused(oa.ChatCompletionRequest, model="m", messages=MESSAGES, **{field: value}).metadata["param"] == field
