@@ -243,6 +243,16 @@ REFLECTION_PREFIX = "/grpc.reflection."
 # in OpenAI's shape (DESIGN decision 9), whoever answers: the router's OpenAI servicer,
 # the gateway's authorization and rate limit services, or Envoy itself.
 OPENAI_REST_PATH = r"/v1/(chat/completions|completions|embeddings|models(/[^:?]*)?)"
+# OpenAI's other endpoints, which this mesh does not serve: a client calling one (the SDK's
+# `responses.create`, `images.generate`...) gets OpenAI's own "Invalid URL" 404, in its
+# shape. Matched by prefix (one regex of them all is past Envoy's RE2 program size limit).
+OPENAI_UNSERVED_PREFIXES = tuple(
+    f"/v1/{resource}"
+    for resource in (
+        "responses", "audio/", "images/", "files", "uploads", "batches", "fine_tuning/", "moderations",
+        "assistants", "threads", "vector_stores", "realtime", "conversations", "containers", "evals", "videos",
+    )
+)  # fmt: skip
 OPENAI_ROUTE, OPENAI_REST_ROUTE = "openai", "openai-rest"
 _OPENAI_STATUS = {
     "envoy.filters.http.lua": {
@@ -317,7 +327,7 @@ def _status_is(op: str, code: int) -> dict[str, Any]:
 
 def _openai_local_replies(max_request_bytes: int) -> dict[str, Any]:
     """The front door's local_reply_config: what Envoy itself answers on the OpenAI paths
-    (413 too large, 404 no such method, 503 no router or no authorization service, 504,
+    (413 too large, 404 no such method or an OpenAI endpoint not served here, 503 no router or no authorization service, 504,
     any other 4xx or 5xx) in OpenAI's error shape; everything else, the native REST API
     and gRPC callers included, as before. A request is on the OpenAI paths by its REST
     path: in :path before the transcoder, in x-envoy-original-path after it (a gRPC
@@ -331,6 +341,14 @@ def _openai_local_replies(max_request_bytes: int) -> dict[str, Any]:
             "filters": [
                 {"header_filter": {"header": {"name": name, "string_match": {"safe_regex": {"regex": path}}}}}
                 for name in (":path", TRANSCODED_PATH_HEADER)
+            ]
+        }
+    }
+    on_unserved_path = {
+        "or_filter": {
+            "filters": [
+                {"header_filter": {"header": {"name": ":path", "string_match": {"prefix": prefix}}}}
+                for prefix in OPENAI_UNSERVED_PREFIXES
             ]
         }
     }
@@ -374,6 +392,13 @@ def _openai_local_replies(max_request_bytes: int) -> dict[str, Any]:
                 "body_format_override": {"json_format": {"error": error}, "content_type": "application/json"},
             }
         )
+    not_served = {"message": replies[0][3], "type": error_type(404), "param": None, "code": replies[0][2]}
+    mappers.append(
+        {
+            "filter": {"and_filter": {"filters": [on_unserved_path, _status_is("EQ", 404)]}},
+            "body_format_override": {"json_format": {"error": not_served}, "content_type": "application/json"},
+        }
+    )
     return {"mappers": mappers}
 
 

@@ -178,6 +178,15 @@ def test_the_openai_paths_answer_errors_in_openais_shape_and_other_routes_are_un
     mappers = manager["local_reply_config"]["mappers"]
     assert "body_format_override" not in mappers[0]
     assert "RL" in str(mappers[0]) and "openai_error" in str(mappers[0])
+    # OpenAI's endpoints this mesh does not serve answer OpenAI's "Invalid URL" 404.
+    *mappers, unserved = mappers
+    prefixes = [
+        f["header_filter"]["header"]["string_match"]["prefix"]
+        for f in unserved["filter"]["and_filter"]["filters"][0]["or_filter"]["filters"]
+    ]
+    assert "/v1/responses" in prefixes and "/v1/images/" in prefixes
+    assert not any(p.startswith(prefix) for p in NATIVE_PATHS + OPENAI_PATHS for prefix in prefixes)
+    assert unserved["body_format_override"]["json_format"]["error"]["code"] == "unknown_url"
     shapes = {}
     for mapper in mappers[1:]:
         path, status = mapper["filter"]["and_filter"]["filters"]

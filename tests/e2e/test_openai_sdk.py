@@ -202,3 +202,12 @@ def test_an_image_for_a_text_model_or_with_what_description_cannot_do_is_a_400(c
     remote = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]
     with pytest.raises(openai.BadRequestError, match="data: URLs"):
         client.chat.completions.create(model="gemini-test", messages=remote)
+
+
+def test_an_openai_endpoint_this_mesh_does_not_serve_is_openais_invalid_url(client):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.create(model="gemma-3-270m", input="Hello")
+    assert caught.value.body["message"] == "Invalid URL (POST /v1/responses)"
+    assert caught.value.code == "unknown_url"
+    with pytest.raises(openai.NotFoundError, match="Invalid URL"):
+        client.images.generate(model="gemma-3-270m", prompt="a cat")
