@@ -32,14 +32,13 @@ from google.rpc import code_pb2, status_pb2
 from prometheus_client import Counter
 
 from infermesh.registry.v1 import registry_resources_pb2 as res
+from infermesh_runtime.identity import ADMIN, HEADERS, USER, Caller
 from infermesh_runtime.openai_errors import SHAPED_METADATA_KEY, is_openai_rest_call, openai_error
-from infermesh_runtime.registry_client import PRINCIPAL_HEADER
 
 DECISIONS = Counter(
     "infermesh_authz_decisions_total", "Authorization decisions, by outcome and role.", ["outcome", "role"]
 )
-USER, ADMIN = "user", "admin"
-IDENTITY_HEADERS = (PRINCIPAL_HEADER, "x-infermesh-role", "x-infermesh-models")
+IDENTITY_HEADERS = HEADERS
 
 # Methods only an admin may call; every other infermesh method needs a user (or admin).
 ADMIN_METHODS = {
@@ -200,11 +199,8 @@ class AuthorizationServicer(authz_grpc.AuthorizationServicer):
 def _allowed(principal: Principal | None) -> authz_pb.CheckResponse:
     identity = {}
     if principal is not None:
-        identity = {
-            PRINCIPAL_HEADER: principal.subject,
-            "x-infermesh-role": ADMIN if ADMIN in principal.roles else USER,
-            "x-infermesh-models": ",".join(principal.models) or "*",
-        }
+        role = ADMIN if ADMIN in principal.roles else USER
+        identity = Caller(principal.subject, role, frozenset(principal.models) or None).headers()
     return authz_pb.CheckResponse(
         status=status_pb2.Status(code=code_pb2.OK),
         ok_response=authz_pb.OkHttpResponse(

@@ -22,13 +22,13 @@ from infermesh_runtime.catalog import (
     model_health_service,
     pool_name,
 )
+from infermesh_runtime.identity import PRINCIPAL_HEADER
 from infermesh_runtime.openai_errors import (
     OPENAI_SERVICE_PREFIX,
     SHAPED_METADATA_KEY,
     TRANSCODED_PATH_HEADER,
     error_type,
 )
-from infermesh_runtime.registry_client import PRINCIPAL_HEADER
 
 ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
 # The health service an instance reports SERVING on once it can take traffic.

@@ -28,7 +28,7 @@ from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
 from infermesh_gateway import envoy_config
 from infermesh_mesh.settings import MeshSettings
 from infermesh_runtime.catalog import model_health_service, pool_name
-from infermesh_runtime.registry_client import PRINCIPAL_HEADER
+from infermesh_runtime.identity import PRINCIPAL_HEADER
 from infermesh_runtime.telemetry import otlp_endpoint
 
 log = logging.getLogger(__name__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from grpc_health.v1._async import HealthServicer
 
@@ -16,19 +17,25 @@ from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from infermesh.router.v1 import usage_service_pb2 as usage_pb
 from infermesh.router.v1 import usage_service_pb2_grpc as usage_grpc
 from infermesh_gateway.ratelimit import open_limiter
-from infermesh_router.backends import Backends
-from infermesh_router.budget import RetryBudget
-from infermesh_router.cache import ResponseCache
-from infermesh_router.cooldown import Cooldown
-from infermesh_router.metering import Metering
+from infermesh_router.backend_client import EnvoyBackendClient
+from infermesh_router.core.budget import RetryBudget
+from infermesh_router.core.cache import ResponseCache
+from infermesh_router.core.cooldown import Cooldown
+from infermesh_router.core.metering import Metering
+from infermesh_router.core.quota import Quotas
+from infermesh_router.core.resolvers import CatalogResolver, RegistryResolver
+from infermesh_router.core.router import RouterCore
 from infermesh_router.openai_servicer import OpenAIServicer
-from infermesh_router.quota import Quotas
 from infermesh_router.readiness import RoutableHealth
+from infermesh_router.registry_feed import RegistryFeed
 from infermesh_router.servicer import RouterServicer
 from infermesh_router.settings import RouterSettings
 from infermesh_router.usage_servicer import UsageServicer
 from infermesh_runtime.server import Registration, mark_serving, open_catalog_from
 
+log = logging.getLogger(__name__)
+# How long the router waits at start for a registry to appear in the catalog.
+REGISTRY_WAIT_SECONDS = 10.0
 ROUTER_SERVICE = router_pb.DESCRIPTOR.services_by_name["RouterService"].full_name
 OPENAI_SERVICE = openai_pb.DESCRIPTOR.services_by_name["OpenAIService"].full_name
 USAGE_SERVICE = usage_pb.DESCRIPTOR.services_by_name["UsageService"].full_name
@@ -48,43 +55,63 @@ class RouterApp:
         if self.catalog is None:
             raise ValueError("the router needs a catalog: set CONSUL_HTTP_ADDR, CATALOG_DIR or CATALOG_FILE")
         limits = settings.limit_config()
-        self.backends = Backends(
-            self.catalog,
-            settings.mesh_address,
-            settings.backend_timeout_seconds,
-            settings.embed_coalesce_in_flight,
-            Cooldown(settings.cooldown_failures, settings.cooldown_seconds),
-            ResponseCache(settings.cache_max_entries, settings.cache_ttl_seconds, settings.cache_redis_url),
-            RetryBudget(settings.retry_budget_tokens, settings.retry_budget_token_ratio),
-            Metering(settings.usage_retention_hours * 3600),
-            settings.fallback_after_seconds,
-            Quotas(open_limiter(limits, settings.rate_limit_redis_url or None) if limits.limited else None),
+        self.client = EnvoyBackendClient(settings.mesh_address)
+        self.cooldown = Cooldown(settings.cooldown_failures, settings.cooldown_seconds)
+        # Until a registry shows up in the catalog, the catalog's model lists route.
+        self.core = RouterCore(
+            CatalogResolver(self.catalog),
+            self.client,
+            default_timeout=settings.backend_timeout_seconds,
+            cooldown=self.cooldown,
+            cache=ResponseCache(settings.cache_max_entries, settings.cache_ttl_seconds, settings.cache_redis_url),
+            budget=RetryBudget(settings.retry_budget_tokens, settings.retry_budget_token_ratio),
+            metering=Metering(settings.usage_retention_hours * 3600),
+            quotas=Quotas(open_limiter(limits, settings.rate_limit_redis_url or None) if limits.limited else None),
+            fallback_after_seconds=settings.fallback_after_seconds,
+            embed_coalesce_in_flight=settings.embed_coalesce_in_flight,
+            replicas=self._replicas,
         )
+        self._feed: RegistryFeed | None = None
         self._readiness: asyncio.Task | None = None
+
+    def _replicas(self, model: str) -> int:
+        return sum(1 for s in self.catalog.instances() if s.kind != "router" and model in s.models)
+
+    async def _follow_registry(self, timeout: float) -> None:
+        """Follow the registry, once the catalog shows one (it registers as it starts); a
+        mesh whose catalog has no registry within REGISTRY_WAIT_SECONDS routes by the
+        models the catalog lists."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(timeout, REGISTRY_WAIT_SECONDS)
+        while not (registries := self.catalog.instances("registry")):
+            if loop.time() > deadline:
+                log.warning("no registry in the catalog; routing by the catalog's model lists")
+                return
+            await asyncio.sleep(0.1)
+        resolver = RegistryResolver(self.catalog, self.cooldown.available)
+        self._feed = RegistryFeed(self.client.channel, registries[0].name, resolver)
+        await self._feed.start(timeout)
+        self.core.resolver = resolver
 
     def registrations(self) -> list[Registration]:
         return [
+            Registration(ROUTER_SERVICE, router_grpc.add_RouterServiceServicer_to_server, RouterServicer(self.core)),
+            Registration(OPENAI_SERVICE, openai_grpc.add_OpenAIServiceServicer_to_server, OpenAIServicer(self.core)),
             Registration(
-                ROUTER_SERVICE, router_grpc.add_RouterServiceServicer_to_server, RouterServicer(self.backends)
-            ),
-            Registration(
-                OPENAI_SERVICE, openai_grpc.add_OpenAIServiceServicer_to_server, OpenAIServicer(self.backends)
-            ),
-            Registration(
-                USAGE_SERVICE, usage_grpc.add_UsageServiceServicer_to_server, UsageServicer(self.backends.metering)
+                USAGE_SERVICE, usage_grpc.add_UsageServiceServicer_to_server, UsageServicer(self.core.metering)
             ),
         ]
 
     async def start(self, health: HealthServicer) -> None:
         await self.catalog.start()
         # Serve only once the registry's models are known (the feed's backlog replayed).
-        await self.backends.start(self.settings.registry_timeout_seconds)
+        await self._follow_registry(self.settings.registry_timeout_seconds)
         # The router holds no models: it serves as soon as it is up. Backend readiness is
         # Envoy's concern (active health checks), so a request for a loading model gets
         # UNAVAILABLE from the mesh rather than hanging here.
         await mark_serving(health, [ROUTER_SERVICE, OPENAI_SERVICE, USAGE_SERVICE])
         # Per model: whether its requests can be routed now (readiness.py).
-        routable = RoutableHealth(health, ROUTER_SERVICE, self.backends.models, self.backends.routable)
+        routable = RoutableHealth(health, ROUTER_SERVICE, self.core.models, self.core.routable)
         await routable.refresh()
         self._readiness = asyncio.create_task(routable.run(), name="routable-health")
 
@@ -93,5 +120,7 @@ class RouterApp:
             self._readiness.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._readiness
-        await self.backends.close()
+        if self._feed is not None:
+            await self._feed.close()
+        await self.core.close()
         await self.catalog.close()

@@ -21,7 +21,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import grpc
@@ -31,10 +31,12 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
 from infermesh.openai.v1 import openai_service_pb2_grpc as pb_grpc
-from infermesh_router import failover
 from infermesh_router import openai_replies as reply
 from infermesh_router import openai_schema as oa
-from infermesh_router.backends import Backends
+from infermesh_router.calls import announcer, call_context
+from infermesh_router.core import failover
+from infermesh_router.core.router import RouterCore
+from infermesh_router.core.rpcs import Rpc
 from infermesh_router.images import check_image
 from infermesh_runtime.errors import DomainError, InvalidArgument, NotFound, status_of
 from infermesh_runtime.interceptors import validation_status
@@ -158,39 +160,29 @@ def _copies(request: Message, n: int) -> list[Message]:
 
 
 class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
-    def __init__(self, backends: Backends) -> None:
-        self.backends = backends
+    def __init__(self, core: RouterCore) -> None:
+        self.core = core
         self.created = int(time.time())
-        stub = backends.stub
-        self._generate = lambda request, options: stub.GenerateText(request, **options)
-        self._stream_generate = lambda request, options: stub.StreamGenerateText(request, **options)
-        self._chat = lambda request, options: stub.Chat(request, **options)
-        self._stream_chat = lambda request, options: stub.StreamChat(request, **options)
-        self._describe = lambda request, options: stub.DescribeImage(request, **options)
 
-    async def _unary(self, rpc: str, send: Callable, requests: list[Message], context) -> list[Any]:
+    async def _unary(self, rpc: Rpc, requests: list[Message], context) -> list[Any]:
         """Every request's reply (in order), announcing the first's route once all have
         answered; one failure fails the call."""
-        calls = [
-            asyncio.ensure_future(failover.unary(self.backends, rpc, send, r, context, announce=False))
-            for r in requests
-        ]
+        call = call_context(context)
+        calls = [asyncio.ensure_future(failover.unary(self.core, rpc, r, call)) for r in requests]
         try:
             answers = await asyncio.gather(*calls)
         except BaseException:
-            for call in calls:
-                call.cancel()
+            for pending in calls:
+                pending.cancel()
             raise
         cache = "hit" if all(a.cached for a in answers) else "miss" if any(a.looked_up for a in answers) else ""
-        await failover.send_answer_headers(context, answers[0], cache=cache)
+        await announcer(context)(answers[0], cache)
         return [a.reply for a in answers]
 
-    def _streams(self, rpc: str, open_call: Callable, requests: list[Message], context) -> list[AsyncIterator[Any]]:
-        one = len(requests) == 1
-        return [
-            failover.stream(self.backends, rpc, open_call, r, context, in_band_errors=False, announce=one)
-            for r in requests
-        ]
+    def _streams(self, rpc: Rpc, requests: list[Message], context) -> list[AsyncIterator[Any]]:
+        # One stream announces who answers; several leave the headers alone.
+        call, announce = call_context(context), announcer(context) if len(requests) == 1 else None
+        return [failover.stream(self.core, rpc, r, call, announce, in_band_errors=False) for r in requests]
 
     async def CreateChatCompletion(self, request, context):
         async for body in _answered(context, self._chat_completion(request, context)):
@@ -207,7 +199,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         protovalidate.validate(proto)
         requests = _copies(proto, body.n)
         if not body.stream:
-            replies = await self._unary("Chat", self._chat, requests, context)
+            replies = await self._unary(Rpc.CHAT, requests, context)
             choices = []
             for index, answer in enumerate(replies):
                 choice = {
@@ -241,7 +233,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         started: set[int] = set()
         usages = {}
         model = ""
-        async for index, item in _merged(self._streams("Chat", self._stream_chat, requests, context)):
+        async for index, item in _merged(self._streams(Rpc.CHAT, requests, context)):
             model = item.model
             delta: dict[str, Any] = {}
             if index not in started:
@@ -269,7 +261,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         """A chat that shows the model an image, answered by image description."""
         protovalidate.validate(image)
         check_image(image.image, image.mime_type)
-        answer = (await failover.unary(self.backends, "DescribeImage", self._describe, image, context)).reply
+        answer = (await self._unary(Rpc.DESCRIBE_IMAGE, [image], context))[0]
         message = {"role": "assistant", "content": answer.description, "refusal": None}
         usage = reply.usage_dict([answer.usage])
         if not body.stream:
@@ -314,7 +306,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
             return {"id": ident, "object": "text_completion", "created": created, "model": model, "choices": choices}
 
         if not body.stream:
-            replies = await self._unary("GenerateText", self._generate, requests, context)
+            replies = await self._unary(Rpc.GENERATE_TEXT, requests, context)
             choices = [
                 choice(i, echoed[i] + r.text, reply.finish_reason(r.finish_reason), list(r.logprobs), len(echoed[i]))
                 for i, r in enumerate(replies)
@@ -325,7 +317,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         offsets = [len(text) for text in echoed]
         usages = {}
         model = ""
-        async for index, item in _merged(self._streams("GenerateText", self._stream_generate, requests, context)):
+        async for index, item in _merged(self._streams(Rpc.GENERATE_TEXT, requests, context)):
             model = item.model
             text = item.text
             if echoed[index]:
@@ -347,7 +339,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         body = oa.parse(oa.EmbeddingRequest, request.body.data)
         proto = body.to_proto()
         protovalidate.validate(proto)
-        answer = (await failover.unary(self.backends, "Embed", self.backends.embed, proto, context)).reply
+        answer = (await failover.unary(self.core, Rpc.EMBED, proto, call_context(context), announcer(context))).reply
         width = len(answer.embeddings[0].values) if answer.embeddings else 0
         if body.dimensions is not None and body.dimensions != width:
             raise InvalidArgument(
@@ -370,14 +362,14 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         return json_body({"object": "list", "data": data, "model": answer.model, "usage": usage})
 
     async def ListModels(self, request, context):
-        models = [reply.model_dict(m, self.created) for m in self.backends.requestable()]
+        models = [reply.model_dict(m, self.created) for m in self.core.requestable()]
         return json_body({"object": "list", "data": models})
 
     async def GetModel(self, request, context):
         return await _one(context, self._model(request))
 
     async def _model(self, request) -> httpbody_pb2.HttpBody:
-        if request.model not in self.backends.requestable():
+        if request.model not in self.core.requestable():
             raise NotFound(f"model {request.model!r} does not exist", reason="MODEL_NOT_FOUND", model=request.model)
         return json_body(reply.model_dict(request.model, self.created))
 

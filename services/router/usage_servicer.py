@@ -10,8 +10,8 @@ from google.protobuf import timestamp_pb2
 
 from infermesh.router.v1 import usage_service_pb2 as pb
 from infermesh.router.v1 import usage_service_pb2_grpc as pb_grpc
-from infermesh_router.metering import Metering
-from infermesh_router.usage import Histogram, Tally
+from infermesh_router.core.metering import Metering
+from infermesh_router.core.usage import Histogram, Tally
 from infermesh_runtime.errors import InvalidArgument
 
 PERIOD_SECONDS = {

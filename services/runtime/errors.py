@@ -36,6 +36,11 @@ class DomainError(Exception):
         self.retry_after = retry_after
         self.metadata = {key: _clip(str(value), MAX_VALUE_CHARS) for key, value in metadata.items()}
 
+    @property
+    def status_code(self) -> int:
+        """The canonical code (google.rpc.Code), for code that does not speak gRPC."""
+        return self.code.value[0]
+
     def to_status(self) -> status_pb2.Status:
         details = [error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)]
         if self.retry_after is not None:
@@ -125,8 +130,22 @@ def status_of(error: BaseException) -> status_pb2.Status:
 
 def error_info(error: BaseException) -> error_details_pb2.ErrorInfo:
     """The ErrorInfo a failure carries (empty when it has none)."""
-    for detail in status_of(error).details:
+    return status_info(status_of(error))
+
+
+def status_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo:
+    """The ErrorInfo in a google.rpc.Status (empty when it has none)."""
+    for detail in status.details:
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):
             return info
     return error_details_pb2.ErrorInfo()
+
+
+def status_retry_after(status: status_pb2.Status) -> float | None:
+    """The delay a google.rpc.Status's RetryInfo asks for, in seconds (None: none)."""
+    for detail in status.details:
+        retry = error_details_pb2.RetryInfo()
+        if detail.Unpack(retry):
+            return retry.retry_delay.ToNanoseconds() / 1e9
+    return None

@@ -17,14 +17,12 @@ from infermesh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from infermesh_runtime.catalog import Catalog
 from infermesh_runtime.channels import InstanceChannels
 from infermesh_runtime.errors import Unavailable, status_of
+from infermesh_runtime.identity import Caller
 
 log = logging.getLogger(__name__)
 AUDIT_FAILURES = Counter(
     "infermesh_audit_record_failures_total", "Audit events that could not be recorded in the registry."
 )
-# Who a call is from: set by the gateway's authorization service only (client copies are
-# removed), read by rate limits and the audit log.
-PRINCIPAL_HEADER = "x-infermesh-principal"
 
 
 def outcome(error: BaseException | None, detail: str = "") -> tuple[str, str]:
@@ -38,7 +36,7 @@ def outcome(error: BaseException | None, detail: str = "") -> tuple[str, str]:
 
 def principal_of(context) -> str:
     """Who made a call, as the gateway authenticated them; `anonymous` with auth off."""
-    return dict(context.invocation_metadata() or ()).get(PRINCIPAL_HEADER, "anonymous")
+    return Caller.from_headers(context.invocation_metadata() or ()).principal or "anonymous"
 
 
 class RegistryClient:

@@ -6,17 +6,18 @@ from google.protobuf import empty_pb2, json_format
 
 from infermesh.vector.v1 import vector_service_pb2 as pb
 from infermesh.vector.v1 import vector_service_pb2_grpc as pb_grpc
+from infermesh_runtime.identity import forwarded
 from infermesh_vector.core import VectorStore
 from infermesh_vector.model import CollectionConfig, Match, StoredPoint
 
 DISTANCE_NAMES = {pb.DISTANCE_COSINE: "cosine", pb.DISTANCE_DOT: "dot", pb.DISTANCE_L2: "l2"}
 DISTANCE_ENUMS = {name: value for value, name in DISTANCE_NAMES.items()}
-# Calls made on the caller's behalf (embedding) carry who the caller is and what it may use.
-FORWARDED = ("x-infermesh-principal", "x-infermesh-role", "x-infermesh-models", "traceparent", "tracestate")
 
 
 def _forwarded(context) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in context.invocation_metadata() or () if k in FORWARDED]
+    """Calls made on the caller's behalf (embedding) carry who the caller is and what it
+    may use."""
+    return forwarded(context.invocation_metadata() or ())
 
 
 def collection_proto(config: CollectionConfig, count: int) -> pb.Collection:

@@ -39,7 +39,7 @@ LIMITS = {
     },
     "models": {MINILM: {"requests_per_minute": 3}},
 }
-FLUSH_TOKENS = 8  # infermesh_router.quota.FLUSH_TOKENS: how far past a quota a stream may run
+FLUSH_TOKENS = 8  # infermesh_router.core.quota.FLUSH_TOKENS: how far past a quota a stream may run
 
 
 @pytest.fixture(scope="module")

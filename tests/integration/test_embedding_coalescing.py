@@ -14,11 +14,11 @@ import pytest_asyncio
 
 from inference_servers import inference_server
 from infermesh.inference.v1 import inference_service_pb2 as pb
-from infermesh_router.coalescing import EmbedCoalescer
+from infermesh_router.core.coalescing import EmbedCoalescer
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 MINILM = "all-minilm-l6-v2"
-OPTIONS = {"metadata": [("x-infermesh-backend", "inference-0")], "timeout": 30.0}
+BACKEND, TIMEOUT = "inference-0", 30.0
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -33,10 +33,10 @@ class CountingSend:
     def __init__(self, stub) -> None:
         self.stub, self.calls, self.inputs = stub, 0, []
 
-    async def __call__(self, request: pb.EmbedRequest, options: dict) -> pb.EmbedResponse:
+    async def __call__(self, request: pb.EmbedRequest, backend: str, timeout: float) -> pb.EmbedResponse:
         self.calls += 1
         self.inputs.append(len(request.inputs))
-        return await self.stub.Embed(request, **options)
+        return await self.stub.Embed(request, metadata=[("x-infermesh-backend", backend)], timeout=timeout)
 
 
 async def test_callers_sharing_a_backend_call_get_their_own_vectors_and_usage(backend):
@@ -45,7 +45,7 @@ async def test_callers_sharing_a_backend_call_get_their_own_vectors_and_usage(ba
     send = CountingSend(backend)
     coalescer = EmbedCoalescer(send)
     together = await asyncio.gather(
-        *(coalescer.embed(pb.EmbedRequest(model=MINILM, inputs=t), OPTIONS, in_flight_limit=1) for t in texts)
+        *(coalescer.embed(pb.EmbedRequest(model=MINILM, inputs=t), BACKEND, TIMEOUT, in_flight_limit=1) for t in texts)
     )
     assert send.calls < len(texts), "no backend call was shared"
     assert max(send.inputs) > 1
@@ -63,7 +63,7 @@ async def test_under_the_limit_each_request_goes_alone(backend):
     coalescer = EmbedCoalescer(send)
     await asyncio.gather(
         *(
-            coalescer.embed(pb.EmbedRequest(model=MINILM, inputs=[f"t{i}"]), OPTIONS, in_flight_limit=4)
+            coalescer.embed(pb.EmbedRequest(model=MINILM, inputs=[f"t{i}"]), BACKEND, TIMEOUT, in_flight_limit=4)
             for i in range(4)
         )
     )
@@ -74,12 +74,12 @@ async def test_a_caller_that_leaves_while_waiting_does_not_disturb_the_others(ba
     send = CountingSend(backend)
     coalescer = EmbedCoalescer(send)
     first = asyncio.create_task(
-        coalescer.embed(pb.EmbedRequest(model=MINILM, inputs=["long " * 200] * 64), OPTIONS, in_flight_limit=1)
+        coalescer.embed(pb.EmbedRequest(model=MINILM, inputs=["long " * 200] * 64), BACKEND, TIMEOUT, in_flight_limit=1)
     )
     await asyncio.sleep(0)  # the first call is out; the next ones wait
-    leaving = asyncio.create_task(coalescer.embed(pb.EmbedRequest(model=MINILM, inputs=["bye"]), OPTIONS, 1))
+    leaving = asyncio.create_task(coalescer.embed(pb.EmbedRequest(model=MINILM, inputs=["bye"]), BACKEND, TIMEOUT, 1))
     staying = [
-        asyncio.create_task(coalescer.embed(pb.EmbedRequest(model=MINILM, inputs=[f"stay {i}"]), OPTIONS, 1))
+        asyncio.create_task(coalescer.embed(pb.EmbedRequest(model=MINILM, inputs=[f"stay {i}"]), BACKEND, TIMEOUT, 1))
         for i in range(3)
     ]
     await asyncio.sleep(0)
@@ -95,7 +95,7 @@ async def test_a_caller_that_leaves_while_waiting_does_not_disturb_the_others(ba
 async def test_a_backend_error_reaches_every_caller_of_the_shared_call(backend):
     coalescer = EmbedCoalescer(CountingSend(backend))
     results = await asyncio.gather(
-        *(coalescer.embed(pb.EmbedRequest(model="no-such-model", inputs=["x"]), OPTIONS, 1) for _ in range(5)),
+        *(coalescer.embed(pb.EmbedRequest(model="no-such-model", inputs=["x"]), BACKEND, TIMEOUT, 1) for _ in range(5)),
         return_exceptions=True,
     )
     assert all(isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.NOT_FOUND for r in results)

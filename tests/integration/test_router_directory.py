@@ -15,9 +15,12 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
-from infermesh_router.backends import Backends
-from infermesh_router.directory import ModelDirectory
-from infermesh_router.load import ModelLoad
+from infermesh_router.backend_client import EnvoyBackendClient
+from infermesh_router.core.calls import CallContext
+from infermesh_router.core.load import ModelLoad
+from infermesh_router.core.resolvers import RegistryResolver
+from infermesh_router.core.router import RouterCore
+from infermesh_router.registry_feed import RegistryFeed
 from infermesh_runtime.catalog import EmbeddedCatalog, ServiceInstance
 from infermesh_runtime.errors import DomainError, InvalidArgument, NotFound, Unavailable
 from registry_servers import database, registry_server
@@ -56,13 +59,20 @@ async def until(condition, timeout: float = 10.0) -> None:
     assert condition()
 
 
+async def following(channel: grpc.aio.Channel, port: int) -> tuple[RegistryResolver, RegistryFeed]:
+    """The router's view of the registry, its backlog replayed."""
+    resolver = RegistryResolver(catalog(port))
+    feed = RegistryFeed(channel, "registry", resolver)
+    await feed.start(timeout=10)
+    return resolver, feed
+
+
 async def test_routes_follow_the_registry(tmp_path):
     with database("sqlite") as (url, data_dir):
         async with registry_server(url, data_dir) as server:
             # Without Envoy in between, the registry is dialled directly (the header is unused).
             channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-            directory = ModelDirectory(channel, "registry", catalog(server.port))
-            await directory.start(timeout=10)
+            directory, feed = await following(channel, server.port)
             try:
                 route = directory.route("gemma-3-270m")
                 # Deployed on the `inference` kind, with a replica that has it ready: the
@@ -114,7 +124,7 @@ async def test_routes_follow_the_registry(tmp_path):
                 with pytest.raises(Unavailable):
                     directory.route("undeployed")
             finally:
-                await directory.close()
+                await feed.close()
                 await channel.close()
 
 
@@ -122,15 +132,14 @@ async def test_auto_chat_prefers_the_instruction_tuned_model_over_the_base_model
     with database("sqlite") as (url, data_dir):
         async with registry_server(url, data_dir) as server:
             channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-            directory = ModelDirectory(channel, "registry", catalog(server.port))
-            await directory.start(timeout=10)
+            directory, feed = await following(channel, server.port)
             try:
                 for capability in ("chat", "text-generation"):
                     ranked = directory.ranked(capability, "quality", ModelLoad())
                     assert ranked == ["qwen2.5-coder-0.5b-instruct", "gemma-3-270m"]
                 assert directory.ranked("embedding", "quality", ModelLoad()) == ["all-minilm-l6-v2"]
             finally:
-                await directory.close()
+                await feed.close()
                 await channel.close()
 
 
@@ -139,8 +148,7 @@ async def test_the_directory_resumes_after_the_registry_restarts(tmp_path):
         async with registry_server(url, data_dir) as first:
             port = first.port
             channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-            directory = ModelDirectory(channel, "registry", catalog(port))
-            await directory.start(timeout=10)
+            directory, feed = await following(channel, port)
         # The registry is down: routing goes on from what the directory knows.
         assert directory.route("all-minilm-l6-v2").backend == "inference/all-minilm-l6-v2"
         try:
@@ -148,25 +156,27 @@ async def test_the_directory_resumes_after_the_registry_restarts(tmp_path):
                 await second.registry.CreateModel(pb.CreateModelRequest(model_id="after-restart", model=res.Model()))
                 await until(lambda: "models/after-restart" in directory._state.models, timeout=20)
         finally:
-            await directory.close()
+            await feed.close()
             await channel.close()
 
 
 async def test_the_router_rewrites_the_model_and_checks_the_registry_limits(tmp_path):
     with database("sqlite") as (url, data_dir):
         async with registry_server(url, data_dir) as server:
-            backends = Backends(catalog(server.port), f"127.0.0.1:{server.port}", 30)
-            await backends.start(timeout=10)
+            client = EnvoyBackendClient(f"127.0.0.1:{server.port}")
+            resolver, feed = await following(client.channel, server.port)
+            core = RouterCore(resolver, client, default_timeout=30)
             try:
                 request = inference_pb.GenerateTextRequest(model="gemma-3-270m@q4-k-m", prompt="hi", max_tokens=16)
                 with pytest.raises(Unavailable):  # q4-k-m has no deployment in this registry
-                    backends.prepare(request, None)
+                    core.prepare(request, CallContext())
                 request.model = "gemma-3-270m"
-                outgoing, options, route = backends.prepare(request, None)
-                assert outgoing.model == "gemma-3-270m" and outgoing.prompt == "hi"
-                assert options["metadata"] == [("x-infermesh-backend", "inference/gemma-3-270m")]
+                prepared = core.prepare(request, CallContext())
+                assert prepared.outgoing.model == "gemma-3-270m" and prepared.outgoing.prompt == "hi"
+                assert prepared.route.backend == "inference/gemma-3-270m" and prepared.timeout == 30
                 request.max_tokens = 9000
                 with pytest.raises(InvalidArgument, match="limit of 8192"):
-                    backends.prepare(request, None)
+                    core.prepare(request, CallContext())
             finally:
-                await backends.close()
+                await feed.close()
+                await core.close()

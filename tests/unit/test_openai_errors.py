@@ -9,7 +9,7 @@ import openai
 import pytest
 from google.rpc import code_pb2, status_pb2
 
-from infermesh_router.directory import ModelDirectory
+from infermesh_router.core.resolvers import RegistryResolver
 from infermesh_runtime import errors
 from infermesh_runtime.openai_errors import openai_error, openai_error_body, retry_after_seconds
 
@@ -107,19 +107,14 @@ def test_the_directory_says_how_many_deployments_a_model_has_when_it_cannot_rout
     from infermesh.registry.v1 import registry_resources_pb2 as res
     from infermesh_runtime.catalog import EmbeddedCatalog
 
-    directory = ModelDirectory.__new__(ModelDirectory)
-    directory._catalog = EmbeddedCatalog.of([])
-    directory._usable = lambda backend: True
-    directory._state = type("State", (), {})()
-    directory._state.models = {"models/m": res.Model(name="models/m")}
-    directory._state.versions = {}
-    directory._state.deployments = {}
+    directory = RegistryResolver(EmbeddedCatalog.of([]))
+    directory.apply(res.Change(sequence=1, name="models/m", model=res.Model(name="models/m")))
     with pytest.raises(errors.Unavailable) as none:
         directory.route("m")
     assert none.value.metadata["deployments"] == "0"
     deployment = res.Deployment(name="models/m/deployments/d", version="models/m/versions/v", backend="away")
     deployment.traffic_weight = 100
-    directory._state.deployments = {deployment.name: deployment}
+    directory.apply(res.Change(sequence=2, name=deployment.name, deployment=deployment))
     with pytest.raises(errors.Unavailable) as away:
         directory.route("m")
     assert away.value.metadata["deployments"] == "1"

@@ -1,4 +1,4 @@
-"""The router's share of rate limiting (services/router/quota.py), on the in-memory store:
+"""The router's share of rate limiting (services/router/core/quota.py), on the in-memory store:
 max_tokens lowered to what a caller has left, streams charged as they go and stopped once
 the caller's tokens are spent, per-model limits and concurrency slots given back."""
 
@@ -10,20 +10,11 @@ import pytest
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh_gateway.limits import parse_limits
 from infermesh_gateway.ratelimit import open_limiter
-from infermesh_router.quota import FLUSH_TOKENS, UNSET_MAX_TOKENS, Quotas
+from infermesh_router.core.quota import FLUSH_TOKENS, UNSET_MAX_TOKENS, Quotas
 from infermesh_runtime.errors import ResourceExhausted
+from infermesh_runtime.identity import Caller
 
 pytestmark = pytest.mark.asyncio
-
-
-class Context:
-    """The caller as the gateway names it."""
-
-    def __init__(self, principal: str) -> None:
-        self._metadata = (("x-infermesh-principal", principal),) if principal else ()
-
-    def invocation_metadata(self):
-        return self._metadata
 
 
 def quotas(**config) -> Quotas:
@@ -32,7 +23,7 @@ def quotas(**config) -> Quotas:
 
 async def test_max_tokens_is_lowered_to_the_tokens_left_and_only_then():
     q = quotas(default={"tokens_per_minute": 100})
-    admission = await q.admit(Context("apiKeys/a"), "gemma")
+    admission = await q.admit(Caller("apiKeys/a"), "gemma")
     asked = pb.GenerateTextRequest(model="gemma", prompt="x", max_tokens=500)
     admission.clamp(asked)
     assert asked.max_tokens == 100
@@ -42,7 +33,7 @@ async def test_max_tokens_is_lowered_to_the_tokens_left_and_only_then():
     small = pb.GenerateTextRequest(model="gemma", prompt="x", max_tokens=10)
     admission.clamp(small)
     assert small.max_tokens == 10
-    roomy = await quotas(default={"tokens_per_minute": 10 * UNSET_MAX_TOKENS}).admit(Context("apiKeys/a"), "gemma")
+    roomy = await quotas(default={"tokens_per_minute": 10 * UNSET_MAX_TOKENS}).admit(Caller("apiKeys/a"), "gemma")
     untouched = pb.GenerateTextRequest(model="gemma", prompt="x")
     roomy.clamp(untouched)
     assert not untouched.HasField("max_tokens")
@@ -50,7 +41,7 @@ async def test_max_tokens_is_lowered_to_the_tokens_left_and_only_then():
 
 async def test_streams_sharing_a_quota_stop_once_it_is_spent():
     q = quotas(default={"tokens_per_minute": 40})
-    first, second = [await q.admit(Context("apiKeys/a"), "gemma") for _ in range(2)]
+    first, second = [await q.admit(Caller("apiKeys/a"), "gemma") for _ in range(2)]
     chunk = pb.GenerateTextResponse(text=" tok")
     produced, going = 0, [True, True]
     while any(going):
@@ -61,14 +52,14 @@ async def test_streams_sharing_a_quota_stop_once_it_is_spent():
     # Each stopped within a flush of the quota; together they overshot by less than two flushes.
     assert 40 <= produced <= 40 + 2 * FLUSH_TOKENS
     with pytest.raises(ResourceExhausted) as refused:
-        await q.admit(Context("apiKeys/a"), "gemma")
+        await q.admit(Caller("apiKeys/a"), "gemma")
     assert refused.value.metadata["limit"] == "tokens_per_minute"
     assert first.spent("gemma").code is grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 async def test_the_last_chunk_settles_the_exact_count():
     q = quotas(default={"tokens_per_minute": 1000})
-    admission = await q.admit(Context("apiKeys/a"), "gemma")
+    admission = await q.admit(Caller("apiKeys/a"), "gemma")
     for _ in range(3):
         await admission.streamed("gemma", pb.GenerateTextResponse(text="x"))
     last = pb.GenerateTextResponse(usage={"input_tokens": 7, "output_tokens": 5, "total_tokens": 12})
@@ -78,7 +69,7 @@ async def test_the_last_chunk_settles_the_exact_count():
 
 async def test_per_model_limits_and_concurrency_slots():
     q = quotas(default={"concurrent": 1}, models={"gemma": {"requests_per_minute": 2}})
-    caller = Context("apiKeys/a")
+    caller = Caller("apiKeys/a")
     held = await q.admit(caller, "gemma@bf16")
     with pytest.raises(ResourceExhausted) as busy:
         await q.admit(caller, "other")
@@ -93,5 +84,5 @@ async def test_per_model_limits_and_concurrency_slots():
 
 async def test_callers_without_a_principal_and_meshes_without_limits_are_not_limited():
     q = quotas(default={"requests_per_minute": 0})
-    assert (await q.admit(Context(""), "gemma")).limiter is None
-    assert (await Quotas(None).admit(Context("apiKeys/a"), "gemma")).limiter is None
+    assert (await q.admit(Caller(), "gemma")).limiter is None
+    assert (await Quotas(None).admit(Caller("apiKeys/a"), "gemma")).limiter is None

@@ -12,10 +12,12 @@ from prometheus_client import REGISTRY
 
 from conftest import free_port
 from infermesh.inference.v1 import inference_service_pb2 as pb
-from infermesh_router.budget import RetryBudget
-from infermesh_router.cache import ResponseCache
-from infermesh_router.directory import Route
-from infermesh_router.usage import Histogram, UsageLedger
+from infermesh_router.core.budget import RetryBudget
+from infermesh_router.core.cache import ResponseCache
+from infermesh_router.core.calls import CallContext
+from infermesh_router.core.resolvers import Route
+from infermesh_router.core.rpcs import Rpc
+from infermesh_router.core.usage import Histogram, UsageLedger
 from redis_servers import redis_server
 
 ROUTE = Route(model="m", version="v1", backend="b", backend_model="m")
@@ -69,12 +71,15 @@ async def test_router_replicas_share_answers_through_redis_which_expires_them():
         request = pb.GenerateTextRequest(model="m", prompt="the sea is", max_tokens=4)
         reply = pb.GenerateTextResponse(text=" blue", model="m")
         reply.usage.input_tokens, reply.usage.output_tokens = 3, 1
-        key = first.key("GenerateText", ROUTE, request, None)
-        assert await second.get(second.key("GenerateText", ROUTE, request, None), ROUTE) is None
+        key = first.key(Rpc.GENERATE_TEXT, ROUTE, request, CallContext())
+        assert await second.get(second.key(Rpc.GENERATE_TEXT, ROUTE, request, CallContext()), ROUTE) is None
         await first.put(key, reply)
-        assert await second.get(second.key("GenerateText", ROUTE, request, None), ROUTE) == reply
+        assert await second.get(second.key(Rpc.GENERATE_TEXT, ROUTE, request, CallContext()), ROUTE) == reply
         other_version = Route(model="m", version="v2", backend="b", backend_model="m")
-        assert await second.get(second.key("GenerateText", other_version, request, None), other_version) is None
+        assert (
+            await second.get(second.key(Rpc.GENERATE_TEXT, other_version, request, CallContext()), other_version)
+            is None
+        )
         await asyncio.sleep(0.7)
         assert await second.get(key, ROUTE) is None  # Redis expired it
         await first.close()
@@ -86,7 +91,7 @@ async def test_an_unreachable_redis_is_a_miss_not_a_failure():
     before = REGISTRY.get_sample_value("infermesh_router_cache_total", errors) or 0
     cache = ResponseCache(0, 60, f"redis://127.0.0.1:{free_port()}/0")
     request = pb.GenerateTextRequest(model="m", prompt="hello")
-    key = cache.key("GenerateText", ROUTE, request, None)
+    key = cache.key(Rpc.GENERATE_TEXT, ROUTE, request, CallContext())
     await cache.put(key, pb.GenerateTextResponse(text="x"))  # logged, not raised
     assert await cache.get(key, ROUTE) is None
     assert REGISTRY.get_sample_value("infermesh_router_cache_total", errors) == before + 1

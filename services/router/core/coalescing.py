@@ -26,13 +26,13 @@ from infermesh.inference.v1 import inference_types_pb2 as types_pb
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[pb.EmbedRequest, dict], Awaitable[pb.EmbedResponse]]
+# Sends an EmbedRequest to a backend (by catalog name) with a timeout in seconds.
+Send = Callable[[pb.EmbedRequest, str, float], Awaitable[pb.EmbedResponse]]
 
 
 @dataclass
 class _Waiter:
     request: pb.EmbedRequest
-    options: dict  # metadata and timeout, as for a call of its own
     deadline: float  # event loop time
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -53,22 +53,24 @@ class EmbedCoalescer:
         self._routes: dict[tuple, _Route] = defaultdict(_Route)
         self._batches: set[asyncio.Task] = set()
 
-    async def embed(self, request: pb.EmbedRequest, options: dict, in_flight_limit: int) -> pb.EmbedResponse:
+    async def embed(
+        self, request: pb.EmbedRequest, backend: str, timeout: float, in_flight_limit: int
+    ) -> pb.EmbedResponse:
         """`request` answered by a call of its own, or by its part of a shared call once
         `in_flight_limit` calls for the same model and backend are outstanding (0: always alone)."""
         if in_flight_limit <= 0:
-            return await self._send(request, options)
-        key = (request.model, tuple(options["metadata"]))
+            return await self._send(request, backend, timeout)
+        key = (request.model, backend)
         route = self._routes[key]
         route.limit = in_flight_limit
         if route.in_flight < route.limit and not route.waiting:
             route.in_flight += 1
             try:
-                return await self._send(request, options)
+                return await self._send(request, backend, timeout)
             finally:
                 self._call_ended(key, route)
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(request, options, loop.time() + options["timeout"])
+        waiter = _Waiter(request, loop.time() + timeout)
         route.waiting.append(waiter)
         try:
             return await waiter.future
@@ -109,9 +111,9 @@ class EmbedCoalescer:
             for waiter in batch:
                 request.inputs.extend(waiter.request.inputs)
             # The batch lives as long as its most patient caller; the others leave on their own deadlines.
-            options = {**batch[0].options, "timeout": max(max(w.deadline for w in batch) - loop.time(), 0.001)}
+            timeout = max(max(w.deadline for w in batch) - loop.time(), 0.001)
             try:
-                response = await self._send(request, options)
+                response = await self._send(request, key[1], timeout)
             except Exception as exc:  # noqa: BLE001 - each caller gets what its own call would have
                 for waiter in batch:
                     if not waiter.future.done():

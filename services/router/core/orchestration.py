@@ -2,7 +2,7 @@
 several models side by side (parallel), and an ensemble that combines their answers
 (majority vote, consensus by embedding similarity, or a judge model's pick).
 
-Every part is one `failover.unary` call with the caller's context, so the caller's
+Every part is one `failover.unary` call with the caller's CallContext, so the caller's
 deadline and `cache-control` apply to each; none announces itself in response headers
 (there are several answers), each says who answered in its `ServedBy`.
 """
@@ -17,14 +17,16 @@ import unicodedata
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 
-import grpc
 from google.rpc import code_pb2, status_pb2
 
 from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.inference.v1 import inference_types_pb2 as types_pb
 from infermesh.router.v1 import orchestration_pb2 as pb
-from infermesh_router import failover
-from infermesh_router.backends import AUTO, Backends
+from infermesh_router.core import failover
+from infermesh_router.core.calls import CallContext
+from infermesh_router.core.resolvers import AUTO
+from infermesh_router.core.router import RouterCore
+from infermesh_router.core.rpcs import Rpc
 from infermesh_runtime.errors import DomainError, InvalidArgument, Unavailable, status_of
 
 log = logging.getLogger(__name__)
@@ -70,22 +72,20 @@ def served_by(answer: failover.Answer) -> pb.ServedBy:
 
 def _failure(exc: Exception) -> status_pb2.Status:
     """A part's failure as google.rpc.Status; the call as a whole goes on."""
-    if not isinstance(exc, DomainError | grpc.aio.AioRpcError):
+    if not isinstance(exc, DomainError):
         log.exception("unexpected error in one part of an orchestrated call", exc_info=exc)
     return status_of(exc)
 
 
-async def _generate(
-    backends: Backends, send: failover.Send, request: inference_pb.GenerateTextRequest, context
-) -> failover.Answer:
-    return await failover.unary(backends, "GenerateText", send, request, context, announce=False)
+async def _generate(core: RouterCore, request: inference_pb.GenerateTextRequest, call: CallContext) -> failover.Answer:
+    return await failover.unary(core, Rpc.GENERATE_TEXT, request, call)
 
 
 # Batch
 
 
 async def batch(
-    backends: Backends, send: failover.Send, request: pb.BatchGenerateTextRequest, context
+    core: RouterCore, request: pb.BatchGenerateTextRequest, call: CallContext
 ) -> AsyncIterator[pb.BatchGenerateTextResult]:
     """Each prompt's result as soon as it completes, at most `max_concurrency` at a time;
     a prompt that fails yields its error and the batch goes on. When the caller goes
@@ -97,7 +97,7 @@ async def batch(
     async def item(index: int, prompt: str) -> pb.BatchGenerateTextResult:
         sub = text_request(request.model, prompt, request.parameters, use_fallbacks)
         try:
-            answer = await _generate(backends, send, sub, context)
+            answer = await _generate(core, sub, call)
         except Exception as exc:  # noqa: BLE001 - one prompt's failure is its result
             return pb.BatchGenerateTextResult(index=index, error=_failure(exc))
         return pb.BatchGenerateTextResult(index=index, response=answer.reply, served_by=served_by(answer))
@@ -121,7 +121,7 @@ async def batch(
 
 
 async def ask_all(
-    backends: Backends, send: failover.Send, models: Sequence[str], prompt: str, parameters: pb.TextParameters, context
+    core: RouterCore, models: Sequence[str], prompt: str, parameters: pb.TextParameters, call: CallContext
 ) -> list[pb.ModelAnswer]:
     """Every model's answer (or error), concurrently, in the order of `models`; no
     fallbacks, since the answers are compared by model."""
@@ -129,7 +129,7 @@ async def ask_all(
     async def ask(model: str) -> pb.ModelAnswer:
         sub = text_request(model, prompt, parameters, use_fallbacks=False)
         try:
-            answer = await _generate(backends, send, sub, context)
+            answer = await _generate(core, sub, call)
         except Exception as exc:  # noqa: BLE001 - one model's failure is its answer
             return pb.ModelAnswer(model=model, error=_failure(exc))
         return pb.ModelAnswer(model=model, response=answer.reply, served_by=served_by(answer))
@@ -138,9 +138,9 @@ async def ask_all(
 
 
 async def parallel(
-    backends: Backends, send: failover.Send, request: pb.ParallelGenerateTextRequest, context
+    core: RouterCore, request: pb.ParallelGenerateTextRequest, call: CallContext
 ) -> pb.ParallelGenerateTextResponse:
-    answers = await ask_all(backends, send, request.models, request.prompt, request.parameters, context)
+    answers = await ask_all(core, request.models, request.prompt, request.parameters, call)
     return pb.ParallelGenerateTextResponse(answers=answers, usage=_total(a.response.usage for a in answers))
 
 
@@ -161,10 +161,10 @@ def _add(total: types_pb.Usage, usage: types_pb.Usage) -> None:
 
 
 async def ensemble(
-    backends: Backends, send: failover.Send, request: pb.EnsembleGenerateTextRequest, context
+    core: RouterCore, request: pb.EnsembleGenerateTextRequest, call: CallContext
 ) -> pb.EnsembleGenerateTextResponse:
     """Every model's answer, and the one the strategy picks among those that answered."""
-    answers = await ask_all(backends, send, request.models, request.prompt, request.parameters, context)
+    answers = await ask_all(core, request.models, request.prompt, request.parameters, call)
     usage = _total(a.response.usage for a in answers)
     answered = [a for a in answers if a.WhichOneof("outcome") == "response"]
     failed = [a for a in answers if a.WhichOneof("outcome") == "error"]
@@ -185,9 +185,9 @@ async def ensemble(
     elif request.strategy == pb.ENSEMBLE_STRATEGY_MAJORITY_VOTE:
         winner, rationale = majority_vote(answered)
     elif request.strategy == pb.ENSEMBLE_STRATEGY_CONSENSUS:
-        winner, rationale = await _consensus(backends, request, answered, usage, context)
+        winner, rationale = await _consensus(core, request, answered, usage, call)
     else:
-        winner, rationale = await _judged(backends, send, request, answered, usage, context)
+        winner, rationale = await _judged(core, request, answered, usage, call)
     if failed:
         rationale += f"; {len(failed)} of {len(answers)} models failed ({', '.join(a.model for a in failed)})"
     return pb.EnsembleGenerateTextResponse(
@@ -224,11 +224,11 @@ def majority_vote(answered: list[pb.ModelAnswer]) -> tuple[pb.ModelAnswer, str]:
 
 
 async def _consensus(
-    backends: Backends,
+    core: RouterCore,
     request: pb.EnsembleGenerateTextRequest,
     answered: list[pb.ModelAnswer],
     usage: types_pb.Usage,
-    context,
+    call: CallContext,
 ) -> tuple[pb.ModelAnswer, str]:
     """The answer closest in meaning to the others: highest mean cosine similarity of its
     embedding to theirs."""
@@ -236,7 +236,7 @@ async def _consensus(
         model=request.embedding_model or AUTO,
         inputs=[a.response.text.strip() or " " for a in answered],  # an input may not be empty
     )
-    embedded = await failover.unary(backends, "Embed", backends.embed, embed, context, announce=False)
+    embedded = await failover.unary(core, Rpc.EMBED, embed, call)
     _add(usage, embedded.reply.usage)
     vectors = [list(e.values) for e in sorted(embedded.reply.embeddings, key=lambda e: e.index)]
     for i, answer in enumerate(answered):
@@ -255,19 +255,18 @@ def cosine(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 async def _judged(
-    backends: Backends,
-    send: failover.Send,
+    core: RouterCore,
     request: pb.EnsembleGenerateTextRequest,
     answered: list[pb.ModelAnswer],
     usage: types_pb.Usage,
-    context,
+    call: CallContext,
 ) -> tuple[pb.ModelAnswer, str]:
     """The answer the judge model names by number; the first answer if its reply names
     none."""
     numbered = "\n".join(f"{n}. {a.response.text.strip()}" for n, a in enumerate(answered, start=1))
     prompt = JUDGE_PROMPT.format(question=request.prompt, answers=numbered)
     judge = inference_pb.GenerateTextRequest(model=request.judge_model, prompt=prompt, max_tokens=JUDGE_MAX_TOKENS)
-    verdict = (await _generate(backends, send, judge, context)).reply
+    verdict = (await _generate(core, judge, call)).reply
     _add(usage, verdict.usage)
     choice = judge_choice(verdict.text, len(answered))
     for answer in answered:

@@ -30,9 +30,9 @@ from google.protobuf.message import Message
 
 from infermesh_gateway.limits import CONCURRENT, REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE
 from infermesh_gateway.ratelimit import Decision, Descriptor, RateLimiter, refusal
-from infermesh_router.directory import model_id
+from infermesh_router.core.resolvers import model_id
 from infermesh_runtime.errors import ResourceExhausted
-from infermesh_runtime.registry_client import PRINCIPAL_HEADER
+from infermesh_runtime.identity import Caller
 
 FLUSH_TOKENS = 8
 FLUSH_SECONDS = 0.25
@@ -118,10 +118,10 @@ class Quotas:
     def __init__(self, limiter: RateLimiter | None) -> None:
         self.limiter = limiter
 
-    async def admit(self, context, model: str) -> Admission:
+    async def admit(self, caller: Caller, model: str) -> Admission:
         """Check and take the caller's per-model and concurrency limits for a call to
         `model` (its id, without version); raise RATE_LIMIT_EXCEEDED when one refuses."""
-        key = dict(context.invocation_metadata() or ()).get(PRINCIPAL_HEADER, "") if context is not None else ""
+        key = caller.principal
         if self.limiter is None or not key:
             return Admission()
         model = model_id(model)

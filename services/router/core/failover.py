@@ -16,18 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 from google.protobuf.message import Message
 from google.rpc import code_pb2
 from prometheus_client import Counter
 
-from infermesh_router.backends import CONTEXT_TOO_LONG, Backends, relay
-from infermesh_router.directory import Route, model_id
-from infermesh_router.quota import Admission
+from infermesh_router.core.backend import RETRYABLE, code_of
+from infermesh_router.core.calls import Announce, CallContext
+from infermesh_router.core.quota import Admission
+from infermesh_router.core.resolvers import Route, model_id
+from infermesh_router.core.router import CONTEXT_TOO_LONG, RouterCore
+from infermesh_router.core.rpcs import Rpc
 from infermesh_runtime.errors import (
     DeadlineExceeded,
     DomainError,
@@ -38,7 +40,6 @@ from infermesh_runtime.errors import (
 )
 
 log = logging.getLogger(__name__)
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 FALLBACKS = Counter(
     "infermesh_router_fallbacks_total",
     "Requests answered by a fallback, by the model asked for and the one that answered.",
@@ -49,16 +50,6 @@ INTERRUPTED = Counter(
     "Streams whose backend failed after the first chunk was sent, by the model that was answering.",
     ["model"],
 )
-
-Send = Callable[[Message, dict], Awaitable[Any]]
-Open = Callable[[Message, dict], grpc.aio.UnaryStreamCall]
-
-CAPABILITY = {
-    "GenerateText": "text-generation",
-    "Chat": "chat",
-    "Embed": "embedding",
-    "DescribeImage": "image-description",
-}
 
 
 @dataclass
@@ -72,28 +63,16 @@ class Answer:
     looked_up: bool = False  # whether the response cache was asked (it may have missed)
 
 
-def _code(error: BaseException) -> grpc.StatusCode | None:
-    if isinstance(error, DomainError):
-        return error.code
-    if isinstance(error, grpc.aio.AioRpcError):
-        return error.code()
-    return None
-
-
-MODELS_HEADER = "x-infermesh-models"  # set by the gateway's authorization service only
-
-
-def _permitted(models: list[str], requested: str, context) -> list[str]:
-    """The candidates the caller's credentials allow (the gateway names them; `*` or no
-    header: any)."""
-    granted = dict(context.invocation_metadata() or ()).get(MODELS_HEADER, "*") if context is not None else "*"
-    if granted == "*":
+def _permitted(models: list[str], requested: str, call: CallContext) -> list[str]:
+    """The candidates the caller's credentials allow (all, for a caller the gateway
+    names no models for)."""
+    caller = call.caller
+    if caller.models is None:
         return models
-    allowed = set(granted.split(","))
-    permitted = [m for m in models if model_id(m) in allowed]
-    if not permitted or (not requested.startswith("auto") and model_id(requested) not in allowed):
+    permitted = [m for m in models if caller.may_use(model_id(m))]
+    if not permitted or (not requested.startswith("auto") and not caller.may_use(model_id(requested))):
         raise PermissionDenied(
-            f"these credentials may not use model {requested!r}; they may use {', '.join(sorted(allowed))}",
+            f"these credentials may not use model {requested!r}; they may use {', '.join(sorted(caller.models))}",
             reason="MODEL_NOT_ALLOWED",
             model=requested,
         )
@@ -110,24 +89,24 @@ class _Attempts:
     outcome means: a failure that allows a fallback moves on (and counts against the
     backend's cooldown), any other is the caller's to see."""
 
-    def __init__(self, backends: Backends, rpc: str, request: Message, context) -> None:
+    def __init__(self, core: RouterCore, rpc: Rpc, request: Message, call: CallContext) -> None:
         allowed = not request.HasField("use_fallbacks") or request.use_fallbacks
-        models = _permitted(backends.candidates(request.model, CAPABILITY[rpc]), request.model, context)
-        self._backends = backends
+        models = _permitted(core.candidates(request.model, rpc.capability), request.model, call)
+        self._core = core
         self._request = request
-        self._context = context
+        self._call = call
         self._models = models if allowed else models[:1]
         self.primary = self._models[0]
         self.error: BaseException | None = None
         self.more = False  # whether the current attempt has a fallback after it
         self._backend_failed = False  # a backend did work and failed: a fallback spends budget
         self._too_long_for: int | None = None  # the context window the prompt did not fit
-        self.record = backends.metering.start(rpc, request.model)
+        self.record = core.metering.start(rpc.method, request.model)
 
     async def admit(self) -> Admission:
         """Take the caller's limits for the model that will answer first."""
         try:
-            return await self._backends.quotas.admit(self._context, self.primary)
+            return await self._core.quotas.admit(self._call.caller, self.primary)
         except DomainError as error:
             self.record.failed(error)
             raise
@@ -144,12 +123,12 @@ class _Attempts:
 
     def _may_try(self, model: str) -> bool:
         if self._too_long_for is not None:
-            window = self._backends.context_window(model)
+            window = self._core.context_window(model)
             if window is not None and window <= self._too_long_for:
                 return False  # a fallback with a window no larger cannot fit it either
-        if self._context is not None and (self._context.time_remaining() or 1) <= 0:
+        if (self._call.time_remaining() or 1) <= 0:
             return False
-        if self._backend_failed and not self._backends.budget.acquire(model_id(self._request.model)):
+        if self._backend_failed and not self._core.budget.acquire(model_id(self._request.model)):
             return False
         log.warning(
             "falling back",
@@ -158,18 +137,18 @@ class _Attempts:
         return True
 
     def failed(self, error: Exception, route: Route | None) -> None:
-        if (code := _code(error)) in RETRYABLE:
+        if (code := code_of(error)) in RETRYABLE:
             # A refusal (RESOURCE_EXHAUSTED: admission control, a rate limit) comes from a
             # backend that is up and answering: it neither opens the backend's circuit nor,
             # having cost no work, spends retry budget; nor does a routing failure.
-            refused = code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            refused = code == code_pb2.RESOURCE_EXHAUSTED
             if route is not None and not refused:
-                self._backends.cooldown.failed(route.backend)
+                self._core.cooldown.failed(route.backend)
             self._backend_failed = route is not None and not refused
         elif (info := error_info(error)).reason == CONTEXT_TOO_LONG:
             # The window the prompt did not fit: the backend says; else the registry's.
             window = int(info.metadata.get("context_length") or 0) or None
-            self._too_long_for = window or (self._backends.context_window(route.model) if route else None)
+            self._too_long_for = window or (self._core.context_window(route.model) if route else None)
         else:
             self.record.failed(error)
             raise error
@@ -177,8 +156,8 @@ class _Attempts:
 
     def answered(self, attempt: Message, route: Route, cached: bool = False) -> bool:
         """Note who answered; whether that was a fallback."""
-        self._backends.cooldown.succeeded(route.backend)
-        self._backends.budget.succeeded()
+        self._core.cooldown.succeeded(route.backend)
+        self._core.budget.succeeded()
         fallback = attempt.model != self.primary
         if fallback:
             # By model id, as every router series names models (versions are labels of their own).
@@ -186,17 +165,17 @@ class _Attempts:
         self.record.answered(route, fallback, cached)
         return fallback
 
-    def interrupted(self, error: grpc.aio.AioRpcError | DomainError, route: Route, sent: int) -> DomainError:
+    def interrupted(self, error: DomainError, route: Route, sent: int) -> DomainError:
         """The error for a stream whose backend failed after `sent` chunks."""
         INTERRUPTED.labels(model_id(route.model)).inc()
-        code = _code(error)
+        code = code_of(error)
         if code in RETRYABLE:
-            self._backends.cooldown.failed(route.backend)
-        kind = DeadlineExceeded if code is grpc.StatusCode.DEADLINE_EXCEEDED else Unavailable
-        detail = error.details() if isinstance(error, grpc.aio.AioRpcError) else error.message
+            self._core.cooldown.failed(route.backend)
+        kind = DeadlineExceeded if code == code_pb2.DEADLINE_EXCEEDED else Unavailable
+        name = code_pb2.Code.Name(code) if code is not None else "error"
         interrupted = kind(
-            f"{route.model} on {route.backend} failed after {sent} chunks ({code.name if code else 'error'}: "
-            f"{detail}); the answer is incomplete",
+            f"{route.model} on {route.backend} failed after {sent} chunks ({name}: {error.message}); "
+            "the answer is incomplete",
             reason="STREAM_INTERRUPTED",
             model=route.model,
             backend=route.backend,
@@ -214,57 +193,45 @@ class _Attempts:
         self.record.finish()
 
 
-async def send_answer_headers(context, answer: Answer, cache: str) -> None:
-    """Response headers (gRPC initial metadata; HTTP headers through Envoy) saying which
-    model, version and backend answered and whether that was a fallback."""
-    if context is None:
-        return
-    metadata = [
-        ("x-infermesh-model", answer.route.model),
-        ("x-infermesh-version", answer.route.version),
-        ("x-infermesh-served-by", answer.route.backend),
-        ("x-infermesh-fallback", "true" if answer.fallback else "false"),
-        ("x-infermesh-cache", cache),
-    ]
-    await context.send_initial_metadata([(key, value) for key, value in metadata if value])
-
-
-async def unary(backends: Backends, rpc: str, send: Send, request: Message, context, announce: bool = True) -> Answer:
+async def unary(
+    core: RouterCore, rpc: Rpc, request: Message, call: CallContext, announce: Announce | None = None
+) -> Answer:
     """The first answer among the model and its fallbacks (from the response cache when
     the same deterministic request was answered recently); `reply.model` says who
-    answered. `announce=False` leaves the response headers to the caller (a call that
-    makes several)."""
-    attempts = _Attempts(backends, rpc, request, context)
+    answered. `announce`, when given, is told who answered (the caller's headers) before
+    this returns; a call that makes several leaves it out."""
+    attempts = _Attempts(core, rpc, request, call)
     admission = Admission()
     try:
         admission = await attempts.admit()
         for attempt in attempts:
             route = None
             try:
-                outgoing, options, route = backends.prepare(attempt, context)
-                admission.clamp(outgoing)
-                key = backends.cache.key(rpc, route, outgoing, context)
-                if (cached := await backends.cache.get(key, route)) is not None:
+                prepared = core.prepare(attempt, call)
+                route = prepared.route
+                admission.clamp(prepared.outgoing)
+                key = core.cache.key(rpc, route, prepared.outgoing, call)
+                if (cached := await core.cache.get(key, route)) is not None:
                     cached.model = attempt.model
-                    answer = Answer(
-                        cached, route, attempts.answered(attempt, route, cached=True), cached=True, looked_up=True
-                    )
-                    if announce:
-                        await send_answer_headers(context, answer, cache="hit")
+                    fallback = attempts.answered(attempt, route, cached=True)
+                    answer = Answer(cached, route, fallback, cached=True, looked_up=True)
+                    if announce is not None:
+                        await announce(answer, "hit")
                     return answer
+                timeout = prepared.timeout
                 if attempts.more:
-                    options["timeout"] = min(options["timeout"], backends.fallback_after_seconds)
-                reply = await _timed(backends, attempt.model, send(outgoing, options))
+                    timeout = min(timeout, core.fallback_after_seconds)
+                reply = await _timed(core, attempt.model, core.send(rpc, prepared, timeout))
             except Exception as exc:
                 attempts.failed(exc, route)
                 continue
             answer = Answer(reply, route, attempts.answered(attempt, route), cached=False, looked_up=key is not None)
             attempts.record.usage(route, reply.usage)
             await admission.charge(route.model, reply.usage)
-            await backends.cache.put(key, reply)
+            await core.cache.put(key, reply)
             reply.model = attempt.model
-            if announce:
-                await send_answer_headers(context, answer, cache="miss" if key else "")
+            if announce is not None:
+                await announce(answer, "miss" if key else "")
             return answer
         raise attempts.give_up()
     finally:
@@ -273,31 +240,30 @@ async def unary(backends: Backends, rpc: str, send: Send, request: Message, cont
 
 
 async def stream(
-    backends: Backends,
-    rpc: str,
-    open_call: Open,
+    core: RouterCore,
+    rpc: Rpc,
     request: Message,
-    context,
+    call: CallContext,
+    announce: Announce | None = None,
     in_band_errors: bool = True,
-    announce: bool = True,
 ) -> AsyncIterator[Any]:
-    """Chunks from the first of the model and its fallbacks that starts answering. If its
-    backend fails after the first chunk, a last chunk carrying the error (`in_band_errors`;
-    REST clients see no gRPC status) precedes the STREAM_INTERRUPTED status.
-    `announce=False` leaves the response headers to the caller (a call that makes
-    several streams)."""
-    attempts = _Attempts(backends, rpc, request, context)
+    """Chunks from the first of the model and its fallbacks that starts answering
+    (`announce` is told who, before the first chunk). If its backend fails after the
+    first chunk, a last chunk carrying the error (`in_band_errors`; REST clients see no
+    gRPC status) precedes the STREAM_INTERRUPTED error."""
+    attempts = _Attempts(core, rpc, request, call)
     admission = Admission()
     try:
         admission = await attempts.admit()
         for attempt in attempts:
             route = None
             try:
-                outgoing, options, route = backends.prepare(attempt, context)
-                admission.clamp(outgoing)
-                chunks = relay(open_call(outgoing, options))
-                first_chunk = _timed(backends, attempt.model, anext(chunks))
-                wait = backends.fallback_after_seconds if attempts.more else None
+                prepared = core.prepare(attempt, call)
+                route = prepared.route
+                admission.clamp(prepared.outgoing)
+                chunks = core.open(rpc, prepared)
+                first_chunk = _timed(core, attempt.model, anext(chunks))
+                wait = core.fallback_after_seconds if attempts.more else None
                 first = await _first_chunk(first_chunk, wait, route)
             except StopAsyncIteration:
                 return
@@ -305,8 +271,8 @@ async def stream(
                 attempts.failed(exc, route)
                 continue
             answer = Answer(None, route, attempts.answered(attempt, route), cached=False)
-            if announce:
-                await send_answer_headers(context, answer, cache="")
+            if announce is not None:
+                await announce(answer, "")
             attempts.record.first_chunk()
             async for chunk in _interruptible(_prepend(first, chunks), route, attempts, in_band_errors):
                 if chunk.HasField("usage"):
@@ -352,23 +318,23 @@ async def _interruptible(
             kind = type(chunk)
             yield chunk
             sent += 1
-    except (grpc.aio.AioRpcError, DomainError) as exc:
+    except DomainError as exc:
         error = attempts.interrupted(exc, route, sent)
         if in_band and kind is not None:
             yield kind(model=route.model, error=error.to_status())
         raise error from exc
 
 
-async def _timed(backends: Backends, model: str, call: Awaitable[Any]) -> Any:
+async def _timed(core: RouterCore, model: str, call: Awaitable[Any]) -> Any:
     """Await a backend call, keeping the model's in-flight count and latency current."""
-    backends.load.started(model)
+    core.load.started(model)
     started = asyncio.get_running_loop().time()
     try:
         result = await call
     except BaseException:
-        backends.load.finished(model, None)
+        core.load.finished(model, None)
         raise
-    backends.load.finished(model, asyncio.get_running_loop().time() - started)
+    core.load.finished(model, asyncio.get_running_loop().time() - started)
     return result
 
 

@@ -4,7 +4,7 @@ The key is the canonical request as the chosen backend gets it (its model id and
 parameter, serialized deterministically) plus the model and version the router chose, so
 two versions in an A/B split never share answers. Only deterministic requests are cached
 (no sampling temperature); a caller opts out with `cache-control: no-cache` (an HTTP
-header, or gRPC metadata).
+header, or gRPC metadata: CallContext.cache_opt_out).
 
 Entries live in this router's memory (an LRU with a time to live) or, with
 `CACHE_REDIS_URL`, in Redis, shared by every router replica; there the time to live is
@@ -23,8 +23,9 @@ from cachetools import TTLCache
 from google.protobuf.message import Message
 from prometheus_client import Counter
 
-from infermesh.inference.v1 import inference_service_pb2 as pb
-from infermesh_router.directory import Route
+from infermesh_router.core.calls import CallContext
+from infermesh_router.core.resolvers import Route
+from infermesh_router.core.rpcs import Rpc
 from infermesh_runtime.telemetry import past_span
 
 log = logging.getLogger(__name__)
@@ -33,27 +34,11 @@ LOOKUPS = Counter(
     "Response cache lookups, by model and result (hit, miss, error).",
     ["model", "result"],
 )
-OPT_OUT = {"no-cache", "no-store"}
-REPLIES = {
-    "GenerateText": pb.GenerateTextResponse,
-    "Chat": pb.ChatResponse,
-    "Embed": pb.EmbedResponse,
-    "DescribeImage": pb.DescribeImageResponse,
-}
 REDIS_PREFIX = "infermesh:response:"
 
 
 def deterministic(request: Message) -> bool:
     return not (hasattr(request, "temperature") and request.HasField("temperature") and request.temperature > 0)
-
-
-def opted_out(context) -> bool:
-    if context is None:
-        return False
-    for key, value in context.invocation_metadata() or ():
-        if key == "cache-control" and OPT_OUT & {part.strip() for part in str(value).lower().split(",")}:
-            return True
-    return False
 
 
 @dataclass(frozen=True)
@@ -76,13 +61,13 @@ class ResponseCache:
     def enabled(self) -> bool:
         return self._entries is not None or self._redis is not None
 
-    def key(self, rpc: str, route: Route, outgoing: Message, context) -> CacheKey | None:
+    def key(self, rpc: Rpc, route: Route, outgoing: Message, call: CallContext) -> CacheKey | None:
         """The entry's key, or None when this request is not to be cached."""
-        if not self.enabled or not deterministic(outgoing) or opted_out(context):
+        if not self.enabled or not deterministic(outgoing) or call.cache_opt_out:
             return None
-        digest = hashlib.sha256(f"{rpc}\0{route.model}\0{route.version}\0".encode())
+        digest = hashlib.sha256(f"{rpc.method}\0{route.model}\0{route.version}\0".encode())
         digest.update(outgoing.SerializeToString(deterministic=True))
-        return CacheKey(digest.hexdigest(), REPLIES[rpc])
+        return CacheKey(digest.hexdigest(), rpc.reply_type)
 
     async def get(self, key: CacheKey | None, route: Route) -> Message | None:
         if key is None:

@@ -1,6 +1,6 @@
-"""What the router knows about models: the registry's models, versions and deployments,
-kept current from the registry's watch feed, and how a request's `model` becomes a
-backend to call.
+"""How a request's `model` becomes a backend to call: from the registry's models,
+versions and deployments (kept current by registry_feed.py beside the core), or, in a
+mesh without a registry, from the models the catalog's backends list.
 
 `model` is a model id (`gemma-3-270m`) or a model and version (`gemma-3-270m@q4-k-m`).
 Without a version, one of the model's deployments with traffic is picked at random in
@@ -12,26 +12,20 @@ and which models they have ready.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import grpc
+from typing import Protocol
 
 from infermesh.registry.v1 import registry_resources_pb2 as res
-from infermesh.registry.v1 import registry_service_pb2 as registry_pb
-from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
-from infermesh_router.load import ModelLoad
-from infermesh_runtime.catalog import BACKEND_HEADER, POOL_KINDS, Catalog, ServiceInstance, pool_name
+from infermesh_router.core.load import ModelLoad
+from infermesh_runtime.catalog import POOL_KINDS, Catalog, ServiceInstance, pool_name
 from infermesh_runtime.errors import InvalidArgument, NotFound, Unavailable
 
-log = logging.getLogger(__name__)
+AUTO = "auto"
 STRATEGIES = ("quality", "cost", "latency", "least-busy")
 POOL_SETTLE_SECONDS = 2.0
-RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 def model_id(requested: str) -> str:
@@ -74,63 +68,106 @@ class _Registry:
             table[change.name] = getattr(change, kind)
 
 
-class ModelDirectory:
-    def __init__(
-        self,
-        channel: grpc.aio.Channel,
-        registry_backend: str,
-        catalog: Catalog,
-        usable: Callable[[str], bool] = lambda backend: True,
-    ) -> None:
-        self._stub = registry_grpc.RegistryServiceStub(channel)
-        self._metadata = [(BACKEND_HEADER, registry_backend)]
-        self._catalog = catalog
-        self._usable = usable  # False while a backend is in cooldown
-        self._state = _Registry()
-        self._current = asyncio.Event()
-        self._follower: asyncio.Task | None = None
-        self._pools_seen: dict[str, float] = {}
-        self._pool_watcher: asyncio.Task | None = None
+class Resolver(Protocol):
+    """Where requests for a model go, and what is known of the model."""
 
-    async def start(self, timeout: float) -> None:
-        """Follow the feed; return once the backlog has been replayed."""
-        self._follower = asyncio.create_task(self._follow(), name="registry-feed")
-        self._pool_watcher = asyncio.create_task(self._watch_pools(), name="pool-watcher")
-        try:
-            await asyncio.wait_for(self._current.wait(), timeout)
-        except TimeoutError:
-            raise RuntimeError(f"the registry's feed did not catch up within {timeout:.0f}s") from None
+    def route(self, requested: str) -> Route:
+        """Which backend answers a request for `requested` (`model` or `model@version`)."""
+        ...
 
-    async def close(self) -> None:
-        tasks = [t for t in (self._follower, self._pool_watcher) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    def ranked(self, capability: str, strategy: str, load: ModelLoad) -> list[str]:
+        """Models with `capability` that can answer now, best first (`auto`)."""
+        ...
 
-    async def _follow(self) -> None:
-        failures = 0
-        while True:
-            try:
-                call = self._stub.WatchChanges(
-                    registry_pb.WatchChangesRequest(after_sequence=self._state.sequence), metadata=self._metadata
-                )
-                async for change in call:
-                    self._state.apply(change)
-                    failures = 0
-                    if change.kind == res.Change.KIND_BOOKMARK:
-                        self._current.set()
-                problem = "ended"
-            except grpc.aio.AioRpcError as error:
-                problem = error.code().name
-            delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
-            failures += 1
-            log.warning(
-                "registry feed interrupted; resuming",
-                extra={"problem": problem, "after_sequence": self._state.sequence, "retry_in": delay},
+    def fallbacks(self, requested: str) -> tuple[str, ...]: ...
+
+    def context_window(self, model: str) -> int | None: ...
+
+    def models(self) -> list[str]:
+        """Model ids with a deployment (or a backend listing them)."""
+        ...
+
+    def requestable(self) -> list[str]:
+        """What a request's `model` may name (with versions, `id@version`)."""
+        ...
+
+    def routable(self) -> list[str]:
+        """Model ids whose requests can be sent somewhere now."""
+        ...
+
+
+def candidates(resolver: Resolver, requested: str, capability: str, load: ModelLoad) -> list[str]:
+    """`requested`, then its fallbacks, each once. `auto` (or `auto:<strategy>`) means
+    every model with the capability, best first: the first answers, the others are its
+    fallbacks."""
+    if requested == AUTO or requested.startswith(f"{AUTO}:"):
+        ranked = resolver.ranked(capability, requested.partition(":")[2] or "quality", load)
+        if not ranked:
+            raise Unavailable(
+                f"no registered model with {capability} has a deployment on a live backend",
+                reason="NO_MODEL_FOR_TASK",
+                capability=capability,
             )
-            await asyncio.sleep(delay)
+        return ranked
+    return list(dict.fromkeys([requested, *resolver.fallbacks(requested)]))
 
-    # -- resolution --------------------------------------------------------------------
+
+class CatalogResolver:
+    """A mesh without a registry: a model is served by the backends whose catalog
+    entries list it; no versions, fallbacks or `auto`."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+
+    def _backends(self) -> list[ServiceInstance]:
+        return [i for i in self._catalog.instances() if i.kind not in ("router", "registry")]
+
+    def models(self) -> list[str]:
+        return sorted({m for instance in self._backends() for m in instance.models})
+
+    requestable = routable = models
+
+    def route(self, requested: str) -> Route:
+        for instance in self._backends():
+            if requested in instance.models:
+                return Route(model=requested, version="", backend=instance.name, backend_model=requested)
+        raise NotFound(
+            f"model {requested!r} is not served by this mesh; available: {', '.join(self.models()) or 'none'}",
+            reason="MODEL_NOT_FOUND",
+            model=requested,
+        )
+
+    def ranked(self, capability: str, strategy: str, load: ModelLoad) -> list[str]:
+        raise InvalidArgument("`auto` needs the registry", reason="AUTO_WITHOUT_REGISTRY")
+
+    def fallbacks(self, requested: str) -> tuple[str, ...]:
+        return ()
+
+    def context_window(self, model: str) -> int | None:
+        return None
+
+
+class RegistryResolver:
+    """The registry's models, versions and deployments, as its watch feed replays them
+    (`apply`), resolved against the catalog's live backends. `usable` is False for a
+    backend cooling down."""
+
+    def __init__(
+        self, catalog: Catalog, usable: Callable[[str], bool] = lambda backend: True, clock=time.monotonic
+    ) -> None:
+        self._catalog = catalog
+        self._usable = usable
+        self._clock = clock
+        self._state = _Registry()
+        self._pools_seen: dict[str, float] = {}
+
+    @property
+    def sequence(self) -> int:
+        """The last change applied (the feed resumes after it)."""
+        return self._state.sequence
+
+    def apply(self, change: res.Change) -> None:
+        self._state.apply(change)
 
     def models(self) -> list[str]:
         """Model ids that have at least one deployment."""
@@ -275,14 +312,15 @@ class ModelDirectory:
         becomes ready the router knows of its pool and Envoy does not yet (a request
         there would find no route). Until then its instances are called by name. Pools
         in the catalog when the router started are settled (the mesh waited for them)."""
-        now = time.monotonic()
+        now = self._clock()
         first_seen = self._pools_seen.setdefault(pool, now)
         return now - first_seen >= POOL_SETTLE_SECONDS
 
-    async def _watch_pools(self) -> None:
+    async def watch_pools(self) -> None:
+        """Note when each pool appears in the catalog (runs for the resolver's life)."""
         first = True
         async for view in self._catalog.watch():
-            seen = 0.0 if first else time.monotonic()
+            seen = 0.0 if first else self._clock()
             for instance in view:
                 if instance.kind in POOL_KINDS:
                     for model in instance.models:

@@ -1,0 +1,54 @@
+"""Calling backends through Envoy (the core's BackendClient, over gRPC).
+
+The router never dials a backend directly: every call goes to Envoy's mesh listener
+with the chosen backend in a header, so retries, circuit breaking, outlier detection
+and health-based routing apply to service-to-service traffic too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.message import Message
+
+from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from infermesh_router.core.backend import BackendError
+from infermesh_router.core.rpcs import Rpc
+from infermesh_runtime.catalog import BACKEND_HEADER
+from infermesh_runtime.errors import status_of
+from infermesh_runtime.telemetry import client_interceptors
+
+STREAMING = {Rpc.GENERATE_TEXT: "StreamGenerateText", Rpc.CHAT: "StreamChat"}
+
+
+class EnvoyBackendClient:
+    def __init__(self, mesh_address: str) -> None:
+        self.channel = grpc.aio.insecure_channel(
+            mesh_address,
+            options=[("grpc.keepalive_time_ms", 30000), ("grpc.max_receive_message_length", 32 * 1024 * 1024)],
+            interceptors=client_interceptors(),
+        )
+        self._stub = pb_grpc.InferenceServiceStub(self.channel)
+
+    async def call(self, rpc: Rpc, request: Message, backend: str, timeout: float) -> Message:
+        method = getattr(self._stub, rpc.method)
+        try:
+            return await method(request, metadata=[(BACKEND_HEADER, backend)], timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise BackendError(status_of(error)) from None
+
+    async def stream(self, rpc: Rpc, request: Message, backend: str, timeout: float) -> AsyncIterator[Message]:
+        """The backend's stream; if our caller goes away first, the backend call is
+        cancelled at once, so the backend stops generating for nobody."""
+        call = getattr(self._stub, STREAMING[rpc])(request, metadata=[(BACKEND_HEADER, backend)], timeout=timeout)
+        try:
+            async for message in call:
+                yield message
+        except grpc.aio.AioRpcError as error:
+            raise BackendError(status_of(error)) from None
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        await self.channel.close()
