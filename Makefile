@@ -11,7 +11,7 @@ export DATA_DIR ?= $(CURDIR)/.data
 
 PROTOS := $(shell find protos third_party -name '*.proto')
 
-.PHONY: run test lint bench install gen models clean test-services admin-key node-deps
+.PHONY: run test test-unit test-integration test-e2e lint bench install gen models clean test-services admin-key node-deps
 
 run: install models
 	$(BIN)/python -m infermesh_mesh
@@ -22,6 +22,18 @@ admin-key: install
 
 test: install models test-services node-deps
 	$(BIN)/python -m pytest
+
+# The tiers, each runnable alone: unit (the cores on fakes, seconds, no servers),
+# integration (one real service or server in the test process, Envoy's config), e2e
+# (whole meshes through Envoy, with the third-party clients' conformance suite).
+test-unit: install
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: install models test-services
+	$(BIN)/python -m pytest tests/integration tests/test_deployment_files.py tests/test_envoy_config.py tests/test_protos.py
+
+test-e2e: install models test-services node-deps
+	$(BIN)/python -m pytest tests/e2e tests/conformance
 
 bench: install models
 	$(BIN)/python bench/inference_bench.py

@@ -1,10 +1,9 @@
 """The router's own bookkeeping: the retry budget, the usage ledger's windows and
-percentiles, and the response cache in Redis shared by two router replicas (a real
-redis-server)."""
+percentiles, and a response cache whose Redis cannot be reached (one that can:
+tests/integration/test_response_cache_redis.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 
 import pytest
@@ -18,7 +17,6 @@ from infermesh_router.core.calls import CallContext
 from infermesh_router.core.resolvers import Route
 from infermesh_router.core.rpcs import Rpc
 from infermesh_router.core.usage import Histogram, UsageLedger
-from redis_servers import redis_server
 
 ROUTE = Route(model="m", version="v1", backend="b", backend_model="m")
 
@@ -63,27 +61,6 @@ def test_the_ledger_sums_windows_by_version_and_forgets_after_retention():
     now[0] += 2 * 3600  # a new minute's record drops minutes older than the retention
     ledger.tally("m", "v1")
     assert ledger.summed(start, now[0] + 60, "m")["v1"].input_tokens == 0
-
-
-async def test_router_replicas_share_answers_through_redis_which_expires_them():
-    with redis_server() as url:
-        first, second = ResponseCache(0, 0.5, url), ResponseCache(0, 0.5, url)
-        request = pb.GenerateTextRequest(model="m", prompt="the sea is", max_tokens=4)
-        reply = pb.GenerateTextResponse(text=" blue", model="m")
-        reply.usage.input_tokens, reply.usage.output_tokens = 3, 1
-        key = first.key(Rpc.GENERATE_TEXT, ROUTE, request, CallContext())
-        assert await second.get(second.key(Rpc.GENERATE_TEXT, ROUTE, request, CallContext()), ROUTE) is None
-        await first.put(key, reply)
-        assert await second.get(second.key(Rpc.GENERATE_TEXT, ROUTE, request, CallContext()), ROUTE) == reply
-        other_version = Route(model="m", version="v2", backend="b", backend_model="m")
-        assert (
-            await second.get(second.key(Rpc.GENERATE_TEXT, other_version, request, CallContext()), other_version)
-            is None
-        )
-        await asyncio.sleep(0.7)
-        assert await second.get(key, ROUTE) is None  # Redis expired it
-        await first.close()
-        await second.close()
 
 
 async def test_an_unreachable_redis_is_a_miss_not_a_failure():

@@ -1,0 +1,39 @@
+"""The router's response cache in Redis (a real redis-server): replicas share answers,
+versions never do, and Redis expires them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh_router.core.cache import ResponseCache
+from infermesh_router.core.calls import CallContext
+from infermesh_router.core.resolvers import Route
+from infermesh_router.core.rpcs import Rpc
+from redis_servers import redis_server
+
+pytestmark = pytest.mark.asyncio
+ROUTE = Route(model="m", version="v1", backend="b", backend_model="m")
+
+
+async def test_router_replicas_share_answers_through_redis_which_expires_them():
+    with redis_server() as url:
+        first, second = ResponseCache(0, 0.5, url), ResponseCache(0, 0.5, url)
+        request = pb.GenerateTextRequest(model="m", prompt="the sea is", max_tokens=4)
+        reply = pb.GenerateTextResponse(text=" blue", model="m")
+        reply.usage.input_tokens, reply.usage.output_tokens = 3, 1
+        key = first.key(Rpc.GENERATE_TEXT, ROUTE, request, CallContext())
+        assert await second.get(second.key(Rpc.GENERATE_TEXT, ROUTE, request, CallContext()), ROUTE) is None
+        await first.put(key, reply)
+        assert await second.get(second.key(Rpc.GENERATE_TEXT, ROUTE, request, CallContext()), ROUTE) == reply
+        other_version = Route(model="m", version="v2", backend="b", backend_model="m")
+        assert (
+            await second.get(second.key(Rpc.GENERATE_TEXT, other_version, request, CallContext()), other_version)
+            is None
+        )
+        await asyncio.sleep(0.7)
+        assert await second.get(key, ROUTE) is None  # Redis expired it
+        await first.close()
+        await second.close()
