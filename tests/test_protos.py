@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+from pathlib import Path
 
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
@@ -10,6 +12,7 @@ from google.protobuf import descriptor_pb2
 from conftest import BIN, ROOT
 
 IMAGE = ROOT / "build" / "infermesh.binpb"
+VALIDATE = "buf/validate/validate.proto"
 
 
 def test_buf_lint_reports_nothing():
@@ -44,3 +47,39 @@ def test_every_rpc_has_an_http_rule_and_the_seed_paths_exist():
                 assert rule.WhichOneof("pattern"), f"{service.name}.{method.name} has no google.api.http"
                 posts.add(rule.post)
     assert {"/v1/generate-text", "/v1/describe-image", "/v1/embed", "/v1/chat/completions"} <= posts
+
+
+def test_the_repos_protos_compile_as_they_are_with_plain_protoc(tmp_path):
+    """What a gRPC user in any language does: protoc with the repo's folders only
+    (third_party/ holds every import, buf/validate/validate.proto included)."""
+    from grpc_tools import protoc
+
+    ours = sorted(str(p.relative_to(ROOT / "protos")) for p in (ROOT / "protos").rglob("*.proto"))
+    include = [f"-I{ROOT / d}" for d in ("protos", "third_party/googleapis", "third_party/protovalidate")]
+    well_known = f"-I{Path(protoc.__file__).parent / '_proto'}"  # google/protobuf/*, which protoc ships
+    out = tmp_path / "all.binpb"
+    assert protoc.main(["protoc", *include, well_known, f"--descriptor_set_out={out}", *ours]) == 0
+
+
+def test_the_vendored_validate_proto_is_the_one_the_build_validates_with():
+    """Field for field, the vendored buf/validate/validate.proto (protovalidate v1.2.2) is
+    the descriptor protovalidate-py embeds and the build compiles against."""
+    import tempfile
+
+    from grpc_tools import protoc
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from gen_protos import validate_descriptor
+
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "validate.binpb"
+        include = f"-I{Path(protoc.__file__).parent / '_proto'}"
+        vendored = f"-I{ROOT / 'third_party' / 'protovalidate'}"
+        assert protoc.main(["protoc", vendored, include, f"--descriptor_set_out={out}", VALIDATE]) == 0
+        compiled = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[-1]
+    embedded = validate_descriptor()
+    # Language packaging options differ (buf's managed mode set them for the wheel); the
+    # messages, fields, enums and extensions are what clients compile against.
+    compiled.ClearField("options")
+    embedded.ClearField("options")
+    assert compiled == embedded
