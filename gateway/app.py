@@ -14,8 +14,9 @@ from infermesh_gateway.authz import ApiKeys, AuthorizationServicer, Authorizer, 
 from infermesh_gateway.control_plane import ControlPlane
 from infermesh_gateway.envoy_config import Limits
 from infermesh_gateway.oidc import OidcConfig, OidcVerifier
-from infermesh_gateway.ratelimit import RateLimitServicer, open_limiter
+from infermesh_gateway.ratelimit import RateLimitServicer
 from infermesh_gateway.settings import ControlPlaneSettings
+from infermesh_limits.limiter import open_limiter
 from infermesh_runtime.registry_client import RegistryClient
 from infermesh_runtime.server import Registration, mark_serving, open_catalog_from
 

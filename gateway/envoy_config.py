@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from infermesh_gateway.limits import OPENAI_SURFACE, REQUESTS_PER_MINUTE, SURFACE_KEY, TOKENS_PER_MINUTE
+from infermesh_limits.config import OPENAI_SURFACE, REQUESTS_PER_MINUTE, SURFACE_KEY, TOKENS_PER_MINUTE
 from infermesh_runtime.catalog import (
     BACKEND_HEADER,
     POOL_KINDS,

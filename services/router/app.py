@@ -16,7 +16,7 @@ from infermesh.router.v1 import router_service_pb2 as router_pb
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from infermesh.router.v1 import usage_service_pb2 as usage_pb
 from infermesh.router.v1 import usage_service_pb2_grpc as usage_grpc
-from infermesh_gateway.ratelimit import open_limiter
+from infermesh_limits.limiter import open_limiter
 from infermesh_router.backend_client import EnvoyBackendClient
 from infermesh_router.core.budget import RetryBudget
 from infermesh_router.core.cache import ResponseCache

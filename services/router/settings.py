@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from infermesh_gateway.limits import RateLimitSettings
+from infermesh_limits.config import RateLimitSettings
 from infermesh_runtime.settings import ServiceSettings
 
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
-from infermesh_gateway.limits import CONCURRENT, REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE
-from infermesh_gateway.ratelimit import Decision, Descriptor, RateLimiter, refusal
+from infermesh_limits.config import CONCURRENT, REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE
+from infermesh_limits.limiter import Decision, Descriptor, RateLimiter, refusal
 from infermesh_router.core.resolvers import model_id
 from infermesh_runtime.errors import ResourceExhausted
 from infermesh_runtime.identity import Caller

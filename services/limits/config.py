@@ -110,7 +110,7 @@ class RateLimitSettings(BaseSettings):
 
     rate_limits: str = Field(
         "",
-        description="Rate limits and token quotas per API key and model (JSON or YAML; see gateway/limits.py); "
+        description="Rate limits and token quotas per API key and model (JSON or YAML; see services/limits/config.py); "
         "empty: none.",
     )
     rate_limit_redis_url: str = Field(
