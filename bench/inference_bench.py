@@ -162,8 +162,8 @@ def print_embeddings(title: str, one: Run, many: Run) -> None:
 
 
 async def in_process(max_tokens: int, levels: list[int], embeds: int, data_dir: Path) -> dict:
+    from infermesh_backend.types import GenerationParams
     from infermesh_inference.app import InferenceApp
-    from infermesh_inference.models.base import GenerationParams
     from infermesh_inference.settings import InferenceSettings
     from infermesh_runtime.server import create_server
 
@@ -213,7 +213,8 @@ def compare_runtimes(data_dir: Path, max_tokens: int) -> None:
     """Batch-1 decode of the same Gemma GGUF under transformers (dequantized) and llama.cpp
     (quantized, memory-mapped), next to the bound memory bandwidth puts on each: every
     decoded token reads all the weights once."""
-    from infermesh_inference.models.base import CancelToken, GenerationParams
+    from infermesh_backend.types import GenerationParams
+    from infermesh_inference.models.base import CancelToken
     from infermesh_inference.models.builtin import BUILTIN_SPECS, GEMMA_GGUF_ID, GEMMA_ID, BuildOptions, build_model
 
     bandwidth = memory_bandwidth()

@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from machine import cpu_name  # noqa: E402  (bench/ is this script's own folder)
 
-from infermesh_inference.models.base import CancelToken, GenerationParams  # noqa: E402
+from infermesh_backend.types import GenerationParams  # noqa: E402
+from infermesh_inference.models.base import CancelToken  # noqa: E402
 from infermesh_inference.models.builtin import BUILTIN_SPECS, BuildOptions, build_model  # noqa: E402
 from infermesh_inference.models.grammar import json_object_grammar, json_schema_grammar  # noqa: E402
 
@@ -107,8 +108,8 @@ async def concurrent(model_ids: list[str], streams: int, data_dir: Path) -> None
     """Aggregate tok/s of `streams` concurrent requests through the inference core (as the
     server runs them: free transformers requests share continuous-batching passes;
     constrained ones, like seeded or penalised ones, take the one-request loop)."""
+    from infermesh_backend.types import ResponseFormat
     from infermesh_inference.app import InferenceApp
-    from infermesh_inference.models.base import ResponseFormat
     from infermesh_inference.settings import InferenceSettings
     from infermesh_runtime.server import create_server
 

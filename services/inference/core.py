@@ -9,20 +9,19 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
-from infermesh_inference import metrics
-from infermesh_inference.batching import DynamicBatcher
-from infermesh_inference.models.base import (
-    CancelToken,
+from infermesh_backend.types import (
     Capability,
     ChatTurn,
     Embeddings,
     FinishReason,
     GenerationParams,
     ResponseFormat,
-    ServedModel,
     TextChunk,
     Tools,
 )
+from infermesh_inference import metrics
+from infermesh_inference.batching import DynamicBatcher
+from infermesh_inference.models.base import CancelToken, ServedModel
 from infermesh_inference.models.chat_format import with_answer_format
 from infermesh_inference.models.continuous_batching import ContinuousBatcher
 from infermesh_inference.models.grammar import chat_answer_grammar, json_schema_grammar

@@ -21,8 +21,9 @@ from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from infermesh_backend.types import Capability
 from infermesh_inference import metrics
-from infermesh_inference.models.base import Capability, ServedModel
+from infermesh_inference.models.base import ServedModel
 from infermesh_runtime.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)

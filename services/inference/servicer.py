@@ -6,9 +6,9 @@ import time
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
-from infermesh_inference.contract import ContractServicer
+from infermesh_backend.contract import ContractServicer
+from infermesh_backend.types import Capability
 from infermesh_inference.core import InferenceCore
-from infermesh_inference.models.base import Capability
 from infermesh_inference.repository import ModelEntry, ModelState
 from infermesh_runtime.errors import InvalidArgument, Unimplemented
 

@@ -13,7 +13,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from infermesh_inference.models.base import (
+from infermesh_backend.types import (
     NO_ARGUMENTS,
     ChatTurn,
     Embeddings,
@@ -22,8 +22,8 @@ from infermesh_inference.models.base import (
     TextChunk,
     ToolCallDelta,
     Usage,
+    new_call_id,
 )
-from infermesh_inference.models.tool_calling import new_call_id
 from infermesh_providers import errors
 from infermesh_providers.apportion import apportion
 from infermesh_providers.retrying import Retrier

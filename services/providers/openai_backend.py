@@ -12,7 +12,7 @@ from typing import Any
 
 import openai
 
-from infermesh_inference.models.base import (
+from infermesh_backend.types import (
     ChatTurn,
     Embeddings,
     FinishReason,

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
-from infermesh_inference.contract import ContractServicer, usage_proto
-from infermesh_inference.models.base import Embeddings, GenerationParams, TextChunk, Usage
+from infermesh_backend.contract import ContractServicer, usage_proto
+from infermesh_backend.types import Embeddings, GenerationParams, TextChunk, Usage
 from infermesh_runtime.errors import Unavailable
 
 CAPABILITIES = {

@@ -2,7 +2,7 @@
 
 import json
 
-from infermesh_inference.models.base import ChatTurn, ResponseFormat, ToolCallDelta, ToolChoice, Tools, ToolSpec
+from infermesh_backend.types import ChatTurn, ResponseFormat, ToolCallDelta, ToolChoice, Tools, ToolSpec
 from infermesh_inference.models.chat_format import base_model_chat_prompt, template_messages, with_answer_format
 
 WEATHER = ToolSpec(

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from infermesh_inference.models.base import GenerationParams
+from infermesh_backend.types import GenerationParams
 from infermesh_inference.models.decoding_step import DecodingStep
 
 

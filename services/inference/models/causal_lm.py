@@ -24,16 +24,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from infermesh_inference.models.base import (
-    CancelToken,
-    Capability,
-    ChatTurn,
-    GenerationParams,
-    ServedModel,
-    TextChunk,
-    Tools,
-    safetensors_bytes,
-)
+from infermesh_backend.types import Capability, ChatTurn, GenerationParams, TextChunk, Tools
+from infermesh_inference.models.base import CancelToken, ServedModel, safetensors_bytes
 from infermesh_inference.models.chat_format import base_model_chat_prompt, template_messages
 from infermesh_inference.models.continuous_batching import BatchingSettings, ContinuousBatcher
 from infermesh_inference.models.decoding_step import DecodingStep

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from infermesh_inference.models.base import ChatTurn, ResponseFormat, Tools
+from infermesh_backend.types import ChatTurn, ResponseFormat, Tools
 from infermesh_inference.models.tool_calling import CLOSE, OPEN
 
 SPEAKERS = {"system": None, "user": "User", "assistant": "Assistant", "tool": "Tool"}

@@ -31,8 +31,8 @@ from transformers.generation.configuration_utils import ContinuousBatchingConfig
 from transformers.generation.continuous_batching.model_runner import ModelRunner
 from transformers.generation.continuous_batching.scheduler import SCHEDULER_MAPPING, FIFOScheduler
 
+from infermesh_backend.types import GenerationParams
 from infermesh_inference import metrics
-from infermesh_inference.models.base import GenerationParams
 from infermesh_inference.models.grammar import Constraint
 from infermesh_runtime.errors import Internal, ResourceExhausted
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from infermesh_inference.models.base import GenerationParams, TokenLogprob, TopLogprob
+from infermesh_backend.types import GenerationParams, TokenLogprob, TopLogprob
 from infermesh_inference.models.grammar import Constraint
 
 

@@ -15,15 +15,8 @@ from typing import TYPE_CHECKING
 import llguidance
 from llama_cpp import LogitsProcessorList
 
-from infermesh_inference.models.base import (
-    CancelToken,
-    Capability,
-    ChatTurn,
-    GenerationParams,
-    ServedModel,
-    TextChunk,
-    Tools,
-)
+from infermesh_backend.types import Capability, ChatTurn, GenerationParams, TextChunk, Tools
+from infermesh_inference.models.base import CancelToken, ServedModel
 from infermesh_inference.models.chat_format import base_model_chat_prompt, template_messages
 from infermesh_inference.models.decoding_step import DecodingStep
 from infermesh_inference.models.grammar import TokenizerCache

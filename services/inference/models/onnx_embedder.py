@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from infermesh_inference.models.base import Embeddings
+from infermesh_backend.types import Embeddings
 from infermesh_inference.models.tokenized_embedder import TokenizedEmbedder
 
 ONNX_FILE = "model.onnx"

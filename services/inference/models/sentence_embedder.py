@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModel
 
-from infermesh_inference.models.base import Embeddings, safetensors_bytes
+from infermesh_backend.types import Embeddings
+from infermesh_inference.models.base import safetensors_bytes
 from infermesh_inference.models.tokenized_embedder import TokenizedEmbedder
 from infermesh_inference.models.torch_threads import use_torch_threads
 

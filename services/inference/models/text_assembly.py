@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from infermesh_inference.models.base import FinishReason, TextChunk, TokenLogprob, Usage
+from infermesh_backend.types import FinishReason, TextChunk, TokenLogprob, Usage
 from infermesh_inference.models.text_stream import IncrementalDecoder, StopSequenceFilter
 
 

@@ -13,10 +13,9 @@ tools out of the grammar.
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any, Literal
 
-from infermesh_inference.models.base import NO_ARGUMENTS, ToolCallDelta, Tools
+from infermesh_backend.types import NO_ARGUMENTS, ToolCallDelta, Tools, new_call_id
 from infermesh_inference.models.grammar import closed, lark_grammar, schema_json
 
 OPEN = "<tool_call>\n"
@@ -67,10 +66,6 @@ def tool_grammar(tools: Tools, answer_schema: dict[str, Any] | None = None, spec
 
 def _tag(text: str, special: set[str]) -> str:
     return text if text in special else json.dumps(text)
-
-
-def new_call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 class ToolCallReader:

@@ -14,7 +14,7 @@ from infermesh.inference.v1 import generation_options_pb2 as options
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from infermesh.inference.v1 import inference_types_pb2 as types
-from infermesh_inference.models.base import (
+from infermesh_backend.types import (
     ChatTurn,
     Embeddings,
     FinishReason,
