@@ -30,12 +30,13 @@ RUN python scripts/gen_protos.py
 COPY README.md ./
 COPY services services
 COPY gateway gateway
+COPY launcher launcher
 COPY envoy envoy
 RUN pip install --no-deps -e .
 
 # The default models' weights, prepared once (Gemma converted from GGUF, about a minute).
 ENV HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE DATA_DIR=/srv/infermesh/.data
-RUN python -m infermesh_inference.prepare
+RUN python -m services.inference.prepare
 
 FROM python:3.11-slim
 # libgomp: the OpenMP runtime llama.cpp was built against.

@@ -14,11 +14,11 @@ PROTOS := $(shell find protos third_party -name '*.proto')
 .PHONY: run test test-unit test-integration test-e2e lint bench install gen models clean test-services admin-key node-deps
 
 run: install models
-	$(BIN)/python -m infermesh_mesh
+	$(BIN)/python -m launcher
 
 # A new admin API key for the running mesh (printed once).
 admin-key: install
-	$(BIN)/python -m infermesh_mesh.admin_key
+	$(BIN)/python -m launcher.admin_key
 
 test: install models test-services node-deps
 	$(BIN)/python -m pytest
@@ -93,7 +93,7 @@ gen: install
 	$(BIN)/python scripts/gen_protos.py
 
 models: install
-	$(BIN)/python -m infermesh_inference.prepare
+	$(BIN)/python -m services.inference.prepare
 
 clean:
 	rm -rf gen build $(VENV)

@@ -162,10 +162,10 @@ def print_embeddings(title: str, one: Run, many: Run) -> None:
 
 
 async def in_process(max_tokens: int, levels: list[int], embeds: int, data_dir: Path) -> dict:
-    from infermesh_backend.types import GenerationParams
-    from infermesh_inference.app import InferenceApp
-    from infermesh_inference.settings import InferenceSettings
-    from infermesh_runtime.server import create_server
+    from services.backend.types import GenerationParams
+    from services.inference.app import InferenceApp
+    from services.inference.settings import InferenceSettings
+    from services.runtime.server import create_server
 
     settings = InferenceSettings(grpc_port=0, data_dir=data_dir)
     app = InferenceApp(settings)
@@ -213,9 +213,9 @@ def compare_runtimes(data_dir: Path, max_tokens: int) -> None:
     """Batch-1 decode of the same Gemma GGUF under transformers (dequantized) and llama.cpp
     (quantized, memory-mapped), next to the bound memory bandwidth puts on each: every
     decoded token reads all the weights once."""
-    from infermesh_backend.types import GenerationParams
-    from infermesh_inference.models.base import CancelToken
-    from infermesh_inference.models.builtin import BUILTIN_SPECS, GEMMA_GGUF_ID, GEMMA_ID, BuildOptions, build_model
+    from services.backend.types import GenerationParams
+    from services.inference.models.base import CancelToken
+    from services.inference.models.builtin import BUILTIN_SPECS, GEMMA_GGUF_ID, GEMMA_ID, BuildOptions, build_model
 
     bandwidth = memory_bandwidth()
     threads = len(os.sched_getaffinity(0))
@@ -249,7 +249,7 @@ def static_batches(data_dir: Path, max_tokens: int, levels: list[int]) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from infermesh_inference.models.builtin import prepare_gemma, resolve_dtype
+    from services.inference.models.builtin import prepare_gemma, resolve_dtype
 
     path = prepare_gemma(data_dir)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
@@ -276,7 +276,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from conftest import mesh_settings
-    from infermesh_mesh.launcher import Mesh
+    from launcher.mesh import Mesh
 
     print(f"machine: {os.cpu_count()} CPUs ({cpu_name()}); model gemma-3-270m, max_tokens={args.max_tokens}")
     settings = mesh_settings()

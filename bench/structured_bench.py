@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from machine import cpu_name  # noqa: E402  (bench/ is this script's own folder)
 
-from infermesh_backend.types import GenerationParams  # noqa: E402
-from infermesh_inference.models.base import CancelToken  # noqa: E402
-from infermesh_inference.models.builtin import BUILTIN_SPECS, BuildOptions, build_model  # noqa: E402
-from infermesh_inference.models.grammar import json_object_grammar, json_schema_grammar  # noqa: E402
+from services.backend.types import GenerationParams  # noqa: E402
+from services.inference.models.base import CancelToken  # noqa: E402
+from services.inference.models.builtin import BUILTIN_SPECS, BuildOptions, build_model  # noqa: E402
+from services.inference.models.grammar import json_object_grammar, json_schema_grammar  # noqa: E402
 
 SCHEMA = {
     "type": "object",
@@ -108,10 +108,10 @@ async def concurrent(model_ids: list[str], streams: int, data_dir: Path) -> None
     """Aggregate tok/s of `streams` concurrent requests through the inference core (as the
     server runs them: free transformers requests share continuous-batching passes;
     constrained ones, like seeded or penalised ones, take the one-request loop)."""
-    from infermesh_backend.types import ResponseFormat
-    from infermesh_inference.app import InferenceApp
-    from infermesh_inference.settings import InferenceSettings
-    from infermesh_runtime.server import create_server
+    from services.backend.types import ResponseFormat
+    from services.inference.app import InferenceApp
+    from services.inference.settings import InferenceSettings
+    from services.runtime.server import create_server
 
     settings = InferenceSettings(grpc_port=0, data_dir=data_dir, models=model_ids, available_models=[])
     app = InferenceApp(settings)

@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_name  # noqa: E402  (bench/ is this script's own folder)
 from shaped_vectors import shaped_vectors  # noqa: E402
 
-from infermesh_vector import snapshots  # noqa: E402
-from infermesh_vector.backends import collection_file  # noqa: E402
-from infermesh_vector.embedded import EmbeddedCollection  # noqa: E402
-from infermesh_vector.model import CollectionConfig, StoredPoint  # noqa: E402
+from services.vector import snapshots  # noqa: E402
+from services.vector.backends import collection_file  # noqa: E402
+from services.vector.embedded import EmbeddedCollection  # noqa: E402
+from services.vector.model import CollectionConfig, StoredPoint  # noqa: E402
 
 K = 10
 WRITE_BATCH = 10_000

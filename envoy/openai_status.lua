@@ -1,7 +1,7 @@
 -- The OpenAI-compatible routes' response status (gateway/envoy_config.py enables this on
 -- them only). The router's OpenAI servicer answers an error that happens before the
 -- first byte of a response as a gRPC OK carrying an OpenAI error body, with the HTTP
--- status in x-infermesh-http-status (infermesh_runtime.openai_errors): it becomes the
+-- status in x-infermesh-http-status (services.runtime.openai_errors): it becomes the
 -- :status, and the header goes. Headers only: the body, an SSE stream included, is never
 -- buffered. A gRPC response (a gRPC client calling the service itself) keeps :status 200.
 function envoy_on_response(response_handle)

@@ -1,13 +1,13 @@
-"""`python -m infermesh_gateway`: the xDS control plane (settings from the environment)."""
+"""`python -m gateway`: the xDS control plane (settings from the environment)."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 
-from infermesh_gateway.app import ControlPlaneApp
-from infermesh_gateway.settings import ControlPlaneSettings
-from infermesh_runtime.server import serve
+from gateway.app import ControlPlaneApp
+from gateway.settings import ControlPlaneSettings
+from services.runtime.server import serve
 
 
 async def run(settings: ControlPlaneSettings) -> int:

@@ -10,22 +10,22 @@ from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from infermesh_gateway.authz import ApiKeys, AuthorizationServicer, Authorizer, jwt_checker
-from infermesh_gateway.control_plane import ControlPlane
-from infermesh_gateway.envoy_config import Limits
-from infermesh_gateway.oidc import OidcConfig, OidcVerifier
-from infermesh_gateway.ratelimit import RateLimitServicer
-from infermesh_gateway.settings import ControlPlaneSettings
-from infermesh_limits.limiter import open_limiter
-from infermesh_runtime.registry_client import RegistryClient
-from infermesh_runtime.server import Registration, mark_serving, open_catalog_from
+from gateway.authz import ApiKeys, AuthorizationServicer, Authorizer, jwt_checker
+from gateway.control_plane import ControlPlane
+from gateway.envoy_config import Limits
+from gateway.oidc import OidcConfig, OidcVerifier
+from gateway.ratelimit import RateLimitServicer
+from gateway.settings import ControlPlaneSettings
+from services.limits.limiter import open_limiter
+from services.runtime.registry_client import RegistryClient
+from services.runtime.server import Application, Registration, mark_serving, open_catalog_from
 
 ADS_SERVICE = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name
 AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
 RATELIMIT_SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
 
 
-class ControlPlaneApp:
+class ControlPlaneApp(Application):
     name = "control-plane"
 
     def __init__(self, settings: ControlPlaneSettings) -> None:

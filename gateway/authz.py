@@ -32,8 +32,8 @@ from google.rpc import code_pb2, status_pb2
 from prometheus_client import Counter
 
 from infermesh.registry.v1 import registry_resources_pb2 as res
-from infermesh_runtime.identity import ADMIN, HEADERS, USER, Caller
-from infermesh_runtime.openai_errors import SHAPED_METADATA_KEY, is_openai_rest_call, openai_error
+from services.runtime.identity import ADMIN, HEADERS, USER, Caller
+from services.runtime.openai_errors import SHAPED_METADATA_KEY, is_openai_rest_call, openai_error
 
 DECISIONS = Counter(
     "infermesh_authz_decisions_total", "Authorization decisions, by outcome and role.", ["outcome", "role"]
@@ -120,7 +120,7 @@ def jwt_checker(verifier) -> Callable[[str], Awaitable[Principal]]:
     """An OIDC verifier (gateway/oidc.py) as the authorizer's token check: its refusals
     become 401 with the verifier's reason (never the token); keys that cannot be fetched
     at all, 503."""
-    from infermesh_gateway.oidc import InvalidToken, JwksUnavailable
+    from gateway.oidc import InvalidToken, JwksUnavailable
 
     async def check(token: str) -> Principal:
         try:

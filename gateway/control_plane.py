@@ -30,8 +30,8 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2, json_format
 from prometheus_client import Counter, Gauge
 
-from infermesh_gateway import envoy_config
-from infermesh_runtime.catalog import Catalog, EmbeddedCatalog, ServiceInstance
+from gateway import envoy_config
+from services.runtime.catalog import Catalog, EmbeddedCatalog, ServiceInstance
 
 log = logging.getLogger(__name__)
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"

@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from infermesh_limits.config import OPENAI_SURFACE, REQUESTS_PER_MINUTE, SURFACE_KEY, TOKENS_PER_MINUTE
-from infermesh_runtime.catalog import (
+from services.limits.config import OPENAI_SURFACE, REQUESTS_PER_MINUTE, SURFACE_KEY, TOKENS_PER_MINUTE
+from services.runtime.catalog import (
     BACKEND_HEADER,
     POOL_KINDS,
     Catalog,
@@ -22,8 +22,8 @@ from infermesh_runtime.catalog import (
     model_health_service,
     pool_name,
 )
-from infermesh_runtime.identity import PRINCIPAL_HEADER
-from infermesh_runtime.openai_errors import (
+from services.runtime.identity import PRINCIPAL_HEADER
+from services.runtime.openai_errors import (
     OPENAI_SERVICE_PREFIX,
     SHAPED_METADATA_KEY,
     TRANSCODED_PATH_HEADER,
@@ -527,8 +527,8 @@ def write(config: dict[str, Any], path: Path) -> None:
 
 
 def main() -> None:
-    """`python -m infermesh_gateway.envoy_config`: render a bootstrap from a catalog file."""
-    from infermesh_runtime.catalog import EmbeddedCatalog
+    """`python -m gateway.envoy_config`: render a bootstrap from a catalog file."""
+    from services.runtime.catalog import EmbeddedCatalog
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--catalog", type=Path, required=True)

@@ -31,9 +31,9 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf import duration_pb2, json_format
 
-from infermesh_limits.config import OPENAI_SURFACE, SURFACE_KEY
-from infermesh_limits.limiter import LEASE_HEADER, Decision, Descriptor, RateLimiter, refusal
-from infermesh_runtime.openai_errors import openai_error
+from services.limits.config import OPENAI_SURFACE, SURFACE_KEY
+from services.limits.limiter import LEASE_HEADER, Decision, Descriptor, RateLimiter, refusal
+from services.runtime.openai_errors import openai_error
 
 
 class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from infermesh_limits.config import RateLimitSettings
-from infermesh_runtime.settings import ServiceSettings
+from services.limits.config import RateLimitSettings
+from services.runtime.settings import ServiceSettings
 
 
 class ControlPlaneSettings(ServiceSettings, RateLimitSettings):

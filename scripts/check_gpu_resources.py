@@ -1,6 +1,6 @@
 """Check resource monitoring on a GPU host, in one command.
 
-Starts an inference server (`python -m infermesh_inference`, DEVICE=cuda by default)
+Starts an inference server (`python -m services.inference`, DEVICE=cuda by default)
 serving one embedding model, embeds for a few seconds while scraping its /metrics, then
 prints GetServerResources and the infermesh_accelerator_* series and checks them against
 torch, nvidia-smi and NVML. Last, a fresh process reads the accelerators to check that a
@@ -42,7 +42,7 @@ MODEL = "all-minilm-l6-v2"
 SERIES = ("infermesh_accelerator_utilization_ratio", "infermesh_accelerator_memory_used_bytes")
 NO_CONTEXT_PROBE = """
 import os, json, torch, pynvml
-from infermesh_inference.accelerators import AcceleratorReader
+from services.inference.accelerators import AcceleratorReader
 readings = AcceleratorReader().read()
 pynvml.nvmlInit()
 pids = set()
@@ -163,7 +163,7 @@ def main() -> int:
             [{"id": model_id, "runtime": "transformers", "task": "embedding", "path": path}]
         )
 
-    server = subprocess.Popen([sys.executable, "-m", "infermesh_inference"], env=env)
+    server = subprocess.Popen([sys.executable, "-m", "services.inference"], env=env)
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
     try:
         wait_serving(channel, server, args.ready_timeout)

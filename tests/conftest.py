@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from infermesh_mesh.launcher import Mesh
-from infermesh_mesh.settings import MeshSettings
+from launcher.mesh import Mesh
+from launcher.settings import MeshSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"

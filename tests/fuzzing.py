@@ -646,7 +646,7 @@ def openai_schema_for(descriptor: Descriptor) -> dict[str, Any] | None:
     with: `CreateChatCompletionRequest` → `openai_schema.ChatCompletionRequest`."""
     from pydantic import BaseModel
 
-    from infermesh_router import openai_schema
+    from services.router import openai_schema
 
     model = getattr(openai_schema, descriptor.name.removeprefix("Create"), None)
     if isinstance(model, type) and issubclass(model, BaseModel):

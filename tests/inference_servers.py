@@ -14,10 +14,10 @@ from grpc_health.v1 import health_pb2_grpc
 from conftest import ROOT
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from infermesh.inference.v1 import model_service_pb2_grpc as model_grpc
-from infermesh_inference.app import InferenceApp
-from infermesh_inference.settings import InferenceSettings
-from infermesh_runtime.operations import OperationsStub
-from infermesh_runtime.server import BoundServer, create_server
+from services.inference.app import InferenceApp
+from services.inference.settings import InferenceSettings
+from services.runtime.operations import OperationsStub
+from services.runtime.server import BoundServer, create_server
 
 
 @dataclass

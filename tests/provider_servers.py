@@ -25,9 +25,9 @@ from grpc_health.v1 import health_pb2_grpc
 
 from conftest import free_port
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
-from infermesh_providers.app import ProviderApp
-from infermesh_providers.settings import ProviderSettings
-from infermesh_runtime.server import create_server
+from services.providers.app import ProviderApp
+from services.providers.settings import ProviderSettings
+from services.runtime.server import create_server
 
 
 @dataclass

@@ -13,9 +13,9 @@ import grpc
 
 from databases import postgres_server
 from infermesh.registry.v1 import registry_service_pb2_grpc as pb_grpc
-from infermesh_registry.app import RegistryApp
-from infermesh_registry.settings import RegistrySettings
-from infermesh_runtime.server import create_server
+from services.registry.app import RegistryApp
+from services.registry.settings import RegistrySettings
+from services.runtime.server import create_server
 
 DATABASES = ["sqlite", "postgresql"]
 

@@ -42,14 +42,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from conftest import BIN, ROOT, free_port
-from infermesh_gateway import envoy_config
-from infermesh_gateway.app import ADS_SERVICE
-from infermesh_gateway.settings import ControlPlaneSettings
-from infermesh_inference.settings import InferenceSettings
-from infermesh_providers.settings import ProviderSettings
-from infermesh_registry.settings import RegistrySettings
-from infermesh_router.settings import RouterSettings
-from infermesh_runtime.catalog import EmbeddedCatalog
+from gateway import envoy_config
+from gateway.app import ADS_SERVICE
+from gateway.settings import ControlPlaneSettings
+from services.inference.settings import InferenceSettings
+from services.providers.settings import ProviderSettings
+from services.registry.settings import RegistrySettings
+from services.router.settings import RouterSettings
+from services.runtime.catalog import EmbeddedCatalog
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 GPU_FILE = ROOT / "docker-compose.gpu.yml"
@@ -380,7 +380,7 @@ def test_envoy_renders_from_the_compose_catalog_with_dns_clusters(compose, tmp_p
         [
             str(BIN / "python"),
             "-m",
-            "infermesh_gateway.envoy_config",
+            "gateway.envoy_config",
             "--catalog",
             str(ROOT / "envoy" / "compose_catalog.yaml"),
             "--descriptor-set",

@@ -11,9 +11,9 @@ from pathlib import Path
 import yaml
 
 from conftest import BIN, ROOT
-from infermesh_gateway import envoy_config
-from infermesh_runtime.catalog import EmbeddedCatalog, ServiceInstance
-from infermesh_runtime.telemetry import otlp_endpoint
+from gateway import envoy_config
+from services.runtime.catalog import EmbeddedCatalog, ServiceInstance
+from services.runtime.telemetry import otlp_endpoint
 
 GOLDEN = ROOT / "tests" / "golden" / "envoy.yaml"
 DESCRIPTOR = ROOT / "build" / "infermesh.binpb"

@@ -14,7 +14,7 @@ from infermesh.inference.v1 import generation_options_pb2 as options
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from infermesh.inference.v1 import inference_types_pb2 as types
-from infermesh_backend.types import (
+from services.backend.types import (
     ChatTurn,
     Embeddings,
     FinishReason,
@@ -28,7 +28,7 @@ from infermesh_backend.types import (
     ToolSpec,
     Usage,
 )
-from infermesh_runtime.errors import InvalidArgument
+from services.runtime.errors import InvalidArgument
 
 ROLES = {
     types.ROLE_SYSTEM: "system",

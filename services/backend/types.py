@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from infermesh_runtime.errors import InvalidArgument
+from services.runtime.errors import InvalidArgument
 
 
 class Capability(enum.Enum):

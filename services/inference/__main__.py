@@ -1,4 +1,4 @@
-"""Entry point: `python -m infermesh_inference` (settings from the environment)."""
+"""Entry point: `python -m services.inference` (settings from the environment)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ def main() -> None:
     # which makes torch 20-100x slower when several processes share two cores.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from infermesh_inference.app import InferenceApp
-    from infermesh_inference.settings import InferenceSettings
-    from infermesh_runtime.server import serve
+    from services.inference.app import InferenceApp
+    from services.inference.settings import InferenceSettings
+    from services.runtime.server import serve
 
     async def run(settings: InferenceSettings) -> int:
         return await serve(settings, InferenceApp(settings))

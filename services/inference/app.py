@@ -16,21 +16,21 @@ from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from infermesh.inference.v1 import model_service_pb2 as model_pb
 from infermesh.inference.v1 import model_service_pb2_grpc as model_grpc
-from infermesh_inference import metrics
-from infermesh_inference.accelerators import shared_reader
-from infermesh_inference.core import EmbedBatching, InferenceCore
-from infermesh_inference.lifecycle import ModelServicer
-from infermesh_inference.models.builtin import BUILTIN_SPECS, BuildOptions, build_model, parse_specs
-from infermesh_inference.models.continuous_batching import BatchingSettings
-from infermesh_inference.repository import ModelEntry, ModelRepository, ModelState
-from infermesh_inference.resources import ResourceMonitor
-from infermesh_inference.servicer import InferenceServicer
-from infermesh_inference.settings import InferenceSettings
-from infermesh_runtime.catalog import model_health_service
-from infermesh_runtime.operations import SERVICE as OPERATIONS_SERVICE
-from infermesh_runtime.operations import OperationsServicer, OperationStore, add_operations_servicer_to_server
-from infermesh_runtime.registry_client import RegistryClient
-from infermesh_runtime.server import Registration, mark_serving, open_catalog_from
+from services.inference import metrics
+from services.inference.accelerators import shared_reader
+from services.inference.core import EmbedBatching, InferenceCore
+from services.inference.lifecycle import ModelServicer
+from services.inference.models.builtin import BUILTIN_SPECS, BuildOptions, build_model, parse_specs
+from services.inference.models.continuous_batching import BatchingSettings
+from services.inference.repository import ModelEntry, ModelRepository, ModelState
+from services.inference.resources import ResourceMonitor
+from services.inference.servicer import InferenceServicer
+from services.inference.settings import InferenceSettings
+from services.runtime.catalog import model_health_service
+from services.runtime.operations import SERVICE as OPERATIONS_SERVICE
+from services.runtime.operations import OperationsServicer, OperationStore, add_operations_servicer_to_server
+from services.runtime.registry_client import RegistryClient
+from services.runtime.server import Application, Registration, mark_serving, open_catalog_from
 
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
@@ -50,7 +50,7 @@ def default_embed_instances(device: str, threads: int) -> int:
     return 2 if device == "cpu" and threads >= 2 else 1
 
 
-class InferenceApp:
+class InferenceApp(Application):
     name = "inference"
 
     def __init__(self, settings: InferenceSettings) -> None:

@@ -22,9 +22,9 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from infermesh_inference import metrics
-from infermesh_runtime.errors import ResourceExhausted, Unavailable
-from infermesh_runtime.telemetry import past_span
+from services.inference import metrics
+from services.runtime.errors import ResourceExhausted, Unavailable
+from services.runtime.telemetry import past_span
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

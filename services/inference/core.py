@@ -9,7 +9,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
-from infermesh_backend.types import (
+from services.backend.types import (
     Capability,
     ChatTurn,
     Embeddings,
@@ -19,16 +19,16 @@ from infermesh_backend.types import (
     TextChunk,
     Tools,
 )
-from infermesh_inference import metrics
-from infermesh_inference.batching import DynamicBatcher
-from infermesh_inference.models.base import CancelToken, ServedModel
-from infermesh_inference.models.chat_format import with_answer_format
-from infermesh_inference.models.continuous_batching import ContinuousBatcher
-from infermesh_inference.models.grammar import chat_answer_grammar, json_schema_grammar
-from infermesh_inference.models.tool_calling import TAGS, ToolCallReader, tool_grammar
-from infermesh_inference.repository import ModelEntry, ModelRepository, ModelState
-from infermesh_runtime.errors import InvalidArgument
-from infermesh_runtime.telemetry import past_span
+from services.inference import metrics
+from services.inference.batching import DynamicBatcher
+from services.inference.models.base import CancelToken, ServedModel
+from services.inference.models.chat_format import with_answer_format
+from services.inference.models.continuous_batching import ContinuousBatcher
+from services.inference.models.grammar import chat_answer_grammar, json_schema_grammar
+from services.inference.models.tool_calling import TAGS, ToolCallReader, tool_grammar
+from services.inference.repository import ModelEntry, ModelRepository, ModelState
+from services.runtime.errors import InvalidArgument
+from services.runtime.telemetry import past_span
 
 
 class _Failed:

@@ -12,11 +12,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from infermesh.inference.v1 import model_service_pb2 as pb
 from infermesh.inference.v1 import model_service_pb2_grpc as pb_grpc
-from infermesh_inference.repository import ModelRepository
-from infermesh_inference.resources import ResourceMonitor, ResourceReading
-from infermesh_inference.servicer import list_models, model_proto
-from infermesh_runtime.operations import OperationStore, now
-from infermesh_runtime.registry_client import RegistryClient, outcome, principal_of
+from services.inference.repository import ModelRepository
+from services.inference.resources import ResourceMonitor, ResourceReading
+from services.inference.servicer import list_models, model_proto
+from services.runtime.operations import OperationStore, now
+from services.runtime.registry_client import RegistryClient, outcome, principal_of
 
 
 def resources_proto(reading: ResourceReading) -> pb.ServerResources:

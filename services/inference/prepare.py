@@ -1,4 +1,4 @@
-"""`python -m infermesh_inference.prepare`: prepare the default models' weights ahead of
+"""`python -m services.inference.prepare`: prepare the default models' weights ahead of
 start-up (make run and make test do this), so the first start does not pay for it."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from infermesh_inference.models.builtin import minilm_path, prepare_gemma, qwen_coder_gguf
+    from services.inference.models.builtin import minilm_path, prepare_gemma, qwen_coder_gguf
 
     data_dir = Path(os.environ.get("DATA_DIR", ".data"))
     started = time.monotonic()

@@ -21,10 +21,10 @@ from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from infermesh_backend.types import Capability
-from infermesh_inference import metrics
-from infermesh_inference.models.base import ServedModel
-from infermesh_runtime.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
+from services.backend.types import Capability
+from services.inference import metrics
+from services.inference.models.base import ServedModel
+from services.runtime.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from infermesh_inference.accelerators import AcceleratorReader, AcceleratorReading
+from services.inference.accelerators import AcceleratorReader, AcceleratorReading
 
 # The shortest span CPU use is averaged over: shorter ones are mostly noise.
 MIN_CPU_WINDOW_SECONDS = 1.0

@@ -6,11 +6,11 @@ import time
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
-from infermesh_backend.contract import ContractServicer
-from infermesh_backend.types import Capability
-from infermesh_inference.core import InferenceCore
-from infermesh_inference.repository import ModelEntry, ModelState
-from infermesh_runtime.errors import InvalidArgument, Unimplemented
+from services.backend.contract import ContractServicer
+from services.backend.types import Capability
+from services.inference.core import InferenceCore
+from services.inference.repository import ModelEntry, ModelState
+from services.runtime.errors import InvalidArgument, Unimplemented
 
 CAPABILITIES = {
     Capability.TEXT_GENERATION: types.CAPABILITY_TEXT_GENERATION,

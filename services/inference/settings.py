@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import ByteSize, Field
 
-from infermesh_runtime.settings import CommaList, ServiceSettings
+from services.runtime.settings import CommaList, ServiceSettings
 
 
 class InferenceSettings(ServiceSettings):

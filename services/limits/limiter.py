@@ -43,8 +43,8 @@ from prometheus_client import Counter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from infermesh_limits.config import CONCURRENT, KINDS, REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE, LimitConfig, Limits
-from infermesh_runtime.errors import ResourceExhausted
+from services.limits.config import CONCURRENT, KINDS, REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE, LimitConfig, Limits
+from services.runtime.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
 DECISIONS = Counter(

@@ -1,13 +1,13 @@
-"""Entry point: `python -m infermesh_providers` with PROVIDER=openai or gemini."""
+"""Entry point: `python -m services.providers` with PROVIDER=openai or gemini."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 
-from infermesh_providers.app import ProviderApp
-from infermesh_providers.settings import ProviderSettings
-from infermesh_runtime.server import serve
+from services.providers.app import ProviderApp
+from services.providers.settings import ProviderSettings
+from services.runtime.server import serve
 
 
 async def run(settings: ProviderSettings) -> int:

@@ -9,9 +9,9 @@ from grpc_health.v1._async import HealthServicer
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
-from infermesh_providers.servicer import ProviderServicer, Unconfigured
-from infermesh_providers.settings import ProviderSettings
-from infermesh_runtime.server import Registration, mark_serving
+from services.providers.servicer import ProviderServicer, Unconfigured
+from services.providers.settings import ProviderSettings
+from services.runtime.server import Application, Registration, mark_serving
 
 SERVICE = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
 log = logging.getLogger(__name__)
@@ -19,15 +19,15 @@ log = logging.getLogger(__name__)
 
 def make_backend(settings: ProviderSettings):
     if settings.provider == "openai":
-        from infermesh_providers.openai_backend import OpenAIBackend
+        from services.providers.openai_backend import OpenAIBackend
 
         return OpenAIBackend(settings)
-    from infermesh_providers.gemini_backend import GeminiBackend
+    from services.providers.gemini_backend import GeminiBackend
 
     return GeminiBackend(settings)
 
 
-class ProviderApp:
+class ProviderApp(Application):
     kind = "provider"
 
     def __init__(self, settings: ProviderSettings) -> None:

@@ -14,7 +14,7 @@ import time
 
 import grpc
 
-from infermesh_runtime.errors import (
+from services.runtime.errors import (
     Aborted,
     DeadlineExceeded,
     DomainError,

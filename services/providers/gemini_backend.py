@@ -13,7 +13,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from infermesh_backend.types import (
+from services.backend.types import (
     NO_ARGUMENTS,
     ChatTurn,
     Embeddings,
@@ -24,11 +24,11 @@ from infermesh_backend.types import (
     Usage,
     new_call_id,
 )
-from infermesh_providers import errors
-from infermesh_providers.apportion import apportion
-from infermesh_providers.retrying import Retrier
-from infermesh_providers.settings import ProviderSettings
-from infermesh_runtime.errors import DomainError, InvalidArgument
+from services.providers import errors
+from services.providers.apportion import apportion
+from services.providers.retrying import Retrier
+from services.providers.settings import ProviderSettings
+from services.runtime.errors import DomainError, InvalidArgument
 
 ROLES = {"user": "user", "assistant": "model", "tool": "user"}
 CHOICES = {

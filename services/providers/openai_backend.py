@@ -12,7 +12,7 @@ from typing import Any
 
 import openai
 
-from infermesh_backend.types import (
+from services.backend.types import (
     ChatTurn,
     Embeddings,
     FinishReason,
@@ -25,11 +25,11 @@ from infermesh_backend.types import (
     TopLogprob,
     Usage,
 )
-from infermesh_providers import errors
-from infermesh_providers.apportion import apportion
-from infermesh_providers.retrying import Retrier
-from infermesh_providers.settings import ProviderSettings
-from infermesh_runtime.errors import DomainError, InvalidArgument
+from services.providers import errors
+from services.providers.apportion import apportion
+from services.providers.retrying import Retrier
+from services.providers.settings import ProviderSettings
+from services.runtime.errors import DomainError, InvalidArgument
 
 FINISH = {"length": FinishReason.LENGTH, "tool_calls": FinishReason.TOOL_CALLS}
 

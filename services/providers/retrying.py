@@ -10,8 +10,8 @@ from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from infermesh_providers.errors import RETRYABLE
-from infermesh_runtime.errors import DomainError
+from services.providers.errors import RETRYABLE
+from services.runtime.errors import DomainError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
-from infermesh_backend.contract import ContractServicer, usage_proto
-from infermesh_backend.types import Embeddings, GenerationParams, TextChunk, Usage
-from infermesh_runtime.errors import Unavailable
+from services.backend.contract import ContractServicer, usage_proto
+from services.backend.types import Embeddings, GenerationParams, TextChunk, Usage
+from services.runtime.errors import Unavailable
 
 CAPABILITIES = {
     "text": [types.CAPABILITY_TEXT_GENERATION, types.CAPABILITY_CHAT],

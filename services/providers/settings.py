@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from infermesh_runtime.settings import ServiceSettings
+from services.runtime.settings import ServiceSettings
 
 
 class ProviderSettings(ServiceSettings):

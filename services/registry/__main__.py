@@ -1,13 +1,13 @@
-"""Entry point: `python -m infermesh_registry` (settings from the environment)."""
+"""Entry point: `python -m services.registry` (settings from the environment)."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 
-from infermesh_registry.app import RegistryApp
-from infermesh_registry.settings import RegistrySettings
-from infermesh_runtime.server import serve
+from services.registry.app import RegistryApp
+from services.registry.settings import RegistrySettings
+from services.runtime.server import serve
 
 
 async def run(settings: RegistrySettings) -> int:

@@ -15,9 +15,9 @@ from google.protobuf import json_format
 from sqlalchemy import insert, select, update
 
 from infermesh.registry.v1 import registry_resources_pb2 as res
-from infermesh_registry import schema
-from infermesh_registry.database import Database
-from infermesh_runtime.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from services.registry import schema
+from services.registry.database import Database
+from services.runtime.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 
 SECRET_PREFIX = "imk_"
 SHOWN_PREFIX = len(SECRET_PREFIX) + 8

@@ -8,23 +8,23 @@ from grpc_health.v1._async import HealthServicer
 
 from infermesh.registry.v1 import registry_service_pb2 as pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as pb_grpc
-from infermesh_registry.api_keys import ApiKeyStore
-from infermesh_registry.artifacts import ArtifactStore
-from infermesh_registry.audit import AuditLog
-from infermesh_registry.database import Database, database_url
-from infermesh_registry.seed import seed_defaults
-from infermesh_registry.servicer import RegistryServicer
-from infermesh_registry.settings import RegistrySettings
-from infermesh_registry.store import RegistryStore
-from infermesh_runtime.operations import SERVICE as OPERATIONS_SERVICE
-from infermesh_runtime.operations import OperationsServicer, OperationStore, add_operations_servicer_to_server
-from infermesh_runtime.server import Registration, mark_serving
+from services.registry.api_keys import ApiKeyStore
+from services.registry.artifacts import ArtifactStore
+from services.registry.audit import AuditLog
+from services.registry.database import Database, database_url
+from services.registry.seed import seed_defaults
+from services.registry.servicer import RegistryServicer
+from services.registry.settings import RegistrySettings
+from services.registry.store import RegistryStore
+from services.runtime.operations import SERVICE as OPERATIONS_SERVICE
+from services.runtime.operations import OperationsServicer, OperationStore, add_operations_servicer_to_server
+from services.runtime.server import Application, Registration, mark_serving
 
 SERVICE = pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
 log = logging.getLogger(__name__)
 
 
-class RegistryApp:
+class RegistryApp(Application):
     name = "registry"
 
     def __init__(self, settings: RegistrySettings) -> None:

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlparse
 
 import httpx
 
-from infermesh_runtime.errors import AlreadyExists, InvalidArgument, Unavailable
+from services.runtime.errors import AlreadyExists, InvalidArgument, Unavailable
 
 CHUNK = 1 << 20
 Progress = Callable[[int, int], None]  # (bytes copied, bytes in all; 0 when unknown)

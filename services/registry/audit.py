@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from infermesh.registry.v1 import registry_resources_pb2 as res
-from infermesh_registry import schema
-from infermesh_registry.database import Database
-from infermesh_runtime.errors import InvalidArgument
-from infermesh_runtime.registry_client import outcome, principal_of
+from services.registry import schema
+from services.registry.database import Database
+from services.runtime.errors import InvalidArgument
+from services.runtime.registry_client import outcome, principal_of
 
 MAX_PAGE = 1000
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 
 from infermesh.registry.v1 import registry_resources_pb2 as res
-from infermesh_registry.settings import RegistrySettings
-from infermesh_registry.store import RegistryStore
-from infermesh_runtime.errors import AlreadyExists
+from services.registry.settings import RegistrySettings
+from services.registry.store import RegistryStore
+from services.runtime.errors import AlreadyExists
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from google.protobuf import empty_pb2
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as pb_grpc
-from infermesh_registry.api_keys import ApiKeyStore
-from infermesh_registry.artifacts import ArtifactStore
-from infermesh_registry.audit import AuditLog, audited
-from infermesh_registry.store import RegistryStore
-from infermesh_runtime.errors import AlreadyExists
-from infermesh_runtime.operations import OperationStore, now
+from services.registry.api_keys import ApiKeyStore
+from services.registry.artifacts import ArtifactStore
+from services.registry.audit import AuditLog, audited
+from services.registry.store import RegistryStore
+from services.runtime.errors import AlreadyExists
+from services.runtime.operations import OperationStore, now
 
 FEED_BATCH = 256
 BOOKMARK_SECONDS = 30.0  # well inside Envoy's 300 s stream idle timeout

@@ -21,10 +21,10 @@ from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from infermesh.registry.v1 import registry_resources_pb2 as res
-from infermesh_registry import schema
-from infermesh_registry.database import Database
-from infermesh_registry.filtering import FilterError, compile_filter, compile_order_by
-from infermesh_runtime.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.registry import schema
+from services.registry.database import Database
+from services.registry.filtering import FilterError, compile_filter, compile_order_by
+from services.runtime.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 DEFAULT_PAGE_SIZE = 50
 OUTPUT_ONLY = {"name", "create_time", "update_time", "etag"}

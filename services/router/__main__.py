@@ -1,13 +1,13 @@
-"""Entry point: `python -m infermesh_router` (settings from the environment)."""
+"""Entry point: `python -m services.router` (settings from the environment)."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 
-from infermesh_router.app import RouterApp
-from infermesh_router.settings import RouterSettings
-from infermesh_runtime.server import serve
+from services.router.app import RouterApp
+from services.router.settings import RouterSettings
+from services.runtime.server import serve
 
 
 async def run(settings: RouterSettings) -> int:

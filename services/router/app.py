@@ -16,22 +16,22 @@ from infermesh.router.v1 import router_service_pb2 as router_pb
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from infermesh.router.v1 import usage_service_pb2 as usage_pb
 from infermesh.router.v1 import usage_service_pb2_grpc as usage_grpc
-from infermesh_limits.limiter import open_limiter
-from infermesh_router.backend_client import EnvoyBackendClient
-from infermesh_router.core.budget import RetryBudget
-from infermesh_router.core.cache import ResponseCache
-from infermesh_router.core.cooldown import Cooldown
-from infermesh_router.core.metering import Metering
-from infermesh_router.core.quota import Quotas
-from infermesh_router.core.resolvers import CatalogResolver, RegistryResolver
-from infermesh_router.core.router import RouterCore
-from infermesh_router.openai_servicer import OpenAIServicer
-from infermesh_router.readiness import RoutableHealth
-from infermesh_router.registry_feed import RegistryFeed
-from infermesh_router.servicer import RouterServicer
-from infermesh_router.settings import RouterSettings
-from infermesh_router.usage_servicer import UsageServicer
-from infermesh_runtime.server import Registration, mark_serving, open_catalog_from
+from services.limits.limiter import open_limiter
+from services.router.backend_client import EnvoyBackendClient
+from services.router.core.budget import RetryBudget
+from services.router.core.cache import ResponseCache
+from services.router.core.cooldown import Cooldown
+from services.router.core.metering import Metering
+from services.router.core.quota import Quotas
+from services.router.core.resolvers import CatalogResolver, RegistryResolver
+from services.router.core.router import RouterCore
+from services.router.openai_servicer import OpenAIServicer
+from services.router.readiness import RoutableHealth
+from services.router.registry_feed import RegistryFeed
+from services.router.servicer import RouterServicer
+from services.router.settings import RouterSettings
+from services.router.usage_servicer import UsageServicer
+from services.runtime.server import Application, Registration, mark_serving, open_catalog_from
 
 log = logging.getLogger(__name__)
 # How long the router waits at start for a registry to appear in the catalog.
@@ -41,7 +41,7 @@ OPENAI_SERVICE = openai_pb.DESCRIPTOR.services_by_name["OpenAIService"].full_nam
 USAGE_SERVICE = usage_pb.DESCRIPTOR.services_by_name["UsageService"].full_name
 
 
-class RouterApp:
+class RouterApp(Application):
     name = "router"
     # Served by inference servers and the registry behind the same front door.
     front_door_services = (

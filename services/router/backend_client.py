@@ -13,11 +13,11 @@ import grpc
 from google.protobuf.message import Message
 
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
-from infermesh_router.core.backend import BackendError
-from infermesh_router.core.rpcs import Rpc
-from infermesh_runtime.catalog import BACKEND_HEADER
-from infermesh_runtime.errors import status_of
-from infermesh_runtime.telemetry import client_interceptors
+from services.router.core.backend import BackendError
+from services.router.core.rpcs import Rpc
+from services.runtime.catalog import BACKEND_HEADER
+from services.runtime.errors import status_of
+from services.runtime.telemetry import client_interceptors
 
 STREAMING = {Rpc.GENERATE_TEXT: "StreamGenerateText", Rpc.CHAT: "StreamChat"}
 

@@ -7,9 +7,9 @@ import time
 
 import grpc
 
-from infermesh_router.core.calls import Announce, CallContext
-from infermesh_router.core.failover import Answer
-from infermesh_runtime.identity import Caller
+from services.router.core.calls import Announce, CallContext
+from services.router.core.failover import Answer
+from services.runtime.identity import Caller
 
 # `cache-control: no-cache` (an HTTP header, or gRPC metadata) asks for a fresh answer.
 OPT_OUT = {"no-cache", "no-store"}

@@ -9,7 +9,7 @@ import io
 
 from PIL import Image, UnidentifiedImageError
 
-from infermesh_runtime.errors import InvalidArgument
+from services.runtime.errors import InvalidArgument
 
 FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/gif": "GIF"}
 MAX_PIXELS = 64_000_000  # 8000 × 8000: beyond any vision model's input, and a decompression-bomb guard

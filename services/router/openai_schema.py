@@ -24,8 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from infermesh.inference.v1 import generation_options_pb2 as options
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
-from infermesh_router.token_ids import decode_token_ids
-from infermesh_runtime.errors import InvalidArgument
+from services.router.token_ids import decode_token_ids
+from services.runtime.errors import InvalidArgument
 
 ROLES = {
     "system": types.ROLE_SYSTEM,

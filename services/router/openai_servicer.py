@@ -31,16 +31,16 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
 from infermesh.openai.v1 import openai_service_pb2_grpc as pb_grpc
-from infermesh_router import openai_replies as reply
-from infermesh_router import openai_schema as oa
-from infermesh_router.calls import announcer, call_context
-from infermesh_router.core import failover
-from infermesh_router.core.router import RouterCore
-from infermesh_router.core.rpcs import Rpc
-from infermesh_router.images import check_image
-from infermesh_runtime.errors import DomainError, InvalidArgument, NotFound, status_of
-from infermesh_runtime.interceptors import validation_status
-from infermesh_runtime.openai_errors import (
+from services.router import openai_replies as reply
+from services.router import openai_schema as oa
+from services.router.calls import announcer, call_context
+from services.router.core import failover
+from services.router.core.router import RouterCore
+from services.router.core.rpcs import Rpc
+from services.router.images import check_image
+from services.runtime.errors import DomainError, InvalidArgument, NotFound, status_of
+from services.runtime.interceptors import validation_status
+from services.runtime.openai_errors import (
     HTTP_STATUS_HEADER,
     RETRY_AFTER_HEADER,
     TRANSCODED_PATH_HEADER,

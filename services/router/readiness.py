@@ -17,7 +17,7 @@ from collections.abc import Callable
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
-from infermesh_runtime.catalog import model_health_service
+from services.runtime.catalog import model_health_service
 
 # Routability changes with the registry's feed, the catalog and cooldown expiries; a
 # cheap in-memory check twice a second follows all three without three notifications.

@@ -12,8 +12,8 @@ import grpc
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as registry_pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
-from infermesh_router.core.resolvers import RegistryResolver
-from infermesh_runtime.catalog import BACKEND_HEADER
+from services.router.core.resolvers import RegistryResolver
+from services.runtime.catalog import BACKEND_HEADER
 
 log = logging.getLogger(__name__)
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)

@@ -5,11 +5,11 @@ several), and answered with who answered in the response headers."""
 from __future__ import annotations
 
 from infermesh.router.v1 import router_service_pb2_grpc as pb_grpc
-from infermesh_router.calls import announcer, call_context
-from infermesh_router.core import failover, orchestration
-from infermesh_router.core.router import RouterCore
-from infermesh_router.core.rpcs import Rpc
-from infermesh_router.images import check_image
+from services.router.calls import announcer, call_context
+from services.router.core import failover, orchestration
+from services.router.core.router import RouterCore
+from services.router.core.rpcs import Rpc
+from services.router.images import check_image
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):

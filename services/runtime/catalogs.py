@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from infermesh_runtime.catalog import Catalog, EmbeddedCatalog, ServiceInstance
+from services.runtime.catalog import Catalog, EmbeddedCatalog, ServiceInstance
 
 
 def open_catalog(
@@ -21,7 +21,7 @@ def open_catalog(
     the view either way (services that do not register themselves). Nothing is contacted
     until `start()` or `register()`."""
     if consul_address:
-        from infermesh_runtime.consul_catalog import ConsulCatalog  # py-consul only where used
+        from services.runtime.consul_catalog import ConsulCatalog  # py-consul only where used
 
         return ConsulCatalog(consul_address, token=consul_token, fixed=fixed)
     return EmbeddedCatalog(directory, fixed)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import grpc
 
-from infermesh_runtime.catalog import Catalog
-from infermesh_runtime.errors import Unavailable
-from infermesh_runtime.telemetry import client_interceptors
+from services.runtime.catalog import Catalog
+from services.runtime.errors import Unavailable
+from services.runtime.telemetry import client_interceptors
 
 
 class InstanceChannels:

@@ -34,7 +34,7 @@ import httpx
 from consul.exceptions import ConsulException, Timeout
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from infermesh_runtime.catalog import ServiceInstance
+from services.runtime.catalog import ServiceInstance
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
-from infermesh_runtime.errors import DOMAIN, STATUS_DETAILS_KEY, DomainError, InvalidArgument, internal_status
-from infermesh_runtime.well_known import invalid_times
+from services.runtime.errors import DOMAIN, STATUS_DETAILS_KEY, DomainError, InvalidArgument, internal_status
+from services.runtime.well_known import invalid_times
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import grpc
 from google.longrunning import operations_pb2
 from google.protobuf import empty_pb2, message, timestamp_pb2
 
-from infermesh_runtime.errors import DomainError, InvalidArgument, NotFound, internal_status
+from services.runtime.errors import DomainError, InvalidArgument, NotFound, internal_status
 
 DEFAULT_PAGE_SIZE = 50
 

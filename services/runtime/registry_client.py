@@ -14,10 +14,10 @@ from prometheus_client import Counter
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as pb_grpc
-from infermesh_runtime.catalog import Catalog
-from infermesh_runtime.channels import InstanceChannels
-from infermesh_runtime.errors import Unavailable, status_of
-from infermesh_runtime.identity import Caller
+from services.runtime.catalog import Catalog
+from services.runtime.channels import InstanceChannels
+from services.runtime.errors import Unavailable, status_of
+from services.runtime.identity import Caller
 
 log = logging.getLogger(__name__)
 AUDIT_FAILURES = Counter(

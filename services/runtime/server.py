@@ -7,6 +7,7 @@ stop(grace) → release the application's resources.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -14,7 +15,7 @@ import signal
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -22,12 +23,12 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from infermesh_runtime import __version__
-from infermesh_runtime.catalog import Catalog, EmbeddedCatalog, ServiceInstance, default_instance_name
-from infermesh_runtime.interceptors import ErrorInterceptor, MetricsInterceptor
-from infermesh_runtime.logs import configure_logging
-from infermesh_runtime.settings import ServiceSettings
-from infermesh_runtime.telemetry import configure_tracing, server_interceptors
+from services.runtime import __version__
+from services.runtime.catalog import Catalog, EmbeddedCatalog, ServiceInstance, default_instance_name
+from services.runtime.interceptors import ErrorInterceptor, MetricsInterceptor
+from services.runtime.logs import configure_logging
+from services.runtime.settings import ServiceSettings
+from services.runtime.telemetry import configure_tracing, server_interceptors
 
 log = logging.getLogger(__name__)
 REGISTRATION_SECONDS = 0.5  # how often an instance checks whether its entry changed
@@ -52,16 +53,42 @@ class Registration:
     servicer: Any
 
 
-class Application(Protocol):
-    """What a service plugs into the kit."""
+class Application(abc.ABC):
+    """What a service plugs into the kit: its gRPC services, how it starts and stops, and
+    how it appears in the catalog. Subclasses set `name` and override what applies."""
 
+    # The process's name in logs and traces, e.g. "router".
     name: str
+    # Services another process serves behind the same front door, which this server's
+    # reflection describes too (reflection through the front door reaches the router).
+    front_door_services: Sequence[str] = ()
+    # The catalog this application reads, if any: the kit registers the instance in it
+    # rather than opening a second one.
+    catalog: Catalog | None = None
 
+    @property
+    def kind(self) -> str:
+        """The kind of service in the catalog (replicas share it); the name unless overridden."""
+        return self.name
+
+    @property
+    def capabilities(self) -> Sequence[str]:
+        """What a backend can do now (text-generation, embedding, ...); none for other services."""
+        return ()
+
+    def ready_models(self) -> Sequence[str] | None:
+        """Models a backend serves now, advertised in the catalog; None for services that
+        serve no models."""
+        return None
+
+    @abc.abstractmethod
     def registrations(self) -> Sequence[Registration]: ...
 
+    @abc.abstractmethod
     async def start(self, health: HealthServicer) -> None:
         """Load what the service needs, then mark it SERVING. Runs after the port is bound."""
 
+    @abc.abstractmethod
     async def close(self) -> None:
         """Release models and clients; called after the server has stopped."""
 
@@ -69,7 +96,7 @@ class Application(Protocol):
 def open_catalog_from(settings: ServiceSettings) -> Catalog | None:
     """The catalog the settings name: Consul, the embedded one (a directory and/or fixed
     entries), or None when they name neither."""
-    from infermesh_runtime.catalogs import open_catalog
+    from services.runtime.catalogs import open_catalog
 
     fixed = EmbeddedCatalog.load(settings.catalog_file).instances() if settings.catalog_file else ()
     if not (settings.consul_http_addr or settings.catalog_dir or fixed):
@@ -80,7 +107,7 @@ def open_catalog_from(settings: ServiceSettings) -> Catalog | None:
 def catalog_entry(settings: ServiceSettings, app: Application, port: int) -> ServiceInstance:
     """How this instance appears in the catalog (ready models and capabilities are filled
     in by keep_registered, which follows them)."""
-    kind = getattr(app, "kind", app.name)
+    kind = app.kind
     host = settings.advertise_host or settings.grpc_host
     if host in ("0.0.0.0", "::", ""):
         host = socket.gethostname()
@@ -99,9 +126,9 @@ async def keep_registered(catalog: Catalog, entry: ServiceInstance, app: Applica
     registered: ServiceInstance | None = None
     failures = 0
     while True:
-        ready = getattr(app, "ready_models", None)
-        current = entry.with_models(ready()) if ready is not None else entry
-        current = replace(current, capabilities=tuple(getattr(app, "capabilities", ())))
+        ready = app.ready_models()
+        current = entry.with_models(ready) if ready is not None else entry
+        current = replace(current, capabilities=tuple(app.capabilities))
         if current != registered:
             try:
                 await catalog.register(current)
@@ -110,13 +137,6 @@ async def keep_registered(catalog: Catalog, entry: ServiceInstance, app: Applica
                 failures += 1
                 log.warning("catalog registration failed; retrying", extra={"error": repr(exc), "attempt": failures})
         await asyncio.sleep(min(REGISTRATION_SECONDS * 2**failures, 10.0))
-
-
-def reflected_elsewhere(app: Application) -> Sequence[str]:
-    """Services another process serves behind the same Envoy front door, which this
-    server's reflection describes too (reflection through the front door reaches the
-    router, and grpcurl should see every public service there)."""
-    return getattr(app, "front_door_services", ())
 
 
 @dataclass
@@ -140,7 +160,7 @@ async def create_server(settings: ServiceSettings, app: Application) -> BoundSer
     await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection(
-        [*names, *reflected_elsewhere(app), health_name, reflection.SERVICE_NAME], server
+        [*names, *app.front_door_services, health_name, reflection.SERVICE_NAME], server
     )
     port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
     if port == 0:
@@ -163,7 +183,7 @@ async def serve(settings: ServiceSettings, app: Application) -> int:
     await bound.server.start()
     log.info("%s listening on %s:%d", app.name, settings.grpc_host, bound.port)
     # Apps that read the catalog (router, control plane) share theirs.
-    catalog = getattr(app, "catalog", None) or open_catalog_from(settings)
+    catalog = app.catalog or open_catalog_from(settings)
     entry = catalog_entry(settings, app, bound.port)
     registrar = asyncio.create_task(keep_registered(catalog, entry, app)) if catalog is not None else None
 
@@ -188,7 +208,7 @@ async def serve(settings: ServiceSettings, app: Application) -> int:
     await asyncio.sleep(settings.drain_seconds)
     await bound.server.stop(settings.shutdown_grace_seconds)
     await app.close()
-    if catalog is not None and catalog is not getattr(app, "catalog", None):
+    if catalog is not None and catalog is not app.catalog:
         await catalog.close()
     log.info("stopped")
     return 1 if failed else 0

@@ -1,13 +1,13 @@
-"""Entry point: `python -m infermesh_vector` (settings from the environment)."""
+"""Entry point: `python -m services.vector` (settings from the environment)."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 
-from infermesh_runtime.server import serve
-from infermesh_vector.app import VectorApp
-from infermesh_vector.settings import VectorSettings
+from services.runtime.server import serve
+from services.vector.app import VectorApp
+from services.vector.settings import VectorSettings
 
 
 async def run(settings: VectorSettings) -> int:

@@ -13,19 +13,19 @@ from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from infermesh.vector.v1 import vector_service_pb2 as pb
 from infermesh.vector.v1 import vector_service_pb2_grpc as pb_grpc
-from infermesh_runtime.channels import InstanceChannels
-from infermesh_runtime.server import Registration, mark_serving, open_catalog_from
-from infermesh_vector.core import VectorStore
-from infermesh_vector.qdrant import QdrantKind
-from infermesh_vector.servicer import VectorServicer
-from infermesh_vector.settings import VectorSettings
+from services.runtime.channels import InstanceChannels
+from services.runtime.server import Application, Registration, mark_serving, open_catalog_from
+from services.vector.core import VectorStore
+from services.vector.qdrant import QdrantKind
+from services.vector.servicer import VectorServicer
+from services.vector.settings import VectorSettings
 
 SERVICE = pb.DESCRIPTOR.services_by_name["VectorService"].full_name
 # Texts per embedding call: well within the router's 2,048 inputs and 4 MiB per message.
 EMBED_BATCH = 256
 
 
-class VectorApp:
+class VectorApp(Application):
     name = "vector"
 
     def __init__(self, settings: VectorSettings) -> None:

@@ -15,9 +15,9 @@ from typing import Protocol
 import numpy as np
 
 from infermesh.vector.v1 import vector_service_pb2 as pb
-from infermesh_vector import snapshots
-from infermesh_vector.embedded import EmbeddedCollection
-from infermesh_vector.model import CollectionConfig, Match, StoredPoint
+from services.vector import snapshots
+from services.vector.embedded import EmbeddedCollection
+from services.vector.model import CollectionConfig, Match, StoredPoint
 
 
 class Backend(Protocol):

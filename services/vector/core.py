@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from infermesh.vector.v1 import vector_service_pb2 as pb
-from infermesh_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from infermesh_vector.backends import Backend, BackendKind, EmbeddedKind, collection_file, remove_collection_file
-from infermesh_vector.model import CollectionConfig, Match, StoredPoint
+from services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.vector.backends import Backend, BackendKind, EmbeddedKind, collection_file, remove_collection_file
+from services.vector.model import CollectionConfig, Match, StoredPoint
 
 # Texts in, vectors out: (model, texts, the caller's call metadata).
 Embedder = Callable[[str, list[str], Sequence[tuple[str, str]]], Awaitable[list[list[float]]]]

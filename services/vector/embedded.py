@@ -40,9 +40,9 @@ import hnswlib
 import numpy as np
 
 from infermesh.vector.v1 import vector_service_pb2 as pb
-from infermesh_vector import snapshots
-from infermesh_vector.filters import Predicate, predicate
-from infermesh_vector.model import DISTANCES, CollectionConfig, Match, StoredPoint, as_matrix
+from services.vector import snapshots
+from services.vector.filters import Predicate, predicate
+from services.vector.model import DISTANCES, CollectionConfig, Match, StoredPoint, as_matrix
 
 EXACT_BELOW = 20_000
 # Measured (bench/vector_bench.py): under ~10k passing points, exact search over them beats

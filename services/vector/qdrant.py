@@ -40,9 +40,9 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from infermesh.vector.v1 import vector_service_pb2 as pb
-from infermesh_runtime.errors import AlreadyExists, FailedPrecondition, Unavailable
-from infermesh_vector.model import CollectionConfig, Match, StoredPoint, as_matrix
-from infermesh_vector.qdrant_payload import from_payload, to_filter, to_payload
+from services.runtime.errors import AlreadyExists, FailedPrecondition, Unavailable
+from services.vector.model import CollectionConfig, Match, StoredPoint, as_matrix
+from services.vector.qdrant_payload import from_payload, to_filter, to_payload
 
 DISTANCES = {"cosine": models.Distance.COSINE, "dot": models.Distance.DOT, "l2": models.Distance.EUCLID}
 ID_NAMESPACE = uuid.UUID("5d0c3f6e-8a8e-4b7a-9a53-3c1f0e6b7a10")  # fixed: changing it orphans every point

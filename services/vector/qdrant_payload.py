@@ -47,8 +47,8 @@ from google.protobuf import json_format
 from qdrant_client import models
 
 from infermesh.vector.v1 import vector_service_pb2 as pb
-from infermesh_runtime.errors import InvalidArgument
-from infermesh_vector.model import StoredPoint
+from services.runtime.errors import InvalidArgument
+from services.vector.model import StoredPoint
 
 ID_KEY, TEXT_KEY, JSON_KEY = "_id", "_text", "_json"
 RESERVED = frozenset({ID_KEY, TEXT_KEY, JSON_KEY})

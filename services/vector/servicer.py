@@ -6,9 +6,9 @@ from google.protobuf import empty_pb2, json_format
 
 from infermesh.vector.v1 import vector_service_pb2 as pb
 from infermesh.vector.v1 import vector_service_pb2_grpc as pb_grpc
-from infermesh_runtime.identity import forwarded
-from infermesh_vector.core import VectorStore
-from infermesh_vector.model import CollectionConfig, Match, StoredPoint
+from services.runtime.identity import forwarded
+from services.vector.core import VectorStore
+from services.vector.model import CollectionConfig, Match, StoredPoint
 
 DISTANCE_NAMES = {pb.DISTANCE_COSINE: "cosine", pb.DISTANCE_DOT: "dot", pb.DISTANCE_L2: "l2"}
 DISTANCE_ENUMS = {name: value for value, name in DISTANCE_NAMES.items()}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 
-from infermesh_runtime.settings import ServiceSettings
+from services.runtime.settings import ServiceSettings
 
 
 class VectorSettings(ServiceSettings):

@@ -13,7 +13,7 @@ import pytest
 from openai.types import completion_create_params, embedding_create_params
 from openai.types.chat import completion_create_params as chat_create_params
 
-from infermesh_router.openai_schema import HINTS, REFUSED
+from services.router.openai_schema import HINTS, REFUSED
 from openai_conformance import BASE_MODEL, EMBEDDING_MODEL, sdk_client
 
 # Honoured, each with tests of its effect (test_sdk_*.py, test_langchain.py, ...,

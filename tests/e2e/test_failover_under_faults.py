@@ -35,7 +35,7 @@ from grpc_status import rpc_status
 from conftest import mesh_settings, metric, register_model
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
-from infermesh_mesh.launcher import Mesh
+from launcher.mesh import Mesh
 from provider_servers import Reply, Seen, StandIn, gemini_default, gemini_error
 from redis_servers import redis_server
 

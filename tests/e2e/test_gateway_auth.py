@@ -28,7 +28,7 @@ from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as registry_pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
-from infermesh_mesh.launcher import Mesh
+from launcher.mesh import Mesh
 
 MINILM = "all-minilm-l6-v2"
 EMBED = {"model": MINILM, "inputs": ["hello"]}
@@ -236,7 +236,7 @@ def test_make_admin_key_issues_another_admin_key_for_the_running_mesh(auth_mesh)
     mesh, _ = auth_mesh
     env = {**os.environ, "MESH_HOST": mesh.settings.host, "MESH_REGISTRY_PORT": str(mesh.settings.registry_port)}
     out = subprocess.run(
-        [sys.executable, "-m", "infermesh_mesh.admin_key"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "launcher.admin_key"], env=env, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
     secret = out.stdout.split("export INFERMESH_API_KEY=")[1].split()[0]
@@ -245,6 +245,6 @@ def test_make_admin_key_issues_another_admin_key_for_the_running_mesh(auth_mesh)
     # With the mesh down (nothing on that port), it says so instead of a traceback.
     env["MESH_REGISTRY_PORT"] = "1"
     down = subprocess.run(
-        [sys.executable, "-m", "infermesh_mesh.admin_key"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "launcher.admin_key"], env=env, capture_output=True, text=True, timeout=60
     )
     assert down.returncode != 0 and "is the mesh running?" in down.stderr

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import mesh_settings
 from consul_stand_in import ConsulStandIn
-from infermesh_mesh.launcher import Mesh
+from launcher.mesh import Mesh
 
 MINILM = "all-minilm-l6-v2"
 

@@ -109,7 +109,7 @@ def test_a_list_of_prompts_gets_a_choice_per_prompt_in_order(client):
 
 
 # Errors on the OpenAI paths are OpenAI's `{"error": {"message", "type", "param", "code"}}`
-# (infermesh_runtime.openai_errors), whoever answers; the native REST API keeps
+# (services.runtime.openai_errors), whoever answers; the native REST API keeps
 # google.rpc.Status JSON.
 
 

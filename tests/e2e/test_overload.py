@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from conftest import mesh_settings
-from infermesh_mesh.launcher import Mesh
+from launcher.mesh import Mesh
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ import pytest
 from conftest import free_port, mesh_settings
 from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
-from infermesh_gateway.envoy_config import EnvoyPorts
-from infermesh_mesh.launcher import Mesh
+from gateway.envoy_config import EnvoyPorts
+from launcher.mesh import Mesh
 from redis_servers import redis_server
 
 GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"
@@ -39,7 +39,7 @@ LIMITS = {
     },
     "models": {MINILM: {"requests_per_minute": 3}},
 }
-FLUSH_TOKENS = 8  # infermesh_router.core.quota.FLUSH_TOKENS: how far past a quota a stream may run
+FLUSH_TOKENS = 8  # services.router.core.quota.FLUSH_TOKENS: how far past a quota a stream may run
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,7 @@ def test_grpcurl_describes_and_calls_the_registry_through_the_front_door(front_d
 
 
 def test_an_artifact_is_imported_over_rest_as_a_long_running_operation(base_url):
-    from infermesh_inference.models.builtin import minilm_path
+    from services.inference.models.builtin import minilm_path
 
     started = httpx.post(
         f"{base_url}/v1/registry/models/all-minilm-l6-v2/versions:import",

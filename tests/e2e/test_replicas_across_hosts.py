@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import free_port, mesh_settings, metric
-from infermesh_mesh.launcher import Mesh
+from launcher.mesh import Mesh
 from mesh_load import MINILM, Load, embed
 from netns import hosts
 

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import mesh_settings, metric
-from infermesh_mesh.launcher import Mesh
+from launcher.mesh import Mesh
 from mesh_load import CLIENTS, MINILM, Load, embed
 
 EMBED = "/infermesh.inference.v1.InferenceService/Embed"

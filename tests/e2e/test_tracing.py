@@ -19,7 +19,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from conftest import free_port, mesh_settings
-from infermesh_mesh.launcher import Mesh
+from launcher.mesh import Mesh
 
 GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"
 INFERENCE = "infermesh.inference.v1.InferenceService"

@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
-from infermesh_registry.database import database_url
-from infermesh_runtime.errors import error_info
+from services.registry.database import database_url
+from services.runtime.errors import error_info
 from registry_servers import DATABASES, database, registry_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -18,7 +18,7 @@ from google.rpc import code_pb2
 
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
-from infermesh_gateway.authz import ADMIN_METHODS, ApiKeys, AuthorizationServicer, Authorizer
+from gateway.authz import ADMIN_METHODS, ApiKeys, AuthorizationServicer, Authorizer
 from registry_servers import database, registry_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -24,9 +24,9 @@ from grpc_health.v1._async import HealthServicer
 
 from conftest import free_port
 from consul_stand_in import ConsulStandIn
-from infermesh_runtime.catalog import Catalog, EmbeddedCatalog, ServiceInstance
-from infermesh_runtime.catalogs import open_catalog
-from infermesh_runtime.consul_catalog import ConsulCatalog, ConsulError
+from services.runtime.catalog import Catalog, EmbeddedCatalog, ServiceInstance
+from services.runtime.catalogs import open_catalog
+from services.runtime.consul_catalog import ConsulCatalog, ConsulError
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -273,7 +273,7 @@ async def test_start_fails_clearly_when_consul_is_unreachable():
 
 
 async def test_an_outage_keeps_the_last_view_logs_it_and_recovers(consul, caplog):
-    caplog.set_level(logging.WARNING, logger="infermesh_runtime.consul_catalog")
+    caplog.set_level(logging.WARNING, logger="services.runtime.consul_catalog")
     async with health_server() as (port, _):
         writer = ConsulCatalog(consul.address)
         await writer.register(inference(port))

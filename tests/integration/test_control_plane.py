@@ -17,9 +17,9 @@ import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from conftest import BIN, ROOT, free_port
-from infermesh_gateway import envoy_config
-from infermesh_gateway.control_plane import NACKS, ControlPlane
-from infermesh_runtime.catalog import EmbeddedCatalog, ServiceInstance
+from gateway import envoy_config
+from gateway.control_plane import NACKS, ControlPlane
+from services.runtime.catalog import EmbeddedCatalog, ServiceInstance
 
 DESCRIPTOR = ROOT / "build" / "infermesh.binpb"
 ROUTER = ServiceInstance("router", "router", "127.0.0.1", 1)

@@ -14,7 +14,7 @@ import pytest_asyncio
 
 from inference_servers import inference_server
 from infermesh.inference.v1 import inference_service_pb2 as pb
-from infermesh_router.core.coalescing import EmbedCoalescer
+from services.router.core.coalescing import EmbedCoalescer
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 MINILM = "all-minilm-l6-v2"

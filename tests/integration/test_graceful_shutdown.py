@@ -28,7 +28,7 @@ def test_sigterm_drains_in_flight_generation_then_exits(tmp_path):
         "SHUTDOWN_GRACE_SECONDS": "30",
     }
     log = (tmp_path / "inference.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "infermesh_inference"], env=env, stdout=log, stderr=log)
+    server = subprocess.Popen([sys.executable, "-m", "services.inference"], env=env, stdout=log, stderr=log)
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         health = health_pb2_grpc.HealthStub(channel)

@@ -13,7 +13,7 @@ from grpc_status import rpc_status
 from inference_servers import inference_server
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
-from infermesh_inference.app import SERVICE, model_health_name
+from services.inference.app import SERVICE, model_health_name
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 GEMMA = "gemma-3-270m"

@@ -44,7 +44,7 @@ def test_ctrl_c_stops_everything_cleanly(tmp_path):
     env["MESH_REGISTRY_DATABASE_URL"] = f"sqlite:///{tmp_path / 'registry.db'}"
     out = (tmp_path / "mesh.out").open("w+")
     process = subprocess.Popen(
-        [sys.executable, "-m", "infermesh_mesh"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "launcher"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
     )
     children: list[int] = []
     try:

@@ -25,8 +25,8 @@ from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from infermesh.inference.v1 import inference_types_pb2 as types
 from infermesh.inference.v1 import model_service_pb2 as model_pb
 from infermesh.inference.v1 import model_service_pb2_grpc as model_grpc
-from infermesh_inference.app import model_health_name
-from infermesh_runtime.operations import OperationsStub
+from services.inference.app import model_health_name
+from services.runtime.operations import OperationsStub
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"
@@ -135,7 +135,7 @@ async def test_twenty_load_unload_cycles_do_not_leak_memory(tmp_path):
     port = free_port()
     env = {**os.environ, "GRPC_PORT": str(port), "MODELS": MINILM, "AVAILABLE_MODELS": "", "DRAIN_SECONDS": "0"}
     log = open(tmp_path / "inference.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen([sys.executable, "-m", "infermesh_inference"], env=env, stdout=log, stderr=log)
+    process = subprocess.Popen([sys.executable, "-m", "services.inference"], env=env, stdout=log, stderr=log)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             server = SimpleNamespace(

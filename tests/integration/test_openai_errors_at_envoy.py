@@ -26,9 +26,9 @@ from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.openai.v1 import openai_service_pb2 as openai_pb
 from infermesh.openai.v1 import openai_service_pb2_grpc as openai_grpc
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
-from infermesh_gateway import envoy_config
-from infermesh_runtime.catalog import EmbeddedCatalog, ServiceInstance
-from infermesh_runtime.openai_errors import HTTP_STATUS_HEADER, openai_error_body
+from gateway import envoy_config
+from services.runtime.catalog import EmbeddedCatalog, ServiceInstance
+from services.runtime.openai_errors import HTTP_STATUS_HEADER, openai_error_body
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 NOT_FOUND = openai_error_body(404, "model 'x' is not registered", "model_not_found", "model")

@@ -201,7 +201,7 @@ async def test_gemini_failures_map_and_retry_as_google_advises():
 
 
 def error_info_of(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    from infermesh_runtime.errors import error_info
+    from services.runtime.errors import error_info
 
     return error_info(error)
 

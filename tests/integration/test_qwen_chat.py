@@ -17,10 +17,10 @@ from conftest import ROOT
 from inference_servers import inference_server
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
-from infermesh_backend.types import ChatTurn
-from infermesh_inference.models import builtin
-from infermesh_inference.models.chat_format import base_model_chat_prompt
-from infermesh_registry.seed import _defaults
+from services.backend.types import ChatTurn
+from services.inference.models import builtin
+from services.inference.models.chat_format import base_model_chat_prompt
+from services.registry.seed import _defaults
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 QWEN, GEMMA_LLAMA = builtin.QWEN_CODER_ID, builtin.GEMMA_GGUF_ID
@@ -90,7 +90,7 @@ async def test_each_model_gets_its_own_chat_prompt(server):
 
 
 async def test_tools_reach_the_models_template_in_its_trained_format(server):
-    from infermesh_backend.types import Tools, ToolSpec
+    from services.backend.types import Tools, ToolSpec
 
     qwen = server.app.repository.entry(QWEN).model
     weather = ToolSpec("get_weather", "The weather in a city.", {"type": "object", "properties": {}})

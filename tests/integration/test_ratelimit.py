@@ -18,9 +18,9 @@ from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from prometheus_client import REGISTRY
 
-from infermesh_gateway.ratelimit import RateLimitServicer
-from infermesh_limits.config import limits_from_env, load_limits, parse_limits
-from infermesh_limits.limiter import LEASE_HEADER, open_limiter
+from gateway.ratelimit import RateLimitServicer
+from services.limits.config import limits_from_env, load_limits, parse_limits
+from services.limits.limiter import LEASE_HEADER, open_limiter
 from redis_servers import redis_server
 
 OK, OVER = rls_pb2.RateLimitResponse.OK, rls_pb2.RateLimitResponse.OVER_LIMIT
@@ -259,7 +259,7 @@ async def test_a_redis_outage_fails_open_with_a_logged_error_and_a_metric(caplog
     before = store_errors("check")
     async with replica(config, url, prefix()) as (stub, limiter):
         slot = [descriptor(k, "apiKeys/alice") for k in ("requests_per_minute", "tokens_per_minute", "concurrent")]
-        with caplog.at_level(logging.ERROR, logger="infermesh_limits.limiter"):
+        with caplog.at_level(logging.ERROR, logger="services.limits.limiter"):
             replies = [await ask(stub, *slot) for _ in range(3)]
         assert all(r.overall_code == OK for r in replies)
         assert store_errors("check") == before + 3

@@ -38,7 +38,7 @@ def registry_process(url: str, data_dir: Path, port: int, log: Path):
     }
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "infermesh_registry"], env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "services.registry"], env=env, stdout=out, stderr=subprocess.STDOUT
         )
     try:
         yield process

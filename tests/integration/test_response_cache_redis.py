@@ -8,10 +8,10 @@ import asyncio
 import pytest
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
-from infermesh_router.core.cache import ResponseCache
-from infermesh_router.core.calls import CallContext
-from infermesh_router.core.resolvers import Route
-from infermesh_router.core.rpcs import Rpc
+from services.router.core.cache import ResponseCache
+from services.router.core.calls import CallContext
+from services.router.core.resolvers import Route
+from services.router.core.rpcs import Rpc
 from redis_servers import redis_server
 
 pytestmark = pytest.mark.asyncio

@@ -15,14 +15,14 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
-from infermesh_router.backend_client import EnvoyBackendClient
-from infermesh_router.core.calls import CallContext
-from infermesh_router.core.load import ModelLoad
-from infermesh_router.core.resolvers import RegistryResolver
-from infermesh_router.core.router import RouterCore
-from infermesh_router.registry_feed import RegistryFeed
-from infermesh_runtime.catalog import EmbeddedCatalog, ServiceInstance
-from infermesh_runtime.errors import DomainError, InvalidArgument, NotFound, Unavailable
+from services.router.backend_client import EnvoyBackendClient
+from services.router.core.calls import CallContext
+from services.router.core.load import ModelLoad
+from services.router.core.resolvers import RegistryResolver
+from services.router.core.router import RouterCore
+from services.router.registry_feed import RegistryFeed
+from services.runtime.catalog import EmbeddedCatalog, ServiceInstance
+from services.runtime.errors import DomainError, InvalidArgument, NotFound, Unavailable
 from registry_servers import database, registry_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

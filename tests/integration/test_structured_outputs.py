@@ -20,7 +20,7 @@ from inference_servers import inference_server
 from infermesh.inference.v1 import generation_options_pb2 as options
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
-from infermesh_runtime.errors import error_info
+from services.runtime.errors import error_info
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 TRANSFORMERS, LLAMA = "gemma-3-270m", "gemma-3-270m-llamacpp"

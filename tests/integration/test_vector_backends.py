@@ -25,15 +25,15 @@ from qdrant_client import QdrantClient, models
 from vector_data import clustered, exact_scores
 
 from infermesh.vector.v1 import vector_service_pb2 as pb
-from infermesh_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from infermesh_vector import embedded
-from infermesh_vector.app import VectorApp
-from infermesh_vector.core import VectorStore
-from infermesh_vector.filters import predicate
-from infermesh_vector.model import CollectionConfig, StoredPoint
-from infermesh_vector.qdrant import ID_NAMESPACE, QdrantKind, point_uuid
-from infermesh_vector.servicer import VectorServicer
-from infermesh_vector.settings import VectorSettings
+from services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.vector import embedded
+from services.vector.app import VectorApp
+from services.vector.core import VectorStore
+from services.vector.filters import predicate
+from services.vector.model import CollectionConfig, StoredPoint
+from services.vector.qdrant import ID_NAMESPACE, QdrantKind, point_uuid
+from services.vector.servicer import VectorServicer
+from services.vector.settings import VectorSettings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

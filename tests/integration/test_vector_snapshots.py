@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from vector_data import clustered, exact_scores
 
-from infermesh_vector import embedded
-from infermesh_vector.backends import EmbeddedKind, collection_file
-from infermesh_vector.embedded import EmbeddedCollection
-from infermesh_vector.model import CollectionConfig, StoredPoint
+from services.vector import embedded
+from services.vector.backends import EmbeddedKind, collection_file
+from services.vector.embedded import EmbeddedCollection
+from services.vector.model import CollectionConfig, StoredPoint
 
 DIMENSION = 32
 CONFIG = CollectionConfig("collections/docs", DIMENSION, "cosine", "", "embedded", 0.0)

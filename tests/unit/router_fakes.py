@@ -14,11 +14,11 @@ from google.rpc import code_pb2, status_pb2
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
-from infermesh_router.core.backend import BackendError
-from infermesh_router.core.load import ModelLoad
-from infermesh_router.core.resolvers import Route
-from infermesh_router.core.rpcs import Rpc
-from infermesh_runtime.errors import NotFound
+from services.router.core.backend import BackendError
+from services.router.core.load import ModelLoad
+from services.router.core.resolvers import Route
+from services.router.core.rpcs import Rpc
+from services.runtime.errors import NotFound
 
 
 class FakeClock:

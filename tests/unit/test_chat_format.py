@@ -2,8 +2,8 @@
 
 import json
 
-from infermesh_backend.types import ChatTurn, ResponseFormat, ToolCallDelta, ToolChoice, Tools, ToolSpec
-from infermesh_inference.models.chat_format import base_model_chat_prompt, template_messages, with_answer_format
+from services.backend.types import ChatTurn, ResponseFormat, ToolCallDelta, ToolChoice, Tools, ToolSpec
+from services.inference.models.chat_format import base_model_chat_prompt, template_messages, with_answer_format
 
 WEATHER = ToolSpec(
     "get_weather", "The weather in a city.", {"type": "object", "properties": {"city": {"type": "string"}}}

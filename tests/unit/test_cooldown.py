@@ -4,7 +4,7 @@ closes on the probe's success and reopens at once on its failure."""
 
 from __future__ import annotations
 
-from infermesh_router.core.cooldown import Cooldown
+from services.router.core.cooldown import Cooldown
 
 
 class Clock:

@@ -5,8 +5,8 @@ import math
 
 import numpy as np
 
-from infermesh_backend.types import GenerationParams
-from infermesh_inference.models.decoding_step import DecodingStep
+from services.backend.types import GenerationParams
+from services.inference.models.decoding_step import DecodingStep
 
 
 def step(**params) -> DecodingStep:

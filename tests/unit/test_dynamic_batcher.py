@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from infermesh_inference.batching import DynamicBatcher
-from infermesh_runtime.errors import Unavailable
+from services.inference.batching import DynamicBatcher
+from services.runtime.errors import Unavailable
 
 
 class Doubler:

@@ -12,15 +12,15 @@ import pytest
 from google.rpc import code_pb2
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
-from infermesh_router.core import failover
-from infermesh_router.core.budget import RetryBudget
-from infermesh_router.core.cache import ResponseCache
-from infermesh_router.core.calls import CallContext
-from infermesh_router.core.cooldown import Cooldown
-from infermesh_router.core.router import RouterCore
-from infermesh_router.core.rpcs import Rpc
-from infermesh_runtime.errors import DomainError, InvalidArgument, PermissionDenied
-from infermesh_runtime.identity import Caller
+from services.router.core import failover
+from services.router.core.budget import RetryBudget
+from services.router.core.cache import ResponseCache
+from services.router.core.calls import CallContext
+from services.router.core.cooldown import Cooldown
+from services.router.core.router import RouterCore
+from services.router.core.rpcs import Rpc
+from services.runtime.errors import DomainError, InvalidArgument, PermissionDenied
+from services.runtime.identity import Caller
 from router_fakes import INVALID_ARGUMENT, UNAVAILABLE, FakeBackends, FakeClock, FakeResolver, Script, failure
 
 pytestmark = pytest.mark.asyncio
@@ -168,7 +168,7 @@ async def test_a_repeated_deterministic_request_is_answered_from_the_cache():
 
 
 async def test_registry_limits_are_checked_before_any_backend_is_called():
-    from infermesh_router.core.resolvers import Route
+    from services.router.core.resolvers import Route
 
     class Limited(FakeResolver):
         def route(self, requested):

@@ -3,7 +3,7 @@ without refusing anything the caller's schema accepts."""
 
 import jsonschema
 
-from infermesh_inference.models.grammar import closed
+from services.inference.models.grammar import closed
 
 
 def test_objects_that_list_their_properties_are_closed_to_others():

@@ -9,9 +9,9 @@ import openai
 import pytest
 from google.rpc import code_pb2, status_pb2
 
-from infermesh_router.core.resolvers import RegistryResolver
-from infermesh_runtime import errors
-from infermesh_runtime.openai_errors import openai_error, openai_error_body, retry_after_seconds
+from services.router.core.resolvers import RegistryResolver
+from services.runtime import errors
+from services.runtime.openai_errors import openai_error, openai_error_body, retry_after_seconds
 
 
 def test_an_unknown_model_is_a_404_model_not_found_naming_the_model_param():
@@ -105,7 +105,7 @@ def test_the_directory_says_how_many_deployments_a_model_has_when_it_cannot_rout
     """The directory's two MODEL_NOT_DEPLOYED cases: none with traffic (404 above), and
     some whose backends are not in the catalog (503)."""
     from infermesh.registry.v1 import registry_resources_pb2 as res
-    from infermesh_runtime.catalog import EmbeddedCatalog
+    from services.runtime.catalog import EmbeddedCatalog
 
     directory = RegistryResolver(EmbeddedCatalog.of([]))
     directory.apply(res.Change(sequence=1, name="models/m", model=res.Model(name="models/m")))

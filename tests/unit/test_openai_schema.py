@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from infermesh.inference.v1 import generation_options_pb2 as options
-from infermesh_router import openai_schema as oa
-from infermesh_runtime.errors import InvalidArgument
+from services.router import openai_schema as oa
+from services.runtime.errors import InvalidArgument
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

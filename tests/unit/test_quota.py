@@ -8,11 +8,11 @@ import grpc
 import pytest
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
-from infermesh_limits.config import parse_limits
-from infermesh_limits.limiter import open_limiter
-from infermesh_router.core.quota import FLUSH_TOKENS, UNSET_MAX_TOKENS, Quotas
-from infermesh_runtime.errors import ResourceExhausted
-from infermesh_runtime.identity import Caller
+from services.limits.config import parse_limits
+from services.limits.limiter import open_limiter
+from services.router.core.quota import FLUSH_TOKENS, UNSET_MAX_TOKENS, Quotas
+from services.runtime.errors import ResourceExhausted
+from services.runtime.identity import Caller
 
 pytestmark = pytest.mark.asyncio
 

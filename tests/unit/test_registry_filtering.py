@@ -2,7 +2,7 @@
 
 import pytest
 
-from infermesh_registry.filtering import FilterError, compile_filter, compile_order_by
+from services.registry.filtering import FilterError, compile_filter, compile_order_by
 
 GEMMA = {
     "name": "models/gemma-3-270m",

@@ -12,9 +12,9 @@ import psutil
 import pytest
 import torch
 
-from infermesh_inference import accelerators
-from infermesh_inference.accelerators import AcceleratorReader, Nvml
-from infermesh_inference.resources import MIN_CPU_WINDOW_SECONDS, CpuMeter
+from services.inference import accelerators
+from services.inference.accelerators import AcceleratorReader, Nvml
+from services.inference.resources import MIN_CPU_WINDOW_SECONDS, CpuMeter
 
 cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a host without CUDA")
 

@@ -11,12 +11,12 @@ from prometheus_client import REGISTRY
 
 from conftest import free_port
 from infermesh.inference.v1 import inference_service_pb2 as pb
-from infermesh_router.core.budget import RetryBudget
-from infermesh_router.core.cache import ResponseCache
-from infermesh_router.core.calls import CallContext
-from infermesh_router.core.resolvers import Route
-from infermesh_router.core.rpcs import Rpc
-from infermesh_router.core.usage import Histogram, UsageLedger
+from services.router.core.budget import RetryBudget
+from services.router.core.cache import ResponseCache
+from services.router.core.calls import CallContext
+from services.router.core.resolvers import Route
+from services.router.core.rpcs import Rpc
+from services.router.core.usage import Histogram, UsageLedger
 
 ROUTE = Route(model="m", version="v1", backend="b", backend_model="m")
 

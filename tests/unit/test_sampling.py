@@ -2,7 +2,7 @@
 
 import torch
 
-from infermesh_inference.models.continuous_batching import inverse_cdf_sample
+from services.inference.models.continuous_batching import inverse_cdf_sample
 
 
 def test_inverse_cdf_sampling_matches_the_distribution():

@@ -1,8 +1,8 @@
 """Token ids to text chunks: stop sequences, and log probabilities lined up with the text
 their tokens added (text_assembly.py)."""
 
-from infermesh_backend.types import FinishReason, TokenLogprob
-from infermesh_inference.models.text_assembly import TextAssembler
+from services.backend.types import FinishReason, TokenLogprob
+from services.inference.models.text_assembly import TextAssembler
 
 VOCAB = {1: "Hello", 2: " world", 3: "\n", 4: "User", 5: ":", 6: " again", 0: "<eos>"}
 

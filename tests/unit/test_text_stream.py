@@ -1,6 +1,6 @@
 """Streaming text assembly: what a streaming client receives must equal the full text."""
 
-from infermesh_inference.models.text_stream import IncrementalDecoder, StopSequenceFilter
+from services.inference.models.text_stream import IncrementalDecoder, StopSequenceFilter
 
 # A toy tokenizer where one character ("é", two UTF-8 bytes) spans two tokens.
 BYTES = {1: b"Caf", 2: b"\xc3", 3: b"\xa9", 4: b" au", 5: b" lait"}

@@ -2,7 +2,7 @@
 
 import json
 
-from infermesh_inference.models.tool_calling import ToolCallReader
+from services.inference.models.tool_calling import ToolCallReader
 
 TWO_CALLS = (
     '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>\n'

@@ -1,5 +1,5 @@
 """The model base class (load / warmup / stop), and what a model needs besides the
-contract's types (infermesh_backend.types)."""
+contract's types (services.backend.types)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
-from infermesh_backend.types import Capability, ChatTurn, Embeddings, GenerationParams, TextChunk, Tools
+from services.backend.types import Capability, ChatTurn, Embeddings, GenerationParams, TextChunk, Tools
 
 
 class CancelToken:

@@ -23,8 +23,8 @@ from typing import Literal
 
 import torch
 
-from infermesh_inference.models.base import ServedModel
-from infermesh_inference.models.continuous_batching import BatchingSettings
+from services.inference.models.base import ServedModel
+from services.inference.models.continuous_batching import BatchingSettings
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def build_model(spec: ModelSpec, options: BuildOptions) -> ServedModel:
     weights, weights_dir = _weights(spec, options.data_dir)
     dtype = resolve_dtype(options.dtype, options.device)
     if spec.runtime == "transformers" and spec.task == "text-generation":
-        from infermesh_inference.models.causal_lm import TransformersCausalLM
+        from services.inference.models.causal_lm import TransformersCausalLM
 
         return TransformersCausalLM(
             spec.model_id,
@@ -227,17 +227,17 @@ def build_model(spec: ModelSpec, options: BuildOptions) -> ServedModel:
             options.threads,
         )
     if spec.runtime == "transformers" and spec.task == "embedding":
-        from infermesh_inference.models.sentence_embedder import SentenceEmbedder
+        from services.inference.models.sentence_embedder import SentenceEmbedder
 
         return SentenceEmbedder(
             spec.model_id, weights, options.device, dtype, options.embed_instances, options.threads_per_instance
         )
     if spec.runtime == "llama.cpp" and spec.task == "text-generation":
-        from infermesh_inference.models.llama_cpp_lm import LlamaCppLM
+        from services.inference.models.llama_cpp_lm import LlamaCppLM
 
         return LlamaCppLM(spec.model_id, weights, options.device, options.max_context, options.threads)
     if spec.runtime == "onnxruntime" and spec.task == "embedding":
-        from infermesh_inference.models.onnx_embedder import OnnxEmbedder
+        from services.inference.models.onnx_embedder import OnnxEmbedder
 
         export_dir = options.data_dir / "models" / spec.model_id if spec.path is None else spec.path
         return OnnxEmbedder(

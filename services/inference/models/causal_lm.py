@@ -24,14 +24,14 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from infermesh_backend.types import Capability, ChatTurn, GenerationParams, TextChunk, Tools
-from infermesh_inference.models.base import CancelToken, ServedModel, safetensors_bytes
-from infermesh_inference.models.chat_format import base_model_chat_prompt, template_messages
-from infermesh_inference.models.continuous_batching import BatchingSettings, ContinuousBatcher
-from infermesh_inference.models.decoding_step import DecodingStep
-from infermesh_inference.models.grammar import Constraint, TokenizerCache
-from infermesh_inference.models.text_assembly import TextAssembler
-from infermesh_inference.models.torch_threads import use_torch_threads
+from services.backend.types import Capability, ChatTurn, GenerationParams, TextChunk, Tools
+from services.inference.models.base import CancelToken, ServedModel, safetensors_bytes
+from services.inference.models.chat_format import base_model_chat_prompt, template_messages
+from services.inference.models.continuous_batching import BatchingSettings, ContinuousBatcher
+from services.inference.models.decoding_step import DecodingStep
+from services.inference.models.grammar import Constraint, TokenizerCache
+from services.inference.models.text_assembly import TextAssembler
+from services.inference.models.torch_threads import use_torch_threads
 
 log = logging.getLogger(__name__)
 

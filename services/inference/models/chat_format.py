@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from infermesh_backend.types import ChatTurn, ResponseFormat, Tools
-from infermesh_inference.models.tool_calling import CLOSE, OPEN
+from services.backend.types import ChatTurn, ResponseFormat, Tools
+from services.inference.models.tool_calling import CLOSE, OPEN
 
 SPEAKERS = {"system": None, "user": "User", "assistant": "Assistant", "tool": "Tool"}
 STOP_SEQUENCES = ("\nUser:", "\nAssistant:", "\nTool:")

@@ -31,10 +31,10 @@ from transformers.generation.configuration_utils import ContinuousBatchingConfig
 from transformers.generation.continuous_batching.model_runner import ModelRunner
 from transformers.generation.continuous_batching.scheduler import SCHEDULER_MAPPING, FIFOScheduler
 
-from infermesh_backend.types import GenerationParams
-from infermesh_inference import metrics
-from infermesh_inference.models.grammar import Constraint
-from infermesh_runtime.errors import Internal, ResourceExhausted
+from services.backend.types import GenerationParams
+from services.inference import metrics
+from services.inference.models.grammar import Constraint
+from services.runtime.errors import Internal, ResourceExhausted
 
 log = logging.getLogger(__name__)
 

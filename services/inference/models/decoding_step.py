@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from infermesh_backend.types import GenerationParams, TokenLogprob, TopLogprob
-from infermesh_inference.models.grammar import Constraint
+from services.backend.types import GenerationParams, TokenLogprob, TopLogprob
+from services.inference.models.grammar import Constraint
 
 
 def _log_softmax(scores: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from typing import Any
 import llguidance
 import numpy as np
 
-from infermesh_runtime.errors import Internal, InvalidArgument
+from services.runtime.errors import Internal, InvalidArgument
 
 log = logging.getLogger(__name__)
 

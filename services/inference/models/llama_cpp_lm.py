@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 import llguidance
 from llama_cpp import LogitsProcessorList
 
-from infermesh_backend.types import Capability, ChatTurn, GenerationParams, TextChunk, Tools
-from infermesh_inference.models.base import CancelToken, ServedModel
-from infermesh_inference.models.chat_format import base_model_chat_prompt, template_messages
-from infermesh_inference.models.decoding_step import DecodingStep
-from infermesh_inference.models.grammar import TokenizerCache
-from infermesh_inference.models.text_assembly import TextAssembler
+from services.backend.types import Capability, ChatTurn, GenerationParams, TextChunk, Tools
+from services.inference.models.base import CancelToken, ServedModel
+from services.inference.models.chat_format import base_model_chat_prompt, template_messages
+from services.inference.models.decoding_step import DecodingStep
+from services.inference.models.grammar import TokenizerCache
+from services.inference.models.text_assembly import TextAssembler
 
 if TYPE_CHECKING:
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from infermesh_backend.types import Embeddings
-from infermesh_inference.models.tokenized_embedder import TokenizedEmbedder
+from services.backend.types import Embeddings
+from services.inference.models.tokenized_embedder import TokenizedEmbedder
 
 ONNX_FILE = "model.onnx"
 

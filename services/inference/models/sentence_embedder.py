@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModel
 
-from infermesh_backend.types import Embeddings
-from infermesh_inference.models.base import safetensors_bytes
-from infermesh_inference.models.tokenized_embedder import TokenizedEmbedder
-from infermesh_inference.models.torch_threads import use_torch_threads
+from services.backend.types import Embeddings
+from services.inference.models.base import safetensors_bytes
+from services.inference.models.tokenized_embedder import TokenizedEmbedder
+from services.inference.models.torch_threads import use_torch_threads
 
 
 class SentenceEmbedder(TokenizedEmbedder):

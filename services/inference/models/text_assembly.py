@@ -8,8 +8,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from infermesh_backend.types import FinishReason, TextChunk, TokenLogprob, Usage
-from infermesh_inference.models.text_stream import IncrementalDecoder, StopSequenceFilter
+from services.backend.types import FinishReason, TextChunk, TokenLogprob, Usage
+from services.inference.models.text_stream import IncrementalDecoder, StopSequenceFilter
 
 
 class TextAssembler:

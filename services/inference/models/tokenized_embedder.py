@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from infermesh_backend.types import Capability
-from infermesh_inference.models.base import ServedModel
+from services.backend.types import Capability
+from services.inference.models.base import ServedModel
 
 
 class TokenizedEmbedder(ServedModel):

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from infermesh_backend.types import NO_ARGUMENTS, ToolCallDelta, Tools, new_call_id
-from infermesh_inference.models.grammar import closed, lark_grammar, schema_json
+from services.backend.types import NO_ARGUMENTS, ToolCallDelta, Tools, new_call_id
+from services.inference.models.grammar import closed, lark_grammar, schema_json
 
 OPEN = "<tool_call>\n"
 CLOSE = "\n</tool_call>"

@@ -8,8 +8,8 @@ from typing import Protocol
 from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
-from infermesh_router.core.rpcs import Rpc
-from infermesh_runtime.errors import DomainError, status_info, status_retry_after
+from services.router.core.rpcs import Rpc
+from services.runtime.errors import DomainError, status_info, status_retry_after
 
 # Failures after which another backend may well answer: down, refusing for now, too slow.
 RETRYABLE = {code_pb2.UNAVAILABLE, code_pb2.RESOURCE_EXHAUSTED, code_pb2.DEADLINE_EXCEEDED}

@@ -23,10 +23,10 @@ from cachetools import TTLCache
 from google.protobuf.message import Message
 from prometheus_client import Counter
 
-from infermesh_router.core.calls import CallContext
-from infermesh_router.core.resolvers import Route
-from infermesh_router.core.rpcs import Rpc
-from infermesh_runtime.telemetry import past_span
+from services.router.core.calls import CallContext
+from services.router.core.resolvers import Route
+from services.router.core.rpcs import Rpc
+from services.runtime.telemetry import past_span
 
 log = logging.getLogger(__name__)
 LOOKUPS = Counter(

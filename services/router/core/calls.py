@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from infermesh_runtime.identity import ANONYMOUS, Caller
+from services.runtime.identity import ANONYMOUS, Caller
 
 Clock = Callable[[], float]
 

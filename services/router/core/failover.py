@@ -24,13 +24,13 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2
 from prometheus_client import Counter
 
-from infermesh_router.core.backend import RETRYABLE, code_of
-from infermesh_router.core.calls import Announce, CallContext
-from infermesh_router.core.quota import Admission
-from infermesh_router.core.resolvers import Route, model_id
-from infermesh_router.core.router import CONTEXT_TOO_LONG, RouterCore
-from infermesh_router.core.rpcs import Rpc
-from infermesh_runtime.errors import (
+from services.router.core.backend import RETRYABLE, code_of
+from services.router.core.calls import Announce, CallContext
+from services.router.core.quota import Admission
+from services.router.core.resolvers import Route, model_id
+from services.router.core.router import CONTEXT_TOO_LONG, RouterCore
+from services.router.core.rpcs import Rpc
+from services.runtime.errors import (
     DeadlineExceeded,
     DomainError,
     PermissionDenied,

@@ -17,10 +17,10 @@ from google.rpc import code_pb2
 from prometheus_client import Counter, Histogram
 
 from infermesh.inference.v1 import inference_types_pb2 as types_pb
-from infermesh_router.core.resolvers import Route, model_id
-from infermesh_router.core.usage import UsageLedger
-from infermesh_runtime.errors import status_of
-from infermesh_runtime.telemetry import annotate
+from services.router.core.resolvers import Route, model_id
+from services.router.core.usage import UsageLedger
+from services.runtime.errors import status_of
+from services.runtime.telemetry import annotate
 
 TOKENS = Counter(
     "infermesh_router_tokens_total",

@@ -22,12 +22,12 @@ from google.rpc import code_pb2, status_pb2
 from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.inference.v1 import inference_types_pb2 as types_pb
 from infermesh.router.v1 import orchestration_pb2 as pb
-from infermesh_router.core import failover
-from infermesh_router.core.calls import CallContext
-from infermesh_router.core.resolvers import AUTO
-from infermesh_router.core.router import RouterCore
-from infermesh_router.core.rpcs import Rpc
-from infermesh_runtime.errors import DomainError, InvalidArgument, Unavailable, status_of
+from services.router.core import failover
+from services.router.core.calls import CallContext
+from services.router.core.resolvers import AUTO
+from services.router.core.router import RouterCore
+from services.router.core.rpcs import Rpc
+from services.runtime.errors import DomainError, InvalidArgument, Unavailable, status_of
 
 log = logging.getLogger(__name__)
 

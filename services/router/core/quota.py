@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
-from infermesh_limits.config import CONCURRENT, REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE
-from infermesh_limits.limiter import Decision, Descriptor, RateLimiter, refusal
-from infermesh_router.core.resolvers import model_id
-from infermesh_runtime.errors import ResourceExhausted
-from infermesh_runtime.identity import Caller
+from services.limits.config import CONCURRENT, REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE
+from services.limits.limiter import Decision, Descriptor, RateLimiter, refusal
+from services.router.core.resolvers import model_id
+from services.runtime.errors import ResourceExhausted
+from services.runtime.identity import Caller
 
 FLUSH_TOKENS = 8
 FLUSH_SECONDS = 0.25

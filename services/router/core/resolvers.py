@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from infermesh.registry.v1 import registry_resources_pb2 as res
-from infermesh_router.core.load import ModelLoad
-from infermesh_runtime.catalog import POOL_KINDS, Catalog, ServiceInstance, pool_name
-from infermesh_runtime.errors import InvalidArgument, NotFound, Unavailable
+from services.router.core.load import ModelLoad
+from services.runtime.catalog import POOL_KINDS, Catalog, ServiceInstance, pool_name
+from services.runtime.errors import InvalidArgument, NotFound, Unavailable
 
 AUTO = "auto"
 STRATEGIES = ("quality", "cost", "latency", "least-busy")

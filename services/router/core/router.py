@@ -9,18 +9,18 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
-from infermesh_router.core.backend import BackendClient
-from infermesh_router.core.budget import RetryBudget
-from infermesh_router.core.cache import ResponseCache
-from infermesh_router.core.calls import CallContext
-from infermesh_router.core.coalescing import EmbedCoalescer
-from infermesh_router.core.cooldown import Cooldown
-from infermesh_router.core.load import ModelLoad
-from infermesh_router.core.metering import Metering
-from infermesh_router.core.quota import Quotas
-from infermesh_router.core.resolvers import Resolver, Route, candidates
-from infermesh_router.core.rpcs import Rpc
-from infermesh_runtime.errors import InvalidArgument, Unavailable
+from services.router.core.backend import BackendClient
+from services.router.core.budget import RetryBudget
+from services.router.core.cache import ResponseCache
+from services.router.core.calls import CallContext
+from services.router.core.coalescing import EmbedCoalescer
+from services.router.core.cooldown import Cooldown
+from services.router.core.load import ModelLoad
+from services.router.core.metering import Metering
+from services.router.core.quota import Quotas
+from services.router.core.resolvers import Resolver, Route, candidates
+from services.router.core.rpcs import Rpc
+from services.runtime.errors import InvalidArgument, Unavailable
 
 CONTEXT_TOO_LONG = "CONTEXT_LENGTH_EXCEEDED"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from infermesh_runtime.settings import CommaList
+from services.runtime.settings import CommaList
 
 
 class MeshSettings(BaseSettings):

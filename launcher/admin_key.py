@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 import grpc
 
-from infermesh_mesh.launcher import issue_admin_key
-from infermesh_mesh.settings import MeshSettings
+from launcher.mesh import issue_admin_key
+from launcher.settings import MeshSettings
 
 
 def main() -> None:

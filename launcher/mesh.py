@@ -25,11 +25,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as registry_pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
-from infermesh_gateway import envoy_config
-from infermesh_mesh.settings import MeshSettings
-from infermesh_runtime.catalog import model_health_service, pool_name
-from infermesh_runtime.identity import PRINCIPAL_HEADER
-from infermesh_runtime.telemetry import otlp_endpoint
+from gateway import envoy_config
+from launcher.settings import MeshSettings
+from services.runtime.catalog import model_health_service, pool_name
+from services.runtime.identity import PRINCIPAL_HEADER
+from services.runtime.telemetry import otlp_endpoint
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -78,17 +78,17 @@ class Mesh:
             "PYTHONUNBUFFERED": "1",
         }
         self._common = common
-        self._service("control-plane", "infermesh_gateway", s.xds_port, s.control_plane_metrics_port)
+        self._service("control-plane", "gateway", s.xds_port, s.control_plane_metrics_port)
         data_dir = str(s.data_dir.resolve())
         for index in range(s.inference_replicas):
             grpc_port, metrics_port = s.inference_ports(index)
             models = ",".join(s.models)
             self._service(
-                f"inference-{index}", "infermesh_inference", grpc_port, metrics_port, MODELS=models, DATA_DIR=data_dir
+                f"inference-{index}", "services.inference", grpc_port, metrics_port, MODELS=models, DATA_DIR=data_dir
             )
         self._service(
             "registry",
-            "infermesh_registry",
+            "services.registry",
             s.registry_port,
             s.registry_metrics_port,
             DATA_DIR=data_dir,
@@ -96,13 +96,13 @@ class Mesh:
         )
         vector_dir = {"VECTOR_DIR": str(s.vector_dir.resolve())} if s.vector_dir else {}
         self._service(
-            "vector", "infermesh_vector", s.vector_port, s.vector_metrics_port, DATA_DIR=data_dir, **vector_dir
+            "vector", "services.vector", s.vector_port, s.vector_metrics_port, DATA_DIR=data_dir, **vector_dir
         )
         mesh_address = f"{s.host}:{s.mesh_port}"
-        self._service("router", "infermesh_router", s.router_port, s.router_metrics_port, MESH_ADDRESS=mesh_address)
+        self._service("router", "services.router", s.router_port, s.router_metrics_port, MESH_ADDRESS=mesh_address)
         for name in s.providers:
             metrics_port = getattr(s, f"{name}_metrics_port")
-            self._service(name, "infermesh_providers", self._provider_port(name), metrics_port, PROVIDER=name)
+            self._service(name, "services.providers", self._provider_port(name), metrics_port, PROVIDER=name)
         ports = envoy_config.EnvoyPorts(s.front_door_port, s.mesh_port, s.admin_port, s.host)
         self._spawn_envoy("envoy", ports, s.xds_port)
 
@@ -123,7 +123,7 @@ class Mesh:
         (the same catalog, limits and credentials as the first); its front door's address."""
         index = len([c for c in self.children if c.name.startswith("control-plane")])
         name = f"control-plane-{index}"
-        self._service(name, "infermesh_gateway", xds_port, None)
+        self._service(name, "gateway", xds_port, None)
         self._spawn_envoy(f"envoy-{index}", ports, xds_port)
         return f"{ports.host}:{ports.front_door}"
 

@@ -7,8 +7,8 @@ import signal
 import sys
 import time
 
-from infermesh_mesh.launcher import Mesh
-from infermesh_mesh.settings import MeshSettings
+from launcher.mesh import Mesh
+from launcher.settings import MeshSettings
 
 USAGE = """
 infermesh is ready in {seconds:.1f}s. Front door: http://{host}:{port}  (Envoy admin: http://{host}:{admin})
