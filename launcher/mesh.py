@@ -22,10 +22,10 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway import envoy_config
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as registry_pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
-from gateway import envoy_config
 from launcher.settings import MeshSettings
 from services.runtime.catalog import model_health_service, pool_name
 from services.runtime.identity import PRINCIPAL_HEADER

@@ -13,8 +13,8 @@ import pytest
 from openai.types import completion_create_params, embedding_create_params
 from openai.types.chat import completion_create_params as chat_create_params
 
-from services.router.openai_schema import HINTS, REFUSED
 from openai_conformance import BASE_MODEL, EMBEDDING_MODEL, sdk_client
+from services.router.openai_schema import HINTS, REFUSED
 
 # Honoured, each with tests of its effect (test_sdk_*.py, test_langchain.py, ...,
 # tests/integration/test_structured_outputs.py).

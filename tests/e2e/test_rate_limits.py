@@ -20,9 +20,9 @@ import openai
 import pytest
 
 from conftest import free_port, mesh_settings
+from gateway.envoy_config import EnvoyPorts
 from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
-from gateway.envoy_config import EnvoyPorts
 from launcher.mesh import Mesh
 from redis_servers import redis_server
 

@@ -22,11 +22,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from conftest import BIN, ROOT, free_port
+from gateway import envoy_config
 from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.openai.v1 import openai_service_pb2 as openai_pb
 from infermesh.openai.v1 import openai_service_pb2_grpc as openai_grpc
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
-from gateway import envoy_config
 from services.runtime.catalog import EmbeddedCatalog, ServiceInstance
 from services.runtime.openai_errors import HTTP_STATUS_HEADER, openai_error_body
 

@@ -12,6 +12,7 @@ import pytest
 from google.rpc import code_pb2
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
+from router_fakes import INVALID_ARGUMENT, UNAVAILABLE, FakeBackends, FakeClock, FakeResolver, Script, failure
 from services.router.core import failover
 from services.router.core.budget import RetryBudget
 from services.router.core.cache import ResponseCache
@@ -21,7 +22,6 @@ from services.router.core.router import RouterCore
 from services.router.core.rpcs import Rpc
 from services.runtime.errors import DomainError, InvalidArgument, PermissionDenied
 from services.runtime.identity import Caller
-from router_fakes import INVALID_ARGUMENT, UNAVAILABLE, FakeBackends, FakeClock, FakeResolver, Script, failure
 
 pytestmark = pytest.mark.asyncio
 

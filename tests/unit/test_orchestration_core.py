@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 
 from infermesh.router.v1 import orchestration_pb2 as pb
+from router_fakes import INVALID_ARGUMENT, UNAVAILABLE, FakeBackends, FakeResolver, Script, failure
 from services.router.core import orchestration
 from services.router.core.calls import CallContext
 from services.router.core.router import RouterCore
 from services.runtime.errors import InvalidArgument, Unavailable
-from router_fakes import INVALID_ARGUMENT, UNAVAILABLE, FakeBackends, FakeResolver, Script, failure
 
 pytestmark = pytest.mark.asyncio
 
