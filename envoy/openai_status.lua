@@ -1,4 +1,4 @@
--- The OpenAI-compatible routes' response status (gateway/envoy_config.py enables this on
+-- The OpenAI-compatible routes' response status (gateway/envoy_config/openai.py enables this on
 -- them only). The router's OpenAI servicer answers an error that happens before the
 -- first byte of a response as a gRPC OK carrying an OpenAI error body, with the HTTP
 -- status in x-infermesh-http-status (services.runtime.openai_errors): it becomes the

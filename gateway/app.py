@@ -1,7 +1,8 @@
-"""Envoy's side of the mesh as one Application of the runtime kit: the control plane (an
-ADS server fed by the catalog), the external authorization service Envoy asks about
-every front-door request (API keys checked with the registry, found in the catalog) and
-the rate limit service it asks next (counters in Redis when configured)."""
+"""The gateway, Envoy's side of the mesh, as one Application of the runtime kit: the xDS
+control plane (an ADS server fed by the catalog), the external authorization service
+Envoy asks about every front-door request (API keys checked with the registry, found in
+the catalog) and the rate limit service it asks next (counters in Redis when
+configured)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from gateway.authz import ApiKeys, AuthorizationServicer, Authorizer, jwt_checker
-from gateway.control_plane import ControlPlane
+from gateway.authz.api_keys import ApiKeys
+from gateway.authz.oidc import OidcConfig, OidcVerifier, jwt_checker
+from gateway.authz.policy import Authorizer
+from gateway.authz.servicer import AuthorizationServicer
 from gateway.envoy_config import Limits
-from gateway.oidc import OidcConfig, OidcVerifier
-from gateway.ratelimit import RateLimitServicer
-from gateway.settings import ControlPlaneSettings
+from gateway.ratelimit.servicer import RateLimitServicer
+from gateway.settings import GatewaySettings
+from gateway.xds.server import XdsServer
 from services.limits.limiter import open_limiter
 from services.runtime.registry_client import RegistryClient
 from services.runtime.server import Application, Registration, mark_serving, open_catalog_from
@@ -25,15 +28,15 @@ AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].f
 RATELIMIT_SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
 
 
-class ControlPlaneApp(Application):
-    name = "control-plane"
+class GatewayApp(Application):
+    name = "gateway"
 
-    def __init__(self, settings: ControlPlaneSettings) -> None:
+    def __init__(self, settings: GatewaySettings) -> None:
         self.catalog = open_catalog_from(settings)
         if self.catalog is None:
-            raise ValueError("the control plane needs a catalog: set CONSUL_HTTP_ADDR, CATALOG_DIR or CATALOG_FILE")
+            raise ValueError("the gateway needs a catalog: set CONSUL_HTTP_ADDR, CATALOG_DIR or CATALOG_FILE")
         limits = Limits(settings.max_requests_per_backend, settings.max_pending_per_backend)
-        self.control_plane = ControlPlane(self.catalog, limits)
+        self.xds = XdsServer(self.catalog, limits)
         # API keys are checked with a registry from the catalog, directly: Envoy's routes come from us.
         self.registry = RegistryClient(self.catalog)
         keys = ApiKeys(self.registry.authenticate, settings.auth_cache_seconds)
@@ -51,9 +54,7 @@ class ControlPlaneApp(Application):
 
     def registrations(self) -> list[Registration]:
         return [
-            Registration(
-                ADS_SERVICE, ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server, self.control_plane
-            ),
+            Registration(ADS_SERVICE, ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server, self.xds),
             Registration(
                 AUTHZ_SERVICE,
                 external_auth_pb2_grpc.add_AuthorizationServicer_to_server,
@@ -68,7 +69,7 @@ class ControlPlaneApp(Application):
 
     async def start(self, health: HealthServicer) -> None:
         await self.catalog.start()
-        await self.control_plane.start()
+        await self.xds.start()
         await mark_serving(health, [ADS_SERVICE, AUTHZ_SERVICE, RATELIMIT_SERVICE])
 
     async def close(self) -> None:
@@ -76,5 +77,5 @@ class ControlPlaneApp(Application):
         if self.oidc is not None:
             await self.oidc.aclose()
         await self.registry.close()
-        await self.control_plane.close()
+        await self.xds.close()
         await self.catalog.close()

@@ -1,4 +1,4 @@
-"""Control plane settings, from the environment."""
+"""The gateway's settings, from the environment."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from services.limits.config import RateLimitSettings
 from services.runtime.settings import ServiceSettings
 
 
-class ControlPlaneSettings(ServiceSettings, RateLimitSettings):
+class GatewaySettings(ServiceSettings, RateLimitSettings):
     max_requests_per_backend: int = Field(
         256, ge=1, description="Envoy's circuit breaker: requests in flight to one backend cluster; more get 503."
     )

@@ -32,7 +32,7 @@ from services.runtime.identity import PRINCIPAL_HEADER
 from services.runtime.telemetry import otlp_endpoint
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parent.parent
 DESCRIPTOR_SET = ROOT / "build" / "infermesh.binpb"
 
 
@@ -78,7 +78,7 @@ class Mesh:
             "PYTHONUNBUFFERED": "1",
         }
         self._common = common
-        self._service("control-plane", "gateway", s.xds_port, s.control_plane_metrics_port)
+        self._service("gateway", "gateway", s.gateway_port, s.gateway_metrics_port)
         data_dir = str(s.data_dir.resolve())
         for index in range(s.inference_replicas):
             grpc_port, metrics_port = s.inference_ports(index)
@@ -104,27 +104,27 @@ class Mesh:
             metrics_port = getattr(s, f"{name}_metrics_port")
             self._service(name, "services.providers", self._provider_port(name), metrics_port, PROVIDER=name)
         ports = envoy_config.EnvoyPorts(s.front_door_port, s.mesh_port, s.admin_port, s.host)
-        self._spawn_envoy("envoy", ports, s.xds_port)
+        self._spawn_envoy("envoy", ports, s.gateway_port)
 
-    def _spawn_envoy(self, name: str, ports: envoy_config.EnvoyPorts, xds_port: int) -> None:
+    def _spawn_envoy(self, name: str, ports: envoy_config.EnvoyPorts, gateway_port: int) -> None:
         s = self.settings
         envoy_file = self.run_dir / f"{name}.yaml"
         collector = otlp_endpoint(self._common)
         bootstrap = envoy_config.render_ads(
-            DESCRIPTOR_SET, ports, (s.host, xds_port), authorization=s.auth, collector=collector
+            DESCRIPTOR_SET, ports, (s.host, gateway_port), authorization=s.auth, collector=collector
         )
         envoy_config.write(bootstrap, envoy_file)
         envoy = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
         argv = [envoy, "-c", str(envoy_file), "--disable-hot-restart", "--log-level", "warn"]
         self._spawn(name, argv, self._common)
 
-    def add_gateway(self, ports: envoy_config.EnvoyPorts, xds_port: int) -> str:
-        """Start one more gateway replica, a control plane and its Envoy, on these ports
-        (the same catalog, limits and credentials as the first); its front door's address."""
-        index = len([c for c in self.children if c.name.startswith("control-plane")])
-        name = f"control-plane-{index}"
-        self._service(name, "gateway", xds_port, None)
-        self._spawn_envoy(f"envoy-{index}", ports, xds_port)
+    def add_gateway(self, ports: envoy_config.EnvoyPorts, gateway_port: int) -> str:
+        """Start one more gateway and its Envoy, on these ports (the same catalog, limits
+        and credentials as the first); its front door's address."""
+        index = len([c for c in self.children if c.name.startswith("gateway")])
+        name = f"gateway-{index}"
+        self._service(name, "gateway", gateway_port, None)
+        self._spawn_envoy(f"envoy-{index}", ports, gateway_port)
         return f"{ports.host}:{ports.front_door}"
 
     def _service(self, name: str, package: str, port: int, metrics_port: int | None, **env: str) -> None:
@@ -195,7 +195,7 @@ class Mesh:
         # the router routes around them.
         optional = tuple(f"{name}::" for name in self.settings.providers)
         flags = [line for line in text.splitlines() if "::health_flags::" in line and not line.startswith(optional)]
-        # The clusters come from the control plane: wait until they are all there.
+        # The clusters come from the gateway: wait until they are all there.
         needed = {"router", "registry", "vector", *(f"inference-{i}" for i in range(self.settings.inference_replicas))}
         needed |= {pool_name("inference", model) for model in self.settings.models}  # models ready in the catalog
         present = {line.split("::", 1)[0] for line in flags}

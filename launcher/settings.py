@@ -20,7 +20,9 @@ class MeshSettings(BaseSettings):
     router_port: int = 50051
     inference_port: int = Field(50052, description="The first inference replica's port; replica N's is 100·N above.")
     inference_replicas: int = Field(1, ge=1, le=16, description="Inference servers, each with every model.")
-    xds_port: int = Field(18000, description="The control plane, serving Envoy's routes and clusters over ADS.")
+    gateway_port: int = Field(
+        18000, description="The gateway: Envoy's routes and clusters over ADS, authorization, rate limits."
+    )
     auth: bool = Field(
         True,
         description="Check every front-door request's credentials (API keys, OIDC tokens); the first start "
@@ -37,7 +39,7 @@ class MeshSettings(BaseSettings):
     registry_metrics_port: int | None = 9102
     openai_metrics_port: int | None = 9103
     gemini_metrics_port: int | None = 9104
-    control_plane_metrics_port: int | None = 9105
+    gateway_metrics_port: int | None = 9105
     vector_metrics_port: int | None = 9106
     registry_database_url: str = Field("", description="The registry's database; empty: SQLite in data_dir.")
     vector_dir: Path | None = Field(None, description="The vector service's collections; empty: data_dir/vector.")

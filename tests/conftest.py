@@ -106,7 +106,7 @@ def mesh_settings(**overrides: object) -> MeshSettings:
         "mesh_port": free_port(),
         "router_port": free_port(),
         "inference_port": free_port(),
-        "xds_port": free_port(),
+        "gateway_port": free_port(),
         "registry_port": free_port(),
         "vector_port": free_port(),
         "vector_metrics_port": free_port(),
@@ -117,7 +117,7 @@ def mesh_settings(**overrides: object) -> MeshSettings:
         "inference_metrics_port": free_port(),
         "openai_metrics_port": free_port(),
         "gemini_metrics_port": free_port(),
-        "control_plane_metrics_port": free_port(),
+        "gateway_metrics_port": free_port(),
     }
     data_dir = Path(os.environ.get("DATA_DIR", ROOT / ".data"))
     registry = Path(tempfile.mkdtemp(dir=_REGISTRIES.name)) / "registry.db"

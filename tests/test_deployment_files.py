@@ -44,7 +44,7 @@ from prometheus_client import REGISTRY
 from conftest import BIN, ROOT, free_port
 from gateway import envoy_config
 from gateway.app import ADS_SERVICE
-from gateway.settings import ControlPlaneSettings
+from gateway.settings import GatewaySettings
 from services.inference.settings import InferenceSettings
 from services.providers.settings import ProviderSettings
 from services.registry.settings import RegistrySettings
@@ -70,7 +70,7 @@ SETTINGS = {
     "registry": RegistrySettings,
     "openai": ProviderSettings,
     "gemini": ProviderSettings,
-    "control-plane": ControlPlaneSettings,
+    "gateway": GatewaySettings,
 }
 KINDS = {
     "inference": "inference",
@@ -205,8 +205,8 @@ def test_every_service_finds_the_others_at_compose_addresses(compose):
     postgres = services["postgres"]["environment"]
     assert (database.hostname, database.port, database.username) == ("postgres", 5432, postgres["POSTGRES_USER"])
     assert (database.password, database.path) == (postgres["POSTGRES_PASSWORD"], "/" + postgres["POSTGRES_DB"])
-    control_plane = f'("control-plane", {services["control-plane"]["environment"]["GRPC_PORT"]})'
-    assert control_plane in services["envoy"]["command"][-1]
+    gateway = f'("gateway", {services["gateway"]["environment"]["GRPC_PORT"]})'
+    assert gateway in services["envoy"]["command"][-1]
 
 
 def test_ports_are_the_ones_the_services_listen_on(compose):
@@ -231,7 +231,7 @@ def test_ports_are_the_ones_the_services_listen_on(compose):
 def test_every_long_running_service_has_a_health_check_on_its_own_health_service(compose):
     services = compose["services"]
     expected = {name: envoy_config.HEALTH_SERVICES[kind] for name, kind in KINDS.items()}
-    expected["control-plane"] = ADS_SERVICE
+    expected["gateway"] = ADS_SERVICE
     grpc_checks = set()
     for name, service in services.items():
         check = service.get("healthcheck", {})
@@ -290,7 +290,7 @@ def test_start_up_waits_only_on_health_checked_services_in_a_working_order(compo
     for name in SETTINGS:
         assert "consul" in waits[name], f"{name} registers before Consul is up"
     assert "postgres" in waits["registry"]
-    assert "control-plane" in waits["envoy"]
+    assert "gateway" in waits["envoy"]
     # The router reads the registry through Envoy's mesh listener as it starts.
     assert {"registry", "envoy", "redis"} <= waits["router"]
 
@@ -359,9 +359,9 @@ def test_envoy_command_renders_a_bootstrap_the_real_envoy_accepts(compose, tmp_p
         "address": "0.0.0.0",
         "port_value": envoy_config.EnvoyPorts().admin,
     }
-    xds, collector = bootstrap["static_resources"]["clusters"]
-    endpoint = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
-    assert (endpoint["address"], xds["type"]) == ("control-plane", "STRICT_DNS")
+    gateway, collector = bootstrap["static_resources"]["clusters"]
+    endpoint = gateway["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert (endpoint["address"], gateway["type"]) == ("gateway", "STRICT_DNS")
     # Spans to Jaeger, like the services'; every request checked and rate limited.
     jaeger = collector["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
     assert (collector["name"], jaeger["address"], jaeger["port_value"]) == ("otlp_collector", "jaeger", 4317)
@@ -372,7 +372,7 @@ def test_envoy_command_renders_a_bootstrap_the_real_envoy_accepts(compose, tmp_p
 
 def test_envoy_renders_from_the_compose_catalog_with_dns_clusters(compose, tmp_path):
     """The fixed catalog of the compose services (envoy/compose_catalog.yaml) still renders
-    a static bootstrap: Envoy without a control plane, for a fixed deployment."""
+    a static bootstrap: Envoy without the gateway, for a fixed deployment."""
     catalog = EmbeddedCatalog.load(ROOT / "envoy" / "compose_catalog.yaml")
     assert {s.host for s in catalog.instances()} <= set(compose["services"])
     out = tmp_path / "envoy.yaml"

@@ -61,7 +61,7 @@ def test_real_envoy_accepts_the_static_config_with_every_route_and_cluster(tmp_p
 def test_real_envoy_accepts_the_bootstrap_that_takes_routes_and_clusters_over_ads(tmp_path):
     config = envoy_config.render_ads(DESCRIPTOR, envoy_config.EnvoyPorts(), ("127.0.0.1", 18000))
     envoy_validates(config, tmp_path)
-    assert [c["name"] for c in config["static_resources"]["clusters"]] == ["xds_control_plane"]
+    assert [c["name"] for c in config["static_resources"]["clusters"]] == ["gateway"]
     assert config["dynamic_resources"]["cds_config"] == {"ads": {}, "resource_api_version": "V3"}
     for listener in config["static_resources"]["listeners"]:
         manager = listener["filter_chains"][0]["filters"][0]["typed_config"]

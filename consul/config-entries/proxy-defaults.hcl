@@ -3,7 +3,7 @@
 #   consul config write consul/config-entries/proxy-defaults.hcl
 # using a management token). The services speak gRPC (HTTP/2): saying so lets Consul's
 # UI, intentions and any Consul-managed proxy treat their traffic as gRPC, not opaque TCP.
-# Envoy in front of the mesh is configured by infermesh's own control plane, not Consul
+# Envoy in front of the mesh is configured by infermesh's gateway (its xDS), not Consul
 # Connect, so nothing else is set here.
 Kind     = "proxy-defaults"
 Name     = "global"

@@ -33,7 +33,7 @@ _STRICT = ConfigDict(extra="forbid")
 REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE, CONCURRENT = "requests_per_minute", "tokens_per_minute", "concurrent"
 KINDS = (REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE, CONCURRENT)
 # A descriptor entry that counts nothing: the OpenAI-compatible routes send it, and their
-# refusals are in OpenAI's error shape (gateway/ratelimit.py, gateway/envoy_config.py).
+# refusals are in OpenAI's error shape (gateway/ratelimit/, gateway/envoy_config/).
 SURFACE_KEY, OPENAI_SURFACE = "surface", "openai"
 
 

@@ -1,6 +1,6 @@
 """The limiter the mesh counts with: requests per minute, tokens per minute and concurrent
 requests, per caller and per caller-and-model (configuration: config.py). Envoy's rate
-limit service (gateway/ratelimit.py) checks with it on every request; the router charges
+limit service (gateway/ratelimit/) checks with it on every request; the router charges
 tokens and holds concurrency slots with it (services/router/core/quota.py). Both count in
 the same store, so limits hold across every replica of either.
 

@@ -24,7 +24,7 @@ UNTRACED_SERVICES = ("grpc.health.v1.", "envoy.service.discovery.")
 def otlp_endpoint(environ: Mapping[str, str] = os.environ) -> tuple[str, int] | None:
     """The OTLP/gRPC collector spans go to (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
     OTEL_EXPORTER_OTLP_ENDPOINT), as host and port; None when tracing is off. The services
-    and Envoy's tracer (gateway/envoy_config.py) read the same variables through this."""
+    and Envoy's tracer (gateway/envoy_config/) read the same variables through this."""
     if environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return None
     url = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")

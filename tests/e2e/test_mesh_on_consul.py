@@ -1,5 +1,5 @@
 """The whole mesh on Consul instead of the embedded catalog (CONSUL_HTTP_ADDR set, nothing
-else changed): every service registers itself with a gRPC health check, the control plane
+else changed): every service registers itself with a gRPC health check, the gateway
 and the router find each other and the backends through Consul, requests are answered,
 and a graceful stop deregisters everything. Consul cannot run here (no binary can be
 installed): the agent is tests/consul_stand_in.py, which serves the documented HTTP API
@@ -47,7 +47,7 @@ def test_services_register_in_consul_and_the_mesh_answers_through_it(consul_mesh
     (check,) = consul.checks_of("inference-0")
     assert check["Status"] == "passing" and check["Type"] == "grpc"
     assert check["Definition"]["GRPC"] == f"127.0.0.1:{mesh.settings.inference_port}"
-    for name in ("router", "registry", "control-plane"):
+    for name in ("router", "registry", "gateway"):
         assert consul.registered(name) is not None
 
     base = f"http://127.0.0.1:{mesh.settings.front_door_port}"

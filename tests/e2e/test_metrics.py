@@ -64,7 +64,7 @@ def test_every_documented_series_is_served_with_its_labels_and_plausible_values(
         "router": s.router_metrics_port,
         "inference": s.inference_metrics_port,
         "registry": s.registry_metrics_port,
-        "control plane": s.control_plane_metrics_port,
+        "gateway": s.gateway_metrics_port,
         "openai": s.openai_metrics_port,
         "gemini": s.gemini_metrics_port,
         "vector": s.vector_metrics_port,
@@ -106,13 +106,13 @@ def test_every_documented_series_is_served_with_its_labels_and_plausible_values(
     assert total(inference, "infermesh_inference_model_memory_bytes", model=GEMMA) > 100e6
     assert 0 < total(inference, "infermesh_inference_model_load_seconds", model=GEMMA) < 600
     assert total(inference, "infermesh_inference_queue_depth", model=MINILM) >= 0
-    # Resources of each process; the control plane has pushed Envoy a configuration.
+    # Resources of each process; the gateway has pushed Envoy a configuration.
     for service, families in served.items():
         rss = total(families, "process_resident_memory_bytes")
         assert 10e6 < rss < 16e9, f"{service}: RSS {rss}"
         assert total(families, "process_cpu_seconds_total") > 0
-    assert total(served["control plane"], "infermesh_xds_version") >= 1
-    assert total(served["control plane"], "infermesh_xds_responses_total") >= 1
+    assert total(served["gateway"], "infermesh_xds_version") >= 1
+    assert total(served["gateway"], "infermesh_xds_responses_total") >= 1
 
 
 def test_envoy_serves_its_own_stats_for_prometheus(mesh, base_url):

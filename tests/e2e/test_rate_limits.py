@@ -1,6 +1,6 @@
 """Rate limits and token quotas (issue 8), with a mesh of its own: auth on, limits in
-RATE_LIMITS, counters in a real redis-server, and two gateway replicas (a control plane
-and an Envoy each) in front of one router. What a user notices: a key's requests per
+RATE_LIMITS, counters in a real redis-server, and two gateway replicas (a gateway
+process and an Envoy each) in front of one router. What a user notices: a key's requests per
 minute hold across both front doors (LiteLLM's limits multiply by the replica count); a
 refusal is 429 (RESOURCE_EXHAUSTED over gRPC) with Retry-After and says which limit;
 tokens are charged as they are produced, so a generation ends at the quota instead of

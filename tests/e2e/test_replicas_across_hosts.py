@@ -1,7 +1,7 @@
 """Discovery and failover across addresses, not just ports (issue 7): a second
 inference replica runs in a network namespace of its own (its own network stack and
 address, 10.77.0.2, on a bridge; see tests/netns.py), registers itself in the catalog
-under that address, and Envoy — in the test's namespace, fed by the control plane —
+under that address, and Envoy — in the test's namespace, fed by the gateway —
 reaches it across the bridge. Under load, the replica on the loopback address is killed
 with SIGKILL: the far replica takes the traffic."""
 

@@ -2,7 +2,7 @@
 replica killed with SIGKILL, the same replica restarted, and a replica that hangs
 (SIGSTOP: its port stays open, nothing answers). The mesh is the launcher's, with two
 replicas of the embedding model registered in the embedded catalog, Envoy fed by the
-control plane, and the router calling the model's pool (Envoy balances among the
+gateway, and the router calling the model's pool (Envoy balances among the
 replicas that have it ready and retries a failed connection on the other).
 
 Each test prints what it measured (error rate, recovery time); the closing note quotes

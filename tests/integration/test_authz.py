@@ -16,7 +16,9 @@ from envoy.service.auth.v3 import external_auth_pb2 as authz_pb
 from envoy.service.auth.v3 import external_auth_pb2_grpc as authz_grpc
 from google.rpc import code_pb2
 
-from gateway.authz import ADMIN_METHODS, ApiKeys, AuthorizationServicer, Authorizer
+from gateway.authz.api_keys import ApiKeys
+from gateway.authz.policy import ADMIN_METHODS, Authorizer
+from gateway.authz.servicer import AuthorizationServicer
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
 from registry_servers import database, registry_server

@@ -18,7 +18,7 @@ from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from prometheus_client import REGISTRY
 
-from gateway.ratelimit import RateLimitServicer
+from gateway.ratelimit.servicer import RateLimitServicer
 from redis_servers import redis_server
 from services.limits.config import limits_from_env, load_limits, parse_limits
 from services.limits.limiter import LEASE_HEADER, open_limiter

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from conftest import free_port
-from gateway.oidc import InvalidToken, JwksUnavailable, OidcConfig, OidcVerifier
+from gateway.authz.oidc import InvalidToken, JwksUnavailable, OidcConfig, OidcVerifier
 
 ISSUER = "https://idp.example.test/realms/infermesh"
 AUDIENCE = "infermesh"

@@ -1,6 +1,6 @@
 """Each caller's rate limits and token quotas, as far as only the router can see them.
 
-Envoy's rate limit filter (gateway/ratelimit.py) counts a caller's requests per minute and
+Envoy's rate limit filter (gateway/ratelimit/) counts a caller's requests per minute and
 refuses one whose tokens for the minute are spent. The rest needs the request's model and
 its end, which only the router sees:
   - per key-and-model limits (requests, tokens, concurrent requests) under `models` in

@@ -1,33 +1,29 @@
 """OIDC bearer tokens: verify a JWT against a configured issuer, audience and JWKS.
 
 The ext_authz server calls `OidcVerifier.verify(token)` for a request that carries
-`Authorization: Bearer <jwt>` and gets a `Principal` back, or `InvalidToken` with a reason
-that is safe to show the client (it never contains the token).
+`Authorization: Bearer <jwt>` and gets a `VerifiedToken` back, or `InvalidToken` with a
+reason that is safe to show the client (it never contains the token); `jwt_checker`
+turns that into the policy's Principal or refusal.
 
 Only asymmetric algorithms are accepted: with HS256 allowed, anyone holding the IdP's
-*public* key could sign tokens. Keys come from a JWKS file or URL, cached for `jwks_ttl_s`;
-a token whose `kid` is unknown refetches the set at once (key rotation), at most once per
-`jwks_refresh_interval_s`, so a flood of made-up kids cannot hammer the IdP. When the IdP is
-down, the keys already fetched keep working.
+*public* key could sign tokens. Keys come from the issuer's JWKS (jwks.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from google.rpc import code_pb2
 
-log = logging.getLogger(__name__)
+from gateway.authz.jwks import InvalidToken, JwksCache, JwksUnavailable
+from gateway.authz.policy import Denied, Principal, unauthenticated
 
 # Asymmetric algorithms only; never "none" or HS* (see the module docstring).
 SUPPORTED_ALGORITHMS = frozenset(
@@ -41,24 +37,10 @@ MAX_TOKEN_BYTES = 16 * 1024
 _EC_CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
 
 
-class InvalidToken(Exception):
-    """The token was not accepted; `reason` is short and safe to show the client."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class JwksUnavailable(InvalidToken):
-    """No signing keys could be loaded (IdP or file unreachable): the caller may answer
-    503 rather than 401."""
-
-    def __init__(self) -> None:
-        super().__init__("signing keys unavailable")
-
-
 @dataclass(frozen=True)
-class Principal:
+class VerifiedToken:
+    """Who a valid token names, and what it allows."""
+
     subject: str
     roles: frozenset[str]
     # None: the token does not restrict models; otherwise the only models it may use.
@@ -105,130 +87,6 @@ class OidcConfig:
         return [self.audience] if isinstance(self.audience, str) else list(self.audience)
 
 
-@dataclass(frozen=True)
-class _Key:
-    public_key: Any
-    alg: str | None  # the JWK's own "alg", when it names one
-
-
-class JwksCache:
-    """Signing keys by kid from a JWKS file or URL, with a TTL, a rate-limited refetch for
-    unknown kids, and stale keys kept while the source is down."""
-
-    def __init__(
-        self,
-        config: OidcConfig,
-        *,
-        http_client: httpx.AsyncClient | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._config = config
-        self._clock = clock
-        self._http = http_client
-        self._own_http = http_client is None
-        self._keys: dict[str, _Key] = {}
-        self._fetched_at: float | None = None  # last successful fetch
-        self._forced_at: float | None = None  # last refetch for an unknown kid
-        self._failed_at: float | None = None  # last failed fetch, cleared on success
-        self._lock = asyncio.Lock()
-        self.fetches = 0  # fetch attempts, for tests and metrics
-
-    async def aclose(self) -> None:
-        if self._http is not None and self._own_http:
-            await self._http.aclose()
-            self._http = None
-
-    async def get(self, kid: str | None) -> _Key:
-        now = self._clock()
-        if self._expired(now):
-            async with self._lock:
-                if self._expired(self._clock()) and self._may_fetch():
-                    await self._refresh()
-        if not self._keys:
-            raise JwksUnavailable()
-        key = self._lookup(kid)
-        if key is not None:
-            return key
-        async with self._lock:
-            key = self._lookup(kid)  # another request may have refreshed meanwhile
-            if key is None and kid is not None and self._may_fetch(forced=True):
-                self._forced_at = self._clock()
-                await self._refresh()
-                key = self._lookup(kid)
-        if key is None:
-            raise InvalidToken("unknown signing key")
-        return key
-
-    def _expired(self, now: float) -> bool:
-        return self._fetched_at is None or now - self._fetched_at >= self._config.jwks_ttl_s
-
-    def _may_fetch(self, forced: bool = False) -> bool:
-        now = self._clock()
-        if self._failed_at is not None and now - self._failed_at < self._config.jwks_retry_after_failure_s:
-            return False
-        return not (
-            forced and self._forced_at is not None and now - self._forced_at < self._config.jwks_refresh_interval_s
-        )
-
-    def _lookup(self, kid: str | None) -> _Key | None:
-        if kid is None:
-            # A token without kid is accepted only when the set leaves no doubt.
-            return next(iter(self._keys.values())) if len(self._keys) == 1 else None
-        return self._keys.get(kid)
-
-    async def _refresh(self) -> None:
-        """Fetch the set; on failure keep the keys we have (logged, never raised)."""
-        self.fetches += 1
-        try:
-            document = await self._fetch()
-            keys = _parse_jwks(document)
-        except Exception as exc:  # any failure leaves the old keys in place
-            self._failed_at = self._clock()
-            log.warning(
-                "JWKS fetch from %s failed (%s); keeping %d cached keys", self._config.jwks_uri, exc, len(self._keys)
-            )
-            return
-        self._keys = keys
-        self._fetched_at = self._clock()
-        self._failed_at = None
-
-    async def _fetch(self) -> Any:
-        uri = self._config.jwks_uri
-        if uri.startswith(("http://", "https://")):
-            if self._http is None:
-                self._http = httpx.AsyncClient(timeout=self._config.jwks_timeout_s, follow_redirects=False)
-            response = await self._http.get(uri, headers={"Accept": "application/json"})
-            response.raise_for_status()
-            return response.json()
-        path = Path(uri.removeprefix("file://"))
-        return json.loads(await asyncio.to_thread(path.read_bytes))
-
-
-def _parse_jwks(document: Any) -> dict[str, _Key]:
-    """Usable signature keys by kid; symmetric, encryption and unparsable keys are skipped."""
-    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise ValueError("not a JWK set")
-    keys: dict[str, _Key] = {}
-    for jwk in document["keys"]:
-        if not isinstance(jwk, dict) or jwk.get("kty") == "oct" or jwk.get("use", "sig") != "sig":
-            continue
-        try:
-            parsed = jwt.PyJWK(jwk)
-        except jwt.PyJWTError:
-            continue
-        public_key = parsed.key
-        if not isinstance(
-            public_key,
-            rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey,
-        ):
-            public_key = public_key.public_key()  # a private JWK published by mistake: use its public half
-        alg = jwk.get("alg")
-        keys[str(jwk.get("kid", ""))] = _Key(public_key, alg if isinstance(alg, str) else None)
-    if not keys:
-        raise ValueError("JWK set has no usable signature keys")
-    return keys
-
-
 def _key_fits(key: Any, alg: str) -> bool:
     if alg.startswith(("RS", "PS")):
         return isinstance(key, rsa.RSAPublicKey)
@@ -270,7 +128,7 @@ class OidcVerifier:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def verify(self, token: str) -> Principal:
+    async def verify(self, token: str) -> VerifiedToken:
         if not token or len(token) > MAX_TOKEN_BYTES:
             raise InvalidToken("malformed token")
         try:
@@ -287,7 +145,7 @@ class OidcVerifier:
         if (key.alg is not None and key.alg != alg) or not _key_fits(key.public_key, alg):
             raise InvalidToken("algorithm not allowed")
         claims = self._decode(token, key.public_key, alg)
-        return self._principal(claims)
+        return self._verified(claims)
 
     def _decode(self, token: str, public_key: Any, alg: str) -> dict[str, Any]:
         try:
@@ -308,10 +166,10 @@ class OidcVerifier:
                     raise InvalidToken(reason) from None
             raise InvalidToken("invalid token") from None
 
-    def _principal(self, claims: Mapping[str, Any]) -> Principal:
+    def _verified(self, claims: Mapping[str, Any]) -> VerifiedToken:
         if not claims["sub"]:
             raise InvalidToken("missing claim: sub")
-        return Principal(
+        return VerifiedToken(
             subject=claims["sub"],
             roles=self._roles(claims),
             models=self._models(claims),
@@ -359,3 +217,19 @@ def _strings(value: Any) -> list[str]:
     if isinstance(value, list):
         return [v for v in value if isinstance(v, str)]
     return []
+
+
+def jwt_checker(verifier: OidcVerifier) -> Callable[[str], Awaitable[Principal]]:
+    """The verifier as the authorizer's token check: its refusals become 401 with the
+    verifier's reason (never the token); keys that cannot be fetched at all, 503."""
+
+    async def check(token: str) -> Principal:
+        try:
+            found = await verifier.verify(token)
+        except JwksUnavailable as exc:
+            raise Denied(503, code_pb2.UNAVAILABLE, f"the token cannot be checked now: {exc.reason}") from None
+        except InvalidToken as exc:
+            raise unauthenticated(f"the bearer token is not valid: {exc.reason}") from None
+        return Principal(f"oidc:{found.subject}", frozenset(found.roles), tuple(sorted(found.models or ())))
+
+    return check

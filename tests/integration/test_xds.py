@@ -1,5 +1,5 @@
-"""The xDS control plane with a real Envoy: Envoy starts with only the ADS bootstrap,
-gets its routes and clusters from the control plane, and follows the catalog — a
+"""The gateway's xDS control plane with a real Envoy: Envoy starts with only the ADS
+bootstrap, gets its routes and clusters from the xDS server, and follows the catalog — a
 replica registering, a model becoming ready, a replica leaving — within seconds, without
 a restart. (The instances here are catalog entries, not running servers: Envoy's health
 checks mark them unhealthy, which does not matter for what is checked.)"""
@@ -18,7 +18,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from conftest import BIN, ROOT, free_port
 from gateway import envoy_config
-from gateway.control_plane import NACKS, ControlPlane
+from gateway.xds.server import NACKS, XdsServer
 from services.runtime.catalog import EmbeddedCatalog, ServiceInstance
 
 DESCRIPTOR = ROOT / "build" / "infermesh.binpb"
@@ -57,12 +57,12 @@ async def eventually(check, seconds: float = 10.0) -> float:
 
 @pytest.fixture
 async def mesh(tmp_path: Path):
-    """A control plane on an embedded catalog, and a real Envoy bootstrapped from it."""
+    """An xDS server on an embedded catalog, and a real Envoy bootstrapped from it."""
     catalog = EmbeddedCatalog(tmp_path / "catalog")
     for instance in (ROUTER, REGISTRY, REPLICA_0):
         await catalog.register(instance)
     await catalog.start()
-    plane = ControlPlane(catalog)
+    plane = XdsServer(catalog)
     await plane.start()
     server = grpc.aio.server()
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(plane, server)
@@ -87,7 +87,7 @@ async def mesh(tmp_path: Path):
         await catalog.close()
 
 
-async def test_envoy_gets_its_clusters_and_routes_from_the_control_plane_and_follows_the_catalog(mesh):
+async def test_envoy_gets_its_clusters_and_routes_from_the_xds_server_and_follows_the_catalog(mesh):
     catalog, plane, ports = mesh
     await eventually(
         lambda: {"router", "registry", "inference-0", "inference/gemma-3-270m"} <= set(envoy_clusters(ports.admin))

@@ -1,8 +1,7 @@
-"""The xDS control plane: serves Envoy its clusters and routes over ADS (state of the
-world, v3), computed from the catalog and pushed again whenever the catalog changes — a
-replica registering or leaving, a model becoming ready — so Envoy follows without a
-restart. The resources are exactly those `envoy_config.render` puts inline, which is how
-a real Envoy validates them in the tests.
+"""The ADS server: serves Envoy its clusters and routes over ADS (state of the world, v3),
+computed from the catalog (resources.py) and pushed again whenever the catalog changes —
+a replica registering or leaving, a model becoming ready — so Envoy follows without a
+restart.
 
 Per stream and resource type the protocol is: Envoy asks (no nonce), we answer with the
 current version and a nonce; Envoy ACKs (same nonce, that version) or NACKs (same nonce,
@@ -13,66 +12,23 @@ to every stream that has asked for that type.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-# Extension types that appear in typed_config fields, imported so json_format knows them.
-import envoy.extensions.filters.http.buffer.v3.buffer_pb2  # noqa: F401
-import envoy.extensions.filters.http.lua.v3.lua_pb2  # noqa: F401
-import envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2  # noqa: F401
-import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F401
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.protobuf import any_pb2, json_format
 from prometheus_client import Counter, Gauge
 
 from gateway import envoy_config
-from services.runtime.catalog import Catalog, EmbeddedCatalog, ServiceInstance
+from gateway.xds.resources import CLUSTER, ROUTE, Snapshot, digest, resources
+from services.runtime.catalog import Catalog, ServiceInstance
 
 log = logging.getLogger(__name__)
-CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 PUSHES = Counter("infermesh_xds_responses_total", "xDS responses sent, by resource type.", ["type"])
 NACKS = Counter("infermesh_xds_nacks_total", "xDS responses Envoy rejected, by resource type.", ["type"])
 VERSION = Gauge("infermesh_xds_version", "The resource version being served (a counter).")
 STREAMS = Gauge("infermesh_xds_streams", "Envoy ADS streams open now.")
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    version: str
-    resources: dict[str, dict[str, any_pb2.Any]]  # type URL → name → resource
-
-
-def resources(
-    instances: list[ServiceInstance], limits: envoy_config.Limits | None = None
-) -> dict[str, dict[str, any_pb2.Any]]:
-    """Envoy's clusters and routes for these instances, by type URL and name."""
-    catalog = EmbeddedCatalog.of(instances)
-    packed: dict[str, dict[str, any_pb2.Any]] = {CLUSTER: {}, ROUTE: {}}
-    for spec in envoy_config.clusters(catalog, limits):
-        packed[CLUSTER][spec["name"]] = _pack(json_format.ParseDict(spec, cluster_pb2.Cluster()))
-    for name, spec in envoy_config.route_configs(catalog).items():
-        packed[ROUTE][name] = _pack(json_format.ParseDict(spec, route_pb2.RouteConfiguration()))
-    return packed
-
-
-def _pack(message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
-
-
-def _digest(packed: dict[str, dict[str, any_pb2.Any]]) -> str:
-    digest = hashlib.sha256()
-    for type_url in sorted(packed):
-        for name, resource in sorted(packed[type_url].items()):
-            digest.update(type_url.encode() + name.encode() + resource.SerializeToString(deterministic=True))
-    return digest.hexdigest()
 
 
 @dataclass
@@ -88,7 +44,7 @@ class _Stream:
     subscriptions: dict[str, _Subscription] = field(default_factory=dict)
 
 
-class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self, catalog: Catalog, limits: envoy_config.Limits | None = None) -> None:
         self._catalog = catalog
         self._limits = limits
@@ -119,11 +75,11 @@ class ControlPlane(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     async def _update(self, instances: list[ServiceInstance]) -> None:
         candidate = resources(instances, self._limits)
-        digest = _digest(candidate)
-        if digest == self._digest:
+        fingerprint = digest(candidate)
+        if fingerprint == self._digest:
             return
         version = str(next(self._versions))
-        self.current, self._digest = Snapshot(version, candidate), digest
+        self.current, self._digest = Snapshot(version, candidate), fingerprint
         VERSION.set(int(version))
         log.info(
             "new xDS version",

@@ -1,8 +1,8 @@
-# ACL policy for the Envoy control plane's token (gateway/, service "control-plane").
+# ACL policy for the gateway's token (gateway/, service "gateway": Envoy's control plane).
 # It registers itself, and reads every service, its healthy instances and their nodes
 # to build Envoy's clusters and endpoints.
 
-service "control-plane" {
+service "gateway" {
   policy = "write"
 }
 
