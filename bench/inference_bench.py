@@ -275,8 +275,8 @@ def main() -> None:
     levels = [int(n) for n in args.levels.split(",")]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from conftest import mesh_settings
     from launcher.mesh import Mesh
+    from support.meshes import mesh_settings
 
     print(f"machine: {os.cpu_count()} CPUs ({cpu_name()}); model gemma-3-270m, max_tokens={args.max_tokens}")
     settings = mesh_settings()

@@ -41,7 +41,6 @@ import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
-from conftest import BIN, ROOT, free_port
 from gateway import envoy_config
 from gateway.app import ADS_SERVICE
 from gateway.settings import GatewaySettings
@@ -50,6 +49,8 @@ from services.providers.settings import ProviderSettings
 from services.registry.settings import RegistrySettings
 from services.router.settings import RouterSettings
 from services.runtime.catalog import EmbeddedCatalog
+from support.paths import BIN, ROOT
+from support.ports import free_port
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 GPU_FILE = ROOT / "docker-compose.gpu.yml"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import yaml
 
-from conftest import BIN, ROOT
 from gateway import envoy_config
 from services.runtime.catalog import EmbeddedCatalog, ServiceInstance
 from services.runtime.telemetry import otlp_endpoint
+from support.paths import BIN, ROOT
 
 GOLDEN = ROOT / "tests" / "golden" / "envoy.yaml"
 DESCRIPTOR = ROOT / "build" / "infermesh.binpb"

@@ -9,7 +9,7 @@ from pathlib import Path
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
-from conftest import BIN, ROOT
+from support.paths import BIN, ROOT
 
 IMAGE = ROOT / "build" / "infermesh.binpb"
 VALIDATE = "buf/validate/validate.proto"

@@ -32,12 +32,13 @@ import redis
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from conftest import mesh_settings, metric, register_model
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from launcher.mesh import Mesh
-from provider_servers import Reply, Seen, StandIn, gemini_default, gemini_error
-from redis_servers import redis_server
+from support.databases import redis_server
+from support.meshes import mesh_settings, register_model
+from support.metrics import metric
+from support.provider_stand_ins import Reply, Seen, StandIn, gemini_default, gemini_error
 
 GEMMA = "gemma-3-270m"
 FLAKY = "flaky-gemini"  # answered by the Gemini adapter, falls back to the local model

@@ -2,7 +2,7 @@
 request with a success or a clear client error, never a server error, and nothing crashes.
 
 The routes and methods are enumerated from the protobuf descriptors Envoy transcodes with
-(tests/fuzzing.py), so a new RPC is fuzzed as soon as it is declared. Hypothesis builds:
+(tests/support/fuzzing.py), so a new RPC is fuzzed as soon as it is declared. Hypothesis builds:
 
 - REST: bodies shaped like the request message (right field names; values of the right
   type and of wrong ones, huge and negative numbers, unicode, empty strings, nested
@@ -21,7 +21,7 @@ inside a 200 (a part of a batch or parallel call, an event of a stream); unary c
 never hang; every mesh process is still running afterwards.
 
 The mesh is the session's shared one: requests never name a real resource where they
-could change it and every generation is capped at two tokens (see tests/fuzzing.py);
+could change it and every generation is capped at two tokens (see tests/support/fuzzing.py);
 what the fuzzer creates has a `fuzz-` id and is deleted at the end. Runs are reproducible
 (derandomized); failures are reported unshrunk, with the exact request, to stay fast.
 """
@@ -39,8 +39,8 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError, Message
 from hypothesis import HealthCheck, Phase, given, settings
 
-import fuzzing
-from fuzzing import GrpcRequest, HttpRequest, Known, Route, Rpc
+from support import fuzzing
+from support.fuzzing import GrpcRequest, HttpRequest, Known, Route, Rpc
 
 # Codes that mean the server failed, not the request; UNAVAILABLE is REST's 503.
 SERVER_FAILURES = {

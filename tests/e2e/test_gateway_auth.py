@@ -22,13 +22,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import mesh_settings
 from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as registry_pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from launcher.mesh import Mesh
+from support.meshes import mesh_settings
 
 MINILM = "all-minilm-l6-v2"
 EMBED = {"model": MINILM, "inputs": ["hello"]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from conftest import BIN
+from support.paths import BIN
 
 REQUEST = json.dumps({"model": "gemma-3-270m", "prompt": "The capital of France is", "max_tokens": 8})
 

@@ -2,7 +2,7 @@
 else changed): every service registers itself with a gRPC health check, the gateway
 and the router find each other and the backends through Consul, requests are answered,
 and a graceful stop deregisters everything. Consul cannot run here (no binary can be
-installed): the agent is tests/consul_stand_in.py, which serves the documented HTTP API
+installed): the agent is tests/support/consul_stand_in.py, which serves the documented HTTP API
 and runs each registered gRPC health check against the real services."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import mesh_settings
-from consul_stand_in import ConsulStandIn
 from launcher.mesh import Mesh
+from support.consul_stand_in import ConsulStandIn
+from support.meshes import mesh_settings
 
 MINILM = "all-minilm-l6-v2"
 

@@ -9,7 +9,7 @@ import urllib.request
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT
+from support.paths import ROOT
 
 GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"
 

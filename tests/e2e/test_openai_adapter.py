@@ -8,7 +8,7 @@ import pytest
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
-from provider_servers import provider_server
+from support.services import provider_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"

@@ -2,7 +2,7 @@
 streamed back as each completes, one prompt for several models side by side, and an
 ensemble that combines their answers by majority vote, consensus or a judge model.
 
-The Gemini stand-in echoes the prompt's words (provider_servers.gemini_default), so its
+The Gemini stand-in echoes the prompt's words (support.provider_stand_ins.gemini_default), so its
 answers, and those of models registered on it, are known in advance; gemma-3-270m
 decodes greedily, so its answer to a prompt is the same however it is asked, as long as
 it runs alone: generations batched together on this CPU can differ in a late token
@@ -24,7 +24,7 @@ from google.rpc import error_details_pb2
 from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.router.v1 import orchestration_pb2 as pb
 from infermesh.router.v1 import router_service_pb2_grpc as pb_grpc
-from provider_servers import gemini_default
+from support.provider_stand_ins import gemini_default
 
 GEMMA = "gemma-3-270m"
 ECHO = "gemini-test"

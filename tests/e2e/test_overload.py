@@ -8,8 +8,8 @@ import json
 import httpx
 import pytest
 
-from conftest import mesh_settings
 from launcher.mesh import Mesh
+from support.meshes import mesh_settings
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ import time
 
 import httpx
 
-from conftest import metric, register_model
-from provider_servers import gemini_error
+from support.meshes import register_model
+from support.metrics import metric
+from support.provider_stand_ins import gemini_error
 
 GEMMA = "gemma-3-270m"
 # These tests count work done by backends: they bypass the router's response cache.

@@ -19,12 +19,13 @@ import httpx
 import openai
 import pytest
 
-from conftest import free_port, mesh_settings
 from gateway.envoy_config import EnvoyPorts
 from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from launcher.mesh import Mesh
-from redis_servers import redis_server
+from support.databases import redis_server
+from support.meshes import mesh_settings
+from support.ports import free_port
 
 GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"
 # Greedy gemma keeps counting far past any max_tokens used here.

@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from conftest import BIN
+from support.paths import BIN
 
 
 def test_an_operator_registers_a_version_and_routes_traffic_to_it_over_rest(base_url):

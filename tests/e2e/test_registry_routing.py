@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from conftest import metric
+from support.metrics import metric
 
 GEMMA = "gemma-3-270m"
 # These tests count work done by backends: they bypass the router's response cache.

@@ -1,6 +1,6 @@
 """Discovery and failover across addresses, not just ports (issue 7): a second
 inference replica runs in a network namespace of its own (its own network stack and
-address, 10.77.0.2, on a bridge; see tests/netns.py), registers itself in the catalog
+address, 10.77.0.2, on a bridge; see tests/support/netns.py), registers itself in the catalog
 under that address, and Envoy — in the test's namespace, fed by the gateway —
 reaches it across the bridge. Under load, the replica on the loopback address is killed
 with SIGKILL: the far replica takes the traffic."""
@@ -17,10 +17,12 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from conftest import free_port, mesh_settings, metric
 from launcher.mesh import Mesh
-from mesh_load import MINILM, Load, embed
-from netns import hosts
+from support.load import MINILM, Load, embed
+from support.meshes import mesh_settings
+from support.metrics import metric
+from support.netns import hosts
+from support.ports import free_port
 
 POOL = f"inference/{MINILM}"
 EMBED = "/infermesh.inference.v1.InferenceService/Embed"

@@ -19,9 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import mesh_settings, metric
 from launcher.mesh import Mesh
-from mesh_load import CLIENTS, MINILM, Load, embed
+from support.load import CLIENTS, MINILM, Load, embed
+from support.meshes import mesh_settings
+from support.metrics import metric
 
 EMBED = "/infermesh.inference.v1.InferenceService/Embed"
 

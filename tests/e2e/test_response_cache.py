@@ -8,7 +8,7 @@ import uuid
 
 import httpx
 
-from conftest import metric
+from support.metrics import metric
 
 GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"
 

@@ -8,7 +8,7 @@ import time
 import httpx
 import numpy as np
 
-from conftest import metric
+from support.metrics import metric
 
 PROMPT = {"model": "gemma-3-270m", "prompt": "The capital of France is", "max_tokens": 16}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import torch
 
-from conftest import metric
+from support.metrics import metric
 
 MB = 2**20
 

@@ -18,8 +18,9 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from conftest import free_port, mesh_settings
 from launcher.mesh import Mesh
+from support.meshes import mesh_settings
+from support.ports import free_port
 
 GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"
 INFERENCE = "infermesh.inference.v1.InferenceService"

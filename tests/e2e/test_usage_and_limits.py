@@ -15,8 +15,9 @@ import uuid
 import httpx
 import pytest
 
-from conftest import metric, register_model
-from provider_servers import gemini_error
+from support.meshes import register_model
+from support.metrics import metric
+from support.provider_stand_ins import gemini_error
 
 GEMMA = "gemma-3-270m"
 NO_CACHE = {"cache-control": "no-cache"}

@@ -15,9 +15,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
-from registry_servers import DATABASES, database, registry_server
 from services.registry.database import database_url
 from services.runtime.errors import error_info
+from support.databases import DATABASES, database
+from support.services import registry_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 USER, ADMIN = res.ApiKey.ROLE_USER, res.ApiKey.ROLE_ADMIN

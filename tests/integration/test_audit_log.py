@@ -10,7 +10,8 @@ import pytest_asyncio
 
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
-from registry_servers import database, registry_server
+from support.databases import database
+from support.services import registry_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 OPS = [("x-infermesh-principal", "apiKeys/ops")]

@@ -14,8 +14,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
-from inference_servers import inference_server
 from infermesh.inference.v1 import inference_service_pb2 as pb
+from support.services import inference_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"

@@ -2,7 +2,7 @@
 and the same contract as the embedded catalog.
 
 No Consul binary can be installed on these machines, so Consul here is a stand-in
-(tests/consul_stand_in.py): the part of the agent's documented HTTP API the catalog uses,
+(tests/support/consul_stand_in.py): the part of the agent's documented HTTP API the catalog uses,
 blocking queries and ACLs included, which runs the registered gRPC health checks against
 the instances' real grpc.health.v1 servers. The catalog itself (py-consul on httpx) is the
 production code, unchanged.
@@ -22,11 +22,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from conftest import free_port
-from consul_stand_in import ConsulStandIn
 from services.runtime.catalog import Catalog, EmbeddedCatalog, ServiceInstance
 from services.runtime.catalogs import open_catalog
 from services.runtime.consul_catalog import ConsulCatalog, ConsulError
+from support.consul_stand_in import ConsulStandIn
+from support.ports import free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

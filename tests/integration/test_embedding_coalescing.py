@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from inference_servers import inference_server
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from services.router.core.coalescing import EmbedCoalescer
+from support.services import inference_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 MINILM = "all-minilm-l6-v2"

@@ -12,9 +12,10 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import ROOT, free_port
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from support.paths import ROOT
+from support.ports import free_port
 
 
 def test_sigterm_drains_in_flight_generation_then_exits(tmp_path):

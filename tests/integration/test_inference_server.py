@@ -10,10 +10,10 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
-from inference_servers import inference_server
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
 from services.inference.app import SERVICE, model_health_name
+from support.services import inference_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 GEMMA = "gemma-3-270m"

@@ -13,7 +13,8 @@ import time
 
 import yaml
 
-from conftest import ROOT, mesh_settings
+from support.meshes import mesh_settings
+from support.paths import ROOT
 
 
 def port_is_free(port: int) -> bool:

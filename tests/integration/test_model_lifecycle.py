@@ -18,8 +18,6 @@ from google.longrunning import operations_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
-from conftest import free_port
-from inference_servers import inference_server
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from infermesh.inference.v1 import inference_types_pb2 as types
@@ -27,6 +25,8 @@ from infermesh.inference.v1 import model_service_pb2 as model_pb
 from infermesh.inference.v1 import model_service_pb2_grpc as model_grpc
 from services.inference.app import model_health_name
 from services.runtime.operations import OperationsStub
+from support.ports import free_port
+from support.services import inference_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"

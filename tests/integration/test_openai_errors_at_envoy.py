@@ -21,7 +21,6 @@ from google.api import httpbody_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from conftest import BIN, ROOT, free_port
 from gateway import envoy_config
 from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.openai.v1 import openai_service_pb2 as openai_pb
@@ -29,6 +28,8 @@ from infermesh.openai.v1 import openai_service_pb2_grpc as openai_grpc
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from services.runtime.catalog import EmbeddedCatalog, ServiceInstance
 from services.runtime.openai_errors import HTTP_STATUS_HEADER, openai_error_body
+from support.paths import BIN, ROOT
+from support.ports import free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 NOT_FOUND = openai_error_body(404, "model 'x' is not registered", "model_not_found", "model")

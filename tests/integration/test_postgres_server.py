@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from databases import postgres_server
+from support.databases import postgres_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

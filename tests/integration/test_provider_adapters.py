@@ -1,5 +1,5 @@
 """Provider adapters against stand-in HTTP servers that speak the providers' documented
-wire formats (see tests/provider_servers.py: a contract test, since the hosted APIs are
+wire formats (see tests/support/provider_stand_ins.py: a contract test, since the hosted APIs are
 out of reach here): error mapping for each class of failure, retries that honour the
 provider's advice and never retry what cannot succeed, keys kept out of errors and logs,
 no credentials → NOT_SERVING, and the Gemini adapter's requests and responses."""
@@ -19,15 +19,8 @@ from grpc_status import rpc_status
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
-from provider_servers import (
-    Reply,
-    StandIn,
-    gemini_default,
-    gemini_error,
-    openai_chat,
-    openai_error,
-    provider_server,
-)
+from support.provider_stand_ins import Reply, StandIn, gemini_default, gemini_error, openai_chat, openai_error
+from support.services import provider_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 OPENAI_KEY = "sk-test-SECRETSECRETSECRET"

@@ -13,14 +13,14 @@ import pytest
 import pytest_asyncio
 from gguf import GGUFReader
 
-from conftest import ROOT
-from inference_servers import inference_server
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
 from services.backend.types import ChatTurn
 from services.inference.models import builtin
 from services.inference.models.chat_format import base_model_chat_prompt
 from services.registry.seed import _defaults
+from support.paths import ROOT
+from support.services import inference_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 QWEN, GEMMA_LLAMA = builtin.QWEN_CODER_ID, builtin.GEMMA_GGUF_ID

@@ -19,9 +19,9 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from prometheus_client import REGISTRY
 
 from gateway.ratelimit.servicer import RateLimitServicer
-from redis_servers import redis_server
 from services.limits.config import limits_from_env, load_limits, parse_limits
 from services.limits.limiter import LEASE_HEADER, open_limiter
+from support.databases import redis_server
 
 OK, OVER = rls_pb2.RateLimitResponse.OK, rls_pb2.RateLimitResponse.OVER_LIMIT
 MODEL = "gemma-3-270m"

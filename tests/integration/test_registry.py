@@ -13,7 +13,8 @@ from google.protobuf.field_mask_pb2 import FieldMask
 
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
-from registry_servers import DATABASES, database, registry_server
+from support.databases import DATABASES, database
+from support.services import registry_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -17,11 +17,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import free_port
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as pb_grpc
-from registry_servers import DATABASES, database
+from support.databases import DATABASES, database
+from support.ports import free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 WRITERS = 4

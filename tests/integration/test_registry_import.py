@@ -18,11 +18,12 @@ import pytest
 import pytest_asyncio
 from google.longrunning import operations_pb2
 
-from conftest import free_port
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
-from registry_servers import database, registry_server
 from services.inference.models.builtin import minilm_path
+from support.databases import database
+from support.ports import free_port
+from support.services import registry_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -8,11 +8,11 @@ import asyncio
 import pytest
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
-from redis_servers import redis_server
 from services.router.core.cache import ResponseCache
 from services.router.core.calls import CallContext
 from services.router.core.resolvers import Route
 from services.router.core.rpcs import Rpc
+from support.databases import redis_server
 
 pytestmark = pytest.mark.asyncio
 ROUTE = Route(model="m", version="v1", backend="b", backend_model="m")

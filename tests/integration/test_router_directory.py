@@ -15,7 +15,6 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
-from registry_servers import database, registry_server
 from services.router.backend_client import EnvoyBackendClient
 from services.router.core.calls import CallContext
 from services.router.core.load import ModelLoad
@@ -24,6 +23,8 @@ from services.router.core.router import RouterCore
 from services.router.registry_feed import RegistryFeed
 from services.runtime.catalog import EmbeddedCatalog, ServiceInstance
 from services.runtime.errors import DomainError, InvalidArgument, NotFound, Unavailable
+from support.databases import database
+from support.services import registry_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

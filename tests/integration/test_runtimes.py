@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from inference_servers import inference_server
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
+from support.services import inference_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 LLAMA, ONNX, MINILM = "gemma-3-270m-llamacpp", "all-minilm-l6-v2-onnx", "all-minilm-l6-v2"

@@ -16,9 +16,9 @@ import torch
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from inference_servers import inference_server
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import model_service_pb2 as model_pb
+from support.services import inference_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 MINILM = "all-minilm-l6-v2"

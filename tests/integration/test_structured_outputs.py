@@ -15,12 +15,12 @@ import pytest
 import pytest_asyncio
 from google.protobuf import struct_pb2
 
-from conftest import ROOT
-from inference_servers import inference_server
 from infermesh.inference.v1 import generation_options_pb2 as options
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
 from services.runtime.errors import error_info
+from support.paths import ROOT
+from support.services import inference_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 TRANSFORMERS, LLAMA = "gemma-3-270m", "gemma-3-270m-llamacpp"

@@ -22,7 +22,6 @@ import pytest
 from google.protobuf import json_format
 from pydantic import ValidationError
 from qdrant_client import QdrantClient, models
-from vector_data import clustered, exact_scores
 
 from infermesh.vector.v1 import vector_service_pb2 as pb
 from services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -34,6 +33,7 @@ from services.vector.model import CollectionConfig, StoredPoint
 from services.vector.qdrant import ID_NAMESPACE, QdrantKind, point_uuid
 from services.vector.servicer import VectorServicer
 from services.vector.settings import VectorSettings
+from support.vectors import clustered, exact_scores
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

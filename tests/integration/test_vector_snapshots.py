@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from vector_data import clustered, exact_scores
 
 from services.vector import embedded
 from services.vector.backends import EmbeddedKind, collection_file
 from services.vector.embedded import EmbeddedCollection
 from services.vector.model import CollectionConfig, StoredPoint
+from support.vectors import clustered, exact_scores
 
 DIMENSION = 32
 CONFIG = CollectionConfig("collections/docs", DIMENSION, "cosine", "", "embedded", 0.0)

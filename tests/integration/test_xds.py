@@ -16,10 +16,11 @@ import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
-from conftest import BIN, ROOT, free_port
 from gateway import envoy_config
 from gateway.xds.server import NACKS, XdsServer
 from services.runtime.catalog import EmbeddedCatalog, ServiceInstance
+from support.paths import BIN, ROOT
+from support.ports import free_port
 
 DESCRIPTOR = ROOT / "build" / "infermesh.binpb"
 ROUTER = ServiceInstance("router", "router", "127.0.0.1", 1)

@@ -24,8 +24,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from conftest import free_port
 from gateway.authz.oidc import InvalidToken, JwksUnavailable, OidcConfig, OidcVerifier
+from support.ports import free_port
 
 ISSUER = "https://idp.example.test/realms/infermesh"
 AUDIENCE = "infermesh"

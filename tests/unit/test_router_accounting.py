@@ -9,7 +9,6 @@ import random
 import pytest
 from prometheus_client import REGISTRY
 
-from conftest import free_port
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from services.router.core.budget import RetryBudget
 from services.router.core.cache import ResponseCache
@@ -17,6 +16,7 @@ from services.router.core.calls import CallContext
 from services.router.core.resolvers import Route
 from services.router.core.rpcs import Rpc
 from services.router.core.usage import Histogram, UsageLedger
+from support.ports import free_port
 
 ROUTE = Route(model="m", version="v1", backend="b", backend_model="m")
 

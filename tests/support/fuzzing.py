@@ -29,7 +29,6 @@ import re
 import string
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -42,8 +41,8 @@ from google.protobuf.message import Message
 from hypothesis import assume
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parent.parent
-DESCRIPTOR_SET = ROOT / "build" / "infermesh.binpb"
+from support.paths import DESCRIPTOR_SET, ROOT
+
 FRONT_DOOR = ROOT / "envoy" / "front_door.yaml"
 
 F = FieldDescriptor

@@ -1,4 +1,5 @@
-"""Provider adapters in this test process, and the HTTP servers they talk to.
+"""The HTTP servers the provider adapters talk to in tests (the adapters themselves run
+on support.services.provider_server, or in a mesh).
 
 The hosted APIs cannot be reached from here. The OpenAI adapter talks to a real
 OpenAI-compatible server where one exists (this mesh's own front door); for what that
@@ -16,18 +17,11 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import grpc
-from grpc_health.v1 import health_pb2_grpc
-
-from conftest import free_port
-from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
-from services.providers.app import ProviderApp
-from services.providers.settings import ProviderSettings
-from services.runtime.server import create_server
+from support.ports import free_port
 
 
 @dataclass
@@ -187,21 +181,3 @@ def gemini_default(request: Seen) -> Reply:
         pieces = [" ".join(answer[i : i + 2]) + " " for i in range(0, len(answer), 2)] or [""]
         return Reply(200, [chunk(p, i == len(pieces) - 1) for i, p in enumerate(pieces)], stream=True)
     return Reply(200, chunk(" ".join(answer), True))
-
-
-@asynccontextmanager
-async def provider_server(
-    **settings: object,
-) -> AsyncIterator[tuple[ProviderApp, pb_grpc.InferenceServiceStub, health_pb2_grpc.HealthStub]]:
-    config = ProviderSettings(**{"grpc_port": 0, "max_retry_wait_seconds": 2.0, **settings})
-    app = ProviderApp(config)
-    bound = await create_server(config, app)
-    await bound.server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{bound.port}")
-    try:
-        await app.start(bound.health)
-        yield app, pb_grpc.InferenceServiceStub(channel), health_pb2_grpc.HealthStub(channel)
-    finally:
-        await channel.close()
-        await bound.server.stop(1)
-        await app.close()

@@ -1,4 +1,5 @@
-"""A real, throwaway PostgreSQL 15 server for tests.
+"""Real, throwaway database servers for tests: PostgreSQL 15 and Redis, and the
+registry's database of either kind.
 
 The registry's PostgreSQL backend is tested against the real thing, not SQLite or a
 mock: locking, transactions, constraint errors and durability (fsync stays on) are
@@ -36,7 +37,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from conftest import free_port
+import redis
+
+from support.polling import eventually
+from support.ports import free_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 OS_USER = "postgres"
@@ -202,3 +206,54 @@ def postgres_server(ready_timeout: float = 30.0, stop_timeout: float = 30.0) -> 
                 _stop(server, stop_timeout)
         finally:
             shutil.rmtree(home, ignore_errors=True)
+
+
+# The registry runs on both; its tests are parametrized over them.
+DATABASES = ["sqlite", "postgresql"]
+
+
+@contextmanager
+def database(kind: str) -> Iterator[tuple[str, Path]]:
+    """(REGISTRY_DATABASE_URL, data directory) for a fresh registry database of `kind`:
+    "" for SQLite in the directory, or a PostgreSQL server of its own."""
+    with tempfile.TemporaryDirectory(prefix="registry-") as data_dir:
+        if kind == "sqlite":
+            yield "", Path(data_dir)
+        else:
+            with postgres_server() as url:
+                yield url, Path(data_dir)
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A real redis-server (Debian's package, installed by `make test`) as a child of the
+    test process: its own port, no persistence, stopped by its PID. Yields its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed; `make test` installs Debian's redis-server package")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server did not start (exit code {process.poll()})")
+            return redis.Redis.from_url(url).ping()
+
+        eventually(
+            answers, timeout=10, interval=0.05, what="redis-server answering PING", ignoring=redis.ConnectionError
+        )
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
