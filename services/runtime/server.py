@@ -182,7 +182,7 @@ async def serve(settings: ServiceSettings, app: Application) -> int:
     bound = await create_server(settings, app)
     await bound.server.start()
     log.info("%s listening on %s:%d", app.name, settings.grpc_host, bound.port)
-    # Apps that read the catalog (router, control plane) share theirs.
+    # Apps that read the catalog (router, gateway) share theirs.
     catalog = app.catalog or open_catalog_from(settings)
     entry = catalog_entry(settings, app, bound.port)
     registrar = asyncio.create_task(keep_registered(catalog, entry, app)) if catalog is not None else None
