@@ -26,19 +26,16 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
-from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import grpc
 import pytest
 import yaml
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from prometheus_client import REGISTRY
 
 from gateway import envoy_config
@@ -50,7 +47,9 @@ from services.registry.settings import RegistrySettings
 from services.router.settings import RouterSettings
 from services.runtime.catalog import EmbeddedCatalog
 from support.paths import BIN, ROOT
+from support.polling import eventually
 from support.ports import free_port
+from support.serving import serving
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 GPU_FILE = ROOT / "docker-compose.gpu.yml"
@@ -248,13 +247,8 @@ def test_every_long_running_service_has_a_health_check_on_its_own_health_service
 @pytest.fixture(scope="module")
 def health_server():
     """A real gRPC server with the standard health servicer, on a free port."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)])
-    servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield servicer, port
-    server.stop(0)
+    with serving([], health=True) as served:
+        yield served.health, served.port
 
 
 def test_the_grpc_health_check_passes_only_while_the_service_is_serving(compose, health_server):
@@ -692,16 +686,12 @@ def test_the_real_envoy_serves_the_stats_named_here(tmp_path):
             return error.code, ""
 
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def ready() -> bool:
             assert envoy.poll() is None, log.read_text()
-            try:
-                if get(admin, "/ready")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "Envoy did not start"
-            time.sleep(0.2)
+            return get(admin, "/ready")[0] == 200
+
+        eventually(ready, timeout=60, interval=0.2, what="Envoy starting", ignoring=OSError)
         assert [get(listener, path)[0] for path in ("/ok", "/ok", "/fail")] == [200, 200, 503]
         status, text = get(admin, "/stats/prometheus")
     finally:

@@ -38,6 +38,7 @@ from launcher.mesh import Mesh
 from support.databases import redis_server
 from support.meshes import mesh_settings, register_model
 from support.metrics import metric
+from support.polling import eventually
 from support.provider_stand_ins import Reply, Seen, StandIn, gemini_default, gemini_error
 
 GEMMA = "gemma-3-270m"
@@ -106,13 +107,12 @@ def router(faulty_mesh: Mesh) -> Iterator[router_grpc.RouterServiceStub]:
 
 def _wait_until_answered(base_url: str, model: str) -> None:
     """The router and Envoy learn of new models and healthy adapters within moments."""
-    deadline = time.monotonic() + 30
-    while True:
-        reply = generate(base_url, model, "warm up")
-        if reply.status_code == 200 and reply.json()["model"] == model:
-            return
-        assert time.monotonic() < deadline, reply.text
-        time.sleep(0.3)
+    eventually(
+        lambda: generate(base_url, model, "warm up"),
+        until=lambda reply: reply.status_code == 200 and reply.json()["model"] == model,
+        timeout=30,
+        interval=0.3,
+    )
 
 
 def generate(base_url: str, model: str, prompt: str, max_tokens: int = 4, headers=NO_CACHE) -> httpx.Response:

@@ -7,7 +7,6 @@ and runs each registered gRPC health check against the real services."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import grpc
@@ -18,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from launcher.mesh import Mesh
 from support.consul_stand_in import ConsulStandIn
 from support.meshes import mesh_settings
+from support.polling import eventually
 
 MINILM = "all-minilm-l6-v2"
 
@@ -51,16 +51,18 @@ def test_services_register_in_consul_and_the_mesh_answers_through_it(consul_mesh
         assert consul.registered(name) is not None
 
     base = f"http://127.0.0.1:{mesh.settings.front_door_port}"
-    deadline = time.monotonic() + 10
-    while True:
+
+    def served_by_the_pool() -> bool:
         reply = httpx.post(f"{base}/v1/embed", json={"model": MINILM, "inputs": ["hello consul"]}, timeout=60)
         assert reply.status_code == 200, reply.text
         assert len(reply.json()["embeddings"][0]["values"]) == 384
         # By name at first, then through the model's pool once Envoy surely has it.
         if reply.headers["x-infermesh-served-by"] == f"inference/{MINILM}":
-            break
-        assert reply.headers["x-infermesh-served-by"] == "inference-0" and time.monotonic() < deadline
-        time.sleep(0.2)
+            return True
+        assert reply.headers["x-infermesh-served-by"] == "inference-0"
+        return False
+
+    eventually(served_by_the_pool, timeout=10, interval=0.2)
 
 
 def test_a_backend_failing_its_consul_check_leaves_the_routers_view_and_returns(consul_mesh):
@@ -79,17 +81,10 @@ def test_a_backend_failing_its_consul_check_leaves_the_routers_view_and_returns(
 
         assert routable()
         consul.set_check("inference-0", "critical")
-        until(lambda: not routable(), timeout=10)
+        eventually(lambda: not routable(), timeout=10)
         reply = httpx.post(f"{base}/v1/embed", json=body, timeout=60)
         assert reply.status_code == 503 and reply.json()["details"][0]["reason"] == "MODEL_NOT_DEPLOYED"
 
         consul.set_check("inference-0", "passing")
-        until(routable, timeout=10)
-        until(lambda: httpx.post(f"{base}/v1/embed", json=body, timeout=60).status_code == 200, timeout=15)
-
-
-def until(condition, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout}s"
-        time.sleep(0.1)
+        eventually(routable, timeout=10)
+        eventually(lambda: httpx.post(f"{base}/v1/embed", json=body, timeout=60).status_code == 200, timeout=15)

@@ -3,18 +3,18 @@ google.longrunning operations), next to the OpenAI model paths it must not clash
 
 from __future__ import annotations
 
-import time
-
 import httpx
+
+from support.polling import eventually
 
 
 def wait_done(base_url: str, operation: dict) -> dict:
-    deadline = time.monotonic() + 300
-    while not operation.get("done"):
-        assert time.monotonic() < deadline, operation
-        time.sleep(0.2)
-        operation = httpx.get(f"{base_url}/v1/{operation['name']}", timeout=30).json()
-    return operation
+    if operation.get("done"):
+        return operation
+    url = f"{base_url}/v1/{operation['name']}"
+    return eventually(
+        lambda: httpx.get(url, timeout=30).json(), until=lambda o: o.get("done"), timeout=300, interval=0.2
+    )
 
 
 def test_unload_then_load_a_model_over_rest(base_url):

@@ -24,6 +24,7 @@ from google.rpc import error_details_pb2
 from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.router.v1 import orchestration_pb2 as pb
 from infermesh.router.v1 import router_service_pb2_grpc as pb_grpc
+from support.polling import eventually
 from support.provider_stand_ins import gemini_default
 
 GEMMA = "gemma-3-270m"
@@ -62,13 +63,14 @@ def echo_twin(base_url: str) -> str:
     for path, params, body in steps:
         reply = httpx.post(f"{base_url}{path}", params=params, json=body, timeout=30)
         assert reply.status_code == 200, reply.text
-    deadline = time.monotonic() + 30
-    while True:  # the router learns of the new model from the registry's feed
-        reply = post(base_url, "/v1/generate-text", {"model": ECHO_TWIN, "prompt": "ready", "max_tokens": 2})
-        if reply.status_code == 200 or time.monotonic() > deadline:
-            assert reply.status_code == 200, reply.text
-            return ECHO_TWIN
-        time.sleep(0.3)
+    ready = {"model": ECHO_TWIN, "prompt": "ready", "max_tokens": 2}
+    eventually(  # the router learns of the new model from the registry's feed
+        lambda: post(base_url, "/v1/generate-text", ready).status_code == 200,
+        timeout=30,
+        interval=0.3,
+        what=f"{ECHO_TWIN} answering",
+    )
+    return ECHO_TWIN
 
 
 def post(base_url: str, path: str, body: dict) -> httpx.Response:
@@ -172,16 +174,10 @@ def test_a_cancelled_batch_stops_generating(mesh, router):
         max_concurrency=2,
     )
     call = router.BatchGenerateText(request, metadata=GRPC_NO_CACHE, timeout=300)
-    for _ in range(100):
-        if in_flight() >= 2:
-            break
-        time.sleep(0.1)
+    eventually(lambda: in_flight() >= 2, what="two prompts in flight")
     assert in_flight() == 2  # two prompts at a time, as asked
     call.cancel()
-    for _ in range(100):
-        if in_flight() == 0:
-            break
-        time.sleep(0.1)
+    eventually(lambda: in_flight() == 0, what="no prompt in flight")
     assert in_flight() == 0
     time.sleep(1)
     assert in_flight() == 0  # and the prompts not yet started never start

@@ -12,6 +12,7 @@ import httpx
 
 from support.meshes import register_model
 from support.metrics import metric
+from support.polling import eventually
 from support.provider_stand_ins import gemini_error
 
 GEMMA = "gemma-3-270m"
@@ -26,18 +27,14 @@ def register(base_url: str, model_id: str, provider: str, backend_model: str, fa
 
 def generate(base_url: str, model: str, prompt: str = "alpha beta gamma delta", attempts: float = 30) -> dict:
     """Generate, waiting (a little) for the router and Envoy to see new models and adapters."""
-    deadline = time.monotonic() + attempts
-    while True:
-        reply = httpx.post(
-            f"{base_url}/v1/generate-text",
-            headers=NO_CACHE,
-            json={"model": model, "prompt": prompt, "max_tokens": 6},
-            timeout=120,
-        )
-        if reply.status_code == 200 or time.monotonic() > deadline:
-            assert reply.status_code == 200, reply.text
-            return reply.json()
-        time.sleep(0.3)
+    body = {"model": model, "prompt": prompt, "max_tokens": 6}
+    reply = eventually(
+        lambda: httpx.post(f"{base_url}/v1/generate-text", headers=NO_CACHE, json=body, timeout=120),
+        until=lambda reply: reply.status_code == 200,
+        timeout=attempts,
+        interval=0.3,
+    )
+    return reply.json()
 
 
 def test_one_api_for_local_openai_and_gemini_models_by_model_id(base_url, mesh, gemini_stand_in):

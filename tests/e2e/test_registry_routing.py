@@ -5,11 +5,10 @@ metrics show which backend model answered, at what price."""
 
 from __future__ import annotations
 
-import time
-
 import httpx
 
 from support.metrics import metric
+from support.polling import eventually
 
 GEMMA = "gemma-3-270m"
 # These tests count work done by backends: they bypass the router's response cache.
@@ -25,6 +24,15 @@ def generate(base_url: str, model: str) -> dict:
     )
     assert reply.status_code == 200, reply.text
     return reply.json()
+
+
+def known_to_the_router(base_url: str, body: dict) -> httpx.Response:
+    """The first answer other than 404: the router learns of new models from the registry's feed."""
+    return eventually(
+        lambda: httpx.post(f"{base_url}/v1/generate-text", headers=NO_CACHE, json=body, timeout=120),
+        until=lambda reply: reply.status_code != 404,
+        interval=0.2,
+    )
 
 
 def set_weight(base_url: str, deployment: str, weight: int) -> None:
@@ -51,17 +59,12 @@ def test_an_operator_shifts_traffic_to_a_new_version_with_rest_alone(base_url, m
         llama_before = metric(
             inference, "infermesh_inference_tokens_total", model="gemma-3-270m-llamacpp", direction="output"
         )
-        deadline = time.monotonic() + 10
-        while True:
-            reply = httpx.post(
-                f"{base_url}/v1/generate-text",
-                headers=NO_CACHE,
-                json={"model": f"{GEMMA}@q4-k-m", "prompt": "Paris is", "max_tokens": 4},
-                timeout=120,
-            )
-            if reply.status_code == 200 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        by_name = {"model": f"{GEMMA}@q4-k-m", "prompt": "Paris is", "max_tokens": 4}
+        reply = eventually(
+            lambda: httpx.post(f"{base_url}/v1/generate-text", headers=NO_CACHE, json=by_name, timeout=120),
+            until=lambda reply: reply.status_code == 200,
+            interval=0.2,
+        )
         assert reply.status_code == 200, reply.text
         assert reply.json()["model"] == f"{GEMMA}@q4-k-m"
         assert (
@@ -78,18 +81,18 @@ def test_an_operator_shifts_traffic_to_a_new_version_with_rest_alone(base_url, m
         # ...until the traffic moves.
         set_weight(base_url, "llamacpp", 100)
         set_weight(base_url, "local", 0)
-        deadline = time.monotonic() + 10
-        while True:
+
+        def answered_by_llamacpp() -> bool:
             llama_before = metric(
                 inference, "infermesh_inference_tokens_total", model="gemma-3-270m-llamacpp", direction="output"
             )
             generate(base_url, GEMMA)
-            moved = (
+            return (
                 metric(inference, "infermesh_inference_tokens_total", model="gemma-3-270m-llamacpp", direction="output")
                 > llama_before
             )
-            if moved or time.monotonic() > deadline:
-                break
+
+        moved = eventually(answered_by_llamacpp, interval=0, what="the traffic moved to llama.cpp")
         assert moved
     finally:
         set_weight(base_url, "local", 100)
@@ -125,13 +128,14 @@ def test_cost_is_metered_at_the_registry_price(base_url, mesh):
     )
     assert reply.status_code == 200, reply.text
     try:
-        deadline = time.monotonic() + 10
-        while True:  # until the router has the new price from the feed
+
+        def metered() -> tuple[float, dict] | None:  # once the router has the new price from the feed
             before = metric(router, "infermesh_router_cost_total", model=GEMMA, currency="EUR")
             usage = generate(base_url, GEMMA)["usage"]
             spent = metric(router, "infermesh_router_cost_total", model=GEMMA, currency="EUR") - before
-            if spent > 0 or time.monotonic() > deadline:
-                break
+            return (spent, usage) if spent > 0 else None
+
+        spent, usage = eventually(metered, interval=0, what="a cost in EUR metered")
         expected = (usage["input_tokens"] * 0.5 + usage["output_tokens"] * 1.5) / 1000
         assert abs(spent - expected) < 1e-9, (spent, usage)
     finally:
@@ -165,17 +169,8 @@ def test_a_model_that_cannot_answer_falls_back_along_its_registry_chain(base_url
     register_offline_model(base_url, "primary-offline", [f"models/{GEMMA}"])
     register_offline_model(base_url, "lonely-offline", [])
     before = metric(router, "infermesh_router_fallbacks_total", model="primary-offline", fallback=GEMMA)
-    deadline = time.monotonic() + 10
-    while True:  # until the router has the new models from the feed
-        reply = httpx.post(
-            f"{base_url}/v1/generate-text",
-            headers=NO_CACHE,
-            json={"model": "primary-offline", "prompt": "Paris is", "max_tokens": 4},
-            timeout=120,
-        )
-        if reply.status_code != 404 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    body = {"model": "primary-offline", "prompt": "Paris is", "max_tokens": 4}
+    reply = known_to_the_router(base_url, body)
     assert reply.status_code == 200, reply.text
     assert reply.json()["model"] == GEMMA  # the answer says who answered
     # Streams fail over too, before their first chunk.
@@ -203,12 +198,7 @@ def test_a_model_that_cannot_answer_falls_back_along_its_registry_chain(base_url
 def test_responses_say_who_answered_and_fallbacks_can_be_refused(base_url):
     register_offline_model(base_url, "picky-offline", [f"models/{GEMMA}"])
     body = {"model": "picky-offline", "prompt": "Paris is", "max_tokens": 4}
-    deadline = time.monotonic() + 10
-    while True:  # until the router has the model from the feed
-        reply = httpx.post(f"{base_url}/v1/generate-text", headers=NO_CACHE, json=body, timeout=120)
-        if reply.status_code != 404 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    reply = known_to_the_router(base_url, body)
     assert reply.status_code == 200, reply.text
     assert reply.headers["x-infermesh-model"] == GEMMA
     assert reply.headers["x-infermesh-version"] == "bf16"

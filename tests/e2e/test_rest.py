@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import numpy as np
 
 from support.metrics import metric
+from support.polling import eventually
 
 PROMPT = {"model": "gemma-3-270m", "prompt": "The capital of France is", "max_tokens": 16}
 
@@ -113,10 +113,7 @@ def test_a_client_that_disconnects_stops_its_generation(mesh, base_url):
         lines = response.iter_lines()
         next(line for line in lines if line.startswith("data: "))
         assert in_flight() == 1
-    for _ in range(100):
-        if in_flight() == 0:
-            break
-        time.sleep(0.1)
+    eventually(lambda: in_flight() == 0, what="the closed stream leaving the batch")
     assert in_flight() == 0
 
 

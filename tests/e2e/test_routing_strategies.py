@@ -8,6 +8,8 @@ import uuid
 
 import httpx
 
+from support.polling import eventually
+
 NO_CACHE = {"cache-control": "no-cache"}  # each request must really be routed
 
 
@@ -28,11 +30,12 @@ def set_price(base_url: str, model: str, input_price: float) -> None:
 
 def until_model(base_url: str, requested: str, expected: str) -> httpx.Response:
     """The router learns of registry changes from its feed: ask until it has."""
-    for _ in range(50):
-        reply = embed(base_url, requested)
-        if reply.status_code == 200 and reply.json()["model"] == expected:
-            return reply
-    raise AssertionError(f"{requested} never answered with {expected}: {reply.text}")
+    return eventually(
+        lambda: embed(base_url, requested),
+        until=lambda reply: reply.status_code == 200 and reply.json()["model"] == expected,
+        timeout=30,
+        what=f"{requested} answered by {expected}",
+    )
 
 
 def test_auto_picks_by_quality_or_by_price_among_models_that_can_do_the_task(base_url):

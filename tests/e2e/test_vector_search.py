@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import grpc
 import httpx
@@ -16,6 +15,7 @@ import pytest
 
 from infermesh.vector.v1 import vector_service_pb2 as pb
 from infermesh.vector.v1 import vector_service_pb2_grpc as pb_grpc
+from support.polling import eventually
 
 MINILM = "all-minilm-l6-v2"
 TOPICS = {
@@ -185,13 +185,12 @@ def test_upserts_survive_kill_9(mesh, base_url, collection):
     os.kill(mesh.child("vector").process.pid, signal.SIGKILL)
     mesh.child("vector").process.wait()
     mesh.restart("vector")
-    deadline = time.monotonic() + 60
-    while True:
-        got = httpx.get(f"{base_url}/v1/{collection}", timeout=30)
-        if got.status_code == 200:
-            break
-        assert time.monotonic() < deadline, got.text
-        time.sleep(0.5)
+    got = eventually(
+        lambda: httpx.get(f"{base_url}/v1/{collection}", timeout=30),
+        until=lambda reply: reply.status_code == 200,
+        timeout=60,
+        interval=0.5,
+    )
     assert int(got.json()["point_count"]) == before
     found = httpx.post(
         f"{base_url}/v1/{collection}:query",

@@ -5,11 +5,9 @@ claim an identity by sending the identity headers itself."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
-import grpc
 import pytest
 import pytest_asyncio
 from envoy.service.auth.v3 import external_auth_pb2 as authz_pb
@@ -22,7 +20,9 @@ from gateway.authz.servicer import AuthorizationServicer
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
 from support.databases import database
+from support.polling import eventually_async
 from support.services import registry_server
+from support.serving import serving
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 GENERATE = "/infermesh.router.v1.RouterService/GenerateText"
@@ -51,18 +51,9 @@ async def gateway():
             async def authenticate(secret: str) -> res.ApiKey:
                 return await stub.AuthenticateApiKey(pb.AuthenticateApiKeyRequest(secret=secret))
 
-            server = grpc.aio.server()
-            authz_grpc.add_AuthorizationServicer_to_server(
-                AuthorizationServicer(Authorizer(ApiKeys(authenticate, cache_seconds=1.0))), server
-            )
-            port = server.add_insecure_port("127.0.0.1:0")
-            await server.start()
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-            try:
-                yield authz_grpc.AuthorizationStub(channel), stub, keys
-            finally:
-                await channel.close()
-                await server.stop(0)
+            servicer = AuthorizationServicer(Authorizer(ApiKeys(authenticate, cache_seconds=1.0)))
+            async with serving([(authz_grpc.add_AuthorizationServicer_to_server, servicer)]) as served:
+                yield authz_grpc.AuthorizationStub(served.channel), stub, keys
 
 
 async def check(authz, path: str, **headers: str) -> authz_pb.CheckResponse:
@@ -159,8 +150,11 @@ async def test_a_revoked_key_stops_working_within_a_second(gateway):
     assert (await check(authz, GENERATE, authorization=f"Bearer {issued.secret}")).status.code == code_pb2.OK
     await registry.RevokeApiKey(pb.RevokeApiKeyRequest(name=issued.api_key.name))
     revoked_at = time.monotonic()
-    while (await check(authz, GENERATE, authorization=f"Bearer {issued.secret}")).status.code == code_pb2.OK:
-        await asyncio.sleep(0.05)
+
+    async def refused() -> bool:
+        return (await check(authz, GENERATE, authorization=f"Bearer {issued.secret}")).status.code != code_pb2.OK
+
+    await eventually_async(refused, timeout=5, interval=0.05, what="the revoked key refused")
     took = time.monotonic() - revoked_at
     refused = await check(authz, GENERATE, authorization=f"Bearer {issued.secret}")
     assert took <= 1.1 and "revoked" in refused.denied_response.body

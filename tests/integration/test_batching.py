@@ -15,6 +15,7 @@ from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
+from support.polling import eventually_async
 from support.services import inference_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -36,14 +37,6 @@ def batch_histogram(model: str) -> tuple[float, float]:
 
 def batcher(app):
     return next(e for e in app.repository.entries() if e.model.model_id == GEMMA).model.batcher
-
-
-async def until(condition, timeout=10.0):
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return True
-        await asyncio.sleep(0.05)
-    return condition()
 
 
 async def test_concurrent_generations_share_forward_passes(served):
@@ -93,12 +86,12 @@ async def test_a_cancelled_request_leaves_the_batch_and_the_others_go_on(served)
         await call.read()
     assert batcher(app).in_flight == 3
     calls[0].cancel()
-    assert await until(lambda: batcher(app).in_flight == 2)
+    await eventually_async(lambda: batcher(app).in_flight == 2, interval=0.05)
     more = await calls[1].read()  # the others keep streaming
     assert more.model == GEMMA
     for call in calls[1:]:
         call.cancel()
-    assert await until(lambda: batcher(app).in_flight == 0)
+    await eventually_async(lambda: batcher(app).in_flight == 0, interval=0.05)
 
 
 async def test_an_expired_deadline_leaves_the_batch(served):
@@ -106,7 +99,7 @@ async def test_an_expired_deadline_leaves_the_batch(served):
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stub.GenerateText(pb.GenerateTextRequest(model=GEMMA, prompt="Once", max_tokens=2000), timeout=1.5)
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert await until(lambda: batcher(app).in_flight == 0)
+    await eventually_async(lambda: batcher(app).in_flight == 0, interval=0.05)
 
 
 async def test_embeddings_are_batched_and_match_one_at_a_time(served):

@@ -16,10 +16,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
-import grpc
 import httpx
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
 from services.runtime.catalog import Catalog, EmbeddedCatalog, ServiceInstance
@@ -27,6 +26,7 @@ from services.runtime.catalogs import open_catalog
 from services.runtime.consul_catalog import ConsulCatalog, ConsulError
 from support.consul_stand_in import ConsulStandIn
 from support.ports import free_port
+from support.serving import serving
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -36,16 +36,8 @@ View = list[ServiceInstance]
 @contextlib.asynccontextmanager
 async def health_server(status: int = SERVING) -> AsyncIterator[tuple[int, HealthServicer]]:
     """A gRPC server with only the health service: what Consul's check talks to."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    servicer = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await servicer.set("", status)
-    await server.start()
-    try:
-        yield port, servicer
-    finally:
-        await server.stop(0)
+    async with serving([], health={"": status}) as served:
+        yield served.port, served.health
 
 
 def inference(port: int, models: tuple[str, ...] = (), name: str = "inference-0") -> ServiceInstance:

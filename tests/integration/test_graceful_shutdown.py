@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from support.paths import ROOT
+from support.polling import eventually
 from support.ports import free_port
 
 
@@ -33,18 +34,13 @@ def test_sigterm_drains_in_flight_generation_then_exits(tmp_path):
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if (
-                    health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
-                    break
-            except grpc.RpcError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "inference.log").read_text()
-            time.sleep(0.5)
+
+        def serving() -> bool:
+            assert server.poll() is None, (tmp_path / "inference.log").read_text()
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+            return status == health_pb2.HealthCheckResponse.SERVING
+
+        eventually(serving, timeout=300, interval=0.5, what="the inference server SERVING", ignoring=grpc.RpcError)
 
         stub = pb_grpc.InferenceServiceStub(channel)
         stream = stub.StreamGenerateText(

@@ -9,12 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import yaml
 
 from support.meshes import mesh_settings
 from support.paths import ROOT
+from support.polling import eventually
 
 
 def port_is_free(port: int) -> bool:
@@ -49,11 +49,12 @@ def test_ctrl_c_stops_everything_cleanly(tmp_path):
     )
     children: list[int] = []
     try:
-        deadline = time.monotonic() + 600
-        while "infermesh is ready" not in (tmp_path / "mesh.out").read_text():
+
+        def ready() -> bool:
             assert process.poll() is None, (tmp_path / "mesh.out").read_text()
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
+            return "infermesh is ready" in (tmp_path / "mesh.out").read_text()
+
+        eventually(ready, timeout=600, interval=0.5, what="the launcher saying it is ready")
         text = (tmp_path / "mesh.out").read_text()
         assert "models: gemma-3-270m" in text  # readiness progress was printed
         assert f"curl -s 127.0.0.1:{settings.front_door_port}/v1/generate-text" in text

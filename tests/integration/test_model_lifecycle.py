@@ -5,7 +5,6 @@ per-model health, and no memory leak across load/unload cycles."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from infermesh.inference.v1 import model_service_pb2 as model_pb
 from infermesh.inference.v1 import model_service_pb2_grpc as model_grpc
 from services.inference.app import model_health_name
 from services.runtime.operations import OperationsStub
+from support.polling import eventually_async
 from support.ports import free_port
 from support.services import inference_server
 
@@ -120,11 +120,11 @@ async def test_a_memory_budget_evicts_the_least_recently_used_model():
 
 async def test_idle_models_are_unloaded():
     async with inference_server(models=[MINILM], idle_unload_seconds=0.5) as server:
-        for _ in range(100):
-            if await state(server, MINILM) == types.MODEL_STATE_UNLOADED:
-                break
-            await asyncio.sleep(0.1)
-        assert await state(server, MINILM) == types.MODEL_STATE_UNLOADED
+
+        async def unloaded() -> bool:
+            return await state(server, MINILM) == types.MODEL_STATE_UNLOADED
+
+        await eventually_async(unloaded, timeout=10, what=f"{MINILM} unloaded when idle")
 
 
 async def test_twenty_load_unload_cycles_do_not_leak_memory(tmp_path):
@@ -144,12 +144,12 @@ async def test_twenty_load_unload_cycles_do_not_leak_memory(tmp_path):
                 inference=pb_grpc.InferenceServiceStub(channel),
                 health=health_pb2_grpc.HealthStub(channel),
             )
-            for _ in range(600):
+
+            async def ready() -> bool:
                 assert process.poll() is None, (tmp_path / "inference.log").read_text()[-2000:]
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    if await serving(server, MINILM):
-                        break
-                await asyncio.sleep(0.1)
+                return await serving(server, MINILM)
+
+            await eventually_async(ready, timeout=60, what=f"{MINILM} SERVING", ignoring=grpc.aio.AioRpcError)
             resident = psutil.Process(process.pid)
 
             async def cycle() -> None:

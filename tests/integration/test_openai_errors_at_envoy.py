@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -18,8 +17,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from google.api import httpbody_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1 import health_pb2
 
 from gateway import envoy_config
 from infermesh.inference.v1 import inference_service_pb2 as inference_pb
@@ -28,8 +26,10 @@ from infermesh.openai.v1 import openai_service_pb2_grpc as openai_grpc
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from services.runtime.catalog import EmbeddedCatalog, ServiceInstance
 from services.runtime.openai_errors import HTTP_STATUS_HEADER, openai_error_body
-from support.paths import BIN, ROOT
+from support.paths import BIN, DESCRIPTOR_SET
+from support.polling import eventually_async
 from support.ports import free_port
+from support.serving import serving
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 NOT_FOUND = openai_error_body(404, "model 'x' is not registered", "model_not_found", "model")
@@ -76,42 +76,38 @@ class StandIn(openai_grpc.OpenAIServiceServicer, router_grpc.RouterServiceServic
 async def front_door(tmp_path_factory):
     """The front door's address, the stand-in, and its server (to stop it)."""
     stand_in = StandIn()
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    openai_grpc.add_OpenAIServiceServicer_to_server(stand_in, server)
-    router_grpc.add_RouterServiceServicer_to_server(stand_in, server)
-    health = HealthServicer()
-    await health.set("infermesh.router.v1.RouterService", health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    ports = envoy_config.EnvoyPorts(free_port(), free_port(), free_port())
-    catalog = EmbeddedCatalog.of([ServiceInstance("router", "router", "127.0.0.1", port)])
-    directory = tmp_path_factory.mktemp("front-door")
-    config = directory / "envoy.yaml"
-    envoy_config.write(envoy_config.render(catalog, ROOT / "build" / "infermesh.binpb", ports), config)
-    log = (directory / "envoy.log").open("w")
-    command = [str(BIN / "envoy"), "-c", str(config), "--disable-hot-restart", "--log-level", "error"]
-    envoy = subprocess.Popen([*command, "--base-id", str(ports.admin)], stdout=subprocess.DEVNULL, stderr=log)
-    front = f"127.0.0.1:{ports.front_door}"
-    try:
-        async with httpx.AsyncClient(base_url=f"http://{front}", timeout=30) as client:
-            deadline = time.monotonic() + 60
-            while True:  # until the router cluster's health check has passed
-                assert envoy.poll() is None, (directory / "envoy.log").read_text()
-                try:
-                    if (await client.get("/v1/models")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the front door never reached the stand-in"
-                await asyncio.sleep(0.2)
-        yield front, stand_in, server
-    finally:
-        envoy.terminate()
-        envoy.wait(timeout=30)
-        log.close()
-        await server.stop(0)
+    answers = [(openai_grpc.add_OpenAIServiceServicer_to_server, stand_in)]
+    answers.append((router_grpc.add_RouterServiceServicer_to_server, stand_in))
+    router_serving = {"infermesh.router.v1.RouterService": health_pb2.HealthCheckResponse.SERVING}
+    async with serving(answers, health=router_serving) as router:
+        ports = envoy_config.EnvoyPorts(free_port(), free_port(), free_port())
+        catalog = EmbeddedCatalog.of([ServiceInstance("router", "router", "127.0.0.1", router.port)])
+        directory = tmp_path_factory.mktemp("front-door")
+        config = directory / "envoy.yaml"
+        envoy_config.write(envoy_config.render(catalog, DESCRIPTOR_SET, ports), config)
+        log = (directory / "envoy.log").open("w")
+        command = [str(BIN / "envoy"), "-c", str(config), "--disable-hot-restart", "--log-level", "error"]
+        envoy = subprocess.Popen([*command, "--base-id", str(ports.admin)], stdout=subprocess.DEVNULL, stderr=log)
+        front = f"127.0.0.1:{ports.front_door}"
+        try:
+            async with httpx.AsyncClient(base_url=f"http://{front}", timeout=30) as client:
+
+                async def reaches_the_stand_in() -> bool:  # once the router cluster's health check has passed
+                    assert envoy.poll() is None, (directory / "envoy.log").read_text()
+                    return (await client.get("/v1/models")).status_code == 200
+
+                await eventually_async(
+                    reaches_the_stand_in,
+                    timeout=60,
+                    interval=0.2,
+                    what="the front door reaching the stand-in",
+                    ignoring=httpx.TransportError,
+                )
+            yield front, stand_in, router.server
+        finally:
+            envoy.terminate()
+            envoy.wait(timeout=30)
+            log.close()
 
 
 async def test_the_servicers_status_header_becomes_the_http_status(front_door):
@@ -173,12 +169,15 @@ async def test_envoys_own_replies_on_the_openai_paths_are_openai_shaped(front_do
         # The router gone: Envoy answers 503 itself (a refused connection, then, once its
         # health check has noticed, no healthy upstream).
         await server.stop(0)
-        deadline = time.monotonic() + 30
-        while "no_healthy_upstream" not in (down := await client.get("/v1/models")).text:
-            assert down.status_code in (200, 503) and time.monotonic() < deadline, down.text
+
+        async def no_healthy_upstream() -> httpx.Response | None:
+            down = await client.get("/v1/models")
+            assert down.status_code in (200, 503), down.text
             if down.status_code == 503:
                 assert down.json()["error"]["code"] == "service_unavailable"
-            await asyncio.sleep(0.2)
+            return down if "no_healthy_upstream" in down.text else None
+
+        down = await eventually_async(no_healthy_upstream, timeout=30, interval=0.2, what="Envoy's no_healthy_upstream")
         assert down.status_code == 503 and down.headers["content-type"] == "application/json"
         assert down.json()["error"] == {
             "message": "the mesh could not serve this request: no_healthy_upstream",

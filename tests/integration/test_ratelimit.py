@@ -12,7 +12,6 @@ import logging
 import uuid
 from contextlib import asynccontextmanager
 
-import grpc
 import pytest
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
@@ -22,6 +21,7 @@ from gateway.ratelimit.servicer import RateLimitServicer
 from services.limits.config import limits_from_env, load_limits, parse_limits
 from services.limits.limiter import LEASE_HEADER, open_limiter
 from support.databases import redis_server
+from support.serving import serving
 
 OK, OVER = rls_pb2.RateLimitResponse.OK, rls_pb2.RateLimitResponse.OVER_LIMIT
 MODEL = "gemma-3-270m"
@@ -43,16 +43,12 @@ def store(request, redis_url):
 async def replica(config: dict, redis_url: str | None, prefix: str):
     """One gateway replica: its own limiter and servicer on a port of its own."""
     limiter = open_limiter(parse_limits(config), redis_url, prefix)
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(RateLimitServicer(limiter), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield rls_pb2_grpc.RateLimitServiceStub(channel), limiter
+        async with serving(
+            [(rls_pb2_grpc.add_RateLimitServiceServicer_to_server, RateLimitServicer(limiter))]
+        ) as served:
+            yield rls_pb2_grpc.RateLimitServiceStub(served.channel), limiter
     finally:
-        await channel.close()
-        await server.stop(0)
         await limiter.close()
 
 

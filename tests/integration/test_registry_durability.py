@@ -21,6 +21,7 @@ from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from support.databases import DATABASES, database
+from support.polling import eventually_async
 from support.ports import free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -50,16 +51,13 @@ def registry_process(url: str, data_dir: Path, port: int, log: Path):
 
 async def until_serving(channel: grpc.aio.Channel, process: subprocess.Popen, log: Path) -> None:
     health = health_pb2_grpc.HealthStub(channel)
-    for _ in range(300):
+
+    async def serving() -> bool:
         assert process.poll() is None, f"the registry exited: {log.read_text()[-2000:]}"
-        try:
-            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"the registry never became ready: {log.read_text()[-2000:]}")
+        reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    await eventually_async(serving, timeout=60, what="the registry SERVING", ignoring=grpc.aio.AioRpcError)
 
 
 @pytest.mark.parametrize("kind", DATABASES)

@@ -5,7 +5,6 @@ the errors a caller gets at once."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import http.server
@@ -22,6 +21,7 @@ from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
 from services.inference.models.builtin import minilm_path
 from support.databases import database
+from support.polling import eventually_async
 from support.ports import free_port
 from support.services import registry_server
 
@@ -53,13 +53,14 @@ def http_root(tmp_path_factory):
 
 
 async def finished(registry, operation: operations_pb2.Operation) -> operations_pb2.Operation:
-    for _ in range(600):
-        if operation.done:
-            break
-        await asyncio.sleep(0.05)
-        operation = await registry.GetOperation(operations_pb2.GetOperationRequest(name=operation.name))
-    assert operation.done, operation
-    return operation
+    if operation.done:
+        return operation
+    return await eventually_async(
+        lambda: registry.GetOperation(operations_pb2.GetOperationRequest(name=operation.name)),
+        until=lambda latest: latest.done,
+        timeout=30,
+        interval=0.05,
+    )
 
 
 def sha256_of(path: Path) -> str:

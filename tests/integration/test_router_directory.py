@@ -5,7 +5,6 @@ turns registry limits into clear errors."""
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 
 import grpc
@@ -24,6 +23,7 @@ from services.router.registry_feed import RegistryFeed
 from services.runtime.catalog import EmbeddedCatalog, ServiceInstance
 from services.runtime.errors import DomainError, InvalidArgument, NotFound, Unavailable
 from support.databases import database
+from support.polling import eventually_async
 from support.services import registry_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -43,21 +43,6 @@ def catalog(registry_port: int) -> EmbeddedCatalog:
             ServiceInstance("registry", "registry", "127.0.0.1", registry_port),
         ]
     )
-
-
-def holds(condition) -> bool:
-    try:
-        return bool(condition())
-    except DomainError:  # e.g. not routable yet
-        return False
-
-
-async def until(condition, timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if holds(condition):
-            return
-        await asyncio.sleep(0.05)
-    assert condition()
 
 
 async def following(channel: grpc.aio.Channel, port: int) -> tuple[RegistryResolver, RegistryFeed]:
@@ -97,7 +82,11 @@ async def test_routes_follow_the_registry(tmp_path):
                         ),
                     )
                 )
-                await until(lambda: directory.route("gemma-3-270m@q4-k-m").backend_model == "gemma-3-270m-llamacpp")
+                await eventually_async(
+                    lambda: directory.route("gemma-3-270m@q4-k-m").backend_model == "gemma-3-270m-llamacpp",
+                    interval=0.05,
+                    ignoring=DomainError,
+                )
                 assert {directory.route("gemma-3-270m").backend_model for _ in range(200)} == {"gemma-3-270m"}
 
                 # Weights split the traffic, and a change of weights applies live.
@@ -110,7 +99,11 @@ async def test_routes_follow_the_registry(tmp_path):
                         update_mask=FieldMask(paths=["traffic_weight"]),
                     )
                 )
-                await until(lambda: directory._state.deployments[current.name].traffic_weight == 300)
+                await eventually_async(
+                    lambda: directory._state.deployments[current.name].traffic_weight == 300,
+                    interval=0.05,
+                    ignoring=DomainError,
+                )
                 split = Counter(directory.route("gemma-3-270m").backend_model for _ in range(4000))
                 share = split["gemma-3-270m-llamacpp"] / 4000
                 assert 0.70 < share < 0.80, split  # 300 / (300 + 100)
@@ -121,7 +114,9 @@ async def test_routes_follow_the_registry(tmp_path):
                 with pytest.raises(NotFound):
                     directory.route("gemma-3-270m@v99")
                 await registry.CreateModel(pb.CreateModelRequest(model_id="undeployed", model=res.Model()))
-                await until(lambda: "models/undeployed" in directory._state.models)
+                await eventually_async(
+                    lambda: "models/undeployed" in directory._state.models, interval=0.05, ignoring=DomainError
+                )
                 with pytest.raises(Unavailable):
                     directory.route("undeployed")
             finally:
@@ -155,7 +150,12 @@ async def test_the_directory_resumes_after_the_registry_restarts(tmp_path):
         try:
             async with registry_server(url, data_dir, grpc_port=port) as second:
                 await second.registry.CreateModel(pb.CreateModelRequest(model_id="after-restart", model=res.Model()))
-                await until(lambda: "models/after-restart" in directory._state.models, timeout=20)
+                await eventually_async(
+                    lambda: "models/after-restart" in directory._state.models,
+                    interval=0.05,
+                    ignoring=DomainError,
+                    timeout=20,
+                )
         finally:
             await feed.close()
             await channel.close()

@@ -6,23 +6,22 @@ checks mark them unhealthy, which does not matter for what is checked.)"""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
-import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from gateway import envoy_config
 from gateway.xds.server import NACKS, XdsServer
 from services.runtime.catalog import EmbeddedCatalog, ServiceInstance
-from support.paths import BIN, ROOT
+from support.paths import BIN, DESCRIPTOR_SET
+from support.polling import eventually_async
 from support.ports import free_port
+from support.serving import serving
 
-DESCRIPTOR = ROOT / "build" / "infermesh.binpb"
 ROUTER = ServiceInstance("router", "router", "127.0.0.1", 1)
 REGISTRY = ServiceInstance("registry", "registry", "127.0.0.1", 2)
 REPLICA_0 = ServiceInstance("inference-0", "inference", "127.0.0.1", 3, ("gemma-3-270m",))
@@ -42,20 +41,6 @@ def envoy_clusters(admin: int) -> dict[str, set[str]]:
     return members
 
 
-async def eventually(check, seconds: float = 10.0) -> float:
-    """Wait until `check()` is true; how long it took."""
-    started = time.monotonic()
-    while True:
-        try:
-            if check():
-                return time.monotonic() - started
-        except OSError:
-            pass
-        if time.monotonic() - started > seconds:
-            raise AssertionError(f"not true within {seconds}s")
-        await asyncio.sleep(0.1)
-
-
 @pytest.fixture
 async def mesh(tmp_path: Path):
     """An xDS server on an embedded catalog, and a real Envoy bootstrapped from it."""
@@ -65,51 +50,52 @@ async def mesh(tmp_path: Path):
     await catalog.start()
     plane = XdsServer(catalog)
     await plane.start()
-    server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(plane, server)
-    xds = free_port()
-    server.add_insecure_port(f"127.0.0.1:{xds}")
-    await server.start()
-    ports = envoy_config.EnvoyPorts(front_door=free_port(), mesh=free_port(), admin=free_port())
-    bootstrap = tmp_path / "envoy.yaml"
-    envoy_config.write(envoy_config.render_ads(DESCRIPTOR, ports, ("127.0.0.1", xds)), bootstrap)
-    envoy = subprocess.Popen(
-        [str(BIN / "envoy"), "-c", str(bootstrap), "--disable-hot-restart", "--log-level", "warn"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        yield catalog, plane, ports
+        async with serving([(ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server, plane)]) as xds:
+            ports = envoy_config.EnvoyPorts(front_door=free_port(), mesh=free_port(), admin=free_port())
+            bootstrap = tmp_path / "envoy.yaml"
+            envoy_config.write(envoy_config.render_ads(DESCRIPTOR_SET, ports, ("127.0.0.1", xds.port)), bootstrap)
+            envoy = subprocess.Popen(
+                [str(BIN / "envoy"), "-c", str(bootstrap), "--disable-hot-restart", "--log-level", "warn"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                yield catalog, plane, ports
+            finally:
+                envoy.terminate()
+                envoy.wait(10)
     finally:
-        envoy.terminate()
-        envoy.wait(10)
-        await server.stop(0)
         await plane.close()
         await catalog.close()
 
 
 async def test_envoy_gets_its_clusters_and_routes_from_the_xds_server_and_follows_the_catalog(mesh):
     catalog, plane, ports = mesh
-    await eventually(
-        lambda: {"router", "registry", "inference-0", "inference/gemma-3-270m"} <= set(envoy_clusters(ports.admin))
+    await eventually_async(
+        lambda: {"router", "registry", "inference-0", "inference/gemma-3-270m"} <= set(envoy_clusters(ports.admin)),
+        ignoring=OSError,  # Envoy's admin port is not open yet
     )
     assert envoy_clusters(ports.admin)["inference/gemma-3-270m"] == {"127.0.0.1:3"}
     nacks = NACKS.labels("Cluster")._value.get()
 
     # A second replica registers: its own cluster appears, without a restart.
     await catalog.register(REPLICA_1)
-    took = await eventually(lambda: "inference-1" in envoy_clusters(ports.admin))
-    assert took < 3
+    started = time.monotonic()
+    await eventually_async(lambda: "inference-1" in envoy_clusters(ports.admin), ignoring=OSError)
+    assert time.monotonic() - started < 3
     # It finishes loading the model: the model's pool now has both replicas.
     await catalog.register(REPLICA_1.with_models(["gemma-3-270m"]))
-    await eventually(
-        lambda: envoy_clusters(ports.admin).get("inference/gemma-3-270m") == {"127.0.0.1:3", "127.0.0.1:4"}
+    await eventually_async(
+        lambda: envoy_clusters(ports.admin).get("inference/gemma-3-270m") == {"127.0.0.1:3", "127.0.0.1:4"},
+        ignoring=OSError,
     )
     # The first leaves: gone from its cluster and from the pool.
     await catalog.deregister(REPLICA_0)
-    await eventually(
+    await eventually_async(
         lambda: "inference-0" not in envoy_clusters(ports.admin)
-        and envoy_clusters(ports.admin).get("inference/gemma-3-270m") == {"127.0.0.1:4"}
+        and envoy_clusters(ports.admin).get("inference/gemma-3-270m") == {"127.0.0.1:4"},
+        ignoring=OSError,
     )
     # The mesh listener routes the pool by header (the route came over RDS).
     routes = urllib.request.urlopen(

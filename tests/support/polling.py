@@ -1,13 +1,13 @@
 """Waiting for something to become true: one helper, for plain tests and for async ones.
 
-    reply = eventually(lambda: answered(base), timeout=30, what="the router answering")
     await eventually_async(lambda: batcher(app).in_flight == 0)
+    reply = eventually(lambda: httpx.get(url), until=lambda r: r.status_code == 200, timeout=60)
 
-`check` is called every `interval` seconds until it returns something truthy, which is
-returned (so a check can hand back the reply it waited for). After `timeout` seconds the
-test fails with what never became true and the last value or exception seen. Exceptions
-of the types in `ignoring` (a connection refused while a server starts, say) count as
-"not yet"; any other fails the test at once.
+`check` is called every `interval` seconds until its value is good: truthy, or what
+`until(value)` accepts. That value is returned (so a test can wait for a reply and then
+look at it). After `timeout` seconds the test fails saying what never became true, with
+the last value or exception seen. Exceptions of the types in `ignoring` (a connection
+refused while a server starts, say) count as "not yet"; any other fails the test at once.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ _NOTHING = object()
 class _Attempts:
     """The deadline and what the last attempt saw."""
 
-    def __init__(self, check: Callable, timeout: float, what: str | None) -> None:
-        self.check, self.timeout, self.what = check, timeout, what
+    def __init__(self, check: Callable, timeout: float, what: str | None, until: Callable) -> None:
+        self.check, self.timeout, self.what, self.until = check, timeout, what, until
         self.deadline = time.monotonic() + timeout
         self.last: object = _NOTHING
         self.error: BaseException | None = None
@@ -40,7 +40,13 @@ class _Attempts:
 
     def failure(self) -> AssertionError:
         seen = f"last error: {self.error!r}" if self.error is not None else f"last value: {_short(self.last)}"
-        return AssertionError(f"never true within {self.timeout:g}s: {self.what or _describe(self.check)} ({seen})")
+        return AssertionError(f"never true within {self.timeout:g}s: {self.what or self.described()} ({seen})")
+
+    def described(self) -> str:
+        text = _describe(self.check)
+        if self.until is not bool and "until" not in text:  # a lambda's line may hold both
+            text += f", until {_describe(self.until)}"
+        return text
 
     def expired(self) -> bool:
         return time.monotonic() >= self.deadline
@@ -53,16 +59,17 @@ def eventually(
     interval: float = 0.1,
     what: str | None = None,
     ignoring: Exceptions = (),
+    until: Callable[[T], object] = bool,
 ) -> T:
-    """The first truthy value `check()` returns within `timeout` seconds."""
-    attempts = _Attempts(check, timeout, what)
+    """The first good value `check()` returns within `timeout` seconds."""
+    attempts = _Attempts(check, timeout, what, until)
     while True:
         try:
             value = check()
         except ignoring as error:
             attempts.raised(error)
         else:
-            if value:
+            if until(value):
                 return value
             attempts.saw(value)
         if attempts.expired():
@@ -77,10 +84,11 @@ async def eventually_async(
     interval: float = 0.1,
     what: str | None = None,
     ignoring: Exceptions = (),
+    until: Callable[[T], object] = bool,
 ) -> T:
     """eventually() inside an event loop: `check` may be a coroutine function, and the
     loop runs (servers in this process keep serving) between attempts."""
-    attempts = _Attempts(check, timeout, what)
+    attempts = _Attempts(check, timeout, what, until)
     while True:
         try:
             value = check()
@@ -89,7 +97,7 @@ async def eventually_async(
         except ignoring as error:
             attempts.raised(error)
         else:
-            if value:
+            if until(value):
                 return value
             attempts.saw(value)
         if attempts.expired():

@@ -1,9 +1,10 @@
 """One way to run a gRPC server inside a test: `serving()`.
 
-It binds port 0 on 127.0.0.1 (the kernel picks; nothing can race for it; an
-application's settings may name a port, for a test that restarts a server in place),
-opens a channel to it, and always closes the channel and stops the server on the way out, whether
-or not the test failed. It serves either
+It binds port 0 on 127.0.0.1 (the kernel picks, so nothing can race for the port; an
+application's settings may name one, for a test that restarts a server in place), opens
+a channel to it, and on the way out, whether or not the test failed, closes the channel
+and stops the server (with `grace` seconds for calls in flight: one for an application,
+as under serve(), none for a test's own servicers). It serves either
 
 - an application of the runtime kit (`serving(app, settings)`): the server
   `create_server` builds, exactly as `serve()` runs it (health, reflection, the
@@ -40,6 +41,7 @@ HOST = "127.0.0.1"
 @dataclass
 class Served:
     port: int
+    server: Any  # grpc.aio.Server or grpc.Server: a test may stop it early (stopping twice is harmless)
     channel: Any  # grpc.aio.Channel under `async with`, grpc.Channel under `with`
     health: Any = None  # the health servicer: the kit's, or the one `health=` added
     app: Application | None = None
@@ -49,7 +51,7 @@ class Served:
         return f"{HOST}:{self.port}"
 
 
-class serving:  # noqa: N801 - used like the context manager functions it stands beside
+class serving:  # lower case: used like the context manager functions beside it
     """A gRPC server on a port of its own for the body of a `with` or `async with`."""
 
     def __init__(
@@ -59,11 +61,12 @@ class serving:  # noqa: N801 - used like the context manager functions it stands
         *,
         health: bool | Mapping[str, int] = False,
         start: bool = True,
-        grace: float = 1.0,
+        grace: float | None = None,
     ) -> None:
         if isinstance(what, Application) and settings is None:
             raise TypeError("serving(app, settings): an application is served with its settings")
-        self.what, self.settings, self.health, self.start, self.grace = what, settings, health, start, grace
+        self.what, self.settings, self.health, self.start = what, settings, health, start
+        self.grace = grace if grace is not None else (1.0 if isinstance(what, Application) else 0.0)
         self._running: Any = None
 
     async def __aenter__(self) -> Served:
@@ -97,7 +100,7 @@ class serving:  # noqa: N801 - used like the context manager functions it stands
         await server.start()
         channel = grpc.aio.insecure_channel(f"{HOST}:{port}")
         try:
-            served = Served(port, channel, health_servicer, app)
+            served = Served(port, server, channel, health_servicer, app)
             if app is not None and self.start:
                 await app.start(health_servicer)
             yield served
@@ -117,7 +120,7 @@ class serving:  # noqa: N801 - used like the context manager functions it stands
         server.start()
         channel = grpc.insecure_channel(f"{HOST}:{port}")
         try:
-            yield Served(port, channel, health_servicer)
+            yield Served(port, server, channel, health_servicer)
         finally:
             channel.close()
             server.stop(self.grace).wait()
