@@ -85,7 +85,7 @@ $(VENV)/.installed: pyproject.toml scripts/gen_protos.py $(PROTOS)
 	$(BIN)/pip install -q --no-deps $(NO_DEPS_PINS)
 	@# xds-protos ships its own, older copy of opentelemetry/proto/ (Envoy's API imports it)
 	@# over opentelemetry-proto's files; whichever installs last wins, and the old one breaks
-	@# the OTLP exporter. The current one serves both (tests/e2e/test_tracing.py).
+	@# the OTLP exporter. The current one serves both (tests/e2e/production/test_tracing.py).
 	$(BIN)/pip install -q --force-reinstall --no-deps $(shell grep -oE '"opentelemetry-proto==[^"]+"' pyproject.toml | tr -d '"')
 	touch $@
 

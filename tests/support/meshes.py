@@ -1,10 +1,11 @@
 """Whole meshes for tests: settings on free ports with a registry of their own, a
 mesh that always stops, and registering a model through a mesh's front door.
 
-A whole mesh takes the better part of a minute to start on two cores, so tests share
-them where they do not disturb each other (tests/conftest.py's `mesh`, and the
-package-scoped meshes of tests/e2e/secured/ and tests/e2e/replicas/); a test that
-needs settings no shared mesh can have starts its own with `mesh_running`.
+A whole mesh takes tens of seconds to start and stop on two cores, so tests share them
+where they do not disturb each other: tests/conftest.py's `mesh`, and the package-scoped
+meshes of tests/e2e/production/ (authorization, OIDC, rate limits, two gateways,
+tracing) and tests/e2e/replicas/ (two inference replicas under faults). A test whose
+settings no shared mesh can have starts its own with `mesh_running`.
 """
 
 from __future__ import annotations
@@ -55,8 +56,14 @@ def mesh_running(settings: MeshSettings, log_dir: Path, env: Mapping[str, str] |
         mesh.stop()
 
 
-def front_door_url(mesh: Mesh) -> str:
-    return f"http://127.0.0.1:{mesh.settings.front_door_port}"
+def restart_exited(mesh: Mesh) -> Mesh:
+    """A shared mesh as it started: processes a test stopped or killed are started
+    again, and the mesh is ready (every replica's models loaded, Envoy routing to every
+    service) before the next test uses it."""
+    for child in mesh.exited():
+        mesh.restart(child.name)
+    mesh.wait_ready()
+    return mesh
 
 
 def register_model(

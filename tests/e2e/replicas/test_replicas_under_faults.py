@@ -1,9 +1,10 @@
 """Two inference replicas behind Envoy, under steady load, with faults (issue 7): a
 replica killed with SIGKILL, the same replica restarted, and a replica that hangs
-(SIGSTOP: its port stays open, nothing answers). The mesh is the launcher's, with two
-replicas of the embedding model registered in the embedded catalog, Envoy fed by the
-gateway, and the router calling the model's pool (Envoy balances among the
-replicas that have it ready and retries a failed connection on the other).
+(SIGSTOP: its port stays open, nothing answers). The mesh is the package's (conftest.py),
+the launcher's with two replicas of the embedding model registered in the embedded
+catalog, Envoy fed by the gateway, and the router calling the model's pool (Envoy
+balances among the replicas that have it ready and retries a failed connection on the
+other).
 
 Each test prints what it measured (error rate, recovery time); the closing note quotes
 them."""
@@ -14,37 +15,24 @@ import os
 import signal
 import time
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from launcher.mesh import Mesh
 from support.load import CLIENTS, MINILM, Load, embed
-from support.meshes import mesh_settings
+from support.meshes import restart_exited
 from support.metrics import metric
+from support.polling import eventually
 
 EMBED = "/infermesh.inference.v1.InferenceService/Embed"
 
 
 @pytest.fixture(scope="module")
-def replicas(tmp_path_factory) -> Iterator[Mesh]:
-    settings = mesh_settings(models=[MINILM], providers=[], inference_replicas=2)
-    env = {
-        # Envoy's circuit breaker per backend cluster, small enough for a test to trip.
-        "MAX_REQUESTS_PER_BACKEND": "8",
-        "MAX_PENDING_PER_BACKEND": "8",
-        # Every embedding request goes to Envoy alone (no coalescing in the router), so
-        # client concurrency reaches the backends as it is.
-        "EMBED_COALESCE_IN_FLIGHT": "0",
-    }
-    mesh = Mesh(settings, log_dir=tmp_path_factory.mktemp("replica-logs"), env=env)
-    mesh.start()
-    try:
-        mesh.wait_ready()
-        yield mesh
-    finally:
-        mesh.stop()
+def replicas(replicas: Mesh) -> Mesh:
+    """The package's mesh with both replicas running and ready (test_replicas_across_hosts
+    stops one and kills the other)."""
+    return restart_exited(replicas)
 
 
 def healthy_in_pool(mesh: Mesh, port: int) -> bool:
@@ -72,9 +60,12 @@ def test_killing_a_replica_under_load_loses_almost_nothing_and_it_rejoins_after_
         restarted_at = time.monotonic()
         replicas.restart("inference-1")
         victim_port = replicas.settings.inference_ports(1)[0]
-        while not healthy_in_pool(replicas, victim_port):
-            assert time.monotonic() - restarted_at < 30, "the restarted replica never rejoined its pool"
-            time.sleep(0.2)
+        eventually(
+            lambda: healthy_in_pool(replicas, victim_port),
+            timeout=30,
+            interval=0.2,
+            what="the restarted replica rejoining its pool",
+        )
         rejoined = time.monotonic() - restarted_at
         back = replica_requests(replicas, 1)
         time.sleep(2)
@@ -110,16 +101,13 @@ def test_a_hung_replica_is_ejected_and_traffic_continues(replicas):
     base = f"http://127.0.0.1:{replicas.settings.front_door_port}"
     victim = replicas.child("inference-1")
     port = replicas.settings.inference_ports(1)[0]
-    while not healthy_in_pool(replicas, port):  # back from the previous test
-        time.sleep(0.2)
+    eventually(lambda: healthy_in_pool(replicas, port), timeout=60, interval=0.2)  # back from the previous test
     with Load(base) as load:
         time.sleep(2)
         stopped_at = time.monotonic()
         os.kill(victim.process.pid, signal.SIGSTOP)  # the port stays open; nothing answers
         try:
-            while healthy_in_pool(replicas, port):
-                assert time.monotonic() - stopped_at < 10, "the hung replica was never ejected"
-                time.sleep(0.1)
+            eventually(lambda: not healthy_in_pool(replicas, port), timeout=10, what="the hung replica ejected")
             ejected = time.monotonic()
             time.sleep(4)
         finally:

@@ -1,66 +1,39 @@
-"""Rate limits and token quotas (issue 8), with a mesh of its own: auth on, limits in
-RATE_LIMITS, counters in a real redis-server, and two gateway replicas (a gateway
-process and an Envoy each) in front of one router. What a user notices: a key's requests per
-minute hold across both front doors (LiteLLM's limits multiply by the replica count); a
-refusal is 429 (RESOURCE_EXHAUSTED over gRPC) with Retry-After and says which limit;
-tokens are charged as they are produced, so a generation ends at the quota instead of
-running past it, and concurrent streams are cut there; concurrency slots come back when
-a call ends; per-model limits apply to that model only."""
+"""Rate limits and token quotas (issue 8), on the production mesh (conftest.py; shared
+with the authorization and tracing tests): auth on, limits in RATE_LIMITS (config.LIMITS), counters in a
+real redis-server, and two gateway replicas (a gateway process and an Envoy each) in
+front of one router. What a user notices: a key's requests per minute hold across both
+front doors (LiteLLM's limits multiply by the replica count); a refusal is 429
+(RESOURCE_EXHAUSTED over gRPC) with Retry-After and says which limit; tokens are charged
+as they are produced, so a generation ends at the quota instead of running past it, and
+concurrent streams are cut there; concurrency slots come back when a call ends;
+per-model limits apply to that model only."""
 
 from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Iterator
 
 import grpc
 import httpx
 import openai
 import pytest
 
-from gateway.envoy_config import EnvoyPorts
 from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
-from launcher.mesh import Mesh
-from support.databases import redis_server
-from support.meshes import mesh_settings
-from support.ports import free_port
 
-GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"
+from .config import GEMMA, LIMITS, MINILM, ProductionMesh
+
 # Greedy gemma keeps counting far past any max_tokens used here.
 COUNTING = "Count from 1 to 500, separated by commas: 1, 2, 3,"
-LIMITS = {
-    "keys": {
-        "rpm": {"requests_per_minute": 60},
-        "tokens": {"tokens_per_minute": 120},
-        "streams": {"tokens_per_minute": 100},
-        "single": {"concurrent": 1},
-        "sdk": {"requests_per_minute": 2},
-    },
-    "models": {MINILM: {"requests_per_minute": 3}},
-}
 FLUSH_TOKENS = 8  # services.router.core.quota.FLUSH_TOKENS: how far past a quota a stream may run
 
 
 @pytest.fixture(scope="module")
-def gateways(tmp_path_factory) -> Iterator[tuple[list[str], dict[str, str]]]:
+def gateways(production_mesh: ProductionMesh) -> tuple[list[str], dict[str, str]]:
     """Both front doors' addresses and a secret for each key in LIMITS."""
-    with redis_server() as redis_url:
-        settings = mesh_settings(models=[GEMMA, MINILM], providers=[], auth=True)
-        env = {"RATE_LIMITS": json.dumps(LIMITS), "RATE_LIMIT_REDIS_URL": redis_url}
-        mesh = Mesh(settings, log_dir=tmp_path_factory.mktemp("limits-mesh"), env=env)
-        mesh.start()
-        try:
-            mesh.wait_ready()
-            admin = mesh.ensure_admin_key()
-            second = mesh.add_gateway(EnvoyPorts(free_port(), free_port(), free_port()), free_port())
-            fronts = [f"127.0.0.1:{settings.front_door_port}", second]
-            wait_until_answering(second, admin)
-            secrets = {key: issue(fronts[0], admin, key) for key in [*LIMITS["keys"], "modeled"]}
-            yield fronts, secrets
-        finally:
-            mesh.stop()
+    fronts = production_mesh.fronts
+    secrets = {key: issue(fronts[0], production_mesh.admin, key) for key in [*LIMITS["keys"], "modeled"]}
+    return fronts, secrets
 
 
 def bearer(secret: str) -> dict[str, str]:
@@ -76,18 +49,6 @@ def issue(front: str, admin: str, key_id: str) -> str:
     )
     assert reply.status_code == 200, reply.text
     return reply.json()["secret"]
-
-
-def wait_until_answering(front: str, admin: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"http://{front}/v1/registry/models", headers=bearer(admin)).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"the second gateway at {front} never answered"
-        time.sleep(0.25)
 
 
 def generate(front: str, secret: str, max_tokens: int) -> httpx.Response:

@@ -3,74 +3,28 @@ listeners) and every service export spans to the same OTLP collector, W3C trace 
 is carried across every hop, and the spans of one request share its trace id and link to
 their parents: Envoy front door → router → Envoy mesh listener → inference server →
 queue wait and prefill → decode. Jaeger cannot run here: the collector is an OTLP/gRPC
-receiver started inside the test (the collector's service types from opentelemetry-proto),
-which is what Jaeger's OTLP port implements."""
+receiver started inside the test run (support.trace_collector), which is what Jaeger's OTLP
+port implements. The mesh is this package's production mesh (conftest.py), so requests
+carry its admin key and pass the gateway's authorization and rate limits on the way."""
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Iterator
-from concurrent import futures
-
-import grpc
 import httpx
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from launcher.mesh import Mesh
-from support.meshes import mesh_settings
-from support.ports import free_port
+from support.polling import eventually
+from support.trace_collector import TraceCollector
 
-GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"
+from .config import GEMMA, MINILM, ProductionMesh
+
 INFERENCE = "infermesh.inference.v1.InferenceService"
 PROMPT = "The secret word is artichoke. Repeat it:"
 
 
-class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
-    """Keeps every exported span with its service's name."""
-
-    def __init__(self) -> None:
-        self.spans: list[tuple[str, object]] = []
-        self._lock = threading.Lock()
-
-    def Export(self, request, context):
-        with self._lock:
-            for resource_spans in request.resource_spans:
-                service = next(
-                    (a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name"), ""
-                )
-                for scope in resource_spans.scope_spans:
-                    self.spans.extend((service, span) for span in scope.spans)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    def trace(self, trace_id: bytes) -> list[tuple[str, object]]:
-        with self._lock:
-            return [(service, span) for service, span in self.spans if span.trace_id == trace_id]
-
-
 @pytest.fixture(scope="module")
-def traced(tmp_path_factory) -> Iterator[tuple[str, Receiver]]:
-    receiver = Receiver()
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    env = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-        "OTEL_EXPORTER_OTLP_INSECURE": "true",
-        "OTEL_BSP_SCHEDULE_DELAY": "200",  # export within a fraction of a second
-    }
-    settings = mesh_settings(models=[GEMMA, MINILM], providers=[])
-    mesh = Mesh(settings, log_dir=tmp_path_factory.mktemp("traced-mesh"), env=env)
-    mesh.start()
-    try:
-        mesh.wait_ready()
-        yield f"http://127.0.0.1:{settings.front_door_port}", receiver
-    finally:
-        mesh.stop()
-        server.stop(0)
+def traced(production_mesh: ProductionMesh) -> tuple[str, TraceCollector, dict[str, str]]:
+    """The front door, the collector every process exports its spans to, and credentials."""
+    return f"http://{production_mesh.fronts[0]}", production_mesh.traces, production_mesh.admin_key
 
 
 def attributes(span) -> dict[str, object]:
@@ -81,13 +35,15 @@ def attributes(span) -> dict[str, object]:
     return values
 
 
-def wait_for_trace(receiver: Receiver, trace_id: bytes, services: set[str], timeout: float = 15) -> list:
-    deadline = time.monotonic() + timeout
-    while True:
-        spans = receiver.trace(trace_id)
-        if services <= {service for service, _ in spans} or time.monotonic() > deadline:
-            return spans
-        time.sleep(0.2)
+def wait_for_trace(receiver: TraceCollector, trace_id: bytes, services: set[str], timeout: float = 15) -> list:
+    """The trace's spans, once every one of `services` has exported its part."""
+    return eventually(
+        lambda: receiver.trace(trace_id),
+        until=lambda spans: services <= {service for service, _ in spans},
+        timeout=timeout,
+        interval=0.2,
+        what=f"spans of {sorted(services)} in trace {trace_id.hex()}",
+    )
 
 
 def ancestry(span, by_id: dict[bytes, tuple[str, object]]) -> list[str]:
@@ -100,11 +56,11 @@ def ancestry(span, by_id: dict[bytes, tuple[str, object]]) -> list[str]:
 
 
 def test_one_request_is_one_trace_from_envoy_to_the_model(traced):
-    base, receiver = traced
+    base, receiver, credentials = traced
     # The caller's own trace context is continued, not replaced.
     trace_id = bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
     caller_span = "00f067aa0ba902b7"
-    headers = {"traceparent": f"00-{trace_id.hex()}-{caller_span}-01"}
+    headers = {"traceparent": f"00-{trace_id.hex()}-{caller_span}-01", **credentials}
     body = {"model": GEMMA, "prompt": PROMPT, "max_tokens": 4, "temperature": 0}
     reply = httpx.post(f"{base}/v1/generate-text", json=body, headers=headers, timeout=120)
     assert reply.status_code == 200, reply.text
@@ -144,13 +100,13 @@ def test_one_request_is_one_trace_from_envoy_to_the_model(traced):
 
 
 def test_embeddings_show_their_queue_wait_and_batch_and_health_checks_are_not_traced(traced):
-    base, receiver = traced
+    base, receiver, credentials = traced
     trace_id = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
-    headers = {"traceparent": f"00-{trace_id.hex()}-b7ad6b7169203331-01"}
+    headers = {"traceparent": f"00-{trace_id.hex()}-b7ad6b7169203331-01", **credentials}
     reply = httpx.post(f"{base}/v1/embed", json={"model": MINILM, "inputs": ["a", "b"]}, headers=headers, timeout=60)
     assert reply.status_code == 200, reply.text
     spans = wait_for_trace(receiver, trace_id, {"inference"})
     names = {span.name: span for service, span in spans if service == "inference"}
     assert "queue wait" in names and attributes(names[f"{MINILM} forward"])["infermesh.batch.size"] >= 2
     # Envoy checks every backend's health every few seconds: none of it is traced.
-    assert not [span.name for _, span in receiver.spans if "grpc.health" in span.name or "Health/Check" in span.name]
+    assert not [name for _, name in receiver.span_names() if "grpc.health" in name or "Health/Check" in name]

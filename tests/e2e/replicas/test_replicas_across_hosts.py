@@ -1,9 +1,10 @@
 """Discovery and failover across addresses, not just ports (issue 7): a second
 inference replica runs in a network namespace of its own (its own network stack and
-address, 10.77.0.2, on a bridge; see tests/support/netns.py), registers itself in the catalog
-under that address, and Envoy — in the test's namespace, fed by the gateway —
+address, 10.77.0.2, on a bridge; see tests/support/netns.py), registers itself in the
+catalog under that address, and Envoy — in the test's namespace, fed by the gateway —
 reaches it across the bridge. Under load, the replica on the loopback address is killed
-with SIGKILL: the far replica takes the traffic."""
+with SIGKILL: the far replica takes the traffic. (The mesh is the package's, conftest.py,
+with its second local replica stopped for these tests.)"""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ import yaml
 
 from launcher.mesh import Mesh
 from support.load import MINILM, Load, embed
-from support.meshes import mesh_settings
+from support.meshes import restart_exited
 from support.metrics import metric
 from support.netns import hosts
+from support.polling import eventually
 from support.ports import free_port
 
 POOL = f"inference/{MINILM}"
@@ -29,37 +31,37 @@ EMBED = "/infermesh.inference.v1.InferenceService/Embed"
 
 
 @pytest.fixture(scope="module")
-def two_hosts(tmp_path_factory) -> Iterator[tuple[Mesh, str, int, int]]:
-    settings = mesh_settings(models=[MINILM], providers=[])
-    logs = tmp_path_factory.mktemp("hosts-logs")
-    mesh = Mesh(settings, log_dir=logs, env={"EMBED_COALESCE_IN_FLIGHT": "0"})
-    mesh.start()
-    far = None
-    try:
-        mesh.wait_ready()
-        with hosts(1) as (host,):
-            port, metrics = free_port(), free_port()
-            env = {
-                **mesh.child("inference-0").env,
-                "GRPC_HOST": host.address,
-                "GRPC_PORT": str(port),
-                "METRICS_PORT": str(metrics),
-                "INSTANCE_NAME": "inference-far",
-            }
-            argv = host.command(mesh.child("inference-0").argv)
-            with open(logs / "inference-far.log", "wb") as out:
-                far = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+def two_hosts(replicas: Mesh) -> Iterator[tuple[Mesh, str, int, int]]:
+    """The package's mesh with one replica on the loopback address (the second is stopped
+    and leaves the catalog and Envoy's pool, as any replica that stops does), and a
+    replica on another address beside it."""
+    mesh = restart_exited(replicas)
+    second = mesh.child("inference-1").process
+    second.send_signal(signal.SIGTERM)
+    second.wait(60)
+    local = f"127.0.0.1:{mesh.settings.inference_port}"
+    eventually(lambda: pool_members(mesh), until=lambda members: members.keys() == {local}, timeout=30)
+    with hosts(1) as (host,):
+        port, metrics = free_port(), free_port()
+        env = {
+            **mesh.child("inference-0").env,
+            "GRPC_HOST": host.address,
+            "GRPC_PORT": str(port),
+            "METRICS_PORT": str(metrics),
+            "INSTANCE_NAME": "inference-far",
+        }
+        argv = host.command(mesh.child("inference-0").argv)
+        with open(mesh.log_dir / "inference-far.log", "wb") as out:
+            far = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield mesh, host.address, port, metrics
+        finally:
+            far.send_signal(signal.SIGTERM)
             try:
-                yield mesh, host.address, port, metrics
-            finally:
-                far.send_signal(signal.SIGTERM)
-                try:
-                    far.wait(20)
-                except subprocess.TimeoutExpired:
-                    far.kill()
-                    far.wait()
-    finally:
-        mesh.stop()
+                far.wait(20)
+            except subprocess.TimeoutExpired:
+                far.kill()
+                far.wait()
 
 
 def pool_members(mesh: Mesh) -> dict[str, str]:
@@ -77,9 +79,9 @@ def test_a_replica_on_another_address_is_discovered_and_takes_over_when_the_loca
     mesh, address, port, metrics = two_hosts
     far = f"{address}:{port}"
     started = time.monotonic()
-    while pool_members(mesh).get(far) != "healthy":
-        assert time.monotonic() - started < 60, pool_members(mesh)
-        time.sleep(0.2)
+    eventually(
+        lambda: pool_members(mesh), until=lambda members: members.get(far) == "healthy", timeout=60, interval=0.2
+    )
     joined = time.monotonic() - started
     entry = yaml.safe_load((mesh.catalog_dir / "inference-far.yaml").read_text())
     assert (entry["host"], entry["port"], entry["models"]) == (address, port, [MINILM])
