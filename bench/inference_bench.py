@@ -89,7 +89,7 @@ async def through_front_door(base_url: str, max_tokens: int, levels: list[int], 
     async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits, headers=headers) as client:
 
         async def stream(i: int) -> tuple[int, float]:
-            body = {"model": "gemma-3-270m", "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": max_tokens}
+            body = {"model": "gemma-3-270m", "prompt": PROMPTS[i % len(PROMPTS)], "config": {"max_tokens": max_tokens}}
             started, first, tokens = time.perf_counter(), None, 0
             async with client.stream("POST", "/v1/generate-text:stream", json=body) as response:
                 response.raise_for_status()

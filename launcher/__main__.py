@@ -13,8 +13,8 @@ from launcher.settings import MeshSettings
 USAGE = """
 infermesh is ready in {seconds:.1f}s. Front door: http://{host}:{port}  (Envoy admin: http://{host}:{admin})
 
-  curl -s {host}:{port}/v1/generate-text{auth} -d '{{"model":"gemma-3-270m","prompt":"The capital of France is","max_tokens":16}}'
-  curl -sN {host}:{port}/v1/generate-text:stream{auth} -d '{{"model":"gemma-3-270m","prompt":"The capital of France is","max_tokens":16}}'
+  curl -s {host}:{port}/v1/generate-text{auth} -d '{{"model":"gemma-3-270m","prompt":"The capital of France is","config":{{"max_tokens":16}}}}'
+  curl -sN {host}:{port}/v1/generate-text:stream{auth} -d '{{"model":"gemma-3-270m","prompt":"The capital of France is","config":{{"max_tokens":16}}}}'
   curl -s {host}:{port}/v1/embed{auth} -d '{{"model":"all-minilm-l6-v2","inputs":["hello world"]}}'
   grpcurl -plaintext {host}:{port} list
   OpenAI SDK: OpenAI(base_url="http://{host}:{port}/v1", api_key={sdk_key})

@@ -146,7 +146,13 @@ def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
 
 
 OPENAI_PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/models/gemma-3-270m"]
-NATIVE_PATHS = ["/v1/chat", "/v1/chat:stream", "/v1/embed", "/v1/models/gemma-3-270m:load", "/v1/registry/models"]
+NATIVE_PATHS = [
+    "/v1/chat",
+    "/v1/chat:stream",
+    "/v1/embed",
+    "/v1/backend/models/gemma-3-270m:load",
+    "/v1/registry/models",
+]
 
 
 def test_the_openai_paths_answer_errors_in_openais_shape_and_other_routes_are_untouched():

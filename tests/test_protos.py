@@ -83,3 +83,80 @@ def test_the_vendored_validate_proto_is_the_one_the_build_validates_with():
     compiled.ClearField("options")
     embedded.ClearField("options")
     assert compiled == embedded
+
+
+# The router's messages and the backend contract's they forward (router_messages.proto),
+# with the fields only the router has.
+ROUTER_MESSAGES = {
+    "GenerateTextRequest": {"routing"},
+    "GenerateTextResponse": {"error"},
+    "ChatRequest": {"routing"},
+    "ChatResponse": {"error"},
+    "EmbedRequest": {"routing"},
+    "EmbedResponse": set(),
+    "DescribeImageRequest": {"routing"},
+    "DescribeImageResponse": set(),
+}
+
+
+def _messages(package: str) -> dict[str, descriptor_pb2.DescriptorProto]:
+    files = descriptor_pb2.FileDescriptorSet.FromString(IMAGE.read_bytes())
+    return {m.name: m for f in files.file if f.package == package for m in f.message_type}
+
+
+def test_the_routers_messages_are_the_backends_field_for_field_plus_its_own():
+    """The router forwards a request (routing cleared) as the backend's message and parses
+    a backend's answer as its own without re-encoding: that holds only while every backend
+    field is the router's under the same number, type and rules, and the router's own
+    fields use numbers the backend never will."""
+    router, backend = _messages("infermesh.router.v1"), _messages("infermesh.inference.v1")
+    for name, own in ROUTER_MESSAGES.items():
+        theirs = {f.name: f for f in backend[name].field}
+        ours = {f.name: f for f in router[name].field}
+        for field_name, field in theirs.items():
+            assert field_name in ours, f"router {name} lacks the backend's {field_name}"
+            mine = ours[field_name]
+            assert (mine.number, mine.type, mine.label, mine.type_name, mine.proto3_optional) == (
+                field.number,
+                field.type,
+                field.label,
+                field.type_name,
+                field.proto3_optional,
+            ), f"{name}.{field_name} differs between the router and the backend"
+            assert mine.options.SerializeToString() == field.options.SerializeToString(), (
+                f"{name}.{field_name}'s validation rules differ between the router and the backend"
+            )
+        assert set(ours) - set(theirs) == own, f"router {name} has fields the backend lacks: {set(ours) - set(theirs)}"
+        taken = {f.number for f in backend[name].field}
+        for field_name in own:
+            assert ours[field_name].number not in taken, f"router {name}.{field_name} reuses a backend field number"
+
+
+def test_backend_messages_carry_no_router_fields():
+    backend = _messages("infermesh.inference.v1")
+    for name in ROUTER_MESSAGES:
+        names = {f.name for f in backend[name].field}
+        assert not names & {"routing", "use_fallbacks", "error"}, f"{name} carries a router-only field"
+
+
+def test_no_rest_path_is_bound_twice():
+    files = descriptor_pb2.FileDescriptorSet.FromString(IMAGE.read_bytes())
+    bound: dict[tuple[str, str], str] = {}
+    for file in files.file:
+        if not file.package.startswith("infermesh."):
+            continue
+        for service in file.service:
+            for method in service.method:
+                options = descriptor_pb2.MethodOptions.FromString(method.options.SerializeToString())
+                rule = options.Extensions[annotations_pb2.http]
+                verb = rule.WhichOneof("pattern")
+                if verb is None:
+                    continue
+                key = (verb, getattr(rule, verb))
+                where = f"{file.package}.{service.name}.{method.name}"
+                assert key not in bound, f"{key} is bound by both {bound[key]} and {where}"
+                bound[key] = where
+    # The inference server's model lifecycle is under /v1/backend/ with its other
+    # operator paths; /v1/models is the OpenAI surface's alone.
+    lifecycle = {k[1] for k, v in bound.items() if ".ModelService." in v}
+    assert all(path.startswith("/v1/backend/") for path in lifecycle), lifecycle

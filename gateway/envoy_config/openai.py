@@ -14,7 +14,7 @@ from services.runtime.openai_errors import (
 )
 
 # The OpenAI-compatible REST paths (the OpenAI SDK's, services/router/openai_servicer.py):
-# `/v1/models/{id}` but not the lifecycle verbs `/v1/models/{id}:load`. Errors there are
+# `/v1/models` and `/v1/models/{id}` (lifecycle verbs are under /v1/backend/models). Errors there are
 # in OpenAI's shape (DESIGN decision 9), whoever answers: the router's OpenAI servicer,
 # the gateway's authorization and rate limit services, or Envoy itself.
 OPENAI_REST_PATH = r"/v1/(chat/completions|completions|embeddings|models(/[^:?]*)?)"

@@ -108,19 +108,20 @@ def tools_from(request: pb.ChatRequest) -> Tools | None:
 
 
 def sampling_from(request: pb.GenerateTextRequest | pb.ChatRequest) -> GenerationParams:
+    config = request.config
     return GenerationParams(
-        max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
-        temperature=request.temperature if request.HasField("temperature") else 0.0,
-        top_p=request.top_p if request.HasField("top_p") else 1.0,
-        top_k=request.top_k if request.HasField("top_k") else 0,
-        stop_sequences=tuple(request.stop_sequences),
-        seed=request.seed if request.HasField("seed") else None,
-        repetition_penalty=request.repetition_penalty if request.HasField("repetition_penalty") else 1.0,
-        presence_penalty=request.presence_penalty,
-        frequency_penalty=request.frequency_penalty,
-        logit_bias=tuple(sorted(request.logit_bias.items())),
-        logprobs=request.top_logprobs if request.logprobs else None,
-        response_format=response_format_from(request.response_format),
+        max_tokens=config.max_tokens if config.HasField("max_tokens") else None,
+        temperature=config.temperature if config.HasField("temperature") else 0.0,
+        top_p=config.top_p if config.HasField("top_p") else 1.0,
+        top_k=config.top_k if config.HasField("top_k") else 0,
+        stop_sequences=tuple(config.stop_sequences),
+        seed=config.seed if config.HasField("seed") else None,
+        repetition_penalty=config.repetition_penalty if config.HasField("repetition_penalty") else 1.0,
+        presence_penalty=config.presence_penalty,
+        frequency_penalty=config.frequency_penalty,
+        logit_bias=tuple(sorted(config.logit_bias.items())),
+        logprobs=config.top_logprobs if config.logprobs else None,
+        response_format=response_format_from(config.response_format),
         tools=tools_from(request) if isinstance(request, pb.ChatRequest) else None,
     )
 

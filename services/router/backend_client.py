@@ -12,14 +12,19 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf.message import Message
 
-from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from services.router.core.backend import BackendError
 from services.router.core.rpcs import Rpc
 from services.runtime.catalog import BACKEND_HEADER
 from services.runtime.errors import status_of
 from services.runtime.telemetry import client_interceptors
 
+SERVICE = inference_pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
 STREAMING = {Rpc.GENERATE_TEXT: "StreamGenerateText", Rpc.CHAT: "StreamChat"}
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
 
 
 class EnvoyBackendClient:
@@ -29,10 +34,19 @@ class EnvoyBackendClient:
             options=[("grpc.keepalive_time_ms", 30000), ("grpc.max_receive_message_length", 32 * 1024 * 1024)],
             interceptors=client_interceptors(),
         )
-        self._stub = pb_grpc.InferenceServiceStub(self.channel)
+        # The router's messages go out as they are and replies parse as the router's
+        # types (rpcs.py): the backend contract's wire format, without re-encoding.
+        self._unary = {
+            rpc: self.channel.unary_unary(f"/{SERVICE}/{rpc.method}", _serialize, rpc.reply_type.FromString)
+            for rpc in Rpc
+        }
+        self._streams = {
+            rpc: self.channel.unary_stream(f"/{SERVICE}/{name}", _serialize, rpc.reply_type.FromString)
+            for rpc, name in STREAMING.items()
+        }
 
     async def call(self, rpc: Rpc, request: Message, backend: str, timeout: float) -> Message:
-        method = getattr(self._stub, rpc.method)
+        method = self._unary[rpc]
         try:
             return await method(request, metadata=[(BACKEND_HEADER, backend)], timeout=timeout)
         except grpc.aio.AioRpcError as error:
@@ -41,7 +55,7 @@ class EnvoyBackendClient:
     async def stream(self, rpc: Rpc, request: Message, backend: str, timeout: float) -> AsyncIterator[Message]:
         """The backend's stream; if our caller goes away first, the backend call is
         cancelled at once, so the backend stops generating for nobody."""
-        call = getattr(self._stub, STREAMING[rpc])(request, metadata=[(BACKEND_HEADER, backend)], timeout=timeout)
+        call = self._streams[rpc](request, metadata=[(BACKEND_HEADER, backend)], timeout=timeout)
         try:
             async for message in call:
                 yield message

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from infermesh.inference.v1 import generation_options_pb2 as options
-from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
+from infermesh.router.v1 import router_messages_pb2 as pb
 
 FINISH = {
     types.FINISH_REASON_STOP: "stop",

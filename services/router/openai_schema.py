@@ -22,8 +22,9 @@ from google.protobuf import struct_pb2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from infermesh.inference.v1 import generation_options_pb2 as options
-from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.inference.v1 import inference_types_pb2 as types
+from infermesh.router.v1 import router_messages_pb2 as pb
 from services.router.token_ids import decode_token_ids
 from services.runtime.errors import InvalidArgument
 
@@ -166,12 +167,12 @@ class Message(_Request):
             return [part.image_url.url for part in self.content if isinstance(part, ImagePart)]
         return []
 
-    def to_proto(self) -> pb.ChatMessage:
+    def to_proto(self) -> inference_pb.ChatMessage:
         calls = [
             options.ToolCall(index=i, id=c.id, name=c.function.name, arguments=c.function.arguments)
             for i, c in enumerate(self.tool_calls or [])
         ]
-        return pb.ChatMessage(
+        return inference_pb.ChatMessage(
             role=ROLES[self.role], content=self.text(), tool_calls=calls, tool_call_id=self.tool_call_id or ""
         )
 
@@ -278,8 +279,8 @@ class _Sampling(_Hinted):
     def limit(self) -> int | None:
         return self.max_tokens
 
-    def sampling_fields(self) -> dict[str, Any]:
-        fields: dict[str, Any] = {"model": self.model}
+    def config(self) -> options.GenerationConfig:
+        """The sampling, length and stop settings as the mesh's generation config."""
         optional = {
             "max_tokens": self.limit(),
             "temperature": self.temperature,
@@ -290,11 +291,11 @@ class _Sampling(_Hinted):
             "top_k": self.top_k,
             "repetition_penalty": self.repetition_penalty,
         }
-        fields.update({name: value for name, value in optional.items() if value is not None})
-        fields["stop_sequences"] = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        config = options.GenerationConfig(**{name: value for name, value in optional.items() if value is not None})
+        config.stop_sequences.extend([self.stop] if isinstance(self.stop, str) else list(self.stop or []))
         if self.logit_bias:
-            fields["logit_bias"] = self.logit_bias
-        return fields
+            config.logit_bias.update(self.logit_bias)
+        return config
 
 
 class ChatCompletionRequest(_Sampling):
@@ -364,12 +365,12 @@ class ChatCompletionRequest(_Sampling):
         return self.max_completion_tokens or self.max_tokens
 
     def to_proto(self) -> pb.ChatRequest:
-        request = pb.ChatRequest(messages=[m.to_proto() for m in self.messages], **self.sampling_fields())
+        request = pb.ChatRequest(model=self.model, messages=[m.to_proto() for m in self.messages], config=self.config())
         if self.response_format is not None and (answer := self.response_format.to_proto()) is not None:
-            request.response_format.CopyFrom(answer)
+            request.config.response_format.CopyFrom(answer)
         if self.logprobs:
-            request.logprobs = True
-            request.top_logprobs = self.top_logprobs or 0
+            request.config.logprobs = True
+            request.config.top_logprobs = self.top_logprobs or 0
         request.tools.extend(t.to_proto() for t in self.tools or [])
         if isinstance(self.tool_choice, NamedToolChoice):
             request.tool_choice.mode = options.TOOL_CHOICE_MODE_FUNCTION
@@ -432,10 +433,10 @@ class CompletionRequest(_Sampling):
     def to_protos(self) -> list[pb.GenerateTextRequest]:
         requests = []
         for text in self.prompts():
-            request = pb.GenerateTextRequest(prompt=text, **self.sampling_fields())
+            request = pb.GenerateTextRequest(model=self.model, prompt=text, config=self.config())
             if self.logprobs is not None:
-                request.logprobs = True
-                request.top_logprobs = self.logprobs
+                request.config.logprobs = True
+                request.config.top_logprobs = self.logprobs
             requests.append(request)
         return requests
 

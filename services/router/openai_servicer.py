@@ -153,8 +153,8 @@ def _copies(request: Message, n: int) -> list[Message]:
     for i in range(n):
         copy = type(request)()
         copy.CopyFrom(request)
-        if i and copy.HasField("seed"):
-            copy.seed = (copy.seed + i) % 2**32
+        if i and copy.config.HasField("seed"):
+            copy.config.seed = (copy.config.seed + i) % 2**32
         copies.append(copy)
     return copies
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from grpc_health.v1._async import HealthServicer
 
-from infermesh.inference.v1 import inference_service_pb2 as inference_pb
+from infermesh.router.v1 import router_messages_pb2 as router_messages
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from infermesh.vector.v1 import vector_service_pb2 as pb
 from infermesh.vector.v1 import vector_service_pb2_grpc as pb_grpc
@@ -47,7 +47,7 @@ class VectorApp(Application):
     async def _embed(self, model: str, texts: list[str], metadata: Sequence[tuple[str, str]]) -> list[list[float]]:
         vectors: list[list[float]] = []
         for start in range(0, len(texts), EMBED_BATCH):
-            request = inference_pb.EmbedRequest(model=model, inputs=texts[start : start + EMBED_BATCH])
+            request = router_messages.EmbedRequest(model=model, inputs=texts[start : start + EMBED_BATCH])
             reply = await self._router().Embed(
                 request, metadata=list(metadata), timeout=self.settings.embed_timeout_seconds
             )

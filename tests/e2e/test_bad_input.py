@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-GOOD = {"model": "gemma-3-270m", "prompt": "Hello", "max_tokens": 2}
+GOOD = {"model": "gemma-3-270m", "prompt": "Hello", "config": {"max_tokens": 2}}
 
 
 def post(base_url: str, path: str, **kwargs) -> httpx.Response:
@@ -16,12 +16,17 @@ def post(base_url: str, path: str, **kwargs) -> httpx.Response:
     ("path", "body", "status", "says"),
     [
         ("/v1/generate-text", b'{"model":"gemma-3-270m","prompt":', 400, "Unexpected end"),
-        ("/v1/generate-text", b'{"model":"gemma-3-270m","prompt":"x","max_tokens":"many"}', 400, "max_tokens"),
+        (
+            "/v1/generate-text",
+            b'{"model":"gemma-3-270m","prompt":"x","config":{"max_tokens":"many"}}',
+            400,
+            "max_tokens",
+        ),
         ("/v1/generate-text", b'{"model":["gemma"],"prompt":"x"}', 400, "not repeating"),
         ("/v1/generate-text", b'{"model":"gemma-3-270m","prompt":""}', 400, "prompt"),
-        ("/v1/generate-text", b'{"model":"gemma-3-270m","prompt":"x","max_tokens":0}', 400, "max_tokens"),
-        ("/v1/generate-text", b'{"model":"gemma-3-270m","prompt":"x","max_tokens":9000}', 400, "8192"),
-        ("/v1/generate-text", b'{"model":"gemma-3-270m","prompt":"x","temperature":5}', 400, "temperature"),
+        ("/v1/generate-text", b'{"model":"gemma-3-270m","prompt":"x","config":{"max_tokens":0}}', 400, "max_tokens"),
+        ("/v1/generate-text", b'{"model":"gemma-3-270m","prompt":"x","config":{"max_tokens":9000}}', 400, "8192"),
+        ("/v1/generate-text", b'{"model":"gemma-3-270m","prompt":"x","config":{"temperature":5}}', 400, "temperature"),
         ("/v1/generate-text", b'{"model":"no-such-model","prompt":"x"}', 404, "no-such-model"),
         ("/v1/embed", b'{"model":"all-minilm-l6-v2","inputs":[]}', 400, "inputs"),
         ("/v1/embed", b'{"model":"all-minilm-l6-v2","inputs":[""]}', 400, "inputs"),

@@ -32,7 +32,8 @@ import redis
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh.inference.v1 import generation_options_pb2 as options
+from infermesh.router.v1 import router_messages_pb2 as router_messages
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from launcher.mesh import Mesh
 from support.databases import redis_server
@@ -116,12 +117,14 @@ def _wait_until_answered(base_url: str, model: str) -> None:
 
 
 def generate(base_url: str, model: str, prompt: str, max_tokens: int = 4, headers=NO_CACHE) -> httpx.Response:
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens}
+    body = {"model": model, "prompt": prompt, "config": {"max_tokens": max_tokens}}
     return httpx.post(f"{base_url}/v1/generate-text", json=body, headers=headers, timeout=120)
 
 
-def stream_request(model: str, prompt: str, max_tokens: int = 8) -> pb.GenerateTextRequest:
-    return pb.GenerateTextRequest(model=model, prompt=prompt, max_tokens=max_tokens)
+def stream_request(model: str, prompt: str, max_tokens: int = 8) -> router_messages.GenerateTextRequest:
+    return router_messages.GenerateTextRequest(
+        model=model, prompt=prompt, config=options.GenerationConfig(max_tokens=max_tokens)
+    )
 
 
 def words(n: int) -> str:
@@ -207,12 +210,11 @@ def test_a_backend_killed_mid_run_loses_no_request_and_its_open_streams_say_so(b
     rest_events: list[dict] = []
     openai_events: list[dict] = []
     rest_started, openai_started = threading.Event(), threading.Event()
-    body = {"model": FLAKY, "prompt": words(20), "max_tokens": 20}
+    body = {"model": FLAKY, "prompt": words(20), "config": {"max_tokens": 20}}
+    openai_body = {"model": FLAKY, "prompt": words(20), "max_tokens": 20, "stream": True}
     readers = [
         threading.Thread(target=read_sse, args=(f"{base}/v1/generate-text:stream", body, rest_events, rest_started)),
-        threading.Thread(
-            target=read_sse, args=(f"{base}/v1/completions", {**body, "stream": True}, openai_events, openai_started)
-        ),
+        threading.Thread(target=read_sse, args=(f"{base}/v1/completions", openai_body, openai_events, openai_started)),
     ]
     for reader in readers:
         reader.start()

@@ -154,7 +154,9 @@ def test_grpc_method_answers_fuzzed_messages_and_bytes_without_a_server_failure(
 def test_every_mesh_process_still_runs_and_answers_after_fuzzing(mesh, client: httpx.Client, exited_before):
     died = [f"{c.name} (exit {c.process.returncode})" for c in mesh.exited() if c.process.pid not in exited_before]
     assert not died, f"mesh processes exited while fuzzed: {died}; their logs are in {mesh.log_dir}"
-    reply = client.post("/v1/generate-text", json={"model": "gemma-3-270m", "prompt": "Hello", "max_tokens": 2})
+    reply = client.post(
+        "/v1/generate-text", json={"model": "gemma-3-270m", "prompt": "Hello", "config": {"max_tokens": 2}}
+    )
     assert reply.status_code == 200 and reply.json()["usage"]["output_tokens"] == 2, reply.text
 
 

@@ -7,7 +7,7 @@ import subprocess
 
 from support.paths import BIN
 
-REQUEST = json.dumps({"model": "gemma-3-270m", "prompt": "The capital of France is", "max_tokens": 8})
+REQUEST = json.dumps({"model": "gemma-3-270m", "prompt": "The capital of France is", "config": {"max_tokens": 8}})
 
 
 def grpcurl(*args: str) -> subprocess.CompletedProcess:
@@ -30,7 +30,7 @@ def test_describe_shows_the_rpcs_with_their_http_rules(front_door):
     result = grpcurl(front_door, "describe", "infermesh.router.v1.RouterService")
     assert (
         "rpc StreamGenerateText" in result.stdout
-        and "returns ( stream .infermesh.inference.v1.GenerateTextResponse )" in result.stdout
+        and "returns ( stream .infermesh.router.v1.GenerateTextResponse )" in result.stdout
     )
     assert "/v1/generate-text" in result.stdout
 

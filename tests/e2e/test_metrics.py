@@ -49,7 +49,7 @@ def total(families: dict[str, object], name: str, sample: str | None = None, **l
 
 
 def test_every_documented_series_is_served_with_its_labels_and_plausible_values(mesh, base_url):
-    generate = {"model": GEMMA, "prompt": "The sky is", "max_tokens": 4, "temperature": 0}
+    generate = {"model": GEMMA, "prompt": "The sky is", "config": {"max_tokens": 4, "temperature": 0}}
     assert httpx.post(f"{base_url}/v1/generate-text", json=generate, timeout=120).status_code == 200
     with httpx.stream("POST", f"{base_url}/v1/generate-text:stream", json=generate, timeout=120) as stream:
         assert stream.status_code == 200 and list(stream.iter_lines())

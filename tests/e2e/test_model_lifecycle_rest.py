@@ -18,7 +18,7 @@ def wait_done(base_url: str, operation: dict) -> dict:
 
 
 def test_unload_then_load_a_model_over_rest(base_url):
-    started = httpx.post(f"{base_url}/v1/models/all-minilm-l6-v2:unload", json={}, timeout=60)
+    started = httpx.post(f"{base_url}/v1/backend/models/all-minilm-l6-v2:unload", json={}, timeout=60)
     assert started.status_code == 200, started.text
     done = wait_done(base_url, started.json())
     assert done["response"]["state"] == "MODEL_STATE_UNLOADED"
@@ -30,13 +30,15 @@ def test_unload_then_load_a_model_over_rest(base_url):
     # The OpenAI path for the same id still answers with the OpenAI shape.
     assert httpx.get(f"{base_url}/v1/models/all-minilm-l6-v2", timeout=30).json()["object"] == "model"
 
-    done = wait_done(base_url, httpx.post(f"{base_url}/v1/models/all-minilm-l6-v2:load", json={}, timeout=60).json())
+    done = wait_done(
+        base_url, httpx.post(f"{base_url}/v1/backend/models/all-minilm-l6-v2:load", json={}, timeout=60).json()
+    )
     assert done["response"]["state"] == "MODEL_STATE_READY"
     assert int(done["response"]["memory_bytes"]) > 0
 
 
 def test_lifecycle_errors_are_json_with_the_right_status(base_url):
-    reply = httpx.post(f"{base_url}/v1/models/no-such-model:load", json={}, timeout=30)
+    reply = httpx.post(f"{base_url}/v1/backend/models/no-such-model:load", json={}, timeout=30)
     assert reply.status_code == 404 and reply.json()["details"][0]["reason"] == "MODEL_NOT_FOUND"
     reply = httpx.get(f"{base_url}/v1/operations/does-not-exist", timeout=30)
     assert reply.status_code == 404

@@ -159,7 +159,9 @@ def test_the_routers_errors_on_the_openai_paths_are_openai_shaped(client):
 
 def test_the_native_rest_api_keeps_google_rpc_status_errors(base_url):
     reply = httpx.post(
-        f"{base_url}/v1/generate-text", json={"model": "no-such-model", "prompt": "x", "max_tokens": 2}, timeout=30
+        f"{base_url}/v1/generate-text",
+        json={"model": "no-such-model", "prompt": "x", "config": {"max_tokens": 2}},
+        timeout=30,
     )
     assert reply.status_code == 404
     error = reply.json()

@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 from google.rpc import error_details_pb2
 
-from infermesh.inference.v1 import inference_service_pb2 as inference_pb
+from infermesh.inference.v1 import generation_options_pb2 as options
 from infermesh.router.v1 import orchestration_pb2 as pb
+from infermesh.router.v1 import router_messages_pb2 as router_messages
 from infermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 from support.polling import eventually
 from support.provider_stand_ins import gemini_default
@@ -63,7 +64,7 @@ def echo_twin(base_url: str) -> str:
     for path, params, body in steps:
         reply = httpx.post(f"{base_url}{path}", params=params, json=body, timeout=30)
         assert reply.status_code == 200, reply.text
-    ready = {"model": ECHO_TWIN, "prompt": "ready", "max_tokens": 2}
+    ready = {"model": ECHO_TWIN, "prompt": "ready", "config": {"max_tokens": 2}}
     eventually(  # the router learns of the new model from the registry's feed
         lambda: post(base_url, "/v1/generate-text", ready).status_code == 200,
         timeout=30,
@@ -96,7 +97,9 @@ def stand_in_said(request) -> str:
 
 
 def single(router, model: str, prompt: str, max_tokens: int) -> str:
-    request = inference_pb.GenerateTextRequest(model=model, prompt=prompt, max_tokens=max_tokens)
+    request = router_messages.GenerateTextRequest(
+        model=model, prompt=prompt, config=options.GenerationConfig(max_tokens=max_tokens)
+    )
     return router.GenerateText(request, metadata=GRPC_NO_CACHE, timeout=180).text
 
 
@@ -105,7 +108,7 @@ def single(router, model: str, prompt: str, max_tokens: int) -> str:
 
 def test_batch_streams_one_result_per_prompt_as_each_completes(router):
     request = pb.BatchGenerateTextRequest(
-        model=GEMMA, prompts=PROMPTS, parameters=pb.TextParameters(max_tokens=12), max_concurrency=1
+        model=GEMMA, prompts=PROMPTS, config=options.GenerationConfig(max_tokens=12), max_concurrency=1
     )
     started = time.monotonic()
     arrivals, results = [], {}
@@ -131,7 +134,7 @@ def test_batch_streams_one_result_per_prompt_as_each_completes(router):
 
 
 def test_batch_over_rest_is_a_stream_of_server_sent_events(base_url, router):
-    body = {"model": GEMMA, "prompts": PROMPTS, "parameters": {"max_tokens": 12}, "max_concurrency": 1}
+    body = {"model": GEMMA, "prompts": PROMPTS, "config": {"max_tokens": 12}, "max_concurrency": 1}
     with httpx.stream(
         "POST", f"{base_url}/v1/generate-text:batch", json=body, headers=NO_CACHE, timeout=300
     ) as response:
@@ -170,7 +173,7 @@ def test_a_cancelled_batch_stops_generating(mesh, router):
     request = pb.BatchGenerateTextRequest(
         model=GEMMA,
         prompts=["Tell me a very long story."] * 6,
-        parameters=pb.TextParameters(max_tokens=4000),
+        config=options.GenerationConfig(max_tokens=4000),
         max_concurrency=2,
     )
     call = router.BatchGenerateText(request, metadata=GRPC_NO_CACHE, timeout=300)
@@ -188,7 +191,7 @@ def test_a_cancelled_batch_stops_generating(mesh, router):
 
 def test_parallel_answers_every_model_in_order_and_an_unknown_one_with_its_error(base_url, router):
     prompt = "The capital of France is"
-    body = {"models": [GEMMA, "no-such-model", ECHO], "prompt": prompt, "parameters": {"max_tokens": 10}}
+    body = {"models": [GEMMA, "no-such-model", ECHO], "prompt": prompt, "config": {"max_tokens": 10}}
     reply = post(base_url, "/v1/generate-text:parallel", body)
     assert reply.status_code == 200, reply.text
     gemma, missing, gemini = reply.json()["answers"]
@@ -215,7 +218,7 @@ def test_majority_vote_picks_the_answer_most_models_gave_and_says_why(base_url, 
     body = {
         "models": [GEMMA, ECHO, echo_twin],
         "prompt": prompt,
-        "parameters": {"max_tokens": 6},
+        "config": {"max_tokens": 6},
         "strategy": "ENSEMBLE_STRATEGY_MAJORITY_VOTE",
     }
     reply = post(base_url, "/v1/generate-text:ensemble", body)
@@ -233,7 +236,7 @@ def test_consensus_picks_the_answer_closest_in_meaning_to_the_others(base_url, e
     body = {
         "models": [GEMMA, ECHO, echo_twin],
         "prompt": prompt,
-        "parameters": {"max_tokens": 12},
+        "config": {"max_tokens": 12},
         "strategy": "ENSEMBLE_STRATEGY_CONSENSUS",
         "embedding_model": EMBEDDER,
     }
@@ -260,7 +263,7 @@ def test_judge_picks_the_answer_whose_number_it_replies_with(base_url, echo_twin
     body = {
         "models": [GEMMA, ECHO, echo_twin],
         "prompt": prompt,
-        "parameters": {"max_tokens": 8},
+        "config": {"max_tokens": 8},
         "strategy": "ENSEMBLE_STRATEGY_JUDGE",
         "judge_model": ECHO,
     }

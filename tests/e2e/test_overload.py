@@ -25,13 +25,13 @@ def small_mesh(tmp_path_factory):
 
 
 def test_a_full_queue_is_a_429_with_retry_info(small_mesh):
-    body = {"model": "gemma-3-270m", "prompt": "Tell me everything about the sea.", "max_tokens": 2000}
+    body = {"model": "gemma-3-270m", "prompt": "Tell me everything about the sea.", "config": {"max_tokens": 2000}}
     with httpx.stream("POST", f"{small_mesh}/v1/generate-text:stream", json=body, timeout=120) as admitted:
         lines = admitted.iter_lines()
         first = next(line for line in lines if line.startswith("data: "))
         assert json.loads(first[6:])["model"] == "gemma-3-270m"
 
-        refused = httpx.post(f"{small_mesh}/v1/generate-text", json={**body, "max_tokens": 4}, timeout=30)
+        refused = httpx.post(f"{small_mesh}/v1/generate-text", json={**body, "config": {"max_tokens": 4}}, timeout=30)
         assert refused.status_code == 429, refused.text
         error = refused.json()
         assert error["details"][0]["reason"] == "QUEUE_FULL"

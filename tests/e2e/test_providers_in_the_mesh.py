@@ -27,7 +27,7 @@ def register(base_url: str, model_id: str, provider: str, backend_model: str, fa
 
 def generate(base_url: str, model: str, prompt: str = "alpha beta gamma delta", attempts: float = 30) -> dict:
     """Generate, waiting (a little) for the router and Envoy to see new models and adapters."""
-    body = {"model": model, "prompt": prompt, "max_tokens": 6}
+    body = {"model": model, "prompt": prompt, "config": {"max_tokens": 6}}
     reply = eventually(
         lambda: httpx.post(f"{base_url}/v1/generate-text", headers=NO_CACHE, json=body, timeout=120),
         until=lambda reply: reply.status_code == 200,
@@ -87,7 +87,7 @@ def test_a_provider_that_keeps_failing_is_avoided_then_tried_again(base_url, mes
     avoided = httpx.post(
         f"{base_url}/v1/generate-text",
         headers=NO_CACHE,
-        json={"model": "cooling-gemini", "prompt": "a b", "max_tokens": 4},
+        json={"model": "cooling-gemini", "prompt": "a b", "config": {"max_tokens": 4}},
         timeout=60,
     )
     assert avoided.json()["model"] == GEMMA and avoided.headers["x-infermesh-fallback"] == "true"

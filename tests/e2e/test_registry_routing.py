@@ -19,7 +19,7 @@ def generate(base_url: str, model: str) -> dict:
     reply = httpx.post(
         f"{base_url}/v1/generate-text",
         headers=NO_CACHE,
-        json={"model": model, "prompt": "Paris is", "max_tokens": 4},
+        json={"model": model, "prompt": "Paris is", "config": {"max_tokens": 4}},
         timeout=120,
     )
     assert reply.status_code == 200, reply.text
@@ -59,7 +59,7 @@ def test_an_operator_shifts_traffic_to_a_new_version_with_rest_alone(base_url, m
         llama_before = metric(
             inference, "infermesh_inference_tokens_total", model="gemma-3-270m-llamacpp", direction="output"
         )
-        by_name = {"model": f"{GEMMA}@q4-k-m", "prompt": "Paris is", "max_tokens": 4}
+        by_name = {"model": f"{GEMMA}@q4-k-m", "prompt": "Paris is", "config": {"max_tokens": 4}}
         reply = eventually(
             lambda: httpx.post(f"{base_url}/v1/generate-text", headers=NO_CACHE, json=by_name, timeout=120),
             until=lambda reply: reply.status_code == 200,
@@ -103,7 +103,7 @@ def test_a_request_over_the_registry_output_limit_is_refused_naming_it(base_url)
     reply = httpx.post(
         f"{base_url}/v1/generate-text",
         headers=NO_CACHE,
-        json={"model": GEMMA, "prompt": "x", "max_tokens": 9000},
+        json={"model": GEMMA, "prompt": "x", "config": {"max_tokens": 9000}},
         timeout=30,
     )
     assert reply.status_code == 400 and "8192" in reply.json()["message"], reply.text
@@ -169,7 +169,7 @@ def test_a_model_that_cannot_answer_falls_back_along_its_registry_chain(base_url
     register_offline_model(base_url, "primary-offline", [f"models/{GEMMA}"])
     register_offline_model(base_url, "lonely-offline", [])
     before = metric(router, "infermesh_router_fallbacks_total", model="primary-offline", fallback=GEMMA)
-    body = {"model": "primary-offline", "prompt": "Paris is", "max_tokens": 4}
+    body = {"model": "primary-offline", "prompt": "Paris is", "config": {"max_tokens": 4}}
     reply = known_to_the_router(base_url, body)
     assert reply.status_code == 200, reply.text
     assert reply.json()["model"] == GEMMA  # the answer says who answered
@@ -178,7 +178,7 @@ def test_a_model_that_cannot_answer_falls_back_along_its_registry_chain(base_url
         "POST",
         f"{base_url}/v1/generate-text:stream",
         headers=NO_CACHE,
-        json={"model": "primary-offline", "prompt": "Paris is", "max_tokens": 4},
+        json={"model": "primary-offline", "prompt": "Paris is", "config": {"max_tokens": 4}},
         timeout=120,
     ) as streamed:
         assert streamed.status_code == 200
@@ -189,7 +189,7 @@ def test_a_model_that_cannot_answer_falls_back_along_its_registry_chain(base_url
     alone = httpx.post(
         f"{base_url}/v1/generate-text",
         headers=NO_CACHE,
-        json={"model": "lonely-offline", "prompt": "x", "max_tokens": 4},
+        json={"model": "lonely-offline", "prompt": "x", "config": {"max_tokens": 4}},
         timeout=30,
     )
     assert alone.status_code == 503 and alone.json()["details"][0]["reason"] == "MODEL_NOT_DEPLOYED"
@@ -197,7 +197,7 @@ def test_a_model_that_cannot_answer_falls_back_along_its_registry_chain(base_url
 
 def test_responses_say_who_answered_and_fallbacks_can_be_refused(base_url):
     register_offline_model(base_url, "picky-offline", [f"models/{GEMMA}"])
-    body = {"model": "picky-offline", "prompt": "Paris is", "max_tokens": 4}
+    body = {"model": "picky-offline", "prompt": "Paris is", "config": {"max_tokens": 4}}
     reply = known_to_the_router(base_url, body)
     assert reply.status_code == 200, reply.text
     assert reply.headers["x-infermesh-model"] == GEMMA
@@ -209,13 +209,13 @@ def test_responses_say_who_answered_and_fallbacks_can_be_refused(base_url):
     ) as streamed:
         assert streamed.headers["x-infermesh-fallback"] == "true" and streamed.headers["x-infermesh-model"] == GEMMA
     refused = httpx.post(
-        f"{base_url}/v1/generate-text", headers=NO_CACHE, json={**body, "use_fallbacks": False}, timeout=30
+        f"{base_url}/v1/generate-text", headers=NO_CACHE, json={**body, "routing": {"use_fallbacks": False}}, timeout=30
     )
     assert refused.status_code == 503 and refused.json()["details"][0]["reason"] == "MODEL_NOT_DEPLOYED"
     direct = httpx.post(
         f"{base_url}/v1/generate-text",
         headers=NO_CACHE,
-        json={"model": GEMMA, "prompt": "x", "max_tokens": 2},
+        json={"model": GEMMA, "prompt": "x", "config": {"max_tokens": 2}},
         timeout=60,
     )
     assert direct.headers["x-infermesh-fallback"] == "false" and direct.headers["x-infermesh-model"] == GEMMA

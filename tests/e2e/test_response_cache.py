@@ -15,7 +15,7 @@ GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"
 
 def test_a_repeated_deterministic_request_is_answered_from_the_cache(base_url, mesh):
     inference, router = mesh.settings.inference_metrics_port, mesh.settings.router_metrics_port
-    body = {"model": GEMMA, "prompt": f"Fact {uuid.uuid4().hex[:8]}: the sea is", "max_tokens": 8}
+    body = {"model": GEMMA, "prompt": f"Fact {uuid.uuid4().hex[:8]}: the sea is", "config": {"max_tokens": 8}}
     first = httpx.post(f"{base_url}/v1/generate-text", json=body, timeout=120)
     assert first.status_code == 200 and first.headers["x-infermesh-cache"] == "miss"
     worked = metric(inference, "infermesh_inference_tokens_total", model=GEMMA, direction="output")
@@ -33,7 +33,7 @@ def test_a_repeated_deterministic_request_is_answered_from_the_cache(base_url, m
 
 
 def test_sampled_requests_are_never_cached(base_url):
-    body = {"model": GEMMA, "prompt": f"Story {uuid.uuid4().hex[:8]}:", "max_tokens": 6, "temperature": 0.9}
+    body = {"model": GEMMA, "prompt": f"Story {uuid.uuid4().hex[:8]}:", "config": {"max_tokens": 6, "temperature": 0.9}}
     replies = [httpx.post(f"{base_url}/v1/generate-text", json=body, timeout=120) for _ in range(2)]
     assert all(r.status_code == 200 and "x-infermesh-cache" not in r.headers for r in replies)
 

@@ -10,7 +10,7 @@ import numpy as np
 from support.metrics import metric
 from support.polling import eventually
 
-PROMPT = {"model": "gemma-3-270m", "prompt": "The capital of France is", "max_tokens": 16}
+PROMPT = {"model": "gemma-3-270m", "prompt": "The capital of France is", "config": {"max_tokens": 16}}
 
 
 def sse_events(response: httpx.Response) -> list[dict]:
@@ -67,7 +67,7 @@ def test_chat_answers_as_the_assistant_and_stops_at_the_next_turn(base_url):
     request = {
         "model": "gemma-3-270m",
         "messages": [{"role": "ROLE_USER", "content": "What is the capital of France?"}],
-        "max_tokens": 24,
+        "config": {"max_tokens": 24},
     }
     reply = httpx.post(f"{base_url}/v1/chat", json=request, timeout=120)
     assert reply.status_code == 200, reply.text
@@ -108,7 +108,7 @@ def test_a_client_that_disconnects_stops_its_generation(mesh, base_url):
                 return float(line.split()[-1])
         return 0.0
 
-    body = {"model": "gemma-3-270m", "prompt": "Tell me a very long story.", "max_tokens": 4000}
+    body = {"model": "gemma-3-270m", "prompt": "Tell me a very long story.", "config": {"max_tokens": 4000}}
     with httpx.stream("POST", f"{base_url}/v1/generate-text:stream", json=body, timeout=120) as response:
         lines = response.iter_lines()
         next(line for line in lines if line.startswith("data: "))
@@ -148,11 +148,17 @@ def test_structured_outputs_and_tool_calls_on_the_native_rest_api(base_url):
     chat = {
         "model": "gemma-3-270m",
         "messages": [{"role": "ROLE_USER", "content": "Where is the Eiffel Tower?"}],
-        "max_tokens": 48,
+        "config": {"max_tokens": 48},
     }
     shaped = httpx.post(
         f"{base_url}/v1/chat",
-        json={**chat, "response_format": {"type": "RESPONSE_FORMAT_TYPE_JSON_SCHEMA", "json_schema": schema}},
+        json={
+            **chat,
+            "config": {
+                **chat["config"],
+                "response_format": {"type": "RESPONSE_FORMAT_TYPE_JSON_SCHEMA", "json_schema": schema},
+            },
+        },
         timeout=120,
     )
     assert shaped.status_code == 200, shaped.text

@@ -47,15 +47,15 @@ def test_metered_tokens_and_cost_are_the_sum_of_the_answers_streamed_ones_includ
     register_model(base_url, model, "gemini", "gemini-test", pricing=PRICE)
     usages = []
     for prompt in ("one two three", "alpha beta gamma delta epsilon", "a b"):
-        reply = generate(base_url, {"model": model, "prompt": prompt, "max_tokens": 3})
+        reply = generate(base_url, {"model": model, "prompt": prompt, "config": {"max_tokens": 3}})
         assert reply.status_code == 200, reply.text
         usages.append(reply.json()["usage"])
     for prompt in ("stream me please now", "x y z w v u"):
-        chunks = stream(base_url, {"model": model, "prompt": prompt, "max_tokens": 4})
+        chunks = stream(base_url, {"model": model, "prompt": prompt, "config": {"max_tokens": 4}})
         assert "".join(c["text"] for c in chunks).split() == prompt.split()[:4]
         usages.append(chunks[-1]["usage"])  # usage rides on the last chunk
     # A repeated request from the cache costs nothing and is counted as a hit.
-    body = {"model": model, "prompt": "cached words", "max_tokens": 2}
+    body = {"model": model, "prompt": "cached words", "config": {"max_tokens": 2}}
     usages.append(generate(base_url, body, headers={}).json()["usage"])
     assert generate(base_url, body, headers={}).headers["x-infermesh-cache"] == "hit"
 
@@ -95,12 +95,15 @@ def test_metered_tokens_and_cost_are_the_sum_of_the_answers_streamed_ones_includ
 def test_fallbacks_and_errors_are_counted_for_the_model_asked_for(base_url, mesh, gemini_stand_in):
     model = f"shaky-{uuid.uuid4().hex[:6]}"
     register_model(base_url, model, "gemini", "gemini-test", fallbacks=[GEMMA], pricing=PRICE)
-    assert generate(base_url, {"model": model, "prompt": "warm up", "max_tokens": 2}).status_code == 200
+    assert generate(base_url, {"model": model, "prompt": "warm up", "config": {"max_tokens": 2}}).status_code == 200
     gemini_stand_in.script.extend([gemini_error(503, "UNAVAILABLE", "overloaded")] * 3)  # the adapter's 3 tries
-    fell_back = generate(base_url, {"model": model, "prompt": "the sea is", "max_tokens": 3})
+    fell_back = generate(base_url, {"model": model, "prompt": "the sea is", "config": {"max_tokens": 3}})
     assert fell_back.json()["model"] == GEMMA and fell_back.headers["x-infermesh-fallback"] == "true"
     gemini_stand_in.script.extend([gemini_error(503, "UNAVAILABLE", "overloaded")] * 3)
-    failed = generate(base_url, {"model": model, "prompt": "the sea is", "max_tokens": 3, "use_fallbacks": False})
+    failed = generate(
+        base_url,
+        {"model": model, "prompt": "the sea is", "config": {"max_tokens": 3}, "routing": {"use_fallbacks": False}},
+    )
     assert failed.status_code == 503
 
     total = model_metrics(base_url, model)["total"]
@@ -119,17 +122,22 @@ def test_a_prompt_too_long_for_the_context_window_falls_to_a_larger_window(base_
     register_model(base_url, large, "gemini", "gemini-large", parameters={"context_window_tokens": 1_000_000})
     long_prompt = "word " * 9000
 
-    refused = generate(base_url, {"model": small, "prompt": long_prompt, "max_tokens": 4, "use_fallbacks": False})
+    refused = generate(
+        base_url,
+        {"model": small, "prompt": long_prompt, "config": {"max_tokens": 4}, "routing": {"use_fallbacks": False}},
+    )
     assert refused.status_code == 400
     assert "exceeds the context length of 8192 tokens" in refused.json()["message"]
 
     seen = len(gemini_stand_in.seen)
-    answered = generate(base_url, {"model": small, "prompt": long_prompt, "max_tokens": 4})
+    answered = generate(base_url, {"model": small, "prompt": long_prompt, "config": {"max_tokens": 4}})
     assert answered.status_code == 200, answered.text
     assert answered.json()["model"] == large and answered.headers["x-infermesh-fallback"] == "true"
     # The 4,096-token fallback was skipped: it could not have fitted what 8,192 did not.
     assert [s.path.split("/models/")[1].split(":")[0] for s in gemini_stand_in.seen[seen:]] == ["gemini-large"]
 
     # Known before any backend is asked: max_tokens alone fills the window.
-    no_room = generate(base_url, {"model": small, "prompt": "hi", "max_tokens": 8192, "use_fallbacks": False})
+    no_room = generate(
+        base_url, {"model": small, "prompt": "hi", "config": {"max_tokens": 8192}, "routing": {"use_fallbacks": False}}
+    )
     assert no_room.status_code == 400 and "context window of 8192 tokens" in no_room.json()["message"]

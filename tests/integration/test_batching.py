@@ -14,6 +14,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
+from infermesh.inference.v1 import generation_options_pb2 as options
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from support.polling import eventually_async
 from support.services import inference_server
@@ -44,7 +45,12 @@ async def test_concurrent_generations_share_forward_passes(served):
     single_before, total_before = batch_histogram(GEMMA)
     prompts = [f"Fact number {i} about the ocean:" for i in range(8)]
     replies = await asyncio.gather(
-        *(stub.GenerateText(pb.GenerateTextRequest(model=GEMMA, prompt=p, max_tokens=12)) for p in prompts)
+        *(
+            stub.GenerateText(
+                pb.GenerateTextRequest(model=GEMMA, prompt=p, config=options.GenerationConfig(max_tokens=12))
+            )
+            for p in prompts
+        )
     )
     assert all(r.text and 0 < r.usage.output_tokens <= 12 for r in replies)
     single, total = batch_histogram(GEMMA)
@@ -55,7 +61,9 @@ async def test_concurrent_generations_share_forward_passes(served):
 
 async def test_greedy_decoding_in_the_batch_is_repeatable(served):
     _, stub = served
-    request = pb.GenerateTextRequest(model=GEMMA, prompt="The capital of France is", max_tokens=16)
+    request = pb.GenerateTextRequest(
+        model=GEMMA, prompt="The capital of France is", config=options.GenerationConfig(max_tokens=16)
+    )
     texts = {(await stub.GenerateText(request)).text for _ in range(6)}
     assert len(texts) == 1, texts
 
@@ -66,7 +74,11 @@ async def test_sampled_generations_are_batched_too(served):
     replies = await asyncio.gather(
         *(
             stub.GenerateText(
-                pb.GenerateTextRequest(model=GEMMA, prompt="My favourite animal is", max_tokens=12, temperature=1.0)
+                pb.GenerateTextRequest(
+                    model=GEMMA,
+                    prompt="My favourite animal is",
+                    config=options.GenerationConfig(max_tokens=12, temperature=1.0),
+                )
             )
             for _ in range(8)
         )
@@ -79,7 +91,9 @@ async def test_sampled_generations_are_batched_too(served):
 async def test_a_cancelled_request_leaves_the_batch_and_the_others_go_on(served):
     app, stub = served
     calls = [
-        stub.StreamGenerateText(pb.GenerateTextRequest(model=GEMMA, prompt=f"Story {i}:", max_tokens=2000))
+        stub.StreamGenerateText(
+            pb.GenerateTextRequest(model=GEMMA, prompt=f"Story {i}:", config=options.GenerationConfig(max_tokens=2000))
+        )
         for i in range(3)
     ]
     for call in calls:
@@ -97,7 +111,10 @@ async def test_a_cancelled_request_leaves_the_batch_and_the_others_go_on(served)
 async def test_an_expired_deadline_leaves_the_batch(served):
     app, stub = served
     with pytest.raises(grpc.aio.AioRpcError) as error:
-        await stub.GenerateText(pb.GenerateTextRequest(model=GEMMA, prompt="Once", max_tokens=2000), timeout=1.5)
+        await stub.GenerateText(
+            pb.GenerateTextRequest(model=GEMMA, prompt="Once", config=options.GenerationConfig(max_tokens=2000)),
+            timeout=1.5,
+        )
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     await eventually_async(lambda: batcher(app).in_flight == 0, interval=0.05)
 
@@ -120,13 +137,17 @@ async def test_full_queues_refuse_at_once_with_retry_advice():
     async with inference_server(max_queue_size=2, embed_max_queue_items=4, embed_max_queue_delay_ms=200) as server:
         stub = server.inference
         running = [
-            stub.StreamGenerateText(pb.GenerateTextRequest(model=GEMMA, prompt="Go on:", max_tokens=2000))
+            stub.StreamGenerateText(
+                pb.GenerateTextRequest(model=GEMMA, prompt="Go on:", config=options.GenerationConfig(max_tokens=2000))
+            )
             for _ in range(2)
         ]
         for call in running:
             await call.read()
         with pytest.raises(grpc.aio.AioRpcError) as error:
-            await stub.GenerateText(pb.GenerateTextRequest(model=GEMMA, prompt="One more", max_tokens=4))
+            await stub.GenerateText(
+                pb.GenerateTextRequest(model=GEMMA, prompt="One more", config=options.GenerationConfig(max_tokens=4))
+            )
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "limit 2" in error.value.details()
         status = rpc_status.from_call(error.value)

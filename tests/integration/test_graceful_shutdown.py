@@ -12,6 +12,7 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from infermesh.inference.v1 import generation_options_pb2 as options
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from support.paths import ROOT
@@ -44,7 +45,9 @@ def test_sigterm_drains_in_flight_generation_then_exits(tmp_path):
 
         stub = pb_grpc.InferenceServiceStub(channel)
         stream = stub.StreamGenerateText(
-            pb.GenerateTextRequest(model="gemma-3-270m", prompt="Once upon a time", max_tokens=48)
+            pb.GenerateTextRequest(
+                model="gemma-3-270m", prompt="Once upon a time", config=options.GenerationConfig(max_tokens=48)
+            )
         )
         first = next(stream)
         assert first.text

@@ -10,6 +10,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
+from infermesh.inference.v1 import generation_options_pb2 as options
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
 from services.inference.app import SERVICE, model_health_name
@@ -38,7 +39,9 @@ async def test_not_serving_until_models_are_loaded_then_serving_per_model(server
 
 async def test_a_cancelled_stream_stops_generating_and_frees_the_model(server):
     stub = server["stub"]
-    call = stub.StreamGenerateText(pb.GenerateTextRequest(model=GEMMA, prompt="Once upon a time", max_tokens=4000))
+    call = stub.StreamGenerateText(
+        pb.GenerateTextRequest(model=GEMMA, prompt="Once upon a time", config=options.GenerationConfig(max_tokens=4000))
+    )
     received = 0
     async for _ in call:
         received += 1
@@ -47,7 +50,9 @@ async def test_a_cancelled_stream_stops_generating_and_frees_the_model(server):
     call.cancel()
     # One request at a time (MAX_CONCURRENT_INFERENCES=1): this waits behind the 4000-token
     # generation unless cancelling really stopped it.
-    reply = await stub.GenerateText(pb.GenerateTextRequest(model=GEMMA, prompt="Hi", max_tokens=4), timeout=30)
+    reply = await stub.GenerateText(
+        pb.GenerateTextRequest(model=GEMMA, prompt="Hi", config=options.GenerationConfig(max_tokens=4)), timeout=30
+    )
     assert reply.usage.output_tokens == 4
 
 
@@ -55,21 +60,32 @@ async def test_an_expired_deadline_ends_the_call_and_the_server_stays_free(serve
     stub = server["stub"]
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stub.GenerateText(
-            pb.GenerateTextRequest(model=GEMMA, prompt="Tell me a story", max_tokens=4000), timeout=1
+            pb.GenerateTextRequest(
+                model=GEMMA, prompt="Tell me a story", config=options.GenerationConfig(max_tokens=4000)
+            ),
+            timeout=1,
         )
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    reply = await stub.GenerateText(pb.GenerateTextRequest(model=GEMMA, prompt="Hi", max_tokens=3), timeout=30)
+    reply = await stub.GenerateText(
+        pb.GenerateTextRequest(model=GEMMA, prompt="Hi", config=options.GenerationConfig(max_tokens=3)), timeout=30
+    )
     assert reply.usage.output_tokens == 3
 
 
 async def test_stop_sequences_end_generation_without_the_stop_text(server):
     stub = server["stub"]
     free = await stub.GenerateText(
-        pb.GenerateTextRequest(model=GEMMA, prompt="The capital of France is", max_tokens=16)
+        pb.GenerateTextRequest(
+            model=GEMMA, prompt="The capital of France is", config=options.GenerationConfig(max_tokens=16)
+        )
     )
     word = free.text.split()[2]  # a word the model is going to say
     stopped = await stub.GenerateText(
-        pb.GenerateTextRequest(model=GEMMA, prompt="The capital of France is", max_tokens=16, stop_sequences=[word])
+        pb.GenerateTextRequest(
+            model=GEMMA,
+            prompt="The capital of France is",
+            config=options.GenerationConfig(max_tokens=16, stop_sequences=[word]),
+        )
     )
     assert word not in stopped.text
     assert free.text.startswith(stopped.text)
@@ -78,16 +94,22 @@ async def test_stop_sequences_end_generation_without_the_stop_text(server):
 
 async def test_seeded_sampling_is_repeatable(server):
     stub = server["stub"]
-    request = pb.GenerateTextRequest(model=GEMMA, prompt="My favourite food is", max_tokens=12, temperature=1.0, seed=7)
+    request = pb.GenerateTextRequest(
+        model=GEMMA,
+        prompt="My favourite food is",
+        config=options.GenerationConfig(max_tokens=12, temperature=1.0, seed=7),
+    )
     first, second = await stub.GenerateText(request), await stub.GenerateText(request)
     assert first.text == second.text
 
 
 async def test_repetition_penalty_makes_the_model_repeat_itself_less(server):
     stub = server["stub"]
-    request = pb.GenerateTextRequest(model=GEMMA, prompt="The capital of France is", max_tokens=32)
+    request = pb.GenerateTextRequest(
+        model=GEMMA, prompt="The capital of France is", config=options.GenerationConfig(max_tokens=32)
+    )
     plain = await stub.GenerateText(request)
-    request.repetition_penalty = 1.8
+    request.config.repetition_penalty = 1.8
     penalised = await stub.GenerateText(request)
 
     def repeats(text: str) -> int:

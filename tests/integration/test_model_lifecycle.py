@@ -17,6 +17,7 @@ from google.longrunning import operations_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
+from infermesh.inference.v1 import generation_options_pb2 as options
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from infermesh.inference.v1 import inference_types_pb2 as types
@@ -85,14 +86,18 @@ async def test_unload_and_load_are_operations_and_requests_load_lazily():
 async def test_unload_drains_in_flight_requests_and_later_requests_still_succeed():
     async with inference_server(models=[GEMMA]) as server:
         stream = server.inference.StreamGenerateText(
-            pb.GenerateTextRequest(model=GEMMA, prompt="Once upon a time", max_tokens=40)
+            pb.GenerateTextRequest(
+                model=GEMMA, prompt="Once upon a time", config=options.GenerationConfig(max_tokens=40)
+            )
         )
         await stream.read()
         operation = await server.models.UnloadModel(model_pb.UnloadModelRequest(model=GEMMA))
         await asyncio.sleep(0.2)
         assert await state(server, GEMMA) == types.MODEL_STATE_DRAINING
         late = asyncio.ensure_future(
-            server.inference.GenerateText(pb.GenerateTextRequest(model=GEMMA, prompt="Hello", max_tokens=3))
+            server.inference.GenerateText(
+                pb.GenerateTextRequest(model=GEMMA, prompt="Hello", config=options.GenerationConfig(max_tokens=3))
+            )
         )
         last = await stream.read()
         while (chunk := await stream.read()) is not grpc.aio.EOF:
@@ -108,7 +113,9 @@ async def test_a_memory_budget_evicts_the_least_recently_used_model():
         evictions = REGISTRY.get_sample_value(
             "infermesh_inference_evictions_total", {"model": MINILM, "cause": "evicted"}
         )
-        reply = await server.inference.GenerateText(pb.GenerateTextRequest(model=GEMMA, prompt="Hi", max_tokens=2))
+        reply = await server.inference.GenerateText(
+            pb.GenerateTextRequest(model=GEMMA, prompt="Hi", config=options.GenerationConfig(max_tokens=2))
+        )
         assert reply.usage.output_tokens == 2
         assert await state(server, MINILM) == types.MODEL_STATE_UNLOADED
         after = REGISTRY.get_sample_value("infermesh_inference_evictions_total", {"model": MINILM, "cause": "evicted"})

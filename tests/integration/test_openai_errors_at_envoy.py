@@ -20,9 +20,9 @@ from google.api import httpbody_pb2
 from grpc_health.v1 import health_pb2
 
 from gateway import envoy_config
-from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.openai.v1 import openai_service_pb2 as openai_pb
 from infermesh.openai.v1 import openai_service_pb2_grpc as openai_grpc
+from infermesh.router.v1 import router_messages_pb2 as router_messages
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from services.runtime.catalog import EmbeddedCatalog, ServiceInstance
 from services.runtime.openai_errors import HTTP_STATUS_HEADER, openai_error_body
@@ -141,7 +141,7 @@ async def test_grpc_callers_and_the_native_rest_api_are_answered_as_before(front
         assert [json.loads(b.data) async for b in call] == [NOT_FOUND]
         assert await call.code() == grpc.StatusCode.OK
         with pytest.raises(grpc.aio.AioRpcError) as error:
-            await router_grpc.RouterServiceStub(channel).Embed(inference_pb.EmbedRequest(model="m"))
+            await router_grpc.RouterServiceStub(channel).Embed(router_messages.EmbedRequest(model="m"))
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     async with httpx.AsyncClient(base_url=f"http://{front}", timeout=30) as client:
         native = await client.post("/v1/embed", json={"model": "m"})

@@ -17,6 +17,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
+from infermesh.inference.v1 import generation_options_pb2 as options
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
 from support.provider_stand_ins import Reply, StandIn, gemini_default, gemini_error, openai_chat, openai_error
@@ -122,7 +123,9 @@ async def test_the_gemini_adapter_speaks_the_documented_wire_format():
     with StandIn(gemini_default).running() as stand_in:
         async with provider_server(**gemini_settings(stand_in)) as (_, adapter, _health):
             reply = await adapter.GenerateText(
-                pb.GenerateTextRequest(model="gemini-test", prompt="one two three four five", max_tokens=3)
+                pb.GenerateTextRequest(
+                    model="gemini-test", prompt="one two three four five", config=options.GenerationConfig(max_tokens=3)
+                )
             )
             assert reply.text.split() == ["one", "two", "three"]
             assert reply.finish_reason == types.FINISH_REASON_LENGTH
@@ -135,7 +138,9 @@ async def test_the_gemini_adapter_speaks_the_documented_wire_format():
             chunks = [
                 c
                 async for c in adapter.StreamGenerateText(
-                    pb.GenerateTextRequest(model="gemini-test", prompt="a b c d e f", max_tokens=10)
+                    pb.GenerateTextRequest(
+                        model="gemini-test", prompt="a b c d e f", config=options.GenerationConfig(max_tokens=10)
+                    )
                 )
             ]
             assert len(chunks) >= 3 and "".join(c.text for c in chunks).split() == list("abcdef")
@@ -210,10 +215,9 @@ def struct(value: dict):
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 
 
-def weather_chat(**fields) -> pb.ChatRequest:
-    from infermesh.inference.v1 import generation_options_pb2 as options
-
+def weather_chat(config: options.GenerationConfig | None = None, **fields) -> pb.ChatRequest:
     return pb.ChatRequest(
+        config=config,
         model="gemini-test",
         messages=[pb.ChatMessage(role=types.ROLE_USER, content="Weather in Paris?")],
         tools=[options.Tool(name="get_weather", description="The weather.", parameters=struct(WEATHER))],
@@ -234,8 +238,6 @@ def gemini_call(request) -> Reply:
 
 
 async def test_gemini_gets_tools_and_schemas_in_its_own_terms_and_its_calls_come_back_as_tool_calls():
-    from infermesh.inference.v1 import generation_options_pb2 as options
-
     with StandIn(gemini_call).running() as stand_in:
         async with provider_server(**gemini_settings(stand_in)) as (_, adapter, _health):
             reply = await adapter.Chat(weather_chat())
@@ -259,7 +261,11 @@ async def test_gemini_gets_tools_and_schemas_in_its_own_terms_and_its_calls_come
                 pb.ChatMessage(role=types.ROLE_TOOL, tool_call_id=call.id, content="sunny"),
             ]
             schema = options.ResponseFormat(type=options.RESPONSE_FORMAT_TYPE_JSON_SCHEMA, json_schema=struct(WEATHER))
-            await adapter.Chat(pb.ChatRequest(model="gemini-test", messages=history, response_format=schema))
+            await adapter.Chat(
+                pb.ChatRequest(
+                    model="gemini-test", messages=history, config=options.GenerationConfig(response_format=schema)
+                )
+            )
             sent = stand_in.seen[-1].body
             assert sent["contents"][1]["parts"][0]["functionCall"]["name"] == "get_weather"
             response = sent["contents"][2]["parts"][0]["functionResponse"]
@@ -273,15 +279,13 @@ async def test_what_gemini_cannot_honour_is_refused_naming_the_field():
     with StandIn(gemini_default).running() as stand_in:
         async with provider_server(**gemini_settings(stand_in)) as (_, adapter, _health):
             for fields, param in (({"logprobs": True}, "logprobs"), ({"logit_bias": {5: 1.0}}, "logit_bias")):
-                error = await failure(adapter.Chat(weather_chat(**fields)))
+                error = await failure(adapter.Chat(weather_chat(options.GenerationConfig(**fields))))
                 assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
                 assert error_info_of(error).metadata["param"] == param
             assert not stand_in.seen  # refused before any request
 
 
 async def test_the_openai_adapter_passes_tools_formats_and_logprobs_through_and_reads_streamed_calls():
-    from infermesh.inference.v1 import generation_options_pb2 as options
-
     def streamed_call(request) -> Reply:
         head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
         first = {"index": 0, "id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
@@ -306,12 +310,14 @@ async def test_the_openai_adapter_passes_tools_formats_and_logprobs_through_and_
     with StandIn(streamed_call).running() as stand_in:
         async with provider_server(**openai_settings(stand_in)) as (_, adapter, _health):
             request = weather_chat(
-                logprobs=True,
-                top_logprobs=2,
-                frequency_penalty=0.5,
-                logit_bias={7: -100.0},
+                options.GenerationConfig(
+                    logprobs=True,
+                    top_logprobs=2,
+                    frequency_penalty=0.5,
+                    logit_bias={7: -100.0},
+                    response_format=options.ResponseFormat(type=options.RESPONSE_FORMAT_TYPE_JSON_OBJECT),
+                ),
                 parallel_tool_calls=False,
-                response_format=options.ResponseFormat(type=options.RESPONSE_FORMAT_TYPE_JSON_OBJECT),
             )
             reply = await adapter.Chat(request)
             [call] = reply.message.tool_calls

@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 from gguf import GGUFReader
 
+from infermesh.inference.v1 import generation_options_pb2 as options
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
 from services.backend.types import ChatTurn
@@ -67,7 +68,9 @@ async def test_qwen_follows_an_instruction_and_ends_its_turn(server):
     # The right answer last in the list: a model that just repeats the first word fails.
     ask = "Reply with exactly one word from this list: Rome, Paris, Berlin. What is the capital of Germany?"
     request = pb.ChatRequest(
-        model=QWEN, messages=[pb.ChatMessage(role=types.ROLE_USER, content=ask)], max_tokens=48, temperature=0
+        model=QWEN,
+        messages=[pb.ChatMessage(role=types.ROLE_USER, content=ask)],
+        config=options.GenerationConfig(max_tokens=48, temperature=0),
     )
     reply = await server.inference.Chat(request)
     assert "berlin" in reply.message.content.lower() and len(reply.message.content.split()) <= 3
@@ -106,8 +109,6 @@ async def test_a_forced_tool_call_uses_the_models_own_tool_tokens_and_validates(
 
     from google.protobuf import struct_pb2
 
-    from infermesh.inference.v1 import generation_options_pb2 as options
-
     parameters = struct_pb2.Struct()
     parameters.update({"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}})
     request = pb.ChatRequest(
@@ -115,14 +116,16 @@ async def test_a_forced_tool_call_uses_the_models_own_tool_tokens_and_validates(
         messages=[pb.ChatMessage(role=types.ROLE_USER, content="What is the weather in Paris?")],
         tools=[options.Tool(name="get_weather", description="The weather in a city.", parameters=parameters)],
         tool_choice=options.ToolChoice(mode=options.TOOL_CHOICE_MODE_REQUIRED),
-        parallel_tool_calls=False,  # left free, this small model goes on calling for other cities
-        max_tokens=48,
+        parallel_tool_calls=False,
+        config=options.GenerationConfig(max_tokens=48),
     )
     reply = await server.inference.Chat(request)
     [call] = reply.message.tool_calls
     assert call.name == "get_weather" and set(json.loads(call.arguments)) <= {"city"}
     assert reply.finish_reason == types.FINISH_REASON_TOOL_CALLS and not reply.message.content
     auto = await server.inference.Chat(
-        pb.ChatRequest(model=QWEN, messages=request.messages, tools=request.tools, max_tokens=48)
+        pb.ChatRequest(
+            model=QWEN, messages=request.messages, tools=request.tools, config=options.GenerationConfig(max_tokens=48)
+        )
     )
     assert auto.message.tool_calls[0].name == "get_weather" and not auto.message.content  # it chose to call

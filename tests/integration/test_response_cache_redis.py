@@ -7,7 +7,8 @@ import asyncio
 
 import pytest
 
-from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh.inference.v1 import generation_options_pb2 as options
+from infermesh.router.v1 import router_messages_pb2 as router_messages
 from services.router.core.cache import ResponseCache
 from services.router.core.calls import CallContext
 from services.router.core.resolvers import Route
@@ -21,8 +22,10 @@ ROUTE = Route(model="m", version="v1", backend="b", backend_model="m")
 async def test_router_replicas_share_answers_through_redis_which_expires_them():
     with redis_server() as url:
         first, second = ResponseCache(0, 0.5, url), ResponseCache(0, 0.5, url)
-        request = pb.GenerateTextRequest(model="m", prompt="the sea is", max_tokens=4)
-        reply = pb.GenerateTextResponse(text=" blue", model="m")
+        request = router_messages.GenerateTextRequest(
+            model="m", prompt="the sea is", config=options.GenerationConfig(max_tokens=4)
+        )
+        reply = router_messages.GenerateTextResponse(text=" blue", model="m")
         reply.usage.input_tokens, reply.usage.output_tokens = 3, 1
         key = first.key(Rpc.GENERATE_TEXT, ROUTE, request, CallContext())
         assert await second.get(second.key(Rpc.GENERATE_TEXT, ROUTE, request, CallContext()), ROUTE) is None

@@ -11,9 +11,10 @@ import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 
-from infermesh.inference.v1 import inference_service_pb2 as inference_pb
+from infermesh.inference.v1 import generation_options_pb2 as options
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
+from infermesh.router.v1 import router_messages_pb2 as router_messages
 from services.router.backend_client import EnvoyBackendClient
 from services.router.core.calls import CallContext
 from services.router.core.load import ModelLoad
@@ -168,14 +169,16 @@ async def test_the_router_rewrites_the_model_and_checks_the_registry_limits(tmp_
             resolver, feed = await following(client.channel, server.port)
             core = RouterCore(resolver, client, default_timeout=30)
             try:
-                request = inference_pb.GenerateTextRequest(model="gemma-3-270m@q4-k-m", prompt="hi", max_tokens=16)
+                request = router_messages.GenerateTextRequest(
+                    model="gemma-3-270m@q4-k-m", prompt="hi", config=options.GenerationConfig(max_tokens=16)
+                )
                 with pytest.raises(Unavailable):  # q4-k-m has no deployment in this registry
                     core.prepare(request, CallContext())
                 request.model = "gemma-3-270m"
                 prepared = core.prepare(request, CallContext())
                 assert prepared.outgoing.model == "gemma-3-270m" and prepared.outgoing.prompt == "hi"
                 assert prepared.route.backend == "inference/gemma-3-270m" and prepared.timeout == 30
-                request.max_tokens = 9000
+                request.config.max_tokens = 9000
                 with pytest.raises(InvalidArgument, match="limit of 8192"):
                     core.prepare(request, CallContext())
             finally:

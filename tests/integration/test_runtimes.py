@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
+from infermesh.inference.v1 import generation_options_pb2 as options
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
 from support.services import inference_server
@@ -22,7 +23,9 @@ async def stub():
 
 
 async def test_llama_cpp_generates_and_streams_the_same_text(stub):
-    request = pb.GenerateTextRequest(model=LLAMA, prompt="The capital of France is", max_tokens=16)
+    request = pb.GenerateTextRequest(
+        model=LLAMA, prompt="The capital of France is", config=options.GenerationConfig(max_tokens=16)
+    )
     unary = await stub.GenerateText(request)
     assert len(unary.text.split()) >= 3 and unary.usage.output_tokens == 16
     assert unary.finish_reason == types.FINISH_REASON_LENGTH
@@ -37,16 +40,22 @@ async def test_llama_cpp_chat_and_stop_sequences(stub):
         pb.ChatRequest(
             model=LLAMA,
             messages=[pb.ChatMessage(role=types.ROLE_USER, content="Name a city in France.")],
-            max_tokens=24,
+            config=options.GenerationConfig(max_tokens=24),
         )
     )
     assert reply.message.content.strip() and "User:" not in reply.message.content
     free = await stub.GenerateText(
-        pb.GenerateTextRequest(model=LLAMA, prompt="The capital of France is", max_tokens=16)
+        pb.GenerateTextRequest(
+            model=LLAMA, prompt="The capital of France is", config=options.GenerationConfig(max_tokens=16)
+        )
     )
     word = free.text.split()[2]
     cut = await stub.GenerateText(
-        pb.GenerateTextRequest(model=LLAMA, prompt="The capital of France is", max_tokens=16, stop_sequences=[word])
+        pb.GenerateTextRequest(
+            model=LLAMA,
+            prompt="The capital of France is",
+            config=options.GenerationConfig(max_tokens=16, stop_sequences=[word]),
+        )
     )
     assert word not in cut.text and cut.finish_reason == types.FINISH_REASON_STOP
 

@@ -76,7 +76,9 @@ async def stub():
 async def test_a_json_schema_answer_parses_and_validates(stub, model):
     reply = await stub.GenerateText(
         pb.GenerateTextRequest(
-            model=model, prompt="A person, as JSON:", max_tokens=80, response_format=schema_format(PERSON)
+            model=model,
+            prompt="A person, as JSON:",
+            config=options.GenerationConfig(max_tokens=80, response_format=schema_format(PERSON)),
         )
     )
     jsonschema.validate(json.loads(reply.text), PERSON)
@@ -88,10 +90,12 @@ async def test_a_chat_in_json_object_mode_answers_an_object(stub, model):
     request = pb.ChatRequest(
         model=model,
         messages=[user("Give me a JSON object with a field `color`.")],
-        max_tokens=60,
-        temperature=0.8,
-        seed=7,
-        response_format=options.ResponseFormat(type=options.RESPONSE_FORMAT_TYPE_JSON_OBJECT),
+        config=options.GenerationConfig(
+            max_tokens=60,
+            temperature=0.8,
+            seed=7,
+            response_format=options.ResponseFormat(type=options.RESPONSE_FORMAT_TYPE_JSON_OBJECT),
+        ),
     )
     reply = await stub.Chat(request)
     assert isinstance(json.loads(reply.message.content), dict)
@@ -105,7 +109,7 @@ async def test_a_forced_tool_call_has_arguments_that_validate(stub, model):
             messages=[user("What is the weather in Paris?")],
             tools=TOOLS,
             tool_choice=options.ToolChoice(mode=options.TOOL_CHOICE_MODE_FUNCTION, function_name="get_weather"),
-            max_tokens=60,
+            config=options.GenerationConfig(max_tokens=60),
         )
     )
     assert reply.finish_reason == types.FINISH_REASON_TOOL_CALLS
@@ -121,8 +125,8 @@ async def test_a_required_call_picks_one_of_the_tools_and_streams_in_pieces(stub
         messages=[user("What time is it, and the weather in Rome?")],
         tools=TOOLS,
         tool_choice=options.ToolChoice(mode=options.TOOL_CHOICE_MODE_REQUIRED),
-        parallel_tool_calls=False,  # a base model would go on calling until max_tokens
-        max_tokens=80,
+        parallel_tool_calls=False,
+        config=options.GenerationConfig(max_tokens=80),
     )
     unary = await stub.Chat(request)
     assert len(unary.message.tool_calls) == 1 and unary.message.tool_calls[0].name in {"get_weather", "get_time"}
@@ -152,7 +156,7 @@ async def test_tool_choice_none_answers_in_text_and_a_tool_result_is_read(stub):
             messages=history,
             tools=TOOLS,
             tool_choice=options.ToolChoice(mode=options.TOOL_CHOICE_MODE_NONE),
-            max_tokens=24,
+            config=options.GenerationConfig(max_tokens=24),
         )
     )
     assert reply.message.content and not reply.message.tool_calls
@@ -163,7 +167,9 @@ async def test_tool_choice_none_answers_in_text_and_a_tool_result_is_read(stub):
 async def test_logprobs_line_up_with_the_text_and_greedy_picks_the_top_token(stub, model):
     reply = await stub.GenerateText(
         pb.GenerateTextRequest(
-            model=model, prompt="The capital of France is", max_tokens=8, logprobs=True, top_logprobs=3
+            model=model,
+            prompt="The capital of France is",
+            config=options.GenerationConfig(max_tokens=8, logprobs=True, top_logprobs=3),
         )
     )
     assert len(reply.logprobs) == 8
@@ -175,9 +181,11 @@ async def test_logprobs_line_up_with_the_text_and_greedy_picks_the_top_token(stu
 
 @pytest.mark.parametrize("model", RUNTIMES)
 async def test_logit_bias_bans_the_token_greedy_decoding_would_pick(stub, model):
-    request = pb.GenerateTextRequest(model=model, prompt="The capital of France is", max_tokens=1)
+    request = pb.GenerateTextRequest(
+        model=model, prompt="The capital of France is", config=options.GenerationConfig(max_tokens=1)
+    )
     first = await stub.GenerateText(request)
-    request.logit_bias[gemma_token_id(first.text)] = -100
+    request.config.logit_bias[gemma_token_id(first.text)] = -100
     second = await stub.GenerateText(request)
     assert second.text and second.text != first.text
 
@@ -193,9 +201,13 @@ def gemma_token_id(text: str) -> int:
 
 async def test_a_frequency_penalty_makes_repetition_rarer(stub):
     prompt = "one one one one one one one one"
-    free = await stub.GenerateText(pb.GenerateTextRequest(model=TRANSFORMERS, prompt=prompt, max_tokens=16))
+    free = await stub.GenerateText(
+        pb.GenerateTextRequest(model=TRANSFORMERS, prompt=prompt, config=options.GenerationConfig(max_tokens=16))
+    )
     penalised = await stub.GenerateText(
-        pb.GenerateTextRequest(model=TRANSFORMERS, prompt=prompt, max_tokens=16, frequency_penalty=2.0)
+        pb.GenerateTextRequest(
+            model=TRANSFORMERS, prompt=prompt, config=options.GenerationConfig(max_tokens=16, frequency_penalty=2.0)
+        )
     )
     words = lambda text: text.split()  # noqa: E731
     assert len(set(words(penalised.text))) > len(set(words(free.text)))
@@ -204,7 +216,9 @@ async def test_a_frequency_penalty_makes_repetition_rarer(stub):
 async def test_a_schema_that_cannot_be_enforced_is_a_400_naming_the_field(stub):
     bad = schema_format({"type": "object", "properties": {"a": {"type": "nonsense"}}})
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.GenerateText(pb.GenerateTextRequest(model=TRANSFORMERS, prompt="x", response_format=bad))
+        await stub.GenerateText(
+            pb.GenerateTextRequest(model=TRANSFORMERS, prompt="x", config=options.GenerationConfig(response_format=bad))
+        )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(caught.value).metadata["param"].startswith("response_format")
 
@@ -232,10 +246,9 @@ async def test_sampled_answers_under_a_strict_schema_all_validate(stub, model):
             pb.GenerateTextRequest(
                 model=model,
                 prompt="A person, as JSON:",
-                max_tokens=120,
-                temperature=1.0,
-                seed=seed,
-                response_format=schema_format(PERSON),
+                config=options.GenerationConfig(
+                    max_tokens=120, temperature=1.0, seed=seed, response_format=schema_format(PERSON)
+                ),
             )
         )
         jsonschema.validate(json.loads(reply.text), PERSON)
@@ -260,14 +273,18 @@ async def test_constrained_requests_share_the_batch_with_each_other_and_free_one
             pb.GenerateTextRequest(
                 model=TRANSFORMERS,
                 prompt=f"Person number {i}, as JSON:",
-                max_tokens=120,
-                temperature=1.0,
-                response_format=schema_format(PERSON),
+                config=options.GenerationConfig(max_tokens=120, temperature=1.0, response_format=schema_format(PERSON)),
             )
         )
         for i in range(4)
     ]
-    free = [stub.GenerateText(pb.GenerateTextRequest(model=TRANSFORMERS, prompt="Once upon a time", max_tokens=24))]
+    free = [
+        stub.GenerateText(
+            pb.GenerateTextRequest(
+                model=TRANSFORMERS, prompt="Once upon a time", config=options.GenerationConfig(max_tokens=24)
+            )
+        )
+    ]
     replies = await asyncio.gather(*shaped, *free)
     for reply in replies[:4]:
         jsonschema.validate(json.loads(reply.text), PERSON)

@@ -14,7 +14,7 @@ Requests are safe to send to a mesh that other tests share:
   with `fuzz-` (an API key created with no id gets one from the registry); real model
   ids appear only in read-only paths and in the model fields of inference calls;
 - every generation is capped: a `max_tokens` field is always present, either 1-2 or a
-  value the API must refuse, and a message that carries one (TextParameters) is never
+  value the API must refuse, and a message that carries one (GenerationConfig) is never
   left out, so no request starts a long generation;
 - undecodable gRPC payloads are built from messages that name no real model, so junk
   bytes cannot turn into a real, uncapped generation.

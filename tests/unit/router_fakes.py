@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
-from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.inference.v1 import inference_types_pb2 as types
+from infermesh.router.v1 import router_messages_pb2 as pb
 from services.router.core.backend import BackendError
 from services.router.core.load import ModelLoad
 from services.router.core.resolvers import Route
@@ -122,13 +123,14 @@ class FakeBackends:
         usage = types.Usage(input_tokens=3, output_tokens=2, total_tokens=5)
         if rpc is Rpc.EMBED:
             vectors = [
-                pb.Embedding(index=i, values=[float(len(t)), 1.0], input_tokens=1) for i, t in enumerate(request.inputs)
+                inference_pb.Embedding(index=i, values=[float(len(t)), 1.0], input_tokens=1)
+                for i, t in enumerate(request.inputs)
             ]
             return pb.EmbedResponse(
                 embeddings=vectors, usage=types.Usage(input_tokens=len(vectors)), model=request.model
             )
         if rpc is Rpc.CHAT:
-            message = pb.ChatMessage(role=types.ROLE_ASSISTANT, content=text)
+            message = inference_pb.ChatMessage(role=types.ROLE_ASSISTANT, content=text)
             return pb.ChatResponse(message=message, finish_reason=types.FINISH_REASON_STOP, usage=usage)
         return pb.GenerateTextResponse(text=text, finish_reason=types.FINISH_REASON_STOP, usage=usage)
 

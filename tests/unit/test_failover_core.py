@@ -11,7 +11,8 @@ import time
 import pytest
 from google.rpc import code_pb2
 
-from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh.inference.v1 import generation_options_pb2 as options
+from infermesh.router.v1 import router_messages_pb2 as pb
 from router_fakes import INVALID_ARGUMENT, UNAVAILABLE, FakeBackends, FakeClock, FakeResolver, Script, failure
 from services.router.core import failover
 from services.router.core.budget import RetryBudget
@@ -73,7 +74,9 @@ async def test_without_fallbacks_the_first_failure_is_the_answer():
     backends = FakeBackends()
     backends.script("primary-backend", Script(error=failure(UNAVAILABLE, "down")))
     with pytest.raises(DomainError, match="down"):
-        await failover.unary(core(backends), Rpc.GENERATE_TEXT, ask(use_fallbacks=False), CallContext())
+        await failover.unary(
+            core(backends), Rpc.GENERATE_TEXT, ask(routing=pb.RoutingOptions(use_fallbacks=False)), CallContext()
+        )
     assert backends.called("second-backend") == 0
 
 
@@ -177,7 +180,10 @@ async def test_registry_limits_are_checked_before_any_backend_is_called():
     backends = FakeBackends()
     with pytest.raises(InvalidArgument, match="limit of 16"):
         await failover.unary(
-            core(backends, resolver=Limited(MODELS)), Rpc.GENERATE_TEXT, ask(max_tokens=64), CallContext()
+            core(backends, resolver=Limited(MODELS)),
+            Rpc.GENERATE_TEXT,
+            ask(config=options.GenerationConfig(max_tokens=64)),
+            CallContext(),
         )
     assert not backends.calls
 

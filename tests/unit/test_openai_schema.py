@@ -64,10 +64,10 @@ def test_response_format_tools_and_logprobs_reach_the_typed_request():
     ).to_proto()
     assert proto.tools[0].name == "f" and proto.tool_choice.function_name == "f"
     assert proto.tool_choice.mode == options.TOOL_CHOICE_MODE_FUNCTION and not proto.parallel_tool_calls
-    assert proto.response_format.type == options.RESPONSE_FORMAT_TYPE_JSON_SCHEMA
-    assert (proto.response_format.schema_name, proto.response_format.description) == ("city", "where")
-    assert (proto.logprobs, proto.top_logprobs, dict(proto.logit_bias)) == (True, 2, {7: -100.0})
-    assert proto.frequency_penalty == 0.5
+    assert proto.config.response_format.type == options.RESPONSE_FORMAT_TYPE_JSON_SCHEMA
+    assert (proto.config.response_format.schema_name, proto.config.response_format.description) == ("city", "where")
+    assert (proto.config.logprobs, proto.config.top_logprobs, dict(proto.config.logit_bias)) == (True, 2, {7: -100.0})
+    assert proto.config.frequency_penalty == 0.5
 
 
 def test_tool_calls_and_results_in_the_history_are_kept_and_checked():

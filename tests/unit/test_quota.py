@@ -7,7 +7,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh.inference.v1 import generation_options_pb2 as options
+from infermesh.router.v1 import router_messages_pb2 as pb
 from services.limits.config import parse_limits
 from services.limits.limiter import open_limiter
 from services.router.core.quota import FLUSH_TOKENS, UNSET_MAX_TOKENS, Quotas
@@ -24,19 +25,19 @@ def quotas(**config) -> Quotas:
 async def test_max_tokens_is_lowered_to_the_tokens_left_and_only_then():
     q = quotas(default={"tokens_per_minute": 100})
     admission = await q.admit(Caller("apiKeys/a"), "gemma")
-    asked = pb.GenerateTextRequest(model="gemma", prompt="x", max_tokens=500)
+    asked = pb.GenerateTextRequest(model="gemma", prompt="x", config=options.GenerationConfig(max_tokens=500))
     admission.clamp(asked)
-    assert asked.max_tokens == 100
+    assert asked.config.max_tokens == 100
     unset = pb.GenerateTextRequest(model="gemma", prompt="x")
     admission.clamp(unset)
-    assert unset.max_tokens == 100  # less than an unset max_tokens would get
-    small = pb.GenerateTextRequest(model="gemma", prompt="x", max_tokens=10)
+    assert unset.config.max_tokens == 100  # less than an unset max_tokens would get
+    small = pb.GenerateTextRequest(model="gemma", prompt="x", config=options.GenerationConfig(max_tokens=10))
     admission.clamp(small)
-    assert small.max_tokens == 10
+    assert small.config.max_tokens == 10
     roomy = await quotas(default={"tokens_per_minute": 10 * UNSET_MAX_TOKENS}).admit(Caller("apiKeys/a"), "gemma")
     untouched = pb.GenerateTextRequest(model="gemma", prompt="x")
     roomy.clamp(untouched)
-    assert not untouched.HasField("max_tokens")
+    assert not untouched.config.HasField("max_tokens")
 
 
 async def test_streams_sharing_a_quota_stop_once_it_is_spent():

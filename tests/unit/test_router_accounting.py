@@ -9,7 +9,7 @@ import random
 import pytest
 from prometheus_client import REGISTRY
 
-from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh.router.v1 import router_messages_pb2 as router_messages
 from services.router.core.budget import RetryBudget
 from services.router.core.cache import ResponseCache
 from services.router.core.calls import CallContext
@@ -67,9 +67,9 @@ async def test_an_unreachable_redis_is_a_miss_not_a_failure():
     errors = {"model": "m", "result": "error"}
     before = REGISTRY.get_sample_value("infermesh_router_cache_total", errors) or 0
     cache = ResponseCache(0, 60, f"redis://127.0.0.1:{free_port()}/0")
-    request = pb.GenerateTextRequest(model="m", prompt="hello")
+    request = router_messages.GenerateTextRequest(model="m", prompt="hello")
     key = cache.key(Rpc.GENERATE_TEXT, ROUTE, request, CallContext())
-    await cache.put(key, pb.GenerateTextResponse(text="x"))  # logged, not raised
+    await cache.put(key, router_messages.GenerateTextResponse(text="x"))  # logged, not raised
     assert await cache.get(key, ROUTE) is None
     assert REGISTRY.get_sample_value("infermesh_router_cache_total", errors) == before + 1
     await cache.close()

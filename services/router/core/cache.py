@@ -38,7 +38,9 @@ REDIS_PREFIX = "infermesh:response:"
 
 
 def deterministic(request: Message) -> bool:
-    return not (hasattr(request, "temperature") and request.HasField("temperature") and request.temperature > 0)
+    """Whether the request decodes greedily (only such answers are cached)."""
+    config = getattr(request, "config", None)
+    return not (config is not None and config.HasField("temperature") and config.temperature > 0)
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.inference.v1 import inference_types_pb2 as types_pb
+from infermesh.router.v1 import router_messages_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -114,17 +115,19 @@ class EmbedCoalescer:
             timeout = max(max(w.deadline for w in batch) - loop.time(), 0.001)
             try:
                 response = await self._send(request, key[1], timeout)
+                parts, start = [], 0
+                for waiter in batch:
+                    count = len(waiter.request.inputs)
+                    parts.append(_slice(response, start, count))
+                    start += count
             except Exception as exc:  # noqa: BLE001 - each caller gets what its own call would have
                 for waiter in batch:
                     if not waiter.future.done():
-                        waiter.future.set_exception(exc)
+                        waiter.future.set_exception(exc)  # never left waiting, whatever failed
                 return
-            start = 0
-            for waiter in batch:
-                count = len(waiter.request.inputs)
+            for waiter, part in zip(batch, parts, strict=True):
                 if not waiter.future.done():
-                    waiter.future.set_result(_slice(response, start, count))
-                start += count
+                    waiter.future.set_result(part)
         finally:
             self._call_ended(key, route)
 
@@ -140,7 +143,8 @@ def _slice(response: pb.EmbedResponse, start: int, count: int) -> pb.EmbedRespon
     tokens = sum(e.input_tokens for e in embeddings)
     return pb.EmbedResponse(
         embeddings=[
-            pb.Embedding(index=i, values=e.values, input_tokens=e.input_tokens) for i, e in enumerate(embeddings)
+            inference_pb.Embedding(index=i, values=e.values, input_tokens=e.input_tokens)
+            for i, e in enumerate(embeddings)
         ],
         usage=types_pb.Usage(input_tokens=tokens, total_tokens=tokens),
         model=response.model,

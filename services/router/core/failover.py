@@ -90,7 +90,7 @@ class _Attempts:
     backend's cooldown), any other is the caller's to see."""
 
     def __init__(self, core: RouterCore, rpc: Rpc, request: Message, call: CallContext) -> None:
-        allowed = not request.HasField("use_fallbacks") or request.use_fallbacks
+        allowed = not request.routing.HasField("use_fallbacks") or request.routing.use_fallbacks
         models = _permitted(core.candidates(request.model, rpc.capability), request.model, call)
         self._core = core
         self._request = request

@@ -19,9 +19,10 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 
 from google.rpc import code_pb2, status_pb2
 
-from infermesh.inference.v1 import inference_service_pb2 as inference_pb
+from infermesh.inference.v1 import generation_options_pb2 as options
 from infermesh.inference.v1 import inference_types_pb2 as types_pb
 from infermesh.router.v1 import orchestration_pb2 as pb
+from infermesh.router.v1 import router_messages_pb2 as messages
 from services.router.core import failover
 from services.router.core.calls import CallContext
 from services.router.core.resolvers import AUTO
@@ -49,18 +50,10 @@ CALLER_ERRORS = {
 
 
 def text_request(
-    model: str, prompt: str, parameters: pb.TextParameters, use_fallbacks: bool | None
-) -> inference_pb.GenerateTextRequest:
-    """One model's request: the parameters' set fields (unset optionals stay unset)."""
-    request = inference_pb.GenerateTextRequest(model=model, prompt=prompt)
-    for field, value in parameters.ListFields():
-        if field.is_repeated:
-            getattr(request, field.name).extend(value)
-        else:
-            setattr(request, field.name, value)
-    if use_fallbacks is not None:
-        request.use_fallbacks = use_fallbacks
-    return request
+    model: str, prompt: str, config: options.GenerationConfig, routing: messages.RoutingOptions | None = None
+) -> messages.GenerateTextRequest:
+    """One model's request, with the call's generation config (and routing options)."""
+    return messages.GenerateTextRequest(model=model, prompt=prompt, config=config, routing=routing)
 
 
 def served_by(answer: failover.Answer) -> pb.ServedBy:
@@ -77,7 +70,7 @@ def _failure(exc: Exception) -> status_pb2.Status:
     return status_of(exc)
 
 
-async def _generate(core: RouterCore, request: inference_pb.GenerateTextRequest, call: CallContext) -> failover.Answer:
+async def _generate(core: RouterCore, request: messages.GenerateTextRequest, call: CallContext) -> failover.Answer:
     return await failover.unary(core, Rpc.GENERATE_TEXT, request, call)
 
 
@@ -90,12 +83,11 @@ async def batch(
     """Each prompt's result as soon as it completes, at most `max_concurrency` at a time;
     a prompt that fails yields its error and the batch goes on. When the caller goes
     away, the prompts still running are cancelled."""
-    use_fallbacks = request.use_fallbacks if request.HasField("use_fallbacks") else None
     pending = iter(enumerate(request.prompts))
     results: asyncio.Queue[pb.BatchGenerateTextResult] = asyncio.Queue()
 
     async def item(index: int, prompt: str) -> pb.BatchGenerateTextResult:
-        sub = text_request(request.model, prompt, request.parameters, use_fallbacks)
+        sub = text_request(request.model, prompt, request.config, request.routing)
         try:
             answer = await _generate(core, sub, call)
         except Exception as exc:  # noqa: BLE001 - one prompt's failure is its result
@@ -121,13 +113,13 @@ async def batch(
 
 
 async def ask_all(
-    core: RouterCore, models: Sequence[str], prompt: str, parameters: pb.TextParameters, call: CallContext
+    core: RouterCore, models: Sequence[str], prompt: str, config: options.GenerationConfig, call: CallContext
 ) -> list[pb.ModelAnswer]:
     """Every model's answer (or error), concurrently, in the order of `models`; no
     fallbacks, since the answers are compared by model."""
 
     async def ask(model: str) -> pb.ModelAnswer:
-        sub = text_request(model, prompt, parameters, use_fallbacks=False)
+        sub = text_request(model, prompt, config, messages.RoutingOptions(use_fallbacks=False))
         try:
             answer = await _generate(core, sub, call)
         except Exception as exc:  # noqa: BLE001 - one model's failure is its answer
@@ -140,7 +132,7 @@ async def ask_all(
 async def parallel(
     core: RouterCore, request: pb.ParallelGenerateTextRequest, call: CallContext
 ) -> pb.ParallelGenerateTextResponse:
-    answers = await ask_all(core, request.models, request.prompt, request.parameters, call)
+    answers = await ask_all(core, request.models, request.prompt, request.config, call)
     return pb.ParallelGenerateTextResponse(answers=answers, usage=_total(a.response.usage for a in answers))
 
 
@@ -164,7 +156,7 @@ async def ensemble(
     core: RouterCore, request: pb.EnsembleGenerateTextRequest, call: CallContext
 ) -> pb.EnsembleGenerateTextResponse:
     """Every model's answer, and the one the strategy picks among those that answered."""
-    answers = await ask_all(core, request.models, request.prompt, request.parameters, call)
+    answers = await ask_all(core, request.models, request.prompt, request.config, call)
     usage = _total(a.response.usage for a in answers)
     answered = [a for a in answers if a.WhichOneof("outcome") == "response"]
     failed = [a for a in answers if a.WhichOneof("outcome") == "error"]
@@ -232,7 +224,7 @@ async def _consensus(
 ) -> tuple[pb.ModelAnswer, str]:
     """The answer closest in meaning to the others: highest mean cosine similarity of its
     embedding to theirs."""
-    embed = inference_pb.EmbedRequest(
+    embed = messages.EmbedRequest(
         model=request.embedding_model or AUTO,
         inputs=[a.response.text.strip() or " " for a in answered],  # an input may not be empty
     )
@@ -265,7 +257,7 @@ async def _judged(
     none."""
     numbered = "\n".join(f"{n}. {a.response.text.strip()}" for n, a in enumerate(answered, start=1))
     prompt = JUDGE_PROMPT.format(question=request.prompt, answers=numbered)
-    judge = inference_pb.GenerateTextRequest(model=request.judge_model, prompt=prompt, max_tokens=JUDGE_MAX_TOKENS)
+    judge = text_request(request.judge_model, prompt, options.GenerationConfig(max_tokens=JUDGE_MAX_TOKENS))
     verdict = (await _generate(core, judge, call)).reply
     _add(usage, verdict.usage)
     choice = judge_choice(verdict.text, len(answered))

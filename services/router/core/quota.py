@@ -58,11 +58,13 @@ class Admission:
     def clamp(self, request: Message) -> None:
         """Lower `max_tokens` to the tokens the caller has left (a request leaving it unset
         is taken to ask for UNSET_MAX_TOKENS)."""
-        if self.remaining is None or "max_tokens" not in request.DESCRIPTOR.fields_by_name:
+        # Generation requests say it in their config; image descriptions on their own.
+        target = request.config if "config" in request.DESCRIPTOR.fields_by_name else request
+        if self.remaining is None or "max_tokens" not in target.DESCRIPTOR.fields_by_name:
             return
-        asked = request.max_tokens if request.HasField("max_tokens") else UNSET_MAX_TOKENS
+        asked = target.max_tokens if target.HasField("max_tokens") else UNSET_MAX_TOKENS
         if self.remaining < asked:
-            request.max_tokens = max(1, self.remaining)
+            target.max_tokens = max(1, self.remaining)
 
     async def charge(self, model: str, usage: Message) -> None:
         """A unary answer's tokens."""

@@ -34,6 +34,12 @@ class Prepared:
     timeout: float
 
 
+def _max_tokens(request: Message) -> int:
+    """The most tokens a request asks for (0: the backend's default, or not generation)."""
+    target = request.config if "config" in request.DESCRIPTOR.fields_by_name else request  # DescribeImage: its own
+    return getattr(target, "max_tokens", 0)
+
+
 class RouterCore:
     def __init__(
         self,
@@ -95,30 +101,31 @@ class RouterCore:
                 reason="BACKEND_COOLING",
                 backend=route.backend,
             )
+        asked = _max_tokens(request)
         limit = route.max_output_tokens
-        if limit and getattr(request, "max_tokens", 0) > limit:
+        if limit and asked > limit:
             raise InvalidArgument(
-                f"max_tokens {request.max_tokens} is above {route.model}'s limit of {limit} output tokens",
+                f"max_tokens {asked} is above {route.model}'s limit of {limit} output tokens",
                 reason="MAX_TOKENS_TOO_LARGE",
                 model=route.model,
-                max_tokens=request.max_tokens,
+                max_tokens=asked,
                 limit=limit,
             )
         window = route.context_window_tokens
-        if window and getattr(request, "max_tokens", 0) >= window:
+        if window and asked >= window:
             # Certain without a tokenizer: a prompt is at least one token. The backend,
             # which has the tokenizer, checks the prompt itself (CONTEXT_LENGTH_EXCEEDED).
             raise InvalidArgument(
-                f"max_tokens {request.max_tokens} leaves no room for a prompt in {route.model}'s context window "
-                f"of {window} tokens",
+                f"max_tokens {asked} leaves no room for a prompt in {route.model}'s context window of {window} tokens",
                 reason=CONTEXT_TOO_LONG,
                 model=route.model,
-                max_tokens=request.max_tokens,
+                max_tokens=asked,
                 context_length=window,
             )
         outgoing = type(request)()
         outgoing.CopyFrom(request)
         outgoing.model = route.backend_model
+        outgoing.ClearField("routing")  # the router's alone: what is left is the backend's message
         remaining = call.time_remaining()
         return Prepared(outgoing, route, remaining if remaining is not None else self.default_timeout)
 

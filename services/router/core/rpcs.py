@@ -1,5 +1,7 @@
 """The backend contract's data-plane calls, by name: what each needs of a model and
-what it answers with."""
+what it answers with. The router holds its own messages (router_messages.proto), which
+are the backend's field for field plus routing and the stream error: a request goes to
+a backend as it is (routing cleared), a reply comes back parsed as the router's type."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import enum
 
 from google.protobuf.message import Message
 
-from infermesh.inference.v1 import inference_service_pb2 as pb
+from infermesh.router.v1 import router_messages_pb2 as pb
 
 
 class Rpc(enum.Enum):
@@ -19,4 +21,4 @@ class Rpc(enum.Enum):
     def __init__(self, method: str, capability: str, reply_type: type[Message]) -> None:
         self.method = method  # the contract's method name (its unary form)
         self.capability = capability  # what a model needs to answer it
-        self.reply_type = reply_type
+        self.reply_type = reply_type  # the router's message the backend's reply parses as

@@ -18,7 +18,7 @@ const definition = protoLoader.loadSync(["infermesh/router/v1/router_service.pro
 });
 const infermesh = grpc.loadPackageDefinition(definition).infermesh;
 const router = new infermesh.router.v1.RouterService(address, grpc.credentials.createInsecure());
-const request = { model: "gemma-3-270m", prompt: "The capital of France is", max_tokens: 8 };
+const request = { model: "gemma-3-270m", prompt: "The capital of France is", config: { max_tokens: 8 } };
 
 const cases = {
   services: async () => ({ methods: Object.keys(infermesh.router.v1.RouterService.service).sort() }),
@@ -36,7 +36,7 @@ const cases = {
     }),
   bad_request: () =>
     new Promise((resolve) =>
-      router.GenerateText({ ...request, temperature: 5 }, (error) =>
+      router.GenerateText({ ...request, config: { ...request.config, temperature: 5 } }, (error) =>
         resolve({ code: error?.code, details: error?.details }),
       ),
     ),

@@ -19,10 +19,10 @@ import openai
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as registry_pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
+from infermesh.router.v1 import router_messages_pb2 as router_messages
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from launcher.mesh import Mesh
 from support.polling import eventually
@@ -64,7 +64,7 @@ def test_requests_without_credentials_are_refused_over_rest_and_grpc(secured):
     assert "credentials are required" in refused.json()["message"]
     with grpc.insecure_channel(front) as channel:
         with pytest.raises(grpc.RpcError) as error:
-            router_grpc.RouterServiceStub(channel).Embed(inference_pb.EmbedRequest(**EMBED), timeout=30)
+            router_grpc.RouterServiceStub(channel).Embed(router_messages.EmbedRequest(**EMBED), timeout=30)
         assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
         # Health checks need none (configurable).
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
@@ -180,7 +180,9 @@ def test_model_loads_and_unloads_are_audited_with_who_asked_and_how_they_ended(s
     front, admin = secured
 
     def run(verb: str) -> dict:
-        reply = httpx.post(f"http://{front}/v1/models/{MINILM}:{verb}", json={}, headers=bearer(admin), timeout=60)
+        reply = httpx.post(
+            f"http://{front}/v1/backend/models/{MINILM}:{verb}", json={}, headers=bearer(admin), timeout=60
+        )
         assert reply.status_code == 200, reply.text
         url = f"http://{front}/v1/{reply.json()['name']}"
         return eventually(
@@ -192,7 +194,9 @@ def test_model_loads_and_unloads_are_audited_with_who_asked_and_how_they_ended(s
 
     assert run("unload")["response"]["state"] == "MODEL_STATE_UNLOADED"
     assert run("load")["response"]["state"] == "MODEL_STATE_READY"
-    missing = httpx.post(f"http://{front}/v1/models/no-such-model:load", json={}, headers=bearer(admin), timeout=60)
+    missing = httpx.post(
+        f"http://{front}/v1/backend/models/no-such-model:load", json={}, headers=bearer(admin), timeout=60
+    )
     assert missing.status_code == 404
     log = httpx.get(f"http://{front}/v1/registry/auditEvents", headers=bearer(admin)).json()["audit_events"]
     lifecycle = [

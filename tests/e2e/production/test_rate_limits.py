@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from infermesh.inference.v1 import inference_service_pb2 as inference_pb
+from infermesh.router.v1 import router_messages_pb2 as router_messages
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 
 from .config import GEMMA, LIMITS, MINILM, ProductionMesh
@@ -52,7 +52,7 @@ def issue(front: str, admin: str, key_id: str) -> str:
 
 
 def generate(front: str, secret: str, max_tokens: int) -> httpx.Response:
-    body = {"model": GEMMA, "prompt": COUNTING, "max_tokens": max_tokens, "temperature": 0}
+    body = {"model": GEMMA, "prompt": COUNTING, "config": {"max_tokens": max_tokens, "temperature": 0}}
     return httpx.post(f"http://{front}/v1/generate-text", json=body, headers=bearer(secret), timeout=120)
 
 
@@ -86,7 +86,7 @@ def test_requests_per_minute_hold_across_two_gateway_replicas(gateways):
     with grpc.insecure_channel(fronts[1]) as channel:
         with pytest.raises(grpc.RpcError) as error:
             router_grpc.RouterServiceStub(channel).Embed(
-                inference_pb.EmbedRequest(model=MINILM, inputs=["hi"]),
+                router_messages.EmbedRequest(model=MINILM, inputs=["hi"]),
                 metadata=list(bearer(key).items()),
                 timeout=30,
             )
@@ -117,7 +117,7 @@ def sse_events(reply: httpx.Response) -> list[dict]:
 def test_concurrent_streams_are_cut_when_they_spend_the_quota_together(gateways):
     fronts, secrets = gateways
     key = secrets["streams"]  # 100 tokens a minute; each stream alone would take 100
-    body = {"model": GEMMA, "prompt": COUNTING, "max_tokens": 200, "temperature": 0}
+    body = {"model": GEMMA, "prompt": COUNTING, "config": {"max_tokens": 200, "temperature": 0}}
     results: dict[int, list[dict]] = {}
 
     def stream(index: int) -> None:
@@ -145,7 +145,7 @@ def test_concurrent_streams_are_cut_when_they_spend_the_quota_together(gateways)
 def test_a_concurrency_slot_is_held_while_a_call_runs_and_returned_when_it_ends(gateways):
     fronts, secrets = gateways
     key = secrets["single"]  # one call at a time
-    body = {"model": GEMMA, "prompt": COUNTING, "max_tokens": 48, "temperature": 0}
+    body = {"model": GEMMA, "prompt": COUNTING, "config": {"max_tokens": 48, "temperature": 0}}
     url = f"http://{fronts[0]}/v1/generate-text:stream"
     with httpx.stream("POST", url, json=body, headers=bearer(key), timeout=120) as running:
         assert running.status_code == 200

@@ -61,7 +61,7 @@ def test_one_request_is_one_trace_from_envoy_to_the_model(traced):
     trace_id = bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
     caller_span = "00f067aa0ba902b7"
     headers = {"traceparent": f"00-{trace_id.hex()}-{caller_span}-01", **credentials}
-    body = {"model": GEMMA, "prompt": PROMPT, "max_tokens": 4, "temperature": 0}
+    body = {"model": GEMMA, "prompt": PROMPT, "config": {"max_tokens": 4, "temperature": 0}}
     reply = httpx.post(f"{base}/v1/generate-text", json=body, headers=headers, timeout=120)
     assert reply.status_code == 200, reply.text
 
