@@ -1,7 +1,7 @@
 """OpenTelemetry tracing: on only when an OTLP endpoint is configured (OTEL_* variables).
 
-The gRPC interceptors make a span for every call (health checks and the xDS stream
-excepted) and carry W3C trace context from call to call; `annotate` adds attributes to the
+The server interceptors make a span for every call (health checks and the xDS stream
+excepted) and the client interceptor carries W3C trace context from call to call; `annotate` adds attributes to the
 current call's span and `past_span` records a span after the fact (a queue wait, a batch),
 both no-ops when tracing is off."""
 
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import grpc
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.util.types import AttributeValue
 
 _tracer = trace.get_tracer("infermesh")
@@ -63,13 +63,33 @@ def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
     return [aio_server_interceptor(filter_=filters.negate(untraced))]
 
 
+class _CarryTraceContext(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    """Carries the caller's trace context (W3C traceparent) on an outgoing call, so the
+    callee's spans join the trace. Not OpenTelemetry's aio client interceptors: theirs
+    await a unary call's status inside the interceptor, where cancelling the caller ends
+    the wait but not the call (a cancelled batch went on generating for nobody). The
+    callee's server span and Envoy's mesh span already time the call."""
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        return await continuation(_with_trace_context(client_call_details), request)
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):
+        return await continuation(_with_trace_context(client_call_details), request)
+
+
+def _with_trace_context(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    if not carrier:
+        return details
+    return details._replace(metadata=grpc.aio.Metadata(*tuple(details.metadata or ()), *carrier.items()))
+
+
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     """Interceptors that propagate W3C trace context on outgoing calls, when tracing is on."""
     if not tracing_enabled():
         return []
-    from opentelemetry.instrumentation.grpc import aio_client_interceptors
-
-    return list(aio_client_interceptors())
+    return [_CarryTraceContext()]
 
 
 def annotate(attributes: Mapping[str, AttributeValue]) -> None:
