@@ -31,21 +31,26 @@ def test_buf_lint_reports_nothing():
 INTERNAL = {"RegistryService.AuthenticateApiKey", "RegistryService.RecordAuditEvent"}
 
 
-def test_every_rpc_has_an_http_rule_and_the_seed_paths_exist():
+def http_rules():
+    """(package, service, method, google.api.http rule) for every RPC of the mesh's own protos."""
     files = descriptor_pb2.FileDescriptorSet.FromString(IMAGE.read_bytes())
-    posts = set()
     for file in files.file:
         if not file.package.startswith("infermesh."):
             continue
         for service in file.service:
             for method in service.method:
                 options = descriptor_pb2.MethodOptions.FromString(method.options.SerializeToString())
-                rule = options.Extensions[annotations_pb2.http]
-                if f"{service.name}.{method.name}" in INTERNAL:
-                    assert not rule.WhichOneof("pattern"), f"{method.name} is internal: no REST binding"
-                    continue
-                assert rule.WhichOneof("pattern"), f"{service.name}.{method.name} has no google.api.http"
-                posts.add(rule.post)
+                yield file.package, service.name, method.name, options.Extensions[annotations_pb2.http]
+
+
+def test_every_rpc_has_an_http_rule_and_the_seed_paths_exist():
+    posts = set()
+    for _, service, method, rule in http_rules():
+        if f"{service}.{method}" in INTERNAL:
+            assert not rule.WhichOneof("pattern"), f"{method} is internal: no REST binding"
+            continue
+        assert rule.WhichOneof("pattern"), f"{service}.{method} has no google.api.http"
+        posts.add(rule.post)
     assert {"/v1/generate-text", "/v1/describe-image", "/v1/embed", "/v1/chat/completions"} <= posts
 
 
@@ -140,22 +145,15 @@ def test_backend_messages_carry_no_router_fields():
 
 
 def test_no_rest_path_is_bound_twice():
-    files = descriptor_pb2.FileDescriptorSet.FromString(IMAGE.read_bytes())
     bound: dict[tuple[str, str], str] = {}
-    for file in files.file:
-        if not file.package.startswith("infermesh."):
+    for package, service, method, rule in http_rules():
+        verb = rule.WhichOneof("pattern")
+        if verb is None:
             continue
-        for service in file.service:
-            for method in service.method:
-                options = descriptor_pb2.MethodOptions.FromString(method.options.SerializeToString())
-                rule = options.Extensions[annotations_pb2.http]
-                verb = rule.WhichOneof("pattern")
-                if verb is None:
-                    continue
-                key = (verb, getattr(rule, verb))
-                where = f"{file.package}.{service.name}.{method.name}"
-                assert key not in bound, f"{key} is bound by both {bound[key]} and {where}"
-                bound[key] = where
+        key = (verb, getattr(rule, verb))
+        where = f"{package}.{service}.{method}"
+        assert key not in bound, f"{key} is bound by both {bound[key]} and {where}"
+        bound[key] = where
     # The inference server's model lifecycle is under /v1/backend/ with its other
     # operator paths; /v1/models is the OpenAI surface's alone.
     lifecycle = {k[1] for k, v in bound.items() if ".ModelService." in v}
