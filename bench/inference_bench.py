@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from machine import cpu_name  # noqa: E402  (bench/ is this script's own folder)
 from raw_http import Connection  # noqa: E402  (from tests/, put on the path above)
+from stats import percentile  # noqa: E402
 
 PROMPTS = [
     "Write a long story about a lighthouse keeper named",
@@ -49,11 +50,6 @@ class Run:
     @property
     def rate(self) -> float:
         return self.tokens / self.seconds
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 async def concurrently(n: int, one: Callable[[int], Awaitable[tuple[int, float]]]) -> Run:

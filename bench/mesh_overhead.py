@@ -31,6 +31,9 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from machine import cpu_name  # noqa: E402  (bench/ is this script's own folder)
+from stats import percentile  # noqa: E402
+
 from infermesh.inference.v1 import generation_options_pb2 as options  # noqa: E402
 from infermesh.inference.v1 import inference_service_pb2 as inference_pb  # noqa: E402
 from infermesh.inference.v1 import inference_service_pb2_grpc as inference_grpc  # noqa: E402
@@ -72,11 +75,6 @@ async def timed(call: Call) -> float:
     started = time.perf_counter()
     await call()
     return time.perf_counter() - started
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def sequential(direct: Call, front: Call, n: int) -> tuple[list[float], list[float]]:
@@ -144,7 +142,7 @@ def main() -> None:
     from launcher.mesh import Mesh
     from support.meshes import mesh_settings
 
-    print(f"machine: {os.cpu_count()} CPUs; the mesh as `make run` starts it (one inference server)")
+    print(f"machine: {os.cpu_count()} CPUs ({cpu_name()}); the mesh as `make run` starts it (one inference server)")
     for auth in {"on": [True], "off": [False], "both": [True, False]}[args.auth]:
         settings = mesh_settings(auth=auth)
         with tempfile.TemporaryDirectory() as logs:

@@ -7,7 +7,6 @@ and health-based routing apply to service-to-service traffic too.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -47,17 +46,12 @@ class EnvoyBackendClient:
         }
 
     async def call(self, rpc: Rpc, request: Message, backend: str, timeout: float) -> Message:
-        call = self._unary[rpc](request, metadata=[(BACKEND_HEADER, backend)], timeout=timeout)
+        # A caller that goes away (a cancelled batch, a client that hung up) cancels the
+        # call, so the backend stops too (telemetry.py's interceptor keeps that true).
         try:
-            return await call
+            return await self._unary[rpc](request, metadata=[(BACKEND_HEADER, backend)], timeout=timeout)
         except grpc.aio.AioRpcError as error:
             raise BackendError(status_of(error)) from None
-        except asyncio.CancelledError:
-            # Our caller went away (a cancelled batch, a client that hung up): the backend
-            # must stop too. With client interceptors (tracing on), cancelling the task that
-            # awaits the call does not cancel the call itself.
-            call.cancel()
-            raise
 
     async def stream(self, rpc: Rpc, request: Message, backend: str, timeout: float) -> AsyncIterator[Message]:
         """The backend's stream; if our caller goes away first, the backend call is

@@ -31,6 +31,7 @@ from google.protobuf.message import Message
 from services.limits.config import CONCURRENT, REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE
 from services.limits.limiter import Decision, Descriptor, RateLimiter, refusal
 from services.router.core.resolvers import model_id
+from services.router.core.rpcs import token_limit
 from services.runtime.errors import ResourceExhausted
 from services.runtime.identity import Caller
 
@@ -58,9 +59,8 @@ class Admission:
     def clamp(self, request: Message) -> None:
         """Lower `max_tokens` to the tokens the caller has left (a request leaving it unset
         is taken to ask for UNSET_MAX_TOKENS)."""
-        # Generation requests say it in their config; image descriptions on their own.
-        target = request.config if "config" in request.DESCRIPTOR.fields_by_name else request
-        if self.remaining is None or "max_tokens" not in target.DESCRIPTOR.fields_by_name:
+        target = token_limit(request)
+        if self.remaining is None or target is None:
             return
         asked = target.max_tokens if target.HasField("max_tokens") else UNSET_MAX_TOKENS
         if self.remaining < asked:

@@ -19,7 +19,7 @@ from services.router.core.load import ModelLoad
 from services.router.core.metering import Metering
 from services.router.core.quota import Quotas
 from services.router.core.resolvers import Resolver, Route, candidates
-from services.router.core.rpcs import Rpc
+from services.router.core.rpcs import Rpc, token_limit
 from services.runtime.errors import InvalidArgument, Unavailable
 
 CONTEXT_TOO_LONG = "CONTEXT_LENGTH_EXCEEDED"
@@ -32,12 +32,6 @@ class Prepared:
     outgoing: Message
     route: Route
     timeout: float
-
-
-def _max_tokens(request: Message) -> int:
-    """The most tokens a request asks for (0: the backend's default, or not generation)."""
-    target = request.config if "config" in request.DESCRIPTOR.fields_by_name else request  # DescribeImage: its own
-    return getattr(target, "max_tokens", 0)
 
 
 class RouterCore:
@@ -101,7 +95,8 @@ class RouterCore:
                 reason="BACKEND_COOLING",
                 backend=route.backend,
             )
-        asked = _max_tokens(request)
+        limit_holder = token_limit(request)
+        asked = limit_holder.max_tokens if limit_holder is not None else 0  # 0: the backend's default
         limit = route.max_output_tokens
         if limit and asked > limit:
             raise InvalidArgument(

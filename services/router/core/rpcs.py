@@ -22,3 +22,10 @@ class Rpc(enum.Enum):
         self.method = method  # the contract's method name (its unary form)
         self.capability = capability  # what a model needs to answer it
         self.reply_type = reply_type  # the router's message the backend's reply parses as
+
+
+def token_limit(request: Message) -> Message | None:
+    """The message that holds a request's `max_tokens`: a generation's config, an image
+    description's request itself; None for a call that generates nothing (Embed)."""
+    holder = request.config if "config" in request.DESCRIPTOR.fields_by_name else request
+    return holder if "max_tokens" in holder.DESCRIPTOR.fields_by_name else None
