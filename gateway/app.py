@@ -36,7 +36,10 @@ class GatewayApp(Application):
         if self.catalog is None:
             raise ValueError("the gateway needs a catalog: set CONSUL_HTTP_ADDR, CATALOG_DIR or CATALOG_FILE")
         limits = Limits(settings.max_requests_per_backend, settings.max_pending_per_backend)
-        self.xds = XdsServer(self.catalog, limits)
+        rate_limits = settings.limit_config()
+        # Envoy asks the rate limit service only about limits some caller has: none
+        # configured (make run's default), no call at all.
+        self.xds = XdsServer(self.catalog, limits, rate_limits.caller_kinds())
         # API keys are checked with a registry from the catalog, directly: Envoy's routes come from us.
         self.registry = RegistryClient(self.catalog)
         keys = ApiKeys(self.registry.authenticate, settings.auth_cache_seconds)
@@ -50,7 +53,7 @@ class GatewayApp(Application):
             self.oidc = OidcVerifier(config)
         tokens = jwt_checker(self.oidc) if self.oidc is not None else None
         self.authorizer = Authorizer(keys, tokens, settings.auth_public_health, settings.auth_public_reflection)
-        self.limiter = open_limiter(settings.limit_config(), settings.rate_limit_redis_url or None)
+        self.limiter = open_limiter(rate_limits, settings.rate_limit_redis_url or None)
 
     def registrations(self) -> list[Registration]:
         return [

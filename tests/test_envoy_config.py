@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from gateway import envoy_config
+from services.limits.config import LimitConfig, parse_limits
 from services.runtime.catalog import EmbeddedCatalog, ServiceInstance
 from services.runtime.telemetry import otlp_endpoint
 from support.paths import BIN, ROOT
@@ -143,6 +144,31 @@ def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
     assert limited(routes[-1]) == ["requests_per_minute", "tokens_per_minute"]
     caller = routes[-1]["route"]["rate_limits"][0]["actions"][1]["request_headers"]
     assert caller == {"header_name": "x-infermesh-principal", "descriptor_key": "api_key"}
+
+
+def test_the_front_door_asks_the_rate_limit_service_only_about_limits_some_caller_has():
+    """Each descriptor is a call from Envoy to the gateway on every request: with no
+    per-caller limit configured (make run's default) no route sends any, so Envoy never
+    calls the rate limit service; with only requests per minute, only that is asked."""
+
+    def kinds(config: LimitConfig) -> set[str]:
+        routes = envoy_config.route_configs(catalog(), config.caller_kinds())["front_door"]
+        return {
+            action["generic_key"]["descriptor_value"]
+            for route in routes["virtual_hosts"][0]["routes"]
+            for policy in route["route"].get("rate_limits", [])
+            for action in policy["actions"][:1]
+        }
+
+    assert kinds(parse_limits({})) == set()
+    # Limits on models and concurrency are the router's to count: nothing for Envoy to ask.
+    assert (
+        kinds(parse_limits({"models": {"gemma-3-270m": {"tokens_per_minute": 10}}, "default": {"concurrent": 2}}))
+        == set()
+    )
+    assert kinds(parse_limits({"keys": {"batch": {"requests_per_minute": 5}}})) == {"requests_per_minute"}
+    everything = parse_limits({"default": {"requests_per_minute": 5, "tokens_per_minute": 100}})
+    assert kinds(everything) == {"requests_per_minute", "tokens_per_minute"}
 
 
 OPENAI_PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/models/gemma-3-270m"]

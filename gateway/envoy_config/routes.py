@@ -5,6 +5,7 @@ mesh listener's (the router's calls to each backend and pool, by header, with re
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from typing import Any
 
 from gateway.envoy_config.clusters import backends, pools
@@ -14,6 +15,7 @@ from services.limits.config import OPENAI_SURFACE, REQUESTS_PER_MINUTE, SURFACE_
 from services.runtime.catalog import BACKEND_HEADER, POOL_KINDS, Catalog, ServiceInstance
 from services.runtime.identity import PRINCIPAL_HEADER
 
+CALLER_KINDS = frozenset({REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE})  # what Envoy can count per caller
 REGISTRY_PREFIX = "/infermesh.registry.v1.RegistryService/"
 VECTOR_PREFIX = "/infermesh.vector.v1.VectorService/"
 REFLECTION_PREFIX = "/grpc.reflection."
@@ -97,20 +99,23 @@ def _registry_routes(registries: list[ServiceInstance]) -> list[dict[str, Any]]:
     return [{"match": {"prefix": REGISTRY_PREFIX}, "route": {"cluster": registries[0].name, "timeout": "0s"}}]
 
 
-def _rate_limits(route: dict[str, Any]) -> list[dict[str, Any]]:
+def _rate_limits(route: dict[str, Any], limited: Collection[str]) -> list[dict[str, Any]]:
     """The descriptors Envoy's rate limit filter sends for a front-door route: the
     caller's requests per minute everywhere but reflection, and, on the router's routes
     (where tokens are spent), whether the caller has tokens left this minute. Per-model
     limits, concurrency and the tokens themselves are the router's to count: Envoy
     cannot read a model from a request body, nor see when a request ends. On the OpenAI
     routes each descriptor also says so (`surface: openai`, counted by nothing), and the
-    rate limit service answers a refusal in OpenAI's shape."""
+    rate limit service answers a refusal in OpenAI's shape. Only the kinds in `limited`
+    (those some caller has a limit of) are asked about: with none, Envoy makes no call to
+    the rate limit service at all."""
     prefix = route["match"].get("prefix", "")
     if prefix.startswith(REFLECTION_PREFIX):
         return []
     kinds = [REQUESTS_PER_MINUTE]
     if route["route"]["cluster"] == "router":
         kinds.append(TOKENS_PER_MINUTE)
+    kinds = [kind for kind in kinds if kind in limited]
     openai = route.get("name") in (OPENAI_ROUTE, OPENAI_REST_ROUTE)
     surface = {"generic_key": {"descriptor_key": SURFACE_KEY, "descriptor_value": OPENAI_SURFACE}}
     return [
@@ -126,10 +131,12 @@ def _rate_limits(route: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def route_configs(catalog: Catalog) -> dict[str, dict[str, Any]]:
+def route_configs(catalog: Catalog, rate_limited: Collection[str] = CALLER_KINDS) -> dict[str, dict[str, Any]]:
     """The two listeners' routes: the front door's (lifecycle and registry routes, the
     OpenAI surface's, then everything else to the router) and the mesh listener's (each
-    backend and pool by header)."""
+    backend and pool by header). `rate_limited`: the kinds of per-caller limit the
+    front door asks the rate limit service about (all, unless the gateway knows which
+    are configured)."""
     config = load("front_door.yaml")
     front = copy.deepcopy(connection_manager(listener(config, "front_door"))["route_config"])
     front["virtual_hosts"][0]["routes"][:0] = [
@@ -140,7 +147,7 @@ def route_configs(catalog: Catalog) -> dict[str, dict[str, Any]]:
     routes = front["virtual_hosts"][0]["routes"]
     routes[-1:-1] = openai_routes(routes[-1])
     for route in routes:
-        if limits := _rate_limits(route):
+        if limits := _rate_limits(route, rate_limited):
             route["route"]["rate_limits"] = limits
     mesh = copy.deepcopy(connection_manager(listener(config, "mesh"))["route_config"])
     pooled = sorted(pools(catalog).items())

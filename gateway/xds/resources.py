@@ -6,6 +6,7 @@ whether anything changed."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass
 
 # Extension types that appear in typed_config fields, imported so json_format knows them.
@@ -32,13 +33,18 @@ class Snapshot:
     resources: Resources
 
 
-def resources(instances: list[ServiceInstance], limits: envoy_config.Limits | None = None) -> Resources:
-    """Envoy's clusters and routes for these instances, by type URL and name."""
+def resources(
+    instances: list[ServiceInstance],
+    limits: envoy_config.Limits | None = None,
+    rate_limited: Collection[str] = envoy_config.CALLER_KINDS,
+) -> Resources:
+    """Envoy's clusters and routes for these instances, by type URL and name (the front
+    door asks the rate limit service about the `rate_limited` kinds of limit)."""
     catalog = EmbeddedCatalog.of(instances)
     packed: Resources = {CLUSTER: {}, ROUTE: {}}
     for spec in envoy_config.clusters(catalog, limits):
         packed[CLUSTER][spec["name"]] = _pack(json_format.ParseDict(spec, cluster_pb2.Cluster()))
-    for name, spec in envoy_config.route_configs(catalog).items():
+    for name, spec in envoy_config.route_configs(catalog, rate_limited).items():
         packed[ROUTE][name] = _pack(json_format.ParseDict(spec, route_pb2.RouteConfiguration()))
     return packed
 

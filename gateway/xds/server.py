@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -45,9 +45,15 @@ class _Stream:
 
 
 class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    def __init__(self, catalog: Catalog, limits: envoy_config.Limits | None = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        limits: envoy_config.Limits | None = None,
+        rate_limited: Collection[str] = envoy_config.CALLER_KINDS,
+    ) -> None:
         self._catalog = catalog
         self._limits = limits
+        self._rate_limited = rate_limited
         self._versions = itertools.count(1)
         self._nonces = itertools.count(1)
         self.current = Snapshot("0", {CLUSTER: {}, ROUTE: {}})
@@ -74,7 +80,7 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             await asyncio.gather(self._follower, return_exceptions=True)
 
     async def _update(self, instances: list[ServiceInstance]) -> None:
-        candidate = resources(instances, self._limits)
+        candidate = resources(instances, self._limits, self._rate_limited)
         fingerprint = digest(candidate)
         if fingerprint == self._digest:
             return

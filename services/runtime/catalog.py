@@ -31,6 +31,7 @@ import yaml
 # mesh call is for.
 BACKEND_HEADER = "x-infermesh-backend"
 POLL_SECONDS = 0.25
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when PyYAML has it
 # Kinds whose replicas form per-model pools in Envoy: the router names the pool
 # (`inference/gemma-3-270m`) and Envoy balances among the replicas with that model ready.
 POOL_KINDS = ("inference",)
@@ -108,6 +109,7 @@ class EmbeddedCatalog:
     def __init__(self, directory: Path | None = None, fixed: Iterable[ServiceInstance] = ()) -> None:
         self._directory = directory
         self._fixed = list(fixed)
+        self._parsed: dict[Path, tuple[tuple[int, int, int], dict]] = {}  # path: (signature, entry)
         self._view: list[ServiceInstance] = self._read()
         self._changed: asyncio.Condition | None = None  # made on the loop that uses it
         self._follower: asyncio.Task | None = None
@@ -121,14 +123,31 @@ class EmbeddedCatalog:
     def _read(self) -> list[ServiceInstance]:
         found = {s.name: s for s in self._fixed}
         if self._directory is not None and self._directory.is_dir():
+            seen: dict[Path, tuple[tuple[int, int, int], dict]] = {}
             for path in sorted(self._directory.glob("*.yaml")):
-                with contextlib.suppress(OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
-                    item = yaml.safe_load(path.read_text())
+                with contextlib.suppress(OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError):
+                    item = self._parse(path, seen)
                     if not _alive(item.get("pid")):
                         continue  # killed without deregistering (kill -9): gone
                     instance = ServiceInstance.from_dict(item)
                     found[instance.name] = instance
+            self._parsed = seen
         return list(found.values())
+
+    def _parse(self, path: Path, seen: dict[Path, tuple[tuple[int, int, int], dict]]) -> dict:
+        """A file's entry, parsed again only when the file changed: every process polls
+        the directory 4 times a second, and parsing every file each time cost each of
+        them a steady share of a core (entries are replaced, never edited in place, so
+        a changed entry has a new inode, size or mtime)."""
+        stat = path.stat()
+        signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        cached = self._parsed.get(path)
+        if cached is not None and cached[0] == signature:
+            item = cached[1]
+        else:
+            item = yaml.load(path.read_text(), Loader=_LOADER)
+        seen[path] = (signature, item)
+        return item
 
     async def start(self) -> None:
         self._changed = asyncio.Condition()
