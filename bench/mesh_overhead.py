@@ -48,8 +48,8 @@ SENTENCE = "The quick brown fox jumps over the lazy dog."
 # inference server itself), and what each adds.
 HOPS = {
     "envoy": "Envoy's mesh listener (router -> backend hop)",
-    "router": "the router (its Python path, with that Envoy hop)",
-    "front door": "the front door (Envoy, authorization, rate limits)",
+    "router": "the router (its own hop: its server, its Python path, its client)",
+    "front door": "the front door (Envoy, ext_authz, rate limits when set)",
 }
 Call = Callable[[], Awaitable[object]]
 
