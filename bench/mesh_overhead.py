@@ -191,7 +191,7 @@ async def measure(
             print("    where it goes (p50 of each path minus the path it wraps):")
             for inner, outer in itertools.pairwise(took):
                 extra = (statistics.median(took[outer]) - statistics.median(took[inner])) * 1000
-                print(f"      {HOPS[outer]:<52} {extra:6.2f} ms")
+                print(f"      {HOPS[outer]:<66} {extra:6.2f} ms")
             direct_cpu, mesh_cpu = CpuMeter(processes), CpuMeter(processes)
             direct16 = await throughput(paths["direct"], 16, seconds, direct_cpu)
             mesh16 = await throughput(paths["front door"], 16, seconds, mesh_cpu)
