@@ -48,8 +48,8 @@ SENTENCE = "The quick brown fox jumps over the lazy dog."
 # inference server itself), and what each adds.
 HOPS = {
     "envoy": "Envoy's mesh listener (router -> backend hop)",
-    "router": "the router (its own hop: its server, its Python path, its client)",
-    "front door": "the front door (Envoy, ext_authz, rate limits when set)",
+    "router": "the router (its own hop; with auth on, its check)",
+    "front door": "the front door (Envoy)",
 }
 Call = Callable[[], Awaitable[object]]
 
@@ -77,13 +77,13 @@ def calls(channels: dict[str, grpc.aio.Channel], key: str | None) -> dict[str, d
         "Embed": {
             "direct": lambda: backend.Embed(embed),
             "envoy": lambda: pooled.Embed(embed, metadata=pool(embed.model)),
-            "router": lambda: router.Embed(routed_embed, metadata=[("cache-control", "no-cache")]),
+            "router": lambda: router.Embed(routed_embed, metadata=metadata),
             "front door": lambda: front.Embed(routed_embed, metadata=metadata),
         },
         "GenerateText (1 token)": {
             "direct": lambda: backend.GenerateText(generate),
             "envoy": lambda: pooled.GenerateText(generate, metadata=pool(generate.model)),
-            "router": lambda: router.GenerateText(routed_generate, metadata=[("cache-control", "no-cache")]),
+            "router": lambda: router.GenerateText(routed_generate, metadata=metadata),
             "front door": lambda: front.GenerateText(routed_generate, metadata=metadata),
         },
     }
@@ -191,7 +191,7 @@ async def measure(
             print("    where it goes (p50 of each path minus the path it wraps):")
             for inner, outer in itertools.pairwise(took):
                 extra = (statistics.median(took[outer]) - statistics.median(took[inner])) * 1000
-                print(f"      {HOPS[outer]:<66} {extra:6.2f} ms")
+                print(f"      {HOPS[outer]:<52} {extra:6.2f} ms")
             direct_cpu, mesh_cpu = CpuMeter(processes), CpuMeter(processes)
             direct16 = await throughput(paths["direct"], 16, seconds, direct_cpu)
             mesh16 = await throughput(paths["front door"], 16, seconds, mesh_cpu)

@@ -11,9 +11,6 @@ from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from gateway.authz.api_keys import ApiKeys
-from gateway.authz.oidc import OidcConfig, OidcVerifier, jwt_checker
-from gateway.authz.policy import Authorizer
 from gateway.authz.servicer import AuthorizationServicer
 from gateway.envoy_config import Limits
 from gateway.ratelimit.servicer import RateLimitServicer
@@ -42,17 +39,7 @@ class GatewayApp(Application):
         self.xds = XdsServer(self.catalog, limits, rate_limits.caller_kinds())
         # API keys are checked with a registry from the catalog, directly: Envoy's routes come from us.
         self.registry = RegistryClient(self.catalog)
-        keys = ApiKeys(self.registry.authenticate, settings.auth_cache_seconds)
-        self.oidc = None
-        if settings.oidc_issuer:
-            config = OidcConfig(
-                issuer=settings.oidc_issuer,
-                audience=[a.strip() for a in settings.oidc_audience.split(",") if a.strip()],
-                jwks_uri=settings.oidc_jwks,
-            )
-            self.oidc = OidcVerifier(config)
-        tokens = jwt_checker(self.oidc) if self.oidc is not None else None
-        self.authorizer = Authorizer(keys, tokens, settings.auth_public_health, settings.auth_public_reflection)
+        self.authorizer, self.oidc = settings.authorizer(self.registry.authenticate)
         self.limiter = open_limiter(rate_limits, settings.rate_limit_redis_url or None)
 
     def registrations(self) -> list[Registration]:

@@ -99,7 +99,16 @@ class Mesh:
             "vector", "services.vector", s.vector_port, s.vector_metrics_port, DATA_DIR=data_dir, **vector_dir
         )
         mesh_address = f"{s.host}:{s.mesh_port}"
-        self._service("router", "services.router", s.router_port, s.router_metrics_port, MESH_ADDRESS=mesh_address)
+        # With authorization on, the router checks the calls Envoy routes to it itself
+        # (Envoy's ext_authz covers the other routes): one round trip less per call.
+        self._service(
+            "router",
+            "services.router",
+            s.router_port,
+            s.router_metrics_port,
+            MESH_ADDRESS=mesh_address,
+            AUTHORIZE_CALLS=str(s.auth).lower(),
+        )
         for name in s.providers:
             metrics_port = getattr(s, f"{name}_metrics_port")
             self._service(name, "services.providers", self._provider_port(name), metrics_port, PROVIDER=name)

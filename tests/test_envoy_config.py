@@ -119,37 +119,49 @@ def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
     # Model lifecycle goes to the inference server, the registry API to the registry
     # (with no route timeout: a watch lasts as long as its client); everything else to the router.
     assert routes[0]["match"]["prefix"] == "/infermesh.inference.v1.ModelService/"
-    assert {r["route"]["cluster"] for r in routes[:-5]} == {"inference-0"}
-    assert routes[-5]["match"] == {"prefix": "/infermesh.registry.v1.RegistryService/"}
-    assert routes[-5]["route"]["cluster"] == "registry" and routes[-5]["route"]["timeout"] == "0s"
+    assert {r["route"]["cluster"] for r in routes[:-6]} == {"inference-0"}
+    assert routes[-6]["match"] == {"prefix": "/infermesh.registry.v1.RegistryService/"}
+    assert routes[-6]["route"]["cluster"] == "registry" and routes[-6]["route"]["timeout"] == "0s"
     # Reflection (a bidirectional stream) skips the whole-body buffer, which would wait forever.
-    assert routes[-4]["match"] == {"prefix": "/grpc.reflection."} and routes[-4]["route"]["cluster"] == "router"
-    assert routes[-4]["typed_per_filter_config"]["envoy.filters.http.buffer"]["disabled"] is True
+    assert routes[-5]["match"] == {"prefix": "/grpc.reflection."} and routes[-5]["route"]["cluster"] == "router"
+    assert routes[-5]["typed_per_filter_config"]["envoy.filters.http.buffer"]["disabled"] is True
+    assert routes[-4]["match"] == {"prefix": "/grpc.health.v1.Health/"} and routes[-4]["route"]["cluster"] == "router"
     # The OpenAI surface's two routes go where everything else does (see the OpenAI test below).
     assert [r["name"] for r in routes[-3:-1]] == ["openai-rest", "openai"]
-    assert all(r["route"] == {**routes[-1]["route"], "rate_limits": r["route"]["rate_limits"]} for r in routes[-3:])
+    assert all(r["route"] == routes[-1]["route"] for r in routes[-3:])
     assert routes[-1]["match"] == {"prefix": "/"} and routes[-1]["route"]["cluster"] == "router"
     # Streams outlive Envoy's 15 s default route timeout.
     assert routes[-1]["route"]["timeout"] == "0s"
 
-    # Rate limits: the caller's requests per minute on every route but reflection, and on
-    # the router's (where tokens are spent) whether the caller has tokens left.
+    # Who checks a call: the router its own (services/router/authorization.py), so Envoy
+    # skips ext_authz there and removes the identity headers a client might send; ext_authz
+    # everything else, health checks and reflection to the router included.
+    def ext_authz_off(route: dict) -> bool:
+        config = route.get("typed_per_filter_config", {}).get("envoy.filters.http.ext_authz", {})
+        return config.get("disabled") is True
+
+    assert [ext_authz_off(r) for r in routes[-6:]] == [False, False, False, True, True, True]
+    assert not any(ext_authz_off(r) for r in routes[:-6])
+    identity = ["x-infermesh-principal", "x-infermesh-role", "x-infermesh-models"]
+    assert all(r["request_headers_to_remove"] == identity for r in routes[-3:])
+
+    # Rate limits: the caller's requests per minute where ext_authz names the caller (the
+    # router counts its own callers'), none on health checks and reflection.
     def limited(route: dict) -> list[str]:
         return [
             policy["actions"][0]["generic_key"]["descriptor_value"] for policy in route["route"].get("rate_limits", [])
         ]
 
-    assert limited(routes[-5]) == ["requests_per_minute"] and limited(routes[0]) == ["requests_per_minute"]
-    assert limited(routes[-4]) == []
-    assert limited(routes[-1]) == ["requests_per_minute", "tokens_per_minute"]
-    caller = routes[-1]["route"]["rate_limits"][0]["actions"][1]["request_headers"]
+    assert limited(routes[-6]) == ["requests_per_minute"] and limited(routes[0]) == ["requests_per_minute"]
+    assert [limited(r) for r in routes[-5:]] == [[]] * 5
+    caller = routes[-6]["route"]["rate_limits"][0]["actions"][1]["request_headers"]
     assert caller == {"header_name": "x-infermesh-principal", "descriptor_key": "api_key"}
 
 
 def test_the_front_door_asks_the_rate_limit_service_only_about_limits_some_caller_has():
     """Each descriptor is a call from Envoy to the gateway on every request: with no
-    per-caller limit configured (make run's default) no route sends any, so Envoy never
-    calls the rate limit service; with only requests per minute, only that is asked."""
+    per-caller requests-per-minute limit configured (make run's default) no route sends
+    any, so Envoy never calls the rate limit service."""
 
     def kinds(config: LimitConfig) -> set[str]:
         routes = envoy_config.route_configs(catalog(), config.caller_kinds())["front_door"]
@@ -166,9 +178,8 @@ def test_the_front_door_asks_the_rate_limit_service_only_about_limits_some_calle
         kinds(parse_limits({"models": {"gemma-3-270m": {"tokens_per_minute": 10}}, "default": {"concurrent": 2}}))
         == set()
     )
+    assert kinds(parse_limits({"default": {"tokens_per_minute": 100}})) == set()  # the router's to count
     assert kinds(parse_limits({"keys": {"batch": {"requests_per_minute": 5}}})) == {"requests_per_minute"}
-    everything = parse_limits({"default": {"requests_per_minute": 5, "tokens_per_minute": 100}})
-    assert kinds(everything) == {"requests_per_minute", "tokens_per_minute"}
 
 
 OPENAI_PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/models/gemma-3-270m"]
@@ -202,10 +213,9 @@ def test_the_openai_paths_answer_errors_in_openais_shape_and_other_routes_are_un
         "prefix": "/infermesh.openai.v1.OpenAIService/",
         "headers": [{"name": "x-envoy-original-path", "present_match": True}],
     }
-    # Their rate limit descriptors say so, for the limiter to answer in OpenAI's shape.
-    for route in routes:
-        marked = [a for d in route["route"].get("rate_limits", []) for a in d["actions"] if "surface" in str(a)]
-        assert bool(marked) == (route in on), route["match"]
+    # The router checks their calls and counts their callers' requests (and answers its
+    # refusals there in OpenAI's shape): no rate limit descriptors, no ext_authz.
+    assert all("rate_limits" not in route["route"] for route in on)
     # Envoy's own replies there are OpenAI-shaped, except refusals the gateway shaped already.
     mappers = manager["local_reply_config"]["mappers"]
     assert "body_format_override" not in mappers[0]

@@ -1,4 +1,4 @@
-"""The gateway's authorization: Envoy's ext_authz service (servicer.py) checks every
-front-door request's credentials — API keys with the registry (api_keys.py), OIDC JWTs
-against the issuer's keys (oidc.py, jwks.py) — applies the policy by gRPC method
-(policy.py) and names the caller to the services behind it in headers."""
+"""The gateway's authorization: Envoy's ext_authz service (servicer.py) checks the
+credentials of front-door requests to every service but the router (which checks its own
+calls), with the shared policy and credential checks (services/authz/), and names the
+caller to the service behind it in headers."""

@@ -19,8 +19,9 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 from prometheus_client import Counter
 
-from gateway.authz.policy import Authorizer, Denied, Principal
-from services.runtime.identity import ADMIN, HEADERS, USER, Caller
+from services.authz.callers import caller_of
+from services.authz.policy import Authorizer, Denied, Principal
+from services.runtime.identity import HEADERS
 from services.runtime.openai_errors import SHAPED_METADATA_KEY, is_openai_rest_call, openai_error
 
 DECISIONS = Counter(
@@ -46,10 +47,7 @@ class AuthorizationServicer(authz_grpc.AuthorizationServicer):
 
 
 def _allowed(principal: Principal | None) -> authz_pb.CheckResponse:
-    identity = {}
-    if principal is not None:
-        role = ADMIN if ADMIN in principal.roles else USER
-        identity = Caller(principal.subject, role, frozenset(principal.models) or None).headers()
+    identity = caller_of(principal).headers() if principal is not None else {}
     return authz_pb.CheckResponse(
         status=status_pb2.Status(code=code_pb2.OK),
         ok_response=authz_pb.OkHttpResponse(
@@ -70,7 +68,7 @@ def _denied(denied: Denied, openai: bool = False) -> authz_pb.CheckResponse:
     """The refusal Envoy answers with: google.rpc.Status JSON, or on the OpenAI paths
     OpenAI's error shape, marked in the filter's dynamic metadata so that the front
     door's local reply mappers leave it as it is."""
-    status = status_pb2.Status(code=denied.code, message=denied.message)
+    status = denied.status()
     body = json.dumps(
         openai_error(status)[1] if openai else {"code": denied.code, "message": denied.message, "details": []}
     )
@@ -83,13 +81,9 @@ def _denied(denied: Denied, openai: bool = False) -> authz_pb.CheckResponse:
         denied_response=authz_pb.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=denied.http_status),
             headers=[
-                base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="content-type", value="application/json"))
-            ]
-            + (
-                [base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="www-authenticate", value="Bearer"))]
-                if denied.http_status == 401
-                else []
-            ),
+                base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value))
+                for key, value in {"content-type": "application/json", **denied.headers}.items()
+            ],
             body=body,
         ),
     )

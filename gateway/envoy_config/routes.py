@@ -9,16 +9,18 @@ from collections.abc import Collection
 from typing import Any
 
 from gateway.envoy_config.clusters import backends, pools
-from gateway.envoy_config.openai import OPENAI_REST_ROUTE, OPENAI_ROUTE, openai_routes
+from gateway.envoy_config.openai import openai_routes
 from gateway.envoy_config.templates import connection_manager, listener, load
-from services.limits.config import OPENAI_SURFACE, REQUESTS_PER_MINUTE, SURFACE_KEY, TOKENS_PER_MINUTE
+from services.limits.config import REQUESTS_PER_MINUTE
 from services.runtime.catalog import BACKEND_HEADER, POOL_KINDS, Catalog, ServiceInstance
+from services.runtime.identity import HEADERS as IDENTITY_HEADERS
 from services.runtime.identity import PRINCIPAL_HEADER
 
-CALLER_KINDS = frozenset({REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE})  # what Envoy can count per caller
+CALLER_KINDS = frozenset({REQUESTS_PER_MINUTE})  # what Envoy can count per caller
 REGISTRY_PREFIX = "/infermesh.registry.v1.RegistryService/"
 VECTOR_PREFIX = "/infermesh.vector.v1.VectorService/"
 REFLECTION_PREFIX = "/grpc.reflection."
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
 def _backend_route(cluster: str, kind: str) -> dict[str, Any]:
@@ -100,35 +102,44 @@ def _registry_routes(registries: list[ServiceInstance]) -> list[dict[str, Any]]:
 
 
 def _rate_limits(route: dict[str, Any], limited: Collection[str]) -> list[dict[str, Any]]:
-    """The descriptors Envoy's rate limit filter sends for a front-door route: the
-    caller's requests per minute everywhere but reflection, and, on the router's routes
-    (where tokens are spent), whether the caller has tokens left this minute. Per-model
-    limits, concurrency and the tokens themselves are the router's to count: Envoy
-    cannot read a model from a request body, nor see when a request ends. On the OpenAI
-    routes each descriptor also says so (`surface: openai`, counted by nothing), and the
-    rate limit service answers a refusal in OpenAI's shape. Only the kinds in `limited`
-    (those some caller has a limit of) are asked about: with none, Envoy makes no call to
-    the rate limit service at all."""
+    """The descriptors Envoy's rate limit filter sends for a front-door route whose calls
+    ext_authz checks (the registry's, the vector service's, model lifecycle): the
+    caller's requests per minute, when some caller has such a limit (`limited`; with
+    none, Envoy makes no call to the rate limit service at all). The router counts its
+    own callers' requests, and per-model limits, concurrency and tokens: Envoy cannot
+    read a model from a request body, nor see when a request ends."""
     prefix = route["match"].get("prefix", "")
-    if prefix.startswith(REFLECTION_PREFIX):
+    if prefix.startswith((REFLECTION_PREFIX, HEALTH_PREFIX)) or REQUESTS_PER_MINUTE not in limited:
         return []
-    kinds = [REQUESTS_PER_MINUTE]
-    if route["route"]["cluster"] == "router":
-        kinds.append(TOKENS_PER_MINUTE)
-    kinds = [kind for kind in kinds if kind in limited]
-    openai = route.get("name") in (OPENAI_ROUTE, OPENAI_REST_ROUTE)
-    surface = {"generic_key": {"descriptor_key": SURFACE_KEY, "descriptor_value": OPENAI_SURFACE}}
     return [
         {
             "actions": [
-                {"generic_key": {"descriptor_key": "kind", "descriptor_value": kind}},
+                {"generic_key": {"descriptor_key": "kind", "descriptor_value": REQUESTS_PER_MINUTE}},
                 # No principal (auth off, or a public route): no descriptor, no limit.
                 {"request_headers": {"header_name": PRINCIPAL_HEADER, "descriptor_key": "api_key"}},
-                *([copy.deepcopy(surface)] if openai else []),
             ]
         }
-        for kind in kinds
     ]
+
+
+def _checked_by_the_router(route: dict[str, Any]) -> bool:
+    """Whether the router checks this route's calls itself (services/router/authorization.py):
+    every route to it but health checks and reflection, which ext_authz keeps (their being
+    public is the gateway's setting, and Envoy's own health checks reach the router directly)."""
+    prefix = route["match"].get("prefix", "")
+    return route["route"]["cluster"] == "router" and not prefix.startswith((REFLECTION_PREFIX, HEALTH_PREFIX))
+
+
+def _skip_ext_authz(route: dict[str, Any]) -> None:
+    """No ext_authz call and no rate limit call on a route whose service checks its own
+    calls (and counts its callers' requests): a Python round trip less per call. The
+    identity headers go, as ext_authz would remove them: a client cannot claim to be
+    someone (the router trusts them only on calls without credentials, from inside the mesh)."""
+    route.setdefault("typed_per_filter_config", {})["envoy.filters.http.ext_authz"] = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+        "disabled": True,
+    }
+    route["request_headers_to_remove"] = list(IDENTITY_HEADERS)
 
 
 def route_configs(catalog: Catalog, rate_limited: Collection[str] = CALLER_KINDS) -> dict[str, dict[str, Any]]:
@@ -147,7 +158,9 @@ def route_configs(catalog: Catalog, rate_limited: Collection[str] = CALLER_KINDS
     routes = front["virtual_hosts"][0]["routes"]
     routes[-1:-1] = openai_routes(routes[-1])
     for route in routes:
-        if limits := _rate_limits(route, rate_limited):
+        if _checked_by_the_router(route):
+            _skip_ext_authz(route)
+        elif limits := _rate_limits(route, rate_limited):
             route["route"]["rate_limits"] = limits
     mesh = copy.deepcopy(connection_manager(listener(config, "mesh"))["route_config"])
     pooled = sorted(pools(catalog).items())

@@ -32,7 +32,7 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf import duration_pb2, json_format
 
 from services.limits.config import OPENAI_SURFACE, SURFACE_KEY
-from services.limits.limiter import LEASE_HEADER, Decision, Descriptor, RateLimiter, refusal
+from services.limits.limiter import LEASE_HEADER, Decision, Descriptor, RateLimiter, limit_headers, refusal
 from services.runtime.openai_errors import openai_error
 
 
@@ -68,14 +68,8 @@ def response(decision: Decision, unit: int, window_seconds: float, openai: bool 
             item.limit_remaining = min(status.remaining or 0, 2**32 - 1)
         if status.reset_seconds is not None:
             item.duration_until_reset.CopyFrom(_duration(status.reset_seconds))
-    headers: dict[str, str] = {}
     binding = decision.binding
-    if binding is not None:
-        headers["x-infermesh-ratelimit"] = binding.kind or ""
-        headers["x-ratelimit-limit"] = str(binding.limit)
-        headers["x-ratelimit-remaining"] = str(binding.remaining)
-        if binding.reset_seconds is not None:
-            headers["x-ratelimit-reset"] = str(math.ceil(binding.reset_seconds))
+    headers = limit_headers(binding) if binding is not None else {}
     if not decision.allowed and binding is not None:
         error = refusal(binding, window_seconds)
         headers["retry-after"] = str(error.retry_after)

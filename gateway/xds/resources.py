@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 # Extension types that appear in typed_config fields, imported so json_format knows them.
 import envoy.extensions.filters.http.buffer.v3.buffer_pb2  # noqa: F401
+import envoy.extensions.filters.http.ext_authz.v3.ext_authz_pb2  # noqa: F401
 import envoy.extensions.filters.http.lua.v3.lua_pb2  # noqa: F401
 import envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2  # noqa: F401
 import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F401

@@ -66,10 +66,17 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         first = asyncio.get_running_loop().create_future()
 
         async def follow() -> None:
-            async for instances in self._catalog.watch():
-                await self._update(instances)
+            try:
+                async for instances in self._catalog.watch():
+                    await self._update(instances)
+                    if not first.done():
+                        first.set_result(None)
+            except Exception as error:
+                # A snapshot that cannot be built fails the start, instead of a gateway
+                # waiting for a first snapshot that never comes.
                 if not first.done():
-                    first.set_result(None)
+                    first.set_exception(error)
+                raise
 
         self._follower = asyncio.create_task(follow(), name="xds-catalog-follower")
         await first

@@ -509,8 +509,22 @@ def open_limiter(config: LimitConfig, redis_url: str | None, prefix: str = DEFAU
     return RateLimiter(config, RedisStore(redis_url) if redis_url else MemoryStore(), prefix)
 
 
+def limit_headers(status: Status) -> dict[str, str]:
+    """The response headers that tell a caller about a limit: which one
+    (`x-infermesh-ratelimit`), its size, what is left and when it resets."""
+    headers = {
+        "x-infermesh-ratelimit": status.kind or "",
+        "x-ratelimit-limit": str(status.limit),
+        "x-ratelimit-remaining": str(status.remaining),
+    }
+    if status.reset_seconds is not None:
+        headers["x-ratelimit-reset"] = str(math.ceil(status.reset_seconds))
+    return headers
+
+
 def refusal(status: Status, window_seconds: float) -> ResourceExhausted:
-    """The error for a limit that refused: which limit, for whom, and when to come back."""
+    """The error for a limit that refused: which limit, for whom, and when to come back
+    (also as response headers)."""
     retry_after = max(1, math.ceil(status.retry_after_seconds or 1))
     scope = f"{status.api_key} on {status.model}" if status.model else status.api_key
     per = "at once" if status.kind == CONCURRENT else f"per {window_seconds:g} s"
@@ -518,6 +532,7 @@ def refusal(status: Status, window_seconds: float) -> ResourceExhausted:
         f"rate limit exceeded: {status.kind} for {scope} is {status.limit} {per}; retry after {retry_after} s",
         reason="RATE_LIMIT_EXCEEDED",
         retry_after=retry_after,
+        headers=limit_headers(status),
         limit=status.kind,
         api_key=status.api_key,
         model=status.model,

@@ -16,7 +16,10 @@ from infermesh.router.v1 import router_service_pb2 as router_pb
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from infermesh.router.v1 import usage_service_pb2 as usage_pb
 from infermesh.router.v1 import usage_service_pb2_grpc as usage_grpc
+from services.authz.callers import CallerCheck
+from services.authz.oidc import OidcVerifier
 from services.limits.limiter import open_limiter
+from services.router.authorization import Authorization
 from services.router.backend_client import EnvoyBackendClient
 from services.router.core.budget import RetryBudget
 from services.router.core.cache import ResponseCache
@@ -31,6 +34,7 @@ from services.router.registry_feed import RegistryFeed
 from services.router.servicer import RouterServicer
 from services.router.settings import RouterSettings
 from services.router.usage_servicer import UsageServicer
+from services.runtime.registry_client import RegistryClient
 from services.runtime.server import Application, Registration, mark_serving, open_catalog_from
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,7 @@ class RouterApp(Application):
         if self.catalog is None:
             raise ValueError("the router needs a catalog: set CONSUL_HTTP_ADDR, CATALOG_DIR or CATALOG_FILE")
         limits = settings.limit_config()
+        limiter = open_limiter(limits, settings.rate_limit_redis_url or None) if limits.limited else None
         self.client = EnvoyBackendClient(settings.mesh_address)
         self.cooldown = Cooldown(settings.cooldown_failures, settings.cooldown_seconds)
         # Until a registry shows up in the catalog, the catalog's model lists route.
@@ -66,13 +71,21 @@ class RouterApp(Application):
             cache=ResponseCache(settings.cache_max_entries, settings.cache_ttl_seconds, settings.cache_redis_url),
             budget=RetryBudget(settings.retry_budget_tokens, settings.retry_budget_token_ratio),
             metering=Metering(settings.usage_retention_hours * 3600),
-            quotas=Quotas(open_limiter(limits, settings.rate_limit_redis_url or None) if limits.limited else None),
+            quotas=Quotas(limiter),
             fallback_after_seconds=settings.fallback_after_seconds,
             embed_coalesce_in_flight=settings.embed_coalesce_in_flight,
             replicas=self._replicas,
         )
         self._feed: RegistryFeed | None = None
         self._readiness: asyncio.Task | None = None
+        # With AUTHORIZE_CALLS the router checks its own calls' credentials (authorization.py);
+        # API keys with a registry from the catalog, directly, as the gateway does.
+        self.registry: RegistryClient | None = None
+        self.oidc: OidcVerifier | None = None
+        if settings.authorize_calls:
+            self.registry = RegistryClient(self.catalog)
+            authorizer, self.oidc = settings.authorizer(self.registry.authenticate)
+            self.interceptors = (Authorization(CallerCheck(authorizer, limiter)),)
 
     def _replicas(self, model: str) -> int:
         return sum(1 for s in self.catalog.instances() if s.kind != "router" and model in s.models)
@@ -123,4 +136,8 @@ class RouterApp(Application):
         if self._feed is not None:
             await self._feed.close()
         await self.core.close()
+        if self.oidc is not None:
+            await self.oidc.aclose()
+        if self.registry is not None:
+            await self.registry.close()
         await self.catalog.close()

@@ -4,6 +4,7 @@ and the core's answers told back as response headers."""
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 
 import grpc
 
@@ -11,6 +12,8 @@ from services.router.core.calls import Announce, CallContext
 from services.router.core.failover import Answer
 from services.runtime.identity import Caller
 
+# The caller the router's own check established (authorization.py), for the call's task.
+CALLER: ContextVar[Caller | None] = ContextVar("caller", default=None)
 # `cache-control: no-cache` (an HTTP header, or gRPC metadata) asks for a fresh answer.
 OPT_OUT = {"no-cache", "no-store"}
 
@@ -23,7 +26,10 @@ def call_context(context: grpc.aio.ServicerContext) -> CallContext:
     )
     remaining = context.time_remaining()
     deadline = time.monotonic() + remaining if remaining is not None else None
-    return CallContext(Caller.from_headers(metadata), opt_out, deadline)
+    # The caller the router's own check established (authorization.py), else the one the
+    # gateway named in headers (anonymous with authorization off).
+    caller = CALLER.get() or Caller.from_headers(metadata)
+    return CallContext(caller, opt_out, deadline)
 
 
 def announcer(context: grpc.aio.ServicerContext) -> Announce:

@@ -31,6 +31,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
 from infermesh.openai.v1 import openai_service_pb2_grpc as pb_grpc
+from services.authz.policy import Denied
 from services.router import openai_replies as reply
 from services.router import openai_schema as oa
 from services.router.calls import announcer, call_context
@@ -49,7 +50,7 @@ from services.runtime.openai_errors import (
 )
 
 log = logging.getLogger(__name__)
-FAILURES = (grpc.aio.AioRpcError, DomainError, protovalidate.ValidationError)
+FAILURES = (grpc.aio.AioRpcError, DomainError, protovalidate.ValidationError, Denied)
 
 
 def json_body(payload: dict[str, Any]) -> httpbody_pb2.HttpBody:
@@ -64,6 +65,8 @@ def sse(payload: dict[str, Any] | str) -> httpbody_pb2.HttpBody:
 def _status(error: BaseException) -> status_pb2.Status:
     if isinstance(error, protovalidate.ValidationError):
         return validation_status(error)
+    if isinstance(error, Denied):
+        return error.status()
     return status_of(error)
 
 
@@ -85,8 +88,19 @@ async def _error_reply(context, error: Exception) -> httpbody_pb2.HttpBody:
     headers = [(HTTP_STATUS_HEADER, str(http_status))]
     if (wait := retry_after_seconds(status)) is not None:
         headers.append((RETRY_AFTER_HEADER, str(wait)))
+    if isinstance(error, DomainError | Denied):
+        headers.extend(error.headers.items())
     await context.send_initial_metadata(headers)
     return json_body(body)
+
+
+async def refusal_reply(context, error: Exception) -> httpbody_pb2.HttpBody | None:
+    """A call refused before it reached this servicer (services/router/authorization.py),
+    answered in OpenAI's shape when it came in on an OpenAI REST path; None for a gRPC
+    client calling the service itself, which gets a gRPC error."""
+    if not _transcoded(context):
+        return None
+    return await _error_reply(context, error)
 
 
 async def _answered(context, bodies: AsyncIterator[httpbody_pb2.HttpBody]) -> AsyncIterator[httpbody_pb2.HttpBody]:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from services.authz.settings import AuthSettings
 from services.limits.config import RateLimitSettings
 from services.runtime.settings import ServiceSettings
 
 
-class RouterSettings(ServiceSettings, RateLimitSettings):
+class RouterSettings(ServiceSettings, RateLimitSettings, AuthSettings):
+    authorize_calls: bool = Field(
+        False,
+        description="Check the credentials of the calls the front door passes on (its routes to the router skip "
+        "Envoy's ext_authz, so the router checks them, with the gateway's policy and AUTH_*/OIDC_* settings); "
+        "make run sets it when authorization is on.",
+    )
     mesh_address: str = Field(
         "127.0.0.1:15001", description="Envoy's service-to-service listener; every backend call goes through it."
     )

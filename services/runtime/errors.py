@@ -7,6 +7,8 @@ named in the message.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -28,12 +30,22 @@ class DomainError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, message: str, *, reason: str, retry_after: float | None = None, **metadata: object) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        **metadata: object,
+    ) -> None:
         message = _clip(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
         self.reason = reason
         self.retry_after = retry_after
+        # Response headers that go with the error (REST clients see them as HTTP headers).
+        self.headers = dict(headers or {})
         self.metadata = {key: _clip(str(value), MAX_VALUE_CHARS) for key, value in metadata.items()}
 
     @property

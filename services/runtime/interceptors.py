@@ -102,7 +102,8 @@ def validation_status(error: protovalidate.ValidationError) -> status_pb2.Status
     return status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=details)
 
 
-async def _fail(method: str, context: grpc.aio.ServicerContext, exc: Exception) -> None:
+async def abort_with_status(method: str, context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    """End the call with the status `exc` stands for (see ErrorInterceptor)."""
     if isinstance(exc, grpc.aio.AioRpcError):
         # An upstream service's error passes through with its code and rich details.
         details = tuple((k, v) for k, v in exc.trailing_metadata() or () if k == STATUS_DETAILS_KEY)
@@ -120,6 +121,8 @@ async def _fail(method: str, context: grpc.aio.ServicerContext, exc: Exception) 
         # HTTP's Retry-After too (Envoy passes it to REST clients): a retry loop that
         # knows nothing of google.rpc.RetryInfo still waits long enough.
         trailers += (("retry-after", str(max(1, math.ceil(exc.retry_after)))),)
+    if isinstance(exc, DomainError):
+        trailers += tuple(exc.headers.items())
     await context.abort(grpc_status.code, grpc_status.details, trailing_metadata=trailers)
 
 
@@ -180,8 +183,8 @@ class ErrorInterceptor(WrappingInterceptor):
                 return await behavior(request, context)
             except grpc.aio.AbortError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - mapped to a status in _fail()
-                await _fail(method, context, exc)
+            except Exception as exc:  # noqa: BLE001 - mapped to a status in abort_with_status()
+                await abort_with_status(method, context, exc)
 
         return wrapped
 
@@ -193,8 +196,8 @@ class ErrorInterceptor(WrappingInterceptor):
                     yield item
             except grpc.aio.AbortError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - mapped to a status in _fail()
-                await _fail(method, context, exc)
+            except Exception as exc:  # noqa: BLE001 - mapped to a status in abort_with_status()
+                await abort_with_status(method, context, exc)
 
         return wrapped
 

@@ -65,6 +65,9 @@ class Application(abc.ABC):
     # The catalog this application reads, if any: the kit registers the instance in it
     # rather than opening a second one.
     catalog: Catalog | None = None
+    # Server interceptors of the application's own, run after the kit's metrics and
+    # before its validation and error mapping (so they answer their own refusals).
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
 
     @property
     def kind(self) -> str:
@@ -148,7 +151,7 @@ class BoundServer:
 
 async def create_server(settings: ServiceSettings, app: Application) -> BoundServer:
     """Build the server with all registrations, health (NOT_SERVING) and reflection, and bind it."""
-    interceptors = [*server_interceptors(), MetricsInterceptor(), ErrorInterceptor()]
+    interceptors = [*server_interceptors(), MetricsInterceptor(), *app.interceptors, ErrorInterceptor()]
     server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -14,11 +14,11 @@ from envoy.service.auth.v3 import external_auth_pb2 as authz_pb
 from envoy.service.auth.v3 import external_auth_pb2_grpc as authz_grpc
 from google.rpc import code_pb2
 
-from gateway.authz.api_keys import ApiKeys
-from gateway.authz.policy import ADMIN_METHODS, Authorizer
 from gateway.authz.servicer import AuthorizationServicer
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as pb
+from services.authz.api_keys import ApiKeys
+from services.authz.policy import ADMIN_METHODS, Authorizer
 from support.databases import database
 from support.polling import eventually_async
 from support.services import registry_server

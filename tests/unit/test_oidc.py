@@ -24,7 +24,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.authz.oidc import InvalidToken, JwksUnavailable, OidcConfig, OidcVerifier
+from services.authz.oidc import InvalidToken, JwksUnavailable, OidcConfig, OidcVerifier
 from support.ports import free_port
 
 ISSUER = "https://idp.example.test/realms/infermesh"

@@ -25,6 +25,7 @@ from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
 from infermesh.router.v1 import router_messages_pb2 as router_messages
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from launcher.mesh import Mesh
+from support.metrics import metric
 from support.polling import eventually
 
 from .config import AUDIENCE, ISSUER, MINILM, SIGNING_KEY, ProductionMesh
@@ -113,6 +114,32 @@ def test_a_revoked_key_stops_working_within_a_second(secured):
     assert time.monotonic() - revoked_at <= 1.2
     refused = httpx.post(f"http://{front}/v1/embed", json=EMBED, headers=bearer(user))
     assert refused.status_code == 401 and "revoked" in refused.json()["message"]
+
+
+def test_the_router_checks_its_own_calls_with_no_round_trip_to_the_gateway(auth_mesh):
+    """Issue 19: Envoy's ext_authz is off on the routes to the router, which checks the
+    calls itself (services/router/authorization.py); the gateway still decides the other
+    routes. A client's identity headers never reach the router: without credentials they
+    claim nothing."""
+    mesh, admin = auth_mesh
+    front = f"127.0.0.1:{mesh.settings.front_door_port}"
+
+    def decisions() -> float:
+        return metric(mesh.settings.gateway_metrics_port, "infermesh_authz_decisions_total")
+
+    before = decisions()
+    # (Models lists: MiniLM's embeddings are limited to 3 a minute per caller here.)
+    for _ in range(5):
+        assert httpx.get(f"http://{front}/v1/models", headers=bearer(admin)).status_code == 200
+    assert MINILM in {m.id for m in sdk(front, admin).models.list()}
+    assert decisions() == before  # none of the six asked the gateway
+    assert httpx.get(f"http://{front}/v1/registry/models", headers=bearer(admin)).status_code == 200
+    assert decisions() == before + 1
+    claimed = {"x-infermesh-principal": "apiKeys/admin", "x-infermesh-role": "admin", "x-infermesh-models": "*"}
+    spoofed = httpx.post(f"http://{front}/v1/embed", json=EMBED, headers=claimed)
+    assert spoofed.status_code == 401 and spoofed.headers["www-authenticate"] == "Bearer"
+    # Unauthenticated callers learn nothing of the API: 401 before the body is validated.
+    assert httpx.post(f"http://{front}/v1/embed", json={"model": ""}).status_code == 401
 
 
 def sdk(front: str, secret: str) -> openai.OpenAI:

@@ -35,11 +35,22 @@ def attributes(span) -> dict[str, object]:
     return values
 
 
-def wait_for_trace(receiver: TraceCollector, trace_id: bytes, services: set[str], timeout: float = 15) -> list:
-    """The trace's spans, once every one of `services` has exported its part."""
+def wait_for_trace(
+    receiver: TraceCollector, trace_id: bytes, services: set[str], caller_span: bytes | None = None, timeout: float = 15
+) -> list:
+    """The trace's spans, once every one of `services` has exported its part (and, given
+    the caller's span, once every span's parent has arrived too: processes export in
+    batches, so a child can come before its parent)."""
+
+    def complete(spans: list) -> bool:
+        if not services <= {service for service, _ in spans}:
+            return False
+        ids = {span.span_id for _, span in spans} | {caller_span}
+        return caller_span is None or all(span.parent_span_id in ids for _, span in spans)
+
     return eventually(
         lambda: receiver.trace(trace_id),
-        until=lambda spans: services <= {service for service, _ in spans},
+        until=complete,
         timeout=timeout,
         interval=0.2,
         what=f"spans of {sorted(services)} in trace {trace_id.hex()}",
@@ -66,7 +77,7 @@ def test_one_request_is_one_trace_from_envoy_to_the_model(traced):
     assert reply.status_code == 200, reply.text
 
     services = {"envoy-front-door", "router", "envoy-mesh", "inference"}
-    spans = wait_for_trace(receiver, trace_id, services)
+    spans = wait_for_trace(receiver, trace_id, services, bytes.fromhex(caller_span))
     assert services <= {service for service, _ in spans}, sorted({s for s, _ in spans})
     by_id = {span.span_id: (service, span) for service, span in spans}
     # Every span's parent is in the trace, up to the caller's span.

@@ -22,7 +22,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 if TYPE_CHECKING:
-    from gateway.authz.oidc import OidcConfig
+    from services.authz.oidc import OidcConfig
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from google.rpc import code_pb2
+from google.rpc import code_pb2, status_pb2
 
 from services.runtime.identity import ADMIN, USER
 
 if TYPE_CHECKING:
-    from gateway.authz.api_keys import ApiKeys
+    from services.authz.api_keys import ApiKeys
 
 # Methods only an admin may call; every other infermesh method needs a user (or admin).
 ADMIN_METHODS = {
@@ -58,6 +58,15 @@ class Denied(Exception):
     def __init__(self, http_status: int, code: int, message: str) -> None:
         super().__init__(message)
         self.http_status, self.code, self.message = http_status, code, message
+
+    def status(self) -> status_pb2.Status:
+        """As google.rpc.Status: the code and message, no details (what REST callers read)."""
+        return status_pb2.Status(code=self.code, message=self.message)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers that go with the refusal: a 401 says how to authenticate."""
+        return {"www-authenticate": "Bearer"} if self.http_status == 401 else {}
 
 
 def unauthenticated(message: str) -> Denied:

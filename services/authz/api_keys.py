@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from gateway.authz.policy import Denied, Principal, unauthenticated
 from infermesh.registry.v1 import registry_resources_pb2 as res
+from services.authz.policy import Denied, Principal, unauthenticated
 from services.runtime.identity import ADMIN, USER
 
 ROLE_NAMES = {res.ApiKey.ROLE_USER: USER, res.ApiKey.ROLE_ADMIN: ADMIN}

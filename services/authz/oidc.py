@@ -22,8 +22,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from google.rpc import code_pb2
 
-from gateway.authz.jwks import InvalidToken, JwksCache, JwksUnavailable
-from gateway.authz.policy import Denied, Principal, unauthenticated
+from services.authz.jwks import InvalidToken, JwksCache, JwksUnavailable
+from services.authz.policy import Denied, Principal, unauthenticated
 
 # Asymmetric algorithms only; never "none" or HS* (see the module docstring).
 SUPPORTED_ALGORITHMS = frozenset(
