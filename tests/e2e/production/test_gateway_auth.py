@@ -142,6 +142,29 @@ def test_the_router_checks_its_own_calls_with_no_round_trip_to_the_gateway(auth_
     assert httpx.post(f"http://{front}/v1/embed", json={"model": ""}).status_code == 401
 
 
+def test_vector_search_embeds_through_the_router_as_its_own_caller(secured):
+    """The vector service's embedding calls carry its caller's identity, with no
+    credentials: the router takes them as calls from inside the mesh, and the caller's
+    model restrictions still apply there."""
+    front, admin = secured
+    _, user = issue(front, admin, ["ROLE_USER"], [])  # fresh: MiniLM allows 3 requests a minute per key here
+    collection = {"distance": "DISTANCE_COSINE", "embedding_model": MINILM}
+    created = httpx.post(
+        f"http://{front}/v1/collections", params={"collection_id": "auth-notes"}, json=collection, headers=bearer(user)
+    )
+    assert created.status_code == 200, created.text
+    points = {"points": [{"id": "1", "text": "the rocket reached orbit"}]}
+    upsert = httpx.post(
+        f"http://{front}/v1/collections/auth-notes/points:upsert", json=points, headers=bearer(user), timeout=60
+    )
+    assert upsert.status_code == 200, upsert.text
+    _, gemma_only = issue(front, admin, ["ROLE_USER"], ["gemma-3-270m"])
+    refused = httpx.post(
+        f"http://{front}/v1/collections/auth-notes:query", json={"text": "space"}, headers=bearer(gemma_only)
+    )
+    assert refused.status_code == 403 and "may not use model" in refused.json()["message"]
+
+
 def sdk(front: str, secret: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"http://{front}/v1", api_key=secret, max_retries=0, timeout=60)
 
