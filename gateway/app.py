@@ -36,7 +36,7 @@ class GatewayApp(Application):
         rate_limits = settings.limit_config()
         # Envoy asks the rate limit service only about limits some caller has: none
         # configured (make run's default), no call at all.
-        self.xds = XdsServer(self.catalog, limits, rate_limits.caller_kinds())
+        self.xds = XdsServer(self.catalog, limits, rate_limits.requests_per_caller)
         # API keys are checked with a registry from the catalog, directly: Envoy's routes come from us.
         self.registry = RegistryClient(self.catalog)
         self.authorizer, self.oidc = settings.authorizer(self.registry.authenticate)

@@ -164,7 +164,7 @@ def test_the_front_door_asks_the_rate_limit_service_only_about_limits_some_calle
     any, so Envoy never calls the rate limit service."""
 
     def kinds(config: LimitConfig) -> set[str]:
-        routes = envoy_config.route_configs(catalog(), config.caller_kinds())["front_door"]
+        routes = envoy_config.route_configs(catalog(), config.requests_per_caller)["front_door"]
         return {
             action["generic_key"]["descriptor_value"]
             for route in routes["virtual_hosts"][0]["routes"]

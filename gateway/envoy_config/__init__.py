@@ -6,10 +6,9 @@ gateway.envoy_config` renders a static bootstrap from a catalog file."""
 
 from gateway.envoy_config.bootstrap import EnvoyPorts, render, render_ads, write
 from gateway.envoy_config.clusters import HEALTH_SERVICES, Limits, clusters
-from gateway.envoy_config.routes import CALLER_KINDS, route_configs
+from gateway.envoy_config.routes import route_configs
 
 __all__ = [
-    "CALLER_KINDS",
     "HEALTH_SERVICES",
     "EnvoyPorts",
     "Limits",

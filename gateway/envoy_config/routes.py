@@ -5,7 +5,6 @@ mesh listener's (the router's calls to each backend and pool, by header, with re
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection
 from typing import Any
 
 from gateway.envoy_config.clusters import backends, pools
@@ -16,7 +15,6 @@ from services.runtime.catalog import BACKEND_HEADER, POOL_KINDS, Catalog, Servic
 from services.runtime.identity import HEADERS as IDENTITY_HEADERS
 from services.runtime.identity import PRINCIPAL_HEADER
 
-CALLER_KINDS = frozenset({REQUESTS_PER_MINUTE})  # what Envoy can count per caller
 REGISTRY_PREFIX = "/infermesh.registry.v1.RegistryService/"
 VECTOR_PREFIX = "/infermesh.vector.v1.VectorService/"
 REFLECTION_PREFIX = "/grpc.reflection."
@@ -101,15 +99,14 @@ def _registry_routes(registries: list[ServiceInstance]) -> list[dict[str, Any]]:
     return [{"match": {"prefix": REGISTRY_PREFIX}, "route": {"cluster": registries[0].name, "timeout": "0s"}}]
 
 
-def _rate_limits(route: dict[str, Any], limited: Collection[str]) -> list[dict[str, Any]]:
+def _rate_limits(route: dict[str, Any]) -> list[dict[str, Any]]:
     """The descriptors Envoy's rate limit filter sends for a front-door route whose calls
     ext_authz checks (the registry's, the vector service's, model lifecycle): the
-    caller's requests per minute, when some caller has such a limit (`limited`; with
-    none, Envoy makes no call to the rate limit service at all). The router counts its
+    caller's requests per minute. The router counts its
     own callers' requests, and per-model limits, concurrency and tokens: Envoy cannot
     read a model from a request body, nor see when a request ends."""
     prefix = route["match"].get("prefix", "")
-    if prefix.startswith((REFLECTION_PREFIX, HEALTH_PREFIX)) or REQUESTS_PER_MINUTE not in limited:
+    if prefix.startswith((REFLECTION_PREFIX, HEALTH_PREFIX)):
         return []
     return [
         {
@@ -142,12 +139,12 @@ def _skip_ext_authz(route: dict[str, Any]) -> None:
     route["request_headers_to_remove"] = list(IDENTITY_HEADERS)
 
 
-def route_configs(catalog: Catalog, rate_limited: Collection[str] = CALLER_KINDS) -> dict[str, dict[str, Any]]:
+def route_configs(catalog: Catalog, count_requests: bool = True) -> dict[str, dict[str, Any]]:
     """The two listeners' routes: the front door's (lifecycle and registry routes, the
     OpenAI surface's, then everything else to the router) and the mesh listener's (each
-    backend and pool by header). `rate_limited`: the kinds of per-caller limit the
-    front door asks the rate limit service about (all, unless the gateway knows which
-    are configured)."""
+    backend and pool by header). `count_requests`: whether the front door asks the rate
+    limit service to count callers' requests (the gateway says no when no caller has a
+    requests-per-minute limit, so Envoy makes no call to it at all)."""
     config = load("front_door.yaml")
     front = copy.deepcopy(connection_manager(listener(config, "front_door"))["route_config"])
     front["virtual_hosts"][0]["routes"][:0] = [
@@ -160,7 +157,7 @@ def route_configs(catalog: Catalog, rate_limited: Collection[str] = CALLER_KINDS
     for route in routes:
         if _checked_by_the_router(route):
             _skip_ext_authz(route)
-        elif limits := _rate_limits(route, rate_limited):
+        elif count_requests and (limits := _rate_limits(route)):
             route["route"]["rate_limits"] = limits
     mesh = copy.deepcopy(connection_manager(listener(config, "mesh"))["route_config"])
     pooled = sorted(pools(catalog).items())

@@ -6,7 +6,6 @@ whether anything changed."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection
 from dataclasses import dataclass
 
 # Extension types that appear in typed_config fields, imported so json_format knows them.
@@ -37,15 +36,15 @@ class Snapshot:
 def resources(
     instances: list[ServiceInstance],
     limits: envoy_config.Limits | None = None,
-    rate_limited: Collection[str] = envoy_config.CALLER_KINDS,
+    count_requests: bool = True,
 ) -> Resources:
-    """Envoy's clusters and routes for these instances, by type URL and name (the front
-    door asks the rate limit service about the `rate_limited` kinds of limit)."""
+    """Envoy's clusters and routes for these instances, by type URL and name (see
+    route_configs for `count_requests`)."""
     catalog = EmbeddedCatalog.of(instances)
     packed: Resources = {CLUSTER: {}, ROUTE: {}}
     for spec in envoy_config.clusters(catalog, limits):
         packed[CLUSTER][spec["name"]] = _pack(json_format.ParseDict(spec, cluster_pb2.Cluster()))
-    for name, spec in envoy_config.route_configs(catalog, rate_limited).items():
+    for name, spec in envoy_config.route_configs(catalog, count_requests).items():
         packed[ROUTE][name] = _pack(json_format.ParseDict(spec, route_pb2.RouteConfiguration()))
     return packed
 

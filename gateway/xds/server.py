@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -49,11 +49,11 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self,
         catalog: Catalog,
         limits: envoy_config.Limits | None = None,
-        rate_limited: Collection[str] = envoy_config.CALLER_KINDS,
+        count_requests: bool = True,
     ) -> None:
         self._catalog = catalog
         self._limits = limits
-        self._rate_limited = rate_limited
+        self._count_requests = count_requests  # whether Envoy asks the rate limit service
         self._versions = itertools.count(1)
         self._nonces = itertools.count(1)
         self.current = Snapshot("0", {CLUSTER: {}, ROUTE: {}})
@@ -87,7 +87,7 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             await asyncio.gather(self._follower, return_exceptions=True)
 
     async def _update(self, instances: list[ServiceInstance]) -> None:
-        candidate = resources(instances, self._limits, self._rate_limited)
+        candidate = resources(instances, self._limits, self._count_requests)
         fingerprint = digest(candidate)
         if fingerprint == self._digest:
             return

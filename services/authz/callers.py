@@ -32,15 +32,14 @@ def caller_of(principal: Principal) -> Caller:
 class CallerCheck:
     def __init__(self, authorizer: Authorizer, limiter: RateLimiter | None = None) -> None:
         self._authorizer = authorizer
-        counted = limiter is not None and REQUESTS_PER_MINUTE in limiter.config.caller_kinds()
-        self._limiter = limiter if counted else None
+        self._limiter = limiter if limiter is not None and limiter.config.requests_per_caller else None
 
     async def caller(self, method: str, headers: Mapping[str, str]) -> Caller:
         """The caller of `method` (a gRPC path); raises policy.Denied (401, 403) or, past
         the caller's requests per minute, RATE_LIMIT_EXCEEDED. `headers` are lowercase."""
         if PRINCIPAL_HEADER in headers and not any(h in headers for h in CREDENTIAL_HEADERS):
             return Caller.from_headers(headers)  # inside the mesh, on a caller's behalf
-        principal = await self._authorizer.decide(method, dict(headers))
+        principal = await self._authorizer.decide(method, headers)
         if principal is None:
             return ANONYMOUS  # a public method
         caller = caller_of(principal)

@@ -12,7 +12,7 @@ services only and refused here whoever asks.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -87,7 +87,7 @@ class Authorizer:
             p for p, on in ((HEALTH_PREFIX, public_health), (REFLECTION_PREFIX, public_reflection)) if on
         )
 
-    async def decide(self, path: str, headers: dict[str, str]) -> Principal | None:
+    async def decide(self, path: str, headers: Mapping[str, str]) -> Principal | None:
         """The caller, or None for a public method; raises Denied."""
         method = path.split("?", 1)[0]
         if method in INTERNAL_METHODS:
@@ -105,7 +105,7 @@ class Authorizer:
             )
         return principal
 
-    async def _authenticate(self, headers: dict[str, str]) -> Principal:
+    async def _authenticate(self, headers: Mapping[str, str]) -> Principal:
         token = headers.get("x-api-key", "")
         scheme, _, value = headers.get("authorization", "").partition(" ")
         if not token and scheme.lower() == "bearer":

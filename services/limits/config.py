@@ -66,12 +66,11 @@ class LimitConfig:
     def for_model(self, model: str) -> Limits | None:
         return self.models.get(model)
 
-    def caller_kinds(self) -> frozenset[str]:
-        """The kinds of limit some caller has of its own (by `default` or under `keys`):
-        what the gateway must ask about on every request. Per-model limits and
-        concurrency are the router's to count."""
-        callers = [self.default, *self.keys.values()]
-        return frozenset(kind for kind in KINDS if any(limits.of(kind) is not None for limits in callers))
+    @property
+    def requests_per_caller(self) -> bool:
+        """Whether some caller has a requests-per-minute limit of its own (by `default` or
+        under `keys`): only then is every request counted against its caller."""
+        return any(limits.requests_per_minute is not None for limits in (self.default, *self.keys.values()))
 
     @property
     def limited(self) -> bool:

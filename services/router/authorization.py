@@ -11,6 +11,7 @@ own health checks reach the router directly."""
 from __future__ import annotations
 
 import grpc
+from grpc_status import rpc_status
 
 from services.authz.callers import CallerCheck
 from services.authz.policy import HEALTH_PREFIX, REFLECTION_PREFIX, Denied
@@ -20,7 +21,6 @@ from services.runtime.interceptors import StreamBehavior, UnaryBehavior, Wrappin
 from services.runtime.openai_errors import OPENAI_SERVICE_PREFIX
 
 UNCHECKED = (HEALTH_PREFIX, REFLECTION_PREFIX)
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class Authorization(WrappingInterceptor):
@@ -46,9 +46,8 @@ class Authorization(WrappingInterceptor):
             if method.startswith(OPENAI_SERVICE_PREFIX) and (reply := await refusal_reply(context, refused)):
                 return None, reply
             if isinstance(refused, Denied):
-                await context.abort(
-                    _CODES[refused.code], refused.message, trailing_metadata=tuple(refused.headers.items())
-                )
+                status = rpc_status.to_status(refused.status())
+                await context.abort(status.code, status.details, trailing_metadata=tuple(refused.headers.items()))
             await abort_with_status(method, context, refused)
 
     def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
