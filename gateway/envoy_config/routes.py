@@ -29,6 +29,9 @@ def _backend_route(cluster: str, kind: str) -> dict[str, Any]:
     # client saw). A provider adapter answers UNAVAILABLE only after its own retries
     # against the provider (honouring Retry-After), and a reset call may already have
     # been billed: Envoy retries only what never reached the adapter.
+    # previous_hosts re-draws a host only once by default and then takes whatever it
+    # drew, which can be the replica that just failed (until health checks eject it):
+    # a few more draws make that vanishingly rare.
     retry_on = (
         "connect-failure,refused-stream" if kind == "provider" else "connect-failure,refused-stream,unavailable,reset"
     )
@@ -40,6 +43,7 @@ def _backend_route(cluster: str, kind: str) -> dict[str, Any]:
             "retry_policy": {
                 "retry_on": retry_on,
                 "num_retries": 2,
+                "host_selection_retry_max_attempts": 5,
                 "retry_host_predicate": [
                     {
                         "name": "envoy.retry_host_predicates.previous_hosts",

@@ -95,12 +95,13 @@ def test_a_replica_on_another_address_is_discovered_and_takes_over_when_the_loca
         killed_at = time.monotonic()
         os.kill(mesh.child("inference-0").process.pid, signal.SIGKILL)
         time.sleep(4)
-    after = [o for o in load.outcomes if o.started > killed_at]
+        load.until_answered_after(killed_at, 51)
+    after = load.answered_after(killed_at)
     print(
         f"\nacross addresses: far replica healthy in Envoy {joined:.1f}s after start; {len(load.outcomes)} requests, "
         f"{len(load.failed())} failed; after the local replica died {len(after)} requests went to {far}"
     )
-    assert not load.failed() and len(after) > 50
+    assert not load.failed() and len(after) > 50, [(o.started - killed_at, o.status, o.body) for o in load.failed()]
     assert metric(metrics, "infermesh_grpc_requests_total", host=address, method=EMBED, code="OK") - served_far >= len(
         after
     )
