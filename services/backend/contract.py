@@ -26,6 +26,8 @@ from services.backend.types import (
     ToolChoice,
     Tools,
     ToolSpec,
+    Transcript,
+    TranscriptionParams,
     Usage,
 )
 from services.runtime.errors import InvalidArgument
@@ -172,7 +174,46 @@ def usage_proto(usage: Usage | None) -> types.Usage | None:
     if usage is None:
         return None
     return types.Usage(
-        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, total_tokens=usage.total_tokens
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        total_tokens=usage.total_tokens,
+        input_audio_seconds=usage.input_audio_seconds,
+    )
+
+
+def transcription_params_from(request: pb.TranscribeRequest) -> TranscriptionParams:
+    return TranscriptionParams(
+        language=request.language or None,
+        prompt=request.prompt,
+        temperature=request.temperature if request.HasField("temperature") else 0.0,
+        word_timestamps=request.word_timestamps,
+    )
+
+
+def transcript_proto(transcript: Transcript, model: str) -> pb.TranscribeResponse:
+    return pb.TranscribeResponse(
+        text=transcript.text,
+        language=transcript.language,
+        duration_seconds=transcript.duration_seconds,
+        segments=[
+            pb.TranscriptSegment(
+                id=s.id,
+                start=s.start,
+                end=s.end,
+                text=s.text,
+                tokens=s.tokens,
+                temperature=s.temperature,
+                avg_logprob=s.avg_logprob,
+                compression_ratio=s.compression_ratio,
+                no_speech_prob=s.no_speech_prob,
+                words=[
+                    pb.TranscriptWord(word=w.word, start=w.start, end=w.end, probability=w.probability) for w in s.words
+                ],
+            )
+            for s in transcript.segments
+        ],
+        usage=usage_proto(transcript.usage),
+        model=model,
     )
 
 

@@ -19,6 +19,7 @@ class Capability(enum.Enum):
     CHAT = "chat"
     EMBEDDING = "embedding"
     IMAGE_DESCRIPTION = "image-description"
+    TRANSCRIPTION = "transcription"
 
 
 class FinishReason(enum.Enum):
@@ -131,6 +132,7 @@ class GenerationParams:
 class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
+    input_audio_seconds: float = 0.0
 
     @property
     def total_tokens(self) -> int:
@@ -199,3 +201,47 @@ class Embeddings:
 def new_call_id() -> str:
     """An id for a tool call, as OpenAI's look (`call_...`)."""
     return f"call_{uuid.uuid4().hex[:24]}"
+
+
+@dataclass(frozen=True)
+class TranscriptionParams:
+    """How to transcribe: the spoken language (None: detect it), text that guides the
+    model, its temperature, and whether to time each word."""
+
+    language: str | None = None
+    prompt: str = ""
+    temperature: float = 0.0
+    word_timestamps: bool = False
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of speech transcribed at once, with the model's own measures of it."""
+
+    id: int
+    start: float
+    end: float
+    text: str
+    tokens: tuple[int, ...] = ()
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    words: tuple[Word, ...] = ()
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str
+    duration_seconds: float
+    segments: tuple[Segment, ...] = ()
+    usage: Usage | None = None

@@ -102,6 +102,7 @@ class InferenceApp(Application):
             EmbedBatching(
                 settings.embed_max_batch_size, settings.embed_max_queue_delay_ms / 1000, settings.embed_max_queue_items
             ),
+            max_audio_seconds=settings.max_audio_seconds,
         )
         self.operations = OperationStore()
         self.resources = ResourceMonitor(settings.device, self.repository.memory_used, shared_reader())

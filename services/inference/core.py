@@ -18,8 +18,10 @@ from services.backend.types import (
     ResponseFormat,
     TextChunk,
     Tools,
+    Transcript,
+    TranscriptionParams,
 )
-from services.inference import metrics
+from services.inference import audio, metrics
 from services.inference.batching import DynamicBatcher
 from services.inference.models.base import CancelToken, ServedModel
 from services.inference.models.chat_format import with_answer_format
@@ -55,8 +57,10 @@ class InferenceCore:
         executor: Executor,
         default_max_tokens: int,
         embed_batching: EmbedBatching,
+        max_audio_seconds: float = 600.0,
     ) -> None:
         self.repository = repository
+        self._max_audio_seconds = max_audio_seconds
         self._executor = executor
         self._default_max_tokens = default_max_tokens
         self._embed_batching = embed_batching
@@ -170,6 +174,18 @@ class InferenceCore:
         embeddings = Embeddings(vectors=[v for v, _ in results], token_counts=[n for _, n in results])
         metrics.TOKENS.labels(model_id, "input").inc(embeddings.usage.input_tokens)
         return embeddings
+
+    async def transcribe(self, model_id: str, data: bytes, mime_type: str, params: TranscriptionParams) -> Transcript:
+        """Speech to text. The audio is checked and decoded first, in a worker thread:
+        nothing that is not sound, or is too long, reaches the model (nor loads it)."""
+        self.repository.capable(model_id, Capability.TRANSCRIPTION)  # before any decoding
+        sound = await asyncio.to_thread(audio.decode, data, mime_type, self._max_audio_seconds)
+        async with self.repository.use(model_id, Capability.TRANSCRIPTION) as entry:
+            async with entry.concurrency:
+                loop = asyncio.get_running_loop()
+                transcript = await loop.run_in_executor(self._executor, entry.model.transcribe, sound.samples, params)
+        metrics.TOKENS.labels(model_id, "output").inc(transcript.usage.output_tokens if transcript.usage else 0)
+        return transcript
 
     def _embed_batcher(self, model: ServedModel) -> DynamicBatcher:
         def run(items: list[str]) -> list[tuple[list[float], int]]:

@@ -103,9 +103,8 @@ class ModelRepository:
     def memory_used(self) -> int:
         return sum(e.memory_bytes for e in self._entries.values())
 
-    @asynccontextmanager
-    async def use(self, model_id: str, capability: Capability) -> AsyncIterator[ModelEntry]:
-        """A ready model for the length of one request, loading it first if need be."""
+    def capable(self, model_id: str, capability: Capability) -> ModelEntry:
+        """The model's entry, if it is served here and can do `capability`."""
         entry = self.entry(model_id)
         if capability not in entry.model.capabilities:
             raise FailedPrecondition(
@@ -114,6 +113,12 @@ class ModelRepository:
                 model=model_id,
                 capability=capability.value,
             )
+        return entry
+
+    @asynccontextmanager
+    async def use(self, model_id: str, capability: Capability) -> AsyncIterator[ModelEntry]:
+        """A ready model for the length of one request, loading it first if need be."""
+        entry = self.capable(model_id, capability)
         while entry.state is not ModelState.READY:
             if entry.state is ModelState.FAILED or not self._lazy:
                 raise Unavailable(

@@ -6,7 +6,7 @@ import time
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
-from services.backend.contract import ContractServicer
+from services.backend.contract import ContractServicer, transcript_proto, transcription_params_from
 from services.backend.types import Capability
 from services.inference.core import InferenceCore
 from services.inference.repository import ModelEntry, ModelState
@@ -17,6 +17,7 @@ CAPABILITIES = {
     Capability.CHAT: types.CAPABILITY_CHAT,
     Capability.EMBEDDING: types.CAPABILITY_EMBEDDING,
     Capability.IMAGE_DESCRIPTION: types.CAPABILITY_IMAGE_DESCRIPTION,
+    Capability.TRANSCRIPTION: types.CAPABILITY_TRANSCRIPTION,
 }
 STATES = {
     ModelState.UNLOADED: types.MODEL_STATE_UNLOADED,
@@ -72,6 +73,11 @@ class InferenceServicer(ContractServicer):
         async with self.core.repository.use(request.model, Capability.IMAGE_DESCRIPTION):
             pass
         raise Unimplemented("no local image model is implemented yet", reason="NOT_IMPLEMENTED", model=request.model)
+
+    async def Transcribe(self, request, context):
+        params = transcription_params_from(request)
+        transcript = await self.core.transcribe(request.model, request.audio, request.mime_type, params)
+        return transcript_proto(transcript, request.model)
 
     async def ListModels(self, request, context):
         return list_models(self.core.repository, request)

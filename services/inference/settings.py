@@ -15,13 +15,13 @@ class InferenceSettings(ServiceSettings):
         description="Model ids to preload at start-up, comma-separated.",
     )
     available_models: CommaList = Field(
-        ["gemma-3-270m-llamacpp", "all-minilm-l6-v2-onnx"],
+        ["gemma-3-270m-llamacpp", "all-minilm-l6-v2-onnx", "whisper-base"],
         description="Further model ids this server may load on demand (the preload list is always available).",
     )
     model_specs: str = Field(
         "",
-        description='More models, as JSON: [{"id": "...", "runtime": "transformers|llama.cpp|onnxruntime", '
-        '"task": "text-generation|embedding", "path": "HF dir, GGUF file or ONNX dir"}].',
+        description='More models, as JSON: [{"id": "...", "runtime": "transformers|llama.cpp|onnxruntime|ctranslate2", '
+        '"task": "text-generation|embedding|transcription", "path": "HF dir, GGUF file, ONNX or CTranslate2 dir"}].',
     )
     lazy_load: bool = Field(True, description="Load an available model on its first request.")
     memory_budget: ByteSize | None = Field(
@@ -36,6 +36,9 @@ class InferenceSettings(ServiceSettings):
     max_concurrent_inferences: int = Field(1, ge=1, le=256, description="Calls one model runs at once.")
     max_context_tokens: int = Field(8192, ge=16, description="Cap on prompt + completion tokens per request.")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request leaves it unset.")
+    max_audio_seconds: float = Field(
+        600, gt=0, description="The longest audio one transcription takes (longer: 400 AUDIO_TOO_LONG)."
+    )
     torch_threads: int = Field(0, ge=0, description="Intra-op threads; 0 uses the CPUs this process may run on.")
     data_dir: Path = Field(Path(".data"), description="Where prepared model weights are cached.")
 

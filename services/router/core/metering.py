@@ -27,6 +27,11 @@ TOKENS = Counter(
     "Tokens in answered requests, by model, version and direction (input, output).",
     ["model", "version", "direction"],
 )
+AUDIO_SECONDS = Counter(
+    "infermesh_router_audio_seconds_total",
+    "Seconds of audio in answered requests, by model, version and direction (input: heard).",
+    ["model", "version", "direction"],
+)
 COST = Counter(
     "infermesh_router_cost_total",
     "What answered requests cost at the registry's prices, by model and currency.",
@@ -69,6 +74,7 @@ OPERATION = {
     "Chat": "chat",
     "Embed": "embeddings",
     "DescribeImage": "generate_content",
+    "Transcribe": "transcription",  # no GenAI convention names it yet
 }
 
 
@@ -127,6 +133,8 @@ class RequestRecord:
         cost = cost_of(route, usage)
         TOKENS.labels(route.model, route.version, "input").inc(usage.input_tokens)
         TOKENS.labels(route.model, route.version, "output").inc(usage.output_tokens)
+        if usage.input_audio_seconds:
+            AUDIO_SECONDS.labels(route.model, route.version, "input").inc(usage.input_audio_seconds)
         for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
             TOKEN_USAGE.labels(*self._labels(route), kind).observe(count)
         if route.pricing is not None:

@@ -17,6 +17,7 @@ class Rpc(enum.Enum):
     CHAT = ("Chat", "chat", pb.ChatResponse)
     EMBED = ("Embed", "embedding", pb.EmbedResponse)
     DESCRIBE_IMAGE = ("DescribeImage", "image-description", pb.DescribeImageResponse)
+    TRANSCRIBE = ("Transcribe", "transcription", pb.TranscribeResponse)
 
     def __init__(self, method: str, capability: str, reply_type: type[Message]) -> None:
         self.method = method  # the contract's method name (its unary form)
