@@ -474,6 +474,8 @@ class TranscriptionRequest(_Request):
     chunking_strategy: str | None = None
     known_speaker_names: list[str] | None = None
     known_speaker_references: list[str] | None = None
+    keywords: list[str] | None = None
+    languages: list[str] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -511,6 +513,8 @@ REFUSED_TRANSCRIPTION: dict[str, tuple[str, tuple[Any, ...]]] = {
     "chunking_strategy": ("the audio is transcribed in Whisper's own 30-second windows", ()),
     "known_speaker_names": ("speaker diarization is not supported", ([],)),
     "known_speaker_references": ("speaker diarization is not supported", ([],)),
+    "keywords": ("keyword boosting is not supported; spell the words in `prompt`", ([],)),
+    "languages": ("give the one spoken language in `language`", ([],)),
 }
 
 

@@ -11,10 +11,11 @@ import typing
 import openai
 import pytest
 from openai.types import completion_create_params, embedding_create_params
+from openai.types.audio import transcription_create_params
 from openai.types.chat import completion_create_params as chat_create_params
 
 from openai_conformance import BASE_MODEL, EMBEDDING_MODEL, sdk_client
-from services.router.openai_schema import HINTS, REFUSED
+from services.router.openai_schema import HINTS, REFUSED, REFUSED_TRANSCRIPTION
 
 # Honoured, each with tests of its effect (test_sdk_*.py, test_langchain.py, ...,
 # tests/integration/test_structured_outputs.py).
@@ -29,11 +30,16 @@ HONOURED = {
         "echo", "logprobs", "presence_penalty", "frequency_penalty", "logit_bias",
     },
     "embeddings": {"model", "input", "encoding_format", "dimensions"},
+    # tests/e2e/test_transcription.py, tests/unit/test_transcription_form.py
+    "transcriptions": {
+        "model", "file", "language", "prompt", "response_format", "temperature", "timestamp_granularities",
+    },
 }  # fmt: skip
 PARAMS = {
     "chat": chat_create_params.CompletionCreateParamsBase,
     "completions": completion_create_params.CompletionCreateParamsBase,
     "embeddings": embedding_create_params.EmbeddingCreateParams,
+    "transcriptions": transcription_create_params.TranscriptionCreateParamsBase,
 }
 # A value for each refused parameter that asks for something the mesh cannot do.
 REFUSED_VALUES = {
@@ -62,7 +68,8 @@ def sdk_fields(kind: str) -> set[str]:
 
 @pytest.mark.parametrize("kind", sorted(PARAMS))
 def test_every_sdk_parameter_is_honoured_accepted_as_a_hint_or_refused(kind):
-    undecided = sdk_fields(kind) - HONOURED[kind] - HINTS - set(REFUSED)
+    refused = REFUSED_TRANSCRIPTION if kind == "transcriptions" else REFUSED
+    undecided = sdk_fields(kind) - HONOURED[kind] - HINTS - set(refused)
     assert not undecided, f"the installed SDK sends {sorted(undecided)}: honour them, or refuse them by name"
 
 
@@ -86,6 +93,27 @@ def test_a_refused_parameter_is_a_400_naming_it(client, kind, name, stream):
             client.completions.create(model=BASE_MODEL, prompt="Paris is", max_tokens=2, stream=stream, **value)
     assert caught.value.param == name and caught.value.code == "unsupported_parameter"
     assert name in caught.value.message
+
+
+# A value for each refused transcription parameter that asks for something the mesh cannot do.
+REFUSED_TRANSCRIPTION_VALUES = {
+    "stream": True,
+    "include": ["logprobs"],
+    "chunking_strategy": "auto",
+    "known_speaker_names": ["agent"],
+    "known_speaker_references": ["data:audio/wav;base64,AAAA"],
+    "keywords": ["infermesh"],
+    "languages": ["en", "fr"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_TRANSCRIPTION))
+def test_a_refused_transcription_parameter_is_a_400_naming_it(client, name):
+    """Refused before any audio is decoded: the file need not even be sound."""
+    value = {name: REFUSED_TRANSCRIPTION_VALUES[name]}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.audio.transcriptions.create(model="whisper-base", file=("a.wav", b"RIFF", "audio/wav"), **value)
+    assert caught.value.param == name and caught.value.code == "unsupported_parameter"
 
 
 def test_a_parameter_openai_does_not_define_is_a_400_naming_it(client):

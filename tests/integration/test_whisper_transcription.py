@@ -35,7 +35,9 @@ async def core():
 
 
 async def test_speech_is_transcribed_word_for_word_with_its_timing(core):
-    transcript = await core.transcribe(WHISPER_BASE_ID, spoken(), "audio/wav", TranscriptionParams(word_timestamps=True))
+    transcript = await core.transcribe(
+        WHISPER_BASE_ID, spoken(), "audio/wav", TranscriptionParams(word_timestamps=True)
+    )
     assert words(transcript.text) == words(SENTENCE)
     assert transcript.language == "en"  # detected
     assert 2.0 < transcript.duration_seconds < 5.0
