@@ -101,6 +101,10 @@ ROUTER_MESSAGES = {
     "EmbedResponse": set(),
     "DescribeImageRequest": {"routing"},
     "DescribeImageResponse": set(),
+    "TranscribeRequest": {"routing"},
+    "TranscribeResponse": set(),
+    "SynthesizeRequest": {"routing"},
+    "SynthesizeResponse": {"error"},
 }
 
 

@@ -17,14 +17,14 @@ from services.runtime.openai_errors import (
 # `/v1/models` and `/v1/models/{id}` (lifecycle verbs are under /v1/backend/models). Errors there are
 # in OpenAI's shape (DESIGN decision 9), whoever answers: the router's OpenAI servicer,
 # the gateway's authorization and rate limit services, or Envoy itself.
-OPENAI_REST_PATH = r"/v1/(chat/completions|completions|embeddings|audio/transcriptions|models(/[^:?]*)?)"
+OPENAI_REST_PATH = r"/v1/(chat/completions|completions|embeddings|audio/(transcriptions|speech)|models(/[^:?]*)?)"
 # OpenAI's other endpoints, which this mesh does not serve: a client calling one (the SDK's
 # `responses.create`, `images.generate`...) gets OpenAI's own "Invalid URL" 404, in its
 # shape. Matched by prefix (one regex of them all is past Envoy's RE2 program size limit).
 OPENAI_UNSERVED_PREFIXES = tuple(
     f"/v1/{resource}"
     for resource in (
-        "responses", "audio/speech", "audio/translations", "images/", "files", "uploads", "batches", "fine_tuning/", "moderations",
+        "responses", "audio/translations", "images/", "files", "uploads", "batches", "fine_tuning/", "moderations",
         "assistants", "threads", "vector_stores", "realtime", "conversations", "containers", "evals", "videos",
     )
 )  # fmt: skip

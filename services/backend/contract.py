@@ -20,6 +20,8 @@ from services.backend.types import (
     FinishReason,
     GenerationParams,
     ResponseFormat,
+    SpeechChunk,
+    SpeechParams,
     TextChunk,
     TokenLogprob,
     ToolCallDelta,
@@ -178,6 +180,8 @@ def usage_proto(usage: Usage | None) -> types.Usage | None:
         output_tokens=usage.output_tokens,
         total_tokens=usage.total_tokens,
         input_audio_seconds=usage.input_audio_seconds,
+        input_characters=usage.input_characters,
+        output_audio_seconds=usage.output_audio_seconds,
     )
 
 
@@ -213,6 +217,35 @@ def transcript_proto(transcript: Transcript, model: str) -> pb.TranscribeRespons
             for s in transcript.segments
         ],
         usage=usage_proto(transcript.usage),
+        model=model,
+    )
+
+
+AUDIO_FORMATS = {
+    types.AUDIO_FORMAT_UNSPECIFIED: "mp3",
+    types.AUDIO_FORMAT_MP3: "mp3",
+    types.AUDIO_FORMAT_OPUS: "opus",
+    types.AUDIO_FORMAT_AAC: "aac",
+    types.AUDIO_FORMAT_FLAC: "flac",
+    types.AUDIO_FORMAT_WAV: "wav",
+    types.AUDIO_FORMAT_PCM: "pcm",
+}
+
+
+def speech_params_from(request: pb.SynthesizeRequest) -> SpeechParams:
+    return SpeechParams(
+        voice=request.voice or None,
+        format=AUDIO_FORMATS[request.format],
+        speed=request.speed if request.HasField("speed") else 1.0,
+    )
+
+
+def speech_proto(chunk: SpeechChunk, model: str) -> pb.SynthesizeResponse:
+    return pb.SynthesizeResponse(
+        audio=chunk.audio,
+        mime_type=chunk.mime_type,
+        sample_rate=chunk.sample_rate,
+        usage=usage_proto(chunk.usage),
         model=model,
     )
 

@@ -20,6 +20,7 @@ class Capability(enum.Enum):
     EMBEDDING = "embedding"
     IMAGE_DESCRIPTION = "image-description"
     TRANSCRIPTION = "transcription"
+    SPEECH_SYNTHESIS = "speech-synthesis"
 
 
 class FinishReason(enum.Enum):
@@ -133,6 +134,8 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     input_audio_seconds: float = 0.0
+    input_characters: int = 0
+    output_audio_seconds: float = 0.0
 
     @property
     def total_tokens(self) -> int:
@@ -244,4 +247,26 @@ class Transcript:
     language: str
     duration_seconds: float
     segments: tuple[Segment, ...] = ()
+    usage: Usage | None = None
+
+
+AudioFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+
+
+@dataclass(frozen=True)
+class SpeechParams:
+    """How to speak: the voice (None: the model's own), the encoding, the speaking rate."""
+
+    voice: str | None = None
+    format: AudioFormat = "mp3"
+    speed: float = 1.0
+
+
+@dataclass(frozen=True)
+class SpeechChunk:
+    """The next bytes of encoded speech; the last one carries the usage."""
+
+    audio: bytes
+    mime_type: str
+    sample_rate: int
     usage: Usage | None = None

@@ -15,7 +15,7 @@ from services.runtime.errors import InvalidArgument
 
 SAMPLE_RATE = 16000
 # What OpenAI's transcription endpoint takes (mp3, mp4, mpeg, mpga, m4a, wav, webm), plus
-# FLAC and Ogg, by the media types browsers and SDKs send for them. Empty: the content says.
+# FLAC, Ogg and AAC, by the media types browsers and SDKs send for them. Empty: the content says.
 ACCEPTED_TYPES = frozenset(
     {
         "audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave",
@@ -24,6 +24,7 @@ ACCEPTED_TYPES = frozenset(
         "audio/webm", "video/webm",
         "audio/flac", "audio/x-flac",
         "audio/ogg", "audio/opus",
+        "audio/aac", "audio/x-aac",
         "application/octet-stream",
     }
 )  # fmt: skip
@@ -46,7 +47,7 @@ def media_type(mime_type: str) -> str:
 def check_media_type(mime_type: str) -> None:
     if mime_type and media_type(mime_type) not in ACCEPTED_TYPES:
         raise InvalidArgument(
-            f"audio of type {mime_type!r} is not accepted; send WAV, MP3, MP4/M4A, WebM, FLAC or Ogg",
+            f"audio of type {mime_type!r} is not accepted; send WAV, MP3, MP4/M4A, WebM, FLAC, Ogg or AAC",
             reason="UNSUPPORTED_MEDIA_TYPE",
             param="file",
             mime_type=mime_type,

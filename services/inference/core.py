@@ -16,6 +16,8 @@ from services.backend.types import (
     FinishReason,
     GenerationParams,
     ResponseFormat,
+    SpeechChunk,
+    SpeechParams,
     TextChunk,
     Tools,
     Transcript,
@@ -186,6 +188,12 @@ class InferenceCore:
                 transcript = await loop.run_in_executor(self._executor, entry.model.transcribe, sound.samples, params)
         metrics.TOKENS.labels(model_id, "output").inc(transcript.usage.output_tokens if transcript.usage else 0)
         return transcript
+
+    async def synthesize(self, model_id: str, text: str, params: SpeechParams) -> AsyncIterator[SpeechChunk]:
+        """Text to speech, the encoded audio streamed sentence by sentence."""
+        async with self.repository.use(model_id, Capability.SPEECH_SYNTHESIS) as entry:
+            async for chunk in self._stream(entry, lambda cancel: entry.model.speak(text, params, cancel)):
+                yield chunk
 
     def _embed_batcher(self, model: ServedModel) -> DynamicBatcher:
         def run(items: list[str]) -> list[tuple[list[float], int]]:

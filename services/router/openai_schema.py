@@ -16,7 +16,7 @@ import base64
 import binascii
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from google.protobuf import struct_pb2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -72,6 +72,8 @@ def unsupported(param: str, why: str) -> InvalidArgument:
 class _Request(BaseModel):
     # Fields OpenAI does not define are a 400 naming them, never ignored.
     model_config = ConfigDict(extra="forbid")
+    # What this request type refuses (a table like REFUSED).
+    refused_fields: ClassVar[dict[str, tuple[str, tuple[Any, ...]]]] = REFUSED
 
     @model_validator(mode="before")
     @classmethod
@@ -79,9 +81,9 @@ class _Request(BaseModel):
         if isinstance(data, dict):
             for name, value in data.items():
                 # Only fields of this request type: another's is an unknown parameter.
-                refused = name in REFUSED and name in cls.model_fields
-                if refused and value is not None and value not in REFUSED[name][1]:
-                    raise unsupported(name, REFUSED[name][0])
+                refused = name in cls.refused_fields and name in cls.model_fields
+                if refused and value is not None and value not in cls.refused_fields[name][1]:
+                    raise unsupported(name, cls.refused_fields[name][0])
         return data
 
 
@@ -459,9 +461,21 @@ class EmbeddingRequest(_Request):
         return pb.EmbedRequest(model=self.model, inputs=texts_of(self.input, "input"))
 
 
+REFUSED_TRANSCRIPTION: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "stream": ("streamed transcription is not supported; the transcript comes whole", (False, "false")),
+    "include": ("token log probabilities are not returned for transcriptions", ([],)),
+    "chunking_strategy": ("the audio is transcribed in Whisper's own 30-second windows", ()),
+    "known_speaker_names": ("speaker diarization is not supported", ([],)),
+    "known_speaker_references": ("speaker diarization is not supported", ([],)),
+    "keywords": ("keyword boosting is not supported; spell the words in `prompt`", ([],)),
+    "languages": ("give the one spoken language in `language`", ([],)),
+}
+
+
 class TranscriptionRequest(_Request):
     """POST /v1/audio/transcriptions, from its multipart form (the file apart)."""
 
+    refused_fields = REFUSED_TRANSCRIPTION
     model: str = Field(min_length=1)
     language: str | None = None
     prompt: str | None = None
@@ -476,16 +490,6 @@ class TranscriptionRequest(_Request):
     known_speaker_references: list[str] | None = None
     keywords: list[str] | None = None
     languages: list[str] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse_transcription(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for name, (why, no_ops) in REFUSED_TRANSCRIPTION.items():
-                value = data.get(name)
-                if value is not None and value not in no_ops:
-                    raise unsupported(name, why)
-        return data
 
     @model_validator(mode="after")
     def _granularities(self) -> TranscriptionRequest:
@@ -507,15 +511,40 @@ class TranscriptionRequest(_Request):
         return request
 
 
-REFUSED_TRANSCRIPTION: dict[str, tuple[str, tuple[Any, ...]]] = {
-    "stream": ("streamed transcription is not supported; the transcript comes whole", (False, "false")),
-    "include": ("token log probabilities are not returned for transcriptions", ([],)),
-    "chunking_strategy": ("the audio is transcribed in Whisper's own 30-second windows", ()),
-    "known_speaker_names": ("speaker diarization is not supported", ([],)),
-    "known_speaker_references": ("speaker diarization is not supported", ([],)),
-    "keywords": ("keyword boosting is not supported; spell the words in `prompt`", ([],)),
-    "languages": ("give the one spoken language in `language`", ([],)),
+REFUSED_SPEECH: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "instructions": ("this voice cannot be instructed how to speak", ("",)),
+    "stream_format": ("the audio streams as the response body; server-sent events are not supported", ("audio",)),
 }
+SPEECH_FORMATS = {
+    "mp3": types.AUDIO_FORMAT_MP3,
+    "opus": types.AUDIO_FORMAT_OPUS,
+    "aac": types.AUDIO_FORMAT_AAC,
+    "flac": types.AUDIO_FORMAT_FLAC,
+    "wav": types.AUDIO_FORMAT_WAV,
+    "pcm": types.AUDIO_FORMAT_PCM,
+}
+
+
+class SpeechRequest(_Request):
+    """POST /v1/audio/speech."""
+
+    refused_fields = REFUSED_SPEECH
+
+    model: str = Field(min_length=1)
+    input: str = Field(min_length=1, max_length=4096)
+    voice: str = Field(min_length=1)
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    speed: float | None = Field(None, ge=0.25, le=4.0)
+    instructions: str | None = None
+    stream_format: Literal["sse", "audio"] | None = None
+
+    def to_proto(self) -> pb.SynthesizeRequest:
+        request = pb.SynthesizeRequest(
+            model=self.model, input=self.input, voice=self.voice, format=SPEECH_FORMATS[self.response_format]
+        )
+        if self.speed is not None:
+            request.speed = self.speed
+        return request
 
 
 def form_fields(parts: list, file_field: str = "file") -> tuple[dict[str, Any], Any]:

@@ -392,6 +392,30 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         )
         return httpbody_pb2.HttpBody(content_type=content_type, data=text.encode())
 
+    async def CreateSpeech(self, request, context):
+        """The audio streams as the response body as it is made. A failure before the first
+        bytes is an OpenAI error response; after them the call fails, so the client sees
+        a cut-off body, never error text appended to the audio."""
+        started = False
+        try:
+            async for body in self._speech(request, context):
+                started = True
+                yield body
+        except Exception as exc:  # noqa: BLE001 - answered in OpenAI's shape while nothing was sent
+            if started:
+                raise
+            yield await _error_reply(context, exc)
+
+    async def _speech(self, request, context) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        body = oa.parse(oa.SpeechRequest, request.body.data)
+        proto = body.to_proto()
+        protovalidate.validate(proto)
+        call = call_context(context)
+        chunks = failover.stream(self.core, Rpc.SYNTHESIZE, proto, call, announcer(context), in_band_errors=False)
+        async for chunk in chunks:
+            if chunk.audio:
+                yield httpbody_pb2.HttpBody(content_type=chunk.mime_type, data=chunk.audio)
+
     async def ListModels(self, request, context):
         models = [reply.model_dict(m, self.created) for m in self.core.requestable()]
         return json_body({"object": "list", "data": models})

@@ -46,6 +46,10 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
     async def Transcribe(self, request, context):
         return await self._unary(Rpc.TRANSCRIBE, request, context)
 
+    async def Synthesize(self, request, context):
+        async for chunk in self._stream(Rpc.SYNTHESIZE, request, context):
+            yield chunk
+
     async def BatchGenerateText(self, request, context):
         async for result in orchestration.batch(self.core, request, call_context(context)):
             yield result

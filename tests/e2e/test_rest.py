@@ -9,16 +9,9 @@ import numpy as np
 
 from support.metrics import metric
 from support.polling import eventually
+from support.sse import sse_events
 
 PROMPT = {"model": "gemma-3-270m", "prompt": "The capital of France is", "config": {"max_tokens": 16}}
-
-
-def sse_events(response: httpx.Response) -> list[dict]:
-    events = []
-    for line in response.iter_lines():
-        if line.startswith("data: "):
-            events.append(json.loads(line.removeprefix("data: ")))
-    return events
 
 
 def test_generate_text_returns_real_text_and_token_usage(base_url):
@@ -138,7 +131,6 @@ def test_a_body_over_the_limit_is_refused_before_any_service_reads_it(base_url, 
 
 def test_structured_outputs_and_tool_calls_on_the_native_rest_api(base_url):
     """The typed fields, as REST clients write them (enums by name, schemas as JSON)."""
-    import json
 
     schema = {
         "type": "object",

