@@ -105,6 +105,8 @@ ROUTER_MESSAGES = {
     "TranscribeResponse": set(),
     "SynthesizeRequest": {"routing"},
     "SynthesizeResponse": {"error"},
+    "ExtractTextRequest": {"routing"},
+    "ExtractTextResponse": set(),
 }
 
 

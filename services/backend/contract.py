@@ -17,6 +17,7 @@ from infermesh.inference.v1 import inference_types_pb2 as types
 from services.backend.types import (
     ChatTurn,
     Embeddings,
+    ExtractedText,
     FinishReason,
     GenerationParams,
     ResponseFormat,
@@ -182,6 +183,7 @@ def usage_proto(usage: Usage | None) -> types.Usage | None:
         input_audio_seconds=usage.input_audio_seconds,
         input_characters=usage.input_characters,
         output_audio_seconds=usage.output_audio_seconds,
+        input_images=usage.input_images,
     )
 
 
@@ -246,6 +248,18 @@ def speech_proto(chunk: SpeechChunk, model: str) -> pb.SynthesizeResponse:
         mime_type=chunk.mime_type,
         sample_rate=chunk.sample_rate,
         usage=usage_proto(chunk.usage),
+        model=model,
+    )
+
+
+def extracted_text_proto(found: ExtractedText, model: str) -> pb.ExtractTextResponse:
+    return pb.ExtractTextResponse(
+        text=found.text,
+        lines=[
+            pb.TextLine(text=line.text, confidence=line.confidence, box=[pb.Point(x=x, y=y) for x, y in line.box])
+            for line in found.lines
+        ],
+        usage=usage_proto(found.usage),
         model=model,
     )
 

@@ -21,6 +21,7 @@ class Capability(enum.Enum):
     IMAGE_DESCRIPTION = "image-description"
     TRANSCRIPTION = "transcription"
     SPEECH_SYNTHESIS = "speech-synthesis"
+    OCR = "ocr"
 
 
 class FinishReason(enum.Enum):
@@ -136,6 +137,7 @@ class Usage:
     input_audio_seconds: float = 0.0
     input_characters: int = 0
     output_audio_seconds: float = 0.0
+    input_images: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -270,3 +272,22 @@ class SpeechChunk:
     mime_type: str
     sample_rate: int
     usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class TextLine:
+    """A line of text found in an image, with the corners of its box in pixels."""
+
+    text: str
+    confidence: float
+    box: tuple[tuple[float, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class ExtractedText:
+    lines: tuple[TextLine, ...]
+    usage: Usage | None = None
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line.text for line in self.lines)

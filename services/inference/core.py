@@ -9,10 +9,12 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
+from services.backend.images import check_image
 from services.backend.types import (
     Capability,
     ChatTurn,
     Embeddings,
+    ExtractedText,
     FinishReason,
     GenerationParams,
     ResponseFormat,
@@ -188,6 +190,16 @@ class InferenceCore:
                 transcript = await loop.run_in_executor(self._executor, entry.model.transcribe, sound.samples, params)
         metrics.TOKENS.labels(model_id, "output").inc(transcript.usage.output_tokens if transcript.usage else 0)
         return transcript
+
+    async def extract_text(self, model_id: str, image: bytes, mime_type: str) -> ExtractedText:
+        """The printed text in an image; the image is checked (it decodes as the type it
+        claims, within the pixel limit) before the model sees it."""
+        self.repository.capable(model_id, Capability.OCR)
+        await asyncio.to_thread(check_image, image, mime_type)
+        async with self.repository.use(model_id, Capability.OCR) as entry:
+            async with entry.concurrency:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._executor, entry.model.read, image)
 
     async def synthesize(self, model_id: str, text: str, params: SpeechParams) -> AsyncIterator[SpeechChunk]:
         """Text to speech, the encoded audio streamed sentence by sentence."""

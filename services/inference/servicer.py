@@ -8,6 +8,7 @@ from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
 from services.backend.contract import (
     ContractServicer,
+    extracted_text_proto,
     speech_params_from,
     speech_proto,
     transcript_proto,
@@ -25,6 +26,7 @@ CAPABILITIES = {
     Capability.IMAGE_DESCRIPTION: types.CAPABILITY_IMAGE_DESCRIPTION,
     Capability.TRANSCRIPTION: types.CAPABILITY_TRANSCRIPTION,
     Capability.SPEECH_SYNTHESIS: types.CAPABILITY_SPEECH_SYNTHESIS,
+    Capability.OCR: types.CAPABILITY_OCR,
 }
 STATES = {
     ModelState.UNLOADED: types.MODEL_STATE_UNLOADED,
@@ -89,6 +91,10 @@ class InferenceServicer(ContractServicer):
     async def Synthesize(self, request, context):
         async for chunk in self.core.synthesize(request.model, request.input, speech_params_from(request)):
             yield speech_proto(chunk, request.model)
+
+    async def ExtractText(self, request, context):
+        found = await self.core.extract_text(request.model, request.image, request.mime_type)
+        return extracted_text_proto(found, request.model)
 
     async def ListModels(self, request, context):
         return list_models(self.core.repository, request)

@@ -109,6 +109,22 @@ def _defaults() -> dict[str, tuple[res.Model, dict[str, res.ModelVersion], dict[
             is_default=True,
         ),
     }
+    ocr = res.Model(
+        display_name="PP-OCRv6 (small)",
+        description="PaddleOCR's PP-OCRv6 text detection and recognition (Apache-2.0), small models, with the "
+        "text-direction classifier, run by RapidOCR on ONNX Runtime.",
+        provider="local",
+        capabilities=["ocr"],
+        pricing=res.Pricing(currency="USD"),
+        quality_rank=1,
+    )
+    ocr_versions = {
+        "small": res.ModelVersion(
+            artifact_uri="package:rapidocr",
+            runtime=res.RuntimeSpec(runtime="rapidocr", dtype="float32", backend_model="pp-ocrv6"),
+            is_default=True,
+        ),
+    }
     # Deployments without a version serve the default one.
     return {
         "gemma-3-270m": (gemma, gemma_versions, {"local": res.Deployment(backend="inference", traffic_weight=100)}),
@@ -132,6 +148,7 @@ def _defaults() -> dict[str, tuple[res.Model, dict[str, res.ModelVersion], dict[
             piper_versions,
             {"local": res.Deployment(backend="inference", traffic_weight=100)},
         ),
+        "pp-ocrv6": (ocr, ocr_versions, {"local": res.Deployment(backend="inference", traffic_weight=100)}),
     }
 
 

@@ -32,6 +32,7 @@ from google.rpc import code_pb2, status_pb2
 
 from infermesh.openai.v1 import openai_service_pb2_grpc as pb_grpc
 from services.authz.policy import Denied
+from services.backend.images import check_image
 from services.router import multipart_form
 from services.router import openai_replies as reply
 from services.router import openai_schema as oa
@@ -39,7 +40,6 @@ from services.router.calls import announcer, call_context
 from services.router.core import failover
 from services.router.core.router import RouterCore
 from services.router.core.rpcs import Rpc
-from services.router.images import check_image
 from services.runtime.errors import DomainError, InvalidArgument, NotFound, status_of
 from services.runtime.interceptors import validation_status
 from services.runtime.openai_errors import (

@@ -5,11 +5,11 @@ several), and answered with who answered in the response headers."""
 from __future__ import annotations
 
 from infermesh.router.v1 import router_service_pb2_grpc as pb_grpc
+from services.backend.images import check_image
 from services.router.calls import announcer, call_context
 from services.router.core import failover, orchestration
 from services.router.core.router import RouterCore
 from services.router.core.rpcs import Rpc
-from services.router.images import check_image
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):
@@ -45,6 +45,10 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
 
     async def Transcribe(self, request, context):
         return await self._unary(Rpc.TRANSCRIBE, request, context)
+
+    async def ExtractText(self, request, context):
+        check_image(request.image, request.mime_type)
+        return await self._unary(Rpc.EXTRACT_TEXT, request, context)
 
     async def Synthesize(self, request, context):
         async for chunk in self._stream(Rpc.SYNTHESIZE, request, context):

