@@ -41,6 +41,7 @@ bench: install models
 	$(BIN)/python bench/vector_restart_bench.py
 	$(BIN)/python bench/structured_bench.py
 	$(BIN)/python bench/audio_bench.py
+	$(BIN)/python bench/vision_bench.py
 	$(BIN)/python bench/mesh_overhead.py
 
 lint: install

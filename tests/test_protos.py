@@ -107,6 +107,8 @@ ROUTER_MESSAGES = {
     "SynthesizeResponse": {"error"},
     "ExtractTextRequest": {"routing"},
     "ExtractTextResponse": set(),
+    "ClassifyImageRequest": {"routing"},
+    "ClassifyImageResponse": set(),
 }
 
 

@@ -20,6 +20,7 @@ from services.backend.types import (
     ExtractedText,
     FinishReason,
     GenerationParams,
+    Labels,
     ResponseFormat,
     SpeechChunk,
     SpeechParams,
@@ -259,6 +260,14 @@ def extracted_text_proto(found: ExtractedText, model: str) -> pb.ExtractTextResp
             pb.TextLine(text=line.text, confidence=line.confidence, box=[pb.Point(x=x, y=y) for x, y in line.box])
             for line in found.lines
         ],
+        usage=usage_proto(found.usage),
+        model=model,
+    )
+
+
+def labels_proto(found: Labels, model: str) -> pb.ClassifyImageResponse:
+    return pb.ClassifyImageResponse(
+        labels=[pb.ImageLabel(label=x.label, score=x.score, class_id=x.class_id) for x in found.labels],
         usage=usage_proto(found.usage),
         model=model,
     )

@@ -22,6 +22,7 @@ class Capability(enum.Enum):
     TRANSCRIPTION = "transcription"
     SPEECH_SYNTHESIS = "speech-synthesis"
     OCR = "ocr"
+    IMAGE_CLASSIFICATION = "image-classification"
 
 
 class FinishReason(enum.Enum):
@@ -291,3 +292,18 @@ class ExtractedText:
     @property
     def text(self) -> str:
         return "\n".join(line.text for line in self.lines)
+
+
+@dataclass(frozen=True)
+class ImageLabel:
+    label: str
+    score: float  # the model's probability for the class, 0 to 1
+    class_id: int = 0
+
+
+@dataclass(frozen=True)
+class Labels:
+    """An image's likeliest classes, best first."""
+
+    labels: tuple[ImageLabel, ...]
+    usage: Usage | None = None

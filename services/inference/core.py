@@ -17,6 +17,7 @@ from services.backend.types import (
     ExtractedText,
     FinishReason,
     GenerationParams,
+    Labels,
     ResponseFormat,
     SpeechChunk,
     SpeechParams,
@@ -43,6 +44,8 @@ class _Failed:
 
 
 _DONE = object()
+MAX_TOP_K = 20  # the most classes a ClassifyImageRequest may ask for (its proto's rule)
+MAX_IMAGE_BATCH = 8  # images per classification pass: past 8, CPU caches lose more than batching gains (vision_bench)
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,9 @@ class InferenceCore:
         self._executor = executor
         self._default_max_tokens = default_max_tokens
         self._embed_batching = embed_batching
-        self._embedders: dict[str, DynamicBatcher] = {}
-        self._embed_threads: dict[str, ThreadPoolExecutor] = {}
-        repository.on_unload(self._forget_embedder)
+        self._batchers: dict[str, DynamicBatcher] = {}  # per model that batches (embedding, classification)
+        self._batch_threads: dict[str, ThreadPoolExecutor] = {}
+        repository.on_unload(self._forget_batcher)
 
     async def generate(self, model_id: str, prompt: str, sampling: GenerationParams) -> AsyncIterator[TextChunk]:
         async with self.repository.use(model_id, Capability.TEXT_GENERATION) as entry:
@@ -168,13 +171,12 @@ class InferenceCore:
 
     async def _embed(self, entry: ModelEntry, texts: list[str]) -> Embeddings:
         model_id = entry.model.model_id
-        batcher = self._embedders.get(model_id)
-        if batcher is None:
-            batcher = self._embedders[model_id] = self._embed_batcher(entry.model)
-        try:
-            results = await batcher.submit(texts)
-        finally:
-            metrics.QUEUE_DEPTH.labels(model_id).set(batcher.queued_items)
+
+        def run(items: list[str]) -> list[tuple[list[float], int]]:
+            result = entry.model.embed(items)
+            return list(zip(result.vectors, result.token_counts, strict=True))
+
+        results = await self._batched(entry.model, run, texts, self._embed_batching.max_batch_size)
         embeddings = Embeddings(vectors=[v for v, _ in results], token_counts=[n for _, n in results])
         metrics.TOKENS.labels(model_id, "input").inc(embeddings.usage.input_tokens)
         return embeddings
@@ -207,41 +209,61 @@ class InferenceCore:
             async for chunk in self._stream(entry, lambda cancel: entry.model.speak(text, params, cancel)):
                 yield chunk
 
-    def _embed_batcher(self, model: ServedModel) -> DynamicBatcher:
-        def run(items: list[str]) -> list[tuple[list[float], int]]:
-            result = model.embed(items)
-            return list(zip(result.vectors, result.token_counts, strict=True))
+    async def classify_image(self, model_id: str, image: bytes, mime_type: str, top_k: int) -> Labels:
+        """An image's `top_k` likeliest classes. The image is checked first; concurrent
+        requests share forward passes through the model's dynamic batcher."""
+        self.repository.capable(model_id, Capability.IMAGE_CLASSIFICATION)
+        await asyncio.to_thread(check_image, image, mime_type)
+        async with self.repository.use(model_id, Capability.IMAGE_CLASSIFICATION) as entry:
+            # Every image in a batch gets the most classes anyone may ask for; each caller
+            # keeps its own top_k of them.
+            ranked = await self._batched(
+                entry.model, lambda images: entry.model.classify(images, MAX_TOP_K), [image], MAX_IMAGE_BATCH
+            )
+        return Labels(ranked[0].labels[:top_k], ranked[0].usage)
 
+    async def _batched(self, model: ServedModel, run: Callable[[list], list], items: list, max_batch: int) -> list:
+        """`run` over `items` through the model's dynamic batcher (made on first use),
+        sharing its passes with other callers' items."""
+        batcher = self._batchers.get(model.model_id)
+        if batcher is None:
+            batcher = self._batchers[model.model_id] = self._batcher(model, run, max_batch)
+        try:
+            return await batcher.submit(items)
+        finally:
+            metrics.QUEUE_DEPTH.labels(model.model_id).set(batcher.queued_items)
+
+    def _batcher(self, model: ServedModel, run: Callable[[list], list], max_batch: int) -> DynamicBatcher:
         settings = self._embed_batching
         # Threads of the model's own, one per instance: a model sets its thread count on
         # the thread that runs it, and generation calls must not inherit an instance's
         # share. They outlive unloads: new threads on every reload grew the process by
         # 15% over 20 cycles (glibc keeps per-thread arenas).
-        threads = self._embed_threads.get(model.model_id)
+        threads = self._batch_threads.get(model.model_id)
         if threads is None:
-            threads = ThreadPoolExecutor(model.instances, thread_name_prefix=f"embed-{model.model_id}")
-            self._embed_threads[model.model_id] = threads
+            threads = ThreadPoolExecutor(model.instances, thread_name_prefix=f"batch-{model.model_id}")
+            self._batch_threads[model.model_id] = threads
         return DynamicBatcher(
             model.model_id,
             run,
             threads,
-            settings.max_batch_size,
+            max_batch,
             settings.max_queue_delay,
             settings.max_queue_items,
             on_batch=metrics.BATCH_SIZE.labels(model.model_id).observe,
             instances=model.instances,
         )
 
-    async def _forget_embedder(self, model_id: str) -> None:
+    async def _forget_batcher(self, model_id: str) -> None:
         """Before an unload: the batcher refers to the model's weights."""
-        batcher = self._embedders.pop(model_id, None)
+        batcher = self._batchers.pop(model_id, None)
         if batcher is not None:
             await batcher.close()
 
     async def close(self) -> None:
-        for model_id in list(self._embedders):
-            await self._forget_embedder(model_id)
-        for threads in self._embed_threads.values():
+        for model_id in list(self._batchers):
+            await self._forget_batcher(model_id)
+        for threads in self._batch_threads.values():
             threads.shutdown(wait=True)
 
     async def warmup(self, model_ids: list[str]) -> list[ModelEntry]:

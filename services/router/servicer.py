@@ -50,6 +50,10 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         check_image(request.image, request.mime_type)
         return await self._unary(Rpc.EXTRACT_TEXT, request, context)
 
+    async def ClassifyImage(self, request, context):
+        check_image(request.image, request.mime_type)
+        return await self._unary(Rpc.CLASSIFY_IMAGE, request, context)
+
     async def Synthesize(self, request, context):
         async for chunk in self._stream(Rpc.SYNTHESIZE, request, context):
             yield chunk

