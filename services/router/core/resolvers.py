@@ -25,7 +25,11 @@ from services.runtime.errors import InvalidArgument, NotFound, Unavailable
 
 AUTO = "auto"
 STRATEGIES = ("quality", "cost", "latency", "least-busy")
-POOL_SETTLE_SECONDS = 2.0
+# How long after a pool first appears in the catalog the router keeps calling its instances
+# by name: the control plane must push the pool's cluster, Envoy warm it, and its first
+# health check pass. 2 s was not always enough on a loaded CI machine (a request sent to
+# the pool then got Envoy's 503 "no healthy upstream"); by name, nothing is lost meanwhile.
+POOL_SETTLE_SECONDS = 5.0
 
 
 def model_id(requested: str) -> str:
