@@ -8,7 +8,7 @@ from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
 from services.backend.contract import ContractServicer, usage_proto
 from services.backend.types import Embeddings, GenerationParams, TextChunk, Usage
-from services.runtime.errors import Unavailable
+from services.runtime.errors import FailedPrecondition, Unavailable
 
 CAPABILITIES = {
     "text": [types.CAPABILITY_TEXT_GENERATION, types.CAPABILITY_CHAT],
@@ -55,6 +55,29 @@ class ProviderServicer(ContractServicer):
             request.model, request.image, request.mime_type, request.prompt or DEFAULT_PROMPT, max_tokens
         )
         return pb.DescribeImageResponse(description=text, usage=usage_proto(usage), model=request.model)
+
+    def _unsupported(self, request, capability: str) -> FailedPrecondition:
+        return FailedPrecondition(
+            f"model {request.model!r} does not support {capability} through this provider adapter",
+            reason="CAPABILITY_NOT_SUPPORTED",
+            model=request.model,
+            capability=capability,
+        )
+
+    # Not offered by the adapters yet: a clear refusal, not gRPC's UNIMPLEMENTED (which
+    # says the route is broken).
+    async def Transcribe(self, request, context):
+        raise self._unsupported(request, "transcription")
+
+    async def Synthesize(self, request, context):
+        raise self._unsupported(request, "speech-synthesis")
+        yield  # a stream
+
+    async def ExtractText(self, request, context):
+        raise self._unsupported(request, "ocr")
+
+    async def ClassifyImage(self, request, context):
+        raise self._unsupported(request, "image-classification")
 
     def _listing(self) -> list[types.Model]:
         by_model: dict[str, list[int]] = {}

@@ -34,13 +34,17 @@ class FakeClock:
 
 
 class FakeResolver:
-    """Model `m` is served by backend `m-backend`, with the fallbacks and context windows
-    given; `auto` ranks the models in the order given."""
+    """Model `m` is served by backend `m-backend`, with the fallbacks, context windows and
+    capabilities given (every capability when none are); `auto` ranks the models in the
+    order given."""
 
-    def __init__(self, models: list[str], fallbacks: dict[str, tuple[str, ...]] | None = None, windows=None) -> None:
+    def __init__(
+        self, models: list[str], fallbacks: dict[str, tuple[str, ...]] | None = None, windows=None, capabilities=None
+    ) -> None:
         self._models = models
         self._fallbacks = fallbacks or {}
         self._windows = windows or {}
+        self._capabilities: dict[str, set[str]] = capabilities or {}
 
     def route(self, requested: str) -> Route:
         model = requested.partition("@")[0]
@@ -56,6 +60,10 @@ class FakeResolver:
 
     def context_window(self, model: str) -> int | None:
         return self._windows.get(model.partition("@")[0])
+
+    def capable(self, model: str, capability: str) -> bool:
+        known = self._capabilities.get(model.partition("@")[0])
+        return known is None or capability in known
 
     def models(self) -> list[str]:
         return list(self._models)

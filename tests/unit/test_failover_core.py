@@ -61,6 +61,22 @@ async def test_an_unavailable_backend_falls_back_to_the_next_model_in_order():
     assert [backend for _, backend, _ in backends.calls] == ["primary-backend", "second-backend", "third-backend"]
 
 
+async def test_a_model_without_the_capability_is_refused_before_any_backend_and_is_no_fallback():
+    resolver = FakeResolver(MODELS, FALLBACKS, capabilities={"primary": {"chat"}, "second": {"transcription"}})
+    backends = FakeBackends()
+    with pytest.raises(DomainError) as caught:
+        await failover.unary(core(backends, resolver=resolver), Rpc.GENERATE_TEXT, ask(), CallContext())
+    assert (
+        caught.value.reason == "CAPABILITY_NOT_SUPPORTED" and caught.value.status_code == code_pb2.FAILED_PRECONDITION
+    )
+    assert "text-generation" in caught.value.message and backends.calls == []
+    resolver = FakeResolver(MODELS, FALLBACKS, capabilities={"second": {"transcription"}})
+    backends.script("primary-backend", Script(error=failure(UNAVAILABLE, "down")))
+    answer = await failover.unary(core(backends, resolver=resolver), Rpc.GENERATE_TEXT, ask(), CallContext())
+    assert answer.reply.model == "third"  # "second" cannot generate text: skipped
+    assert backends.called("second-backend") == 0
+
+
 async def test_a_callers_own_error_is_not_retried_elsewhere():
     backends = FakeBackends()
     backends.script("primary-backend", Script(error=failure(INVALID_ARGUMENT, "bad prompt", "BAD_PROMPT")))

@@ -21,7 +21,7 @@ from typing import Protocol
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from services.router.core.load import ModelLoad
 from services.runtime.catalog import POOL_KINDS, Catalog, ServiceInstance, pool_name
-from services.runtime.errors import InvalidArgument, NotFound, Unavailable
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 AUTO = "auto"
 STRATEGIES = ("quality", "cost", "latency", "least-busy")
@@ -85,6 +85,10 @@ class Resolver(Protocol):
 
     def fallbacks(self, requested: str) -> tuple[str, ...]: ...
 
+    def capable(self, model: str, capability: str) -> bool:
+        """False when the model is known not to have `capability` (True when unknown)."""
+        ...
+
     def context_window(self, model: str) -> int | None: ...
 
     def models(self) -> list[str]:
@@ -113,7 +117,16 @@ def candidates(resolver: Resolver, requested: str, capability: str, load: ModelL
                 capability=capability,
             )
         return ranked
-    return list(dict.fromkeys([requested, *resolver.fallbacks(requested)]))
+    if not resolver.capable(requested, capability):
+        raise FailedPrecondition(
+            f"model {requested!r} does not support {capability}",
+            reason="CAPABILITY_NOT_SUPPORTED",
+            model=requested,
+            capability=capability,
+        )
+    # A fallback that cannot do the work is no fallback for it.
+    fallbacks = [f for f in resolver.fallbacks(requested) if resolver.capable(f, capability)]
+    return list(dict.fromkeys([requested, *fallbacks]))
 
 
 class CatalogResolver:
@@ -149,6 +162,9 @@ class CatalogResolver:
 
     def context_window(self, model: str) -> int | None:
         return None
+
+    def capable(self, model: str, capability: str) -> bool:
+        return True  # the backend says
 
 
 class RegistryResolver:
@@ -220,6 +236,12 @@ class RegistryResolver:
     def fallbacks(self, requested: str) -> tuple[str, ...]:
         model = self._state.models.get(f"models/{requested.partition('@')[0]}")
         return tuple(f.removeprefix("models/") for f in model.fallbacks) if model is not None else ()
+
+    def capable(self, model_id: str, capability: str) -> bool:
+        """What the registry says the model can do (a model it does not know is the
+        route's NOT_FOUND to report)."""
+        model = self._state.models.get(f"models/{model_id.partition('@')[0]}")
+        return model is None or capability in model.capabilities
 
     def context_window(self, model_id: str) -> int | None:
         """The model's context window in tokens, when the registry knows it."""
