@@ -55,12 +55,12 @@ def word_error_rate(reference: list[str], hypothesis: list[str]) -> float:
 def speak(voice, audio_format: str) -> tuple[bytes, float, float, float]:
     """(audio, seconds to the first bytes, seconds in all, seconds of audio)."""
     started = time.perf_counter()
-    first, parts, usage = None, [], None
+    first, parts, seconds = None, [], 0.0
     for chunk in voice.speak(PASSAGE, SpeechParams(format=audio_format), CancelToken()):
         first = first if first is not None else time.perf_counter() - started
         parts.append(chunk.audio)
-        usage = chunk.usage or usage
-    return b"".join(parts), first, time.perf_counter() - started, usage.output_audio_seconds
+        seconds = chunk.duration_seconds or seconds  # on the last piece
+    return b"".join(parts), first, time.perf_counter() - started, seconds
 
 
 def main() -> None:

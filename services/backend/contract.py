@@ -181,10 +181,6 @@ def usage_proto(usage: Usage | None) -> types.Usage | None:
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         total_tokens=usage.total_tokens,
-        input_audio_seconds=usage.input_audio_seconds,
-        input_characters=usage.input_characters,
-        output_audio_seconds=usage.output_audio_seconds,
-        input_images=usage.input_images,
     )
 
 
@@ -250,6 +246,8 @@ def speech_proto(chunk: SpeechChunk, model: str) -> pb.SynthesizeResponse:
         sample_rate=chunk.sample_rate,
         usage=usage_proto(chunk.usage),
         model=model,
+        duration_seconds=chunk.duration_seconds,
+        input_characters=chunk.characters,
     )
 
 

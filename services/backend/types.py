@@ -135,10 +135,6 @@ class GenerationParams:
 class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
-    input_audio_seconds: float = 0.0
-    input_characters: int = 0
-    output_audio_seconds: float = 0.0
-    input_images: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -267,12 +263,15 @@ class SpeechParams:
 
 @dataclass(frozen=True)
 class SpeechChunk:
-    """The next bytes of encoded speech; the last one carries the usage."""
+    """The next bytes of encoded speech; the last one carries the usage (no tokens), the
+    seconds of audio made and the characters spoken."""
 
     audio: bytes
     mime_type: str
     sample_rate: int
     usage: Usage | None = None
+    duration_seconds: float = 0.0
+    characters: int = 0
 
 
 @dataclass(frozen=True)

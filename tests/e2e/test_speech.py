@@ -108,4 +108,4 @@ def test_the_native_rest_call_streams_base64_pieces(base_url):
     audio = b"".join(base64.b64decode(p["audio"]) for p in pieces)
     with wave.open(io.BytesIO(audio)) as wav:
         assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 22050)
-    assert pieces[-1]["usage"]["input_characters"] == len(TEXT)
+    assert pieces[-1]["input_characters"] == len(TEXT) and 3.0 < pieces[-1]["duration_seconds"] < 8.0

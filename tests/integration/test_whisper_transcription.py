@@ -41,7 +41,6 @@ async def test_speech_is_transcribed_word_for_word_with_its_timing(core):
     assert words(transcript.text) == words(SENTENCE)
     assert transcript.language == "en"  # detected
     assert 2.0 < transcript.duration_seconds < 5.0
-    assert transcript.usage.input_audio_seconds == pytest.approx(transcript.duration_seconds, abs=0.05)
     assert transcript.usage.output_tokens >= len(words(SENTENCE))
     timed = [w for s in transcript.segments for w in s.words]
     assert [w.word.strip(" .").lower() for w in timed] == words(SENTENCE)

@@ -125,7 +125,7 @@ class MobileNetClassifier(ServedModel):
                 tuple(
                     ImageLabel(self.labels[i], round(float(s), 5), int(i)) for s, i in zip(row_s, row_i, strict=True)
                 ),
-                Usage(input_images=1),
+                Usage(),
             )
             for row_s, row_i in zip(scores.tolist(), indices.tolist(), strict=True)
         ]

@@ -65,5 +65,6 @@ class PiperSpeaker(ServedModel):
             samples += len(sentence.audio_int16_array)
             if data := encoder.encode(sentence.audio_int16_array):
                 yield SpeechChunk(data, encoder.mime_type, encoder.sample_rate)
-        usage = Usage(input_characters=len(text), output_audio_seconds=round(samples / rate, 3))
-        yield SpeechChunk(encoder.finish(), encoder.mime_type, encoder.sample_rate, usage)
+        yield SpeechChunk(
+            encoder.finish(), encoder.mime_type, encoder.sample_rate, Usage(), round(samples / rate, 3), len(text)
+        )

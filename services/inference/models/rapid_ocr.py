@@ -56,4 +56,4 @@ class RapidOcrReader(ServedModel):
             for text, score, box in zip(found.txts, found.scores, found.boxes, strict=True):
                 corners = tuple((float(x), float(y)) for x, y in box)
                 lines.append(TextLine(text, round(float(score), 4), corners))
-        return ExtractedText(tuple(lines), Usage(input_images=1))
+        return ExtractedText(tuple(lines), Usage())

@@ -95,8 +95,6 @@ class WhisperTranscriber(ServedModel):
             )
             for i, s in enumerate(pieces)  # a generator: this runs the model
         )
-        usage = Usage(
-            output_tokens=sum(len(s.tokens) for s in segments), input_audio_seconds=len(samples) / SAMPLE_RATE
-        )
+        usage = Usage(output_tokens=sum(len(s.tokens) for s in segments))
         text = "".join(s.text for s in segments).strip()
         return Transcript(text, info.language, round(info.duration, 3), segments, usage)

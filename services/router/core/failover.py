@@ -226,7 +226,7 @@ async def unary(
                 attempts.failed(exc, route)
                 continue
             answer = Answer(reply, route, attempts.answered(attempt, route), cached=False, looked_up=key is not None)
-            attempts.record.usage(route, reply.usage)
+            attempts.record.usage(route, reply.usage, reply)
             await admission.charge(route.model, reply.usage)
             await core.cache.put(key, reply)
             reply.model = attempt.model
@@ -276,7 +276,7 @@ async def stream(
             attempts.record.first_chunk()
             async for chunk in _interruptible(_prepend(first, chunks), route, attempts, in_band_errors):
                 if chunk.HasField("usage"):
-                    attempts.record.usage(route, chunk.usage)
+                    attempts.record.usage(route, chunk.usage, chunk)
                 chunk.model = attempt.model
                 yield chunk
                 if not await admission.streamed(route.model, chunk):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 
+from google.protobuf.message import Message
 from google.rpc import code_pb2
 from prometheus_client import Counter, Histogram
 
@@ -141,19 +142,14 @@ class RequestRecord:
     def first_chunk(self) -> None:
         self._first_token = time.monotonic() - self._started
 
-    def usage(self, route: Route, usage: types_pb.Usage) -> None:
-        """Tokens an answer used (not called for cache hits: they cost nothing)."""
+    def usage(self, route: Route, usage: types_pb.Usage, reply: Message | None = None) -> None:
+        """Tokens an answer used (not called for cache hits: they cost nothing), and what
+        else `reply` (the answer, or a stream's last piece) measures: audio heard or made,
+        characters spoken, images looked at."""
         cost = cost_of(route, usage)
         TOKENS.labels(route.model, route.version, "input").inc(usage.input_tokens)
         TOKENS.labels(route.model, route.version, "output").inc(usage.output_tokens)
-        if usage.input_audio_seconds:
-            AUDIO_SECONDS.labels(route.model, route.version, "input").inc(usage.input_audio_seconds)
-        if usage.output_audio_seconds:
-            AUDIO_SECONDS.labels(route.model, route.version, "output").inc(usage.output_audio_seconds)
-        if usage.input_characters:
-            CHARACTERS.labels(route.model, route.version).inc(usage.input_characters)
-        if usage.input_images:
-            IMAGES.labels(route.model, route.version).inc(usage.input_images)
+        self._media(route, reply)
         for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
             TOKEN_USAGE.labels(*self._labels(route), kind).observe(count)
         if route.pricing is not None:
@@ -166,6 +162,17 @@ class RequestRecord:
         tally.currency = tally.currency or (route.pricing.currency or "USD" if route.pricing is not None else "")
         self._output_tokens = usage.output_tokens
         annotate({"gen_ai.usage.input_tokens": usage.input_tokens, "gen_ai.usage.output_tokens": usage.output_tokens})
+
+    def _media(self, route: Route, reply: Message | None) -> None:
+        if reply is None:
+            return
+        if self._operation == "transcription":
+            AUDIO_SECONDS.labels(route.model, route.version, "input").inc(reply.duration_seconds)
+        elif self._operation == "speech_synthesis":
+            AUDIO_SECONDS.labels(route.model, route.version, "output").inc(reply.duration_seconds)
+            CHARACTERS.labels(route.model, route.version).inc(reply.input_characters)
+        elif self._operation in ("ocr", "image_classification"):
+            IMAGES.labels(route.model, route.version).inc()
 
     def failed(self, error: BaseException) -> None:
         self._error = _error_type(error)
