@@ -43,7 +43,13 @@ class ProviderApp(Application):
     @property
     def capabilities(self) -> tuple[str, ...]:
         """The tasks it has a model for (none without a key)."""
-        tasks = {"text": ("text-generation", "chat"), "vision": ("image-description",), "embedding": ("embedding",)}
+        tasks = {
+            "text": ("text-generation", "chat"),
+            "vision": ("image-description",),
+            "embedding": ("embedding",),
+            "transcription": ("transcription",),
+            "speech": ("speech-synthesis",),
+        }
         return () if self.problem else tuple(c for task in self.settings.default_models() for c in tasks[task])
 
     def ready_models(self) -> tuple[str, ...]:

@@ -18,12 +18,18 @@ from services.backend.types import (
     FinishReason,
     GenerationParams,
     ResponseFormat,
+    Segment,
+    SpeechChunk,
+    SpeechParams,
     TextChunk,
     TokenLogprob,
     ToolCallDelta,
     Tools,
     TopLogprob,
+    Transcript,
+    TranscriptionParams,
     Usage,
+    Word,
 )
 from services.providers import errors
 from services.providers.apportion import apportion
@@ -47,6 +53,7 @@ class OpenAIBackend:
             max_retries=0,  # retries are ours (retrying.py), so they never stack
         )
         self._retry = Retrier(settings.max_attempts, settings.max_retry_wait_seconds)
+        self._voice = settings.openai_speech_voice
 
     async def close(self) -> None:
         await self._client.close()
@@ -178,6 +185,85 @@ class OpenAIBackend:
         )
         usage = Usage(reply.usage.prompt_tokens, reply.usage.completion_tokens) if reply.usage else Usage()
         return reply.choices[0].message.content or "", usage
+
+    async def transcribe(self, model_id: str, audio: bytes, mime_type: str, params: TranscriptionParams) -> Transcript:
+        """OpenAI's transcription endpoint, asked for verbose JSON (timed segments; words
+        when asked for)."""
+        options: dict[str, Any] = {"temperature": params.temperature}
+        if params.language:
+            options["language"] = params.language
+        if params.prompt:
+            options["prompt"] = params.prompt
+        granularities = ["segment", "word"] if params.word_timestamps else ["segment"]
+        extension = MIME_EXTENSIONS.get(mime_type.split(";")[0].strip().lower(), "bin")
+        reply = await self._call(
+            lambda: self._client.audio.transcriptions.create(
+                model=model_id,
+                file=(f"audio.{extension}", audio, mime_type or "application/octet-stream"),
+                response_format="verbose_json",
+                timestamp_granularities=granularities,
+                **options,
+            )
+        )
+        return _transcript(reply)
+
+    async def speak(self, model_id: str, text: str, params: SpeechParams) -> AsyncIterator[SpeechChunk]:
+        """OpenAI's speech endpoint, its audio passed on as it streams in. OpenAI says
+        nothing of the audio's length: the last piece carries the characters spoken only."""
+        mime_type = MIME_TYPES[params.format]
+        options: dict[str, Any] = {"speed": params.speed} if params.speed != 1.0 else {}
+
+        async def start():
+            manager = self._client.audio.speech.with_streaming_response.create(
+                model=model_id, voice=params.voice or self._voice, input=text, response_format=params.format, **options
+            )
+            return manager, await manager.__aenter__()
+
+        manager, response = await self._call(start)
+        try:
+            async for piece in response.iter_bytes():
+                yield SpeechChunk(piece, mime_type, OPENAI_RATES.get(params.format, 24000))
+            yield SpeechChunk(b"", mime_type, OPENAI_RATES.get(params.format, 24000), Usage(), 0.0, len(text))
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from None
+        finally:
+            await manager.__aexit__(None, None, None)
+
+
+# The file name's extension tells OpenAI the audio's type.
+MIME_EXTENSIONS = {
+    "audio/wav": "wav", "audio/x-wav": "wav", "audio/wave": "wav", "audio/mpeg": "mp3", "audio/mp3": "mp3",
+    "audio/mp4": "m4a", "audio/m4a": "m4a", "audio/x-m4a": "m4a", "video/mp4": "mp4", "audio/webm": "webm",
+    "video/webm": "webm", "audio/flac": "flac", "audio/x-flac": "flac", "audio/ogg": "ogg", "audio/opus": "ogg",
+}  # fmt: skip
+MIME_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "flac": "audio/flac", "wav": "audio/wav", "pcm": "audio/pcm"}  # fmt: skip
+OPENAI_RATES = {"pcm": 24000, "opus": 48000}  # the rest: 24 kHz as OpenAI makes them
+
+
+def _transcript(reply) -> Transcript:
+    words = list(getattr(reply, "words", None) or [])
+    segments = []
+    for i, s in enumerate(getattr(reply, "segments", None) or []):
+        # OpenAI gives no confidence for a word: 0.
+        inside = tuple(Word(w.word, w.start, w.end, 0.0) for w in words if s.start <= w.start < s.end)
+        segments.append(
+            Segment(
+                id=i,
+                start=s.start,
+                end=s.end,
+                text=s.text,
+                tokens=tuple(s.tokens or ()),
+                temperature=s.temperature or 0.0,
+                avg_logprob=s.avg_logprob or 0.0,
+                compression_ratio=s.compression_ratio or 0.0,
+                no_speech_prob=s.no_speech_prob or 0.0,
+                words=inside,
+            )
+        )
+    language = getattr(reply, "language", "") or ""
+    return Transcript(
+        reply.text.strip(), language, float(getattr(reply, "duration", 0.0) or 0.0), tuple(segments), Usage()
+    )
 
 
 def _message(turn: ChatTurn) -> dict[str, Any]:

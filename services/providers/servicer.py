@@ -6,7 +6,14 @@ from collections.abc import AsyncIterator
 
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
-from services.backend.contract import ContractServicer, usage_proto
+from services.backend.contract import (
+    ContractServicer,
+    speech_params_from,
+    speech_proto,
+    transcript_proto,
+    transcription_params_from,
+    usage_proto,
+)
 from services.backend.types import Embeddings, GenerationParams, TextChunk, Usage
 from services.runtime.errors import FailedPrecondition, Unavailable
 
@@ -14,6 +21,8 @@ CAPABILITIES = {
     "text": [types.CAPABILITY_TEXT_GENERATION, types.CAPABILITY_CHAT],
     "vision": [types.CAPABILITY_IMAGE_DESCRIPTION],
     "embedding": [types.CAPABILITY_EMBEDDING],
+    "transcription": [types.CAPABILITY_TRANSCRIPTION],
+    "speech": [types.CAPABILITY_SPEECH_SYNTHESIS],
 }
 DEFAULT_PROMPT = "Describe this image."
 
@@ -38,6 +47,13 @@ class Unconfigured:
 
     async def describe_image(self, model_id, image, mime_type, prompt, max_tokens) -> tuple[str, Usage]:
         raise self._refuse()
+
+    async def transcribe(self, model_id, audio, mime_type, params):
+        raise self._refuse()
+
+    async def speak(self, model_id, text, params):
+        raise self._refuse()
+        yield  # a stream
 
     async def close(self) -> None:
         pass
@@ -67,11 +83,17 @@ class ProviderServicer(ContractServicer):
     # Not offered by the adapters yet: a clear refusal, not gRPC's UNIMPLEMENTED (which
     # says the route is broken).
     async def Transcribe(self, request, context):
-        raise self._unsupported(request, "transcription")
+        if not hasattr(self.backend, "transcribe"):
+            raise self._unsupported(request, "transcription")
+        params = transcription_params_from(request)
+        transcript = await self.backend.transcribe(request.model, request.audio, request.mime_type, params)
+        return transcript_proto(transcript, request.model)
 
     async def Synthesize(self, request, context):
-        raise self._unsupported(request, "speech-synthesis")
-        yield  # a stream
+        if not hasattr(self.backend, "speak"):
+            raise self._unsupported(request, "speech-synthesis")
+        async for chunk in self.backend.speak(request.model, request.input, speech_params_from(request)):
+            yield speech_proto(chunk, request.model)
 
     async def ExtractText(self, request, context):
         raise self._unsupported(request, "ocr")

@@ -20,6 +20,9 @@ class ProviderSettings(ServiceSettings):
     openai_text_model: str = Field("gpt-4o-mini", description="Text and chat, when a request names no model.")
     openai_vision_model: str = Field("gpt-4o-mini", description="Image description.")
     openai_embedding_model: str = Field("text-embedding-3-small", description="Embeddings.")
+    openai_transcription_model: str = Field("whisper-1", description="Speech to text.")
+    openai_speech_model: str = Field("tts-1", description="Text to speech.")
+    openai_speech_voice: str = Field("alloy", description="The voice, when a speech request names none.")
 
     gemini_api_key: SecretStr | None = Field(None, description="Without it the adapter reports NOT_SERVING.")
     gemini_base_url: str | None = Field(None, description="Override of Google's endpoint.")
@@ -33,10 +36,14 @@ class ProviderSettings(ServiceSettings):
         return key if key is not None and key.get_secret_value() else None
 
     def default_models(self) -> dict[str, str]:
-        """Capability → model, for requests that name none and for ListModels."""
+        """Task → model, for requests that name none and for ListModels (OpenAI's adapter
+        also speaks and transcribes)."""
         prefix = self.provider
-        return {
+        models = {
             "text": getattr(self, f"{prefix}_text_model"),
             "vision": getattr(self, f"{prefix}_vision_model"),
             "embedding": getattr(self, f"{prefix}_embedding_model"),
         }
+        if self.provider == "openai":
+            models |= {"transcription": self.openai_transcription_model, "speech": self.openai_speech_model}
+        return models

@@ -189,6 +189,9 @@ def _hosted(settings: RegistrySettings) -> dict[str, tuple[res.Model, dict, dict
                 res.Pricing(input_per_1k_tokens=0.00015, output_per_1k_tokens=0.0006),
             ),
             ("openai", settings.openai_embedding_model, ["embedding"], res.Pricing(input_per_1k_tokens=0.00002)),
+            # Priced by the minute and by the character, which Pricing cannot say yet.
+            ("openai", settings.openai_transcription_model, ["transcription"], res.Pricing()),
+            ("openai", settings.openai_speech_model, ["speech-synthesis"], res.Pricing()),
         ]
     if settings.gemini_api_key is not None and settings.gemini_api_key.get_secret_value():
         offers += [

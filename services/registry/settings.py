@@ -26,6 +26,8 @@ class RegistrySettings(ServiceSettings):
     openai_api_key: SecretStr | None = Field(None, description="Registers OpenAI's models when set.")
     openai_text_model: str = Field("gpt-4o-mini", description="OpenAI model for text and chat.")
     openai_embedding_model: str = Field("text-embedding-3-small", description="OpenAI embedding model.")
+    openai_transcription_model: str = Field("whisper-1", description="OpenAI speech-to-text model.")
+    openai_speech_model: str = Field("tts-1", description="OpenAI text-to-speech model.")
     gemini_api_key: SecretStr | None = Field(None, description="Registers Gemini's models when set.")
     gemini_text_model: str = Field("gemini-2.0-flash", description="Gemini model for text and chat.")
     gemini_embedding_model: str = Field("text-embedding-004", description="Gemini embedding model.")

@@ -16,7 +16,9 @@ import openai
 import pytest
 
 from services.inference.audio import decode
+from support.meshes import register_model
 from support.metrics import metric
+from support.polling import eventually
 from support.speech import words
 from support.sse import sse_events
 
@@ -109,3 +111,49 @@ def test_the_native_rest_call_streams_base64_pieces(base_url):
     with wave.open(io.BytesIO(audio)) as wav:
         assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 22050)
     assert pieces[-1]["input_characters"] == len(TEXT) and 3.0 < pieces[-1]["duration_seconds"] < 8.0
+
+
+def test_speech_and_transcription_through_the_openai_adapter_and_its_fallback(client, base_url, mesh):
+    """The OpenAI adapter speaks and transcribes through OpenAI's audio endpoints (here
+    this mesh's own front door, so its local voice and Whisper answer behind it); a local
+    model that fails falls back to it."""
+    register_model(base_url, "remote-voice", "openai", VOICE_MODEL, capabilities=["speech-synthesis"])
+    register_model(base_url, "remote-whisper", "openai", "whisper-base", capabilities=["transcription"])
+    speech = eventually(
+        lambda: client.audio.speech.create(model="remote-voice", voice=VOICE, input=TEXT, response_format="wav"),
+        ignoring=(openai.NotFoundError,),  # until the router has the new model from the registry's feed
+        timeout=30,
+    )
+    assert speech.response.headers["x-infermesh-served-by"] == "openai"
+    transcript = eventually(
+        lambda: client.audio.transcriptions.create(
+            model="remote-whisper", file=("speech.wav", speech.content, "audio/wav"), response_format="verbose_json"
+        ),
+        ignoring=(openai.NotFoundError,),
+        timeout=30,
+    )
+    assert words(transcript.text) == words(TEXT) and transcript.segments and transcript.language == "en"
+
+    # A model deployed only on a backend that is not in the mesh falls back to the adapter's.
+    register_model(
+        base_url,
+        "whisper-nowhere",
+        "offline-box",
+        "whisper",
+        fallbacks=["remote-whisper"],
+        capabilities=["transcription"],
+    )
+    router = mesh.settings.router_metrics_port
+    before = metric(router, "infermesh_router_fallbacks_total", model="whisper-nowhere", fallback="remote-whisper")
+    reply = eventually(
+        lambda: client.audio.transcriptions.with_raw_response.create(
+            model="whisper-nowhere", file=("speech.wav", speech.content, "audio/wav")
+        ),
+        ignoring=(openai.NotFoundError,),
+        timeout=30,
+    )
+    assert words(reply.parse().text) == words(TEXT) and reply.headers["x-infermesh-fallback"] == "true"
+    assert (
+        metric(router, "infermesh_router_fallbacks_total", model="whisper-nowhere", fallback="remote-whisper")
+        == before + 1
+    )
