@@ -28,7 +28,10 @@ class Part:
 def parse(content_type: str, body: bytes) -> list[Part]:
     """The parts of a multipart/form-data body, in order; INVALID_ARGUMENT for a body that
     is not one."""
-    kind, options = parse_options_header(content_type)
+    try:
+        kind, options = parse_options_header(content_type)
+    except (UnicodeError, ValueError):  # a header value HTTP cannot carry
+        kind, options = b"", {}
     boundary = options.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
         raise InvalidArgument(

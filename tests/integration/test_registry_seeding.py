@@ -33,6 +33,8 @@ async def test_hosted_models_are_registered_only_with_a_key_and_seeding_is_idemp
             assert await provider_models(registry, "openai") == {
                 "models/gpt-4o-mini",
                 "models/text-embedding-3-small",
+                "models/whisper-1",
+                "models/tts-1",
             }
             assert await provider_models(registry, "gemini") == set()
             route = await registry.ListDeployments(pb.ListDeploymentsRequest(parent="models/gpt-4o-mini"))

@@ -70,7 +70,15 @@ async def test_routes_follow_the_registry(tmp_path):
                     "bf16",
                 )
                 assert route.max_output_tokens == 8192
-                assert directory.models() == ["all-minilm-l6-v2", "gemma-3-270m", "qwen2.5-coder-0.5b-instruct"]
+                assert directory.models() == [
+                    "all-minilm-l6-v2",
+                    "gemma-3-270m",
+                    "mobilenet-v2",
+                    "piper-en-us-joe",
+                    "pp-ocrv6",
+                    "qwen2.5-coder-0.5b-instruct",
+                    "whisper-base",
+                ]
 
                 # An explicit version reaches a deployment with no traffic (try a canary first).
                 registry = server.registry

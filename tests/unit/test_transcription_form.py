@@ -96,8 +96,9 @@ def test_a_form_without_its_file_is_refused_naming_it():
         ("multipart/form-data", b"--x\r\n"),  # no boundary
         (form(model="whisper-base")[0], form(model="whisper-base")[1][:-30]),  # cut short
         (form(model="whisper-base")[0], b"garbage"),
+        ("\U00107090", b""),  # a content type HTTP cannot carry (found by the fuzzer: was a 500)
     ],
-    ids=["json", "no boundary", "truncated", "garbage"],
+    ids=["json", "no boundary", "truncated", "garbage", "not latin-1"],
 )
 def test_a_body_that_is_not_a_whole_form_is_a_clear_400(content_type, body):
     with pytest.raises(InvalidArgument) as caught:

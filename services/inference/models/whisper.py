@@ -60,9 +60,7 @@ class WhisperTranscriber(ServedModel):
 
     def transcribe(self, samples: np.ndarray, params: TranscriptionParams) -> Transcript:
         assert self._model is not None, "load() first"
-        from faster_whisper.tokenizer import _LANGUAGE_CODES as LANGUAGES
-
-        if params.language is not None and params.language not in LANGUAGES:
+        if params.language is not None and params.language not in self._model.supported_languages:
             raise InvalidArgument(
                 f"language {params.language!r} is not one Whisper knows; use an ISO-639-1 code such as "
                 "'en', 'fr' or 'de', or leave it out to detect the language",
