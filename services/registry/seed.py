@@ -143,35 +143,21 @@ def _defaults() -> dict[str, tuple[res.Model, dict[str, res.ModelVersion], dict[
             artifact_sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
         ),
     }
-    # Deployments without a version serve the default one.
+    # Deployments without a version serve the default one; every local model is deployed
+    # on the inference servers with all its traffic.
+    local = {
+        "gemma-3-270m": (gemma, gemma_versions),
+        "qwen2.5-coder-0.5b-instruct": (qwen, qwen_versions),
+        "all-minilm-l6-v2": (minilm, minilm_versions),
+        "whisper-base": (whisper, whisper_versions),
+        "piper-en-us-joe": (piper, piper_versions),
+        "pp-ocrv6": (ocr, ocr_versions),
+        "mobilenet-v2": (mobilenet, mobilenet_versions),
+    }
     return {
-        "gemma-3-270m": (gemma, gemma_versions, {"local": res.Deployment(backend="inference", traffic_weight=100)}),
-        "qwen2.5-coder-0.5b-instruct": (
-            qwen,
-            qwen_versions,
-            {"local": res.Deployment(backend="inference", traffic_weight=100)},
-        ),
-        "all-minilm-l6-v2": (
-            minilm,
-            minilm_versions,
-            {"local": res.Deployment(backend="inference", traffic_weight=100)},
-        ),
-        "whisper-base": (
-            whisper,
-            whisper_versions,
-            {"local": res.Deployment(backend="inference", traffic_weight=100)},
-        ),
-        "piper-en-us-joe": (
-            piper,
-            piper_versions,
-            {"local": res.Deployment(backend="inference", traffic_weight=100)},
-        ),
-        "pp-ocrv6": (ocr, ocr_versions, {"local": res.Deployment(backend="inference", traffic_weight=100)}),
-        "mobilenet-v2": (
-            mobilenet,
-            mobilenet_versions,
-            {"local": res.Deployment(backend="inference", traffic_weight=100)},
-        ),
+        # A deployment of its own for each (the store fills in its name and version).
+        model_id: (model, versions, {"local": res.Deployment(backend="inference", traffic_weight=100)})
+        for model_id, (model, versions) in local.items()
     }
 
 
