@@ -11,7 +11,7 @@
 #   consul acl bootstrap                                   # the management token
 #   consul acl policy create -name agent -rules @policies/agent.hcl
 #   consul acl token create -policy-name agent             # then: consul acl set-agent-token agent <SecretID>
-#   for role in router gateway inference provider registry vector; do
+#   for role in router gateway inference provider registry vector jobs; do
 #     consul acl policy create -name "$role" -rules @"policies/$role.hcl"
 #     consul acl token create -description "infermesh $role" -policy-name "$role"
 #   done

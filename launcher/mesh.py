@@ -98,6 +98,14 @@ class Mesh:
         self._service(
             "vector", "services.vector", s.vector_port, s.vector_metrics_port, DATA_DIR=data_dir, **vector_dir
         )
+        self._service(
+            "jobs",
+            "services.jobs",
+            s.jobs_port,
+            s.jobs_metrics_port,
+            DATA_DIR=data_dir,
+            REGISTRY_DATABASE_URL=s.registry_database_url,
+        )
         mesh_address = f"{s.host}:{s.mesh_port}"
         # With authorization on, the router checks the calls Envoy routes to it itself
         # (Envoy's ext_authz covers the other routes): one round trip less per call.
@@ -205,7 +213,13 @@ class Mesh:
         optional = tuple(f"{name}::" for name in self.settings.providers)
         flags = [line for line in text.splitlines() if "::health_flags::" in line and not line.startswith(optional)]
         # The clusters come from the gateway: wait until they are all there.
-        needed = {"router", "registry", "vector", *(f"inference-{i}" for i in range(self.settings.inference_replicas))}
+        needed = {
+            "router",
+            "registry",
+            "vector",
+            "jobs",
+            *(f"inference-{i}" for i in range(self.settings.inference_replicas)),
+        }
         needed |= {pool_name("inference", model) for model in self.settings.models}  # models ready in the catalog
         present = {line.split("::", 1)[0] for line in flags}
         return needed <= present and all(line.endswith("::healthy") for line in flags)

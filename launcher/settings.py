@@ -30,6 +30,7 @@ class MeshSettings(BaseSettings):
     )
     registry_port: int = 50053
     vector_port: int = Field(50054, description="The vector search service.")
+    jobs_port: int = Field(50055, description="The jobs service: OpenAI's Files and Batch APIs.")
     openai_port: int = 50061
     gemini_port: int = 50062
     router_metrics_port: int | None = 9100
@@ -41,6 +42,7 @@ class MeshSettings(BaseSettings):
     gemini_metrics_port: int | None = 9104
     gateway_metrics_port: int | None = 9105
     vector_metrics_port: int | None = 9106
+    jobs_metrics_port: int | None = 9107
     registry_database_url: str = Field("", description="The registry's database; empty: SQLite in data_dir.")
     vector_dir: Path | None = Field(None, description="The vector service's collections; empty: data_dir/vector.")
     providers: CommaList = Field(

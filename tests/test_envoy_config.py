@@ -110,6 +110,7 @@ def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
         "infermesh.inference.v1.ModelService",
         "infermesh.registry.v1.RegistryService",
         "infermesh.vector.v1.VectorService",
+        "infermesh.jobs.v1.BatchService",
         "google.longrunning.Operations",
     ]
     assert transcoder["convert_grpc_status"] is True
@@ -119,16 +120,16 @@ def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
     # Model lifecycle goes to the inference server, the registry API to the registry
     # (with no route timeout: a watch lasts as long as its client); everything else to the router.
     assert routes[0]["match"]["prefix"] == "/infermesh.inference.v1.ModelService/"
-    assert {r["route"]["cluster"] for r in routes[:-6]} == {"inference-0"}
-    assert routes[-6]["match"] == {"prefix": "/infermesh.registry.v1.RegistryService/"}
-    assert routes[-6]["route"]["cluster"] == "registry" and routes[-6]["route"]["timeout"] == "0s"
+    assert {r["route"]["cluster"] for r in routes[:-7]} == {"inference-0"}
+    assert routes[-7]["match"] == {"prefix": "/infermesh.registry.v1.RegistryService/"}
+    assert routes[-7]["route"]["cluster"] == "registry" and routes[-7]["route"]["timeout"] == "0s"
     # Reflection (a bidirectional stream) skips the whole-body buffer, which would wait forever.
-    assert routes[-5]["match"] == {"prefix": "/grpc.reflection."} and routes[-5]["route"]["cluster"] == "router"
-    assert routes[-5]["typed_per_filter_config"]["envoy.filters.http.buffer"]["disabled"] is True
-    assert routes[-4]["match"] == {"prefix": "/grpc.health.v1.Health/"} and routes[-4]["route"]["cluster"] == "router"
-    # The OpenAI surface's two routes go where everything else does (see the OpenAI test below).
-    assert [r["name"] for r in routes[-3:-1]] == ["openai-rest", "openai"]
-    assert all(r["route"] == routes[-1]["route"] for r in routes[-3:])
+    assert routes[-6]["match"] == {"prefix": "/grpc.reflection."} and routes[-6]["route"]["cluster"] == "router"
+    assert routes[-6]["typed_per_filter_config"]["envoy.filters.http.buffer"]["disabled"] is True
+    assert routes[-5]["match"] == {"prefix": "/grpc.health.v1.Health/"} and routes[-5]["route"]["cluster"] == "router"
+    # The OpenAI surface's routes go where everything else does (see the OpenAI test below).
+    assert [r["name"] for r in routes[-4:-1]] == ["openai-rest", "openai-rest-1", "openai"]
+    assert all(r["route"] == routes[-1]["route"] for r in routes[-4:])
     assert routes[-1]["match"] == {"prefix": "/"} and routes[-1]["route"]["cluster"] == "router"
     # Streams outlive Envoy's 15 s default route timeout.
     assert routes[-1]["route"]["timeout"] == "0s"
@@ -182,7 +183,17 @@ def test_the_front_door_asks_the_rate_limit_service_only_about_limits_some_calle
     assert kinds(parse_limits({"keys": {"batch": {"requests_per_minute": 5}}})) == {"requests_per_minute"}
 
 
-OPENAI_PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/models/gemma-3-270m"]
+OPENAI_PATHS = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/models",
+    "/v1/models/gemma-3-270m",
+    "/v1/files",
+    "/v1/files/file-abc/content",
+    "/v1/batches",
+    "/v1/batches/batch_abc/cancel",
+]
 NATIVE_PATHS = [
     "/v1/chat",
     "/v1/chat:stream",
@@ -206,10 +217,11 @@ def test_the_openai_paths_answer_errors_in_openais_shape_and_other_routes_are_un
     # and, once transcoded, the service's methods with x-envoy-original-path (not gRPC callers).
     routes = manager["route_config"]["virtual_hosts"][0]["routes"]
     on = [r for r in routes if "envoy.filters.http.lua" in r.get("typed_per_filter_config", {})]
-    assert [r["name"] for r in on] == ["openai-rest", "openai"]
-    rest = re.compile(on[0]["match"]["safe_regex"]["regex"])
-    assert all(rest.fullmatch(p) for p in OPENAI_PATHS) and not any(rest.fullmatch(p) for p in NATIVE_PATHS)
-    assert on[1]["match"] == {
+    assert [r["name"] for r in on] == ["openai-rest", "openai-rest-1", "openai"]
+    rest = [re.compile(r["match"]["safe_regex"]["regex"]) for r in on[:2]]
+    assert all(any(r.fullmatch(p) for r in rest) for p in OPENAI_PATHS)
+    assert not any(r.fullmatch(p) for r in rest for p in NATIVE_PATHS)
+    assert on[2]["match"] == {
         "prefix": "/infermesh.openai.v1.OpenAIService/",
         "headers": [{"name": "x-envoy-original-path", "present_match": True}],
     }
@@ -233,8 +245,12 @@ def test_the_openai_paths_answer_errors_in_openais_shape_and_other_routes_are_un
     for mapper in mappers[1:]:
         path, status = mapper["filter"]["and_filter"]["filters"]
         headers = [f["header_filter"]["header"] for f in path["or_filter"]["filters"]]
-        assert [h["name"] for h in headers] == [":path", "x-envoy-original-path"]
-        matches = re.compile(headers[0]["string_match"]["safe_regex"]["regex"]).fullmatch
+        assert [h["name"] for h in headers] == [":path", "x-envoy-original-path"] * 2
+        regexes = [re.compile(h["string_match"]["safe_regex"]["regex"]) for h in headers[::2]]
+
+        def matches(path: str) -> bool:
+            return any(regex.fullmatch(path) for regex in regexes)
+
         assert all(matches(p) and matches(p + "?x=1") for p in OPENAI_PATHS)
         assert not any(matches(p) for p in NATIVE_PATHS)
         comparison = status["status_code_filter"]["comparison"]
@@ -283,3 +299,27 @@ def test_with_an_otlp_collector_both_listeners_trace_into_it(tmp_path):
     otlp = next(c for c in config["static_resources"]["clusters"] if c["name"] == "otlp_collector")
     assert otlp["type"] == "STRICT_DNS"  # a host name, as in compose
     assert "tracing" not in str(envoy_config.render_ads(DESCRIPTOR, envoy_config.EnvoyPorts(), ("127.0.0.1", 18000)))
+
+
+def test_files_and_batches_go_to_the_jobs_service_checked_by_ext_authz_with_openai_errors(tmp_path):
+    jobs = ServiceInstance("jobs", "jobs", "127.0.0.1", 50055)
+    with_jobs = EmbeddedCatalog.of([*catalog().instances(), jobs])
+    config = envoy_config.render(with_jobs, DESCRIPTOR, envoy_config.EnvoyPorts())
+    envoy_validates(config, tmp_path)
+    front = next(x for x in config["static_resources"]["listeners"] if x["name"] == "front_door")
+    routes = front["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    to_jobs = [r for r in routes if r["route"]["cluster"] == "jobs"]
+    # Transcoded REST calls (with the Lua filter that sets OpenAI's statuses), then gRPC callers.
+    assert [r["match"] for r in to_jobs] == [
+        {
+            "prefix": "/infermesh.jobs.v1.BatchService/",
+            "headers": [{"name": "x-envoy-original-path", "present_match": True}],
+        },
+        {"prefix": "/infermesh.jobs.v1.BatchService/"},
+    ]
+    assert "envoy.filters.http.lua" in to_jobs[0]["typed_per_filter_config"]
+    # The jobs service does not check callers itself: ext_authz does, and strips no headers it sets.
+    for route in to_jobs:
+        assert "envoy.filters.http.ext_authz" not in route.get("typed_per_filter_config", {})
+        assert "request_headers_to_remove" not in route
+    assert any(c["name"] == "jobs" for c in config["static_resources"]["clusters"])

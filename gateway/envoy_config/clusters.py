@@ -17,6 +17,7 @@ HEALTH_SERVICES = {
     "provider": "infermesh.inference.v1.InferenceService",
     "registry": "infermesh.registry.v1.RegistryService",
     "vector": "infermesh.vector.v1.VectorService",
+    "jobs": "infermesh.jobs.v1.BatchService",
 }
 
 

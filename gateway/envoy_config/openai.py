@@ -7,6 +7,7 @@ import copy
 from typing import Any
 
 from services.runtime.openai_errors import (
+    BATCH_SERVICE_PREFIX,
     OPENAI_SERVICE_PREFIX,
     SHAPED_METADATA_KEY,
     TRANSCODED_PATH_HEADER,
@@ -16,19 +17,24 @@ from services.runtime.openai_errors import (
 # The OpenAI-compatible REST paths (the OpenAI SDK's, services/router/openai_servicer.py):
 # `/v1/models` and `/v1/models/{id}` (lifecycle verbs are under /v1/backend/models). Errors there are
 # in OpenAI's shape (DESIGN decision 9), whoever answers: the router's OpenAI servicer,
-# the gateway's authorization and rate limit services, or Envoy itself.
-OPENAI_REST_PATH = r"/v1/(chat/completions|completions|embeddings|audio/(transcriptions|speech)|models(/[^:?]*)?)"
+# the jobs service (files and batches), the gateway's authorization and rate limit
+# services, or Envoy itself.
+# Two regexes: one of them all is past Envoy's RE2 program size limit.
+OPENAI_REST_PATHS = (
+    r"/v1/(chat/completions|completions|embeddings|audio/(transcriptions|speech)|models(/[^:?]*)?)",
+    r"/v1/(files|batches)(/[^:?]*)?",
+)
 # OpenAI's other endpoints, which this mesh does not serve: a client calling one (the SDK's
 # `responses.create`, `images.generate`...) gets OpenAI's own "Invalid URL" 404, in its
 # shape. Matched by prefix (one regex of them all is past Envoy's RE2 program size limit).
 OPENAI_UNSERVED_PREFIXES = tuple(
     f"/v1/{resource}"
     for resource in (
-        "responses", "audio/translations", "images/", "files", "uploads", "batches", "fine_tuning/", "moderations",
+        "responses", "audio/translations", "images/", "uploads", "fine_tuning/", "moderations",
         "assistants", "threads", "vector_stores", "realtime", "conversations", "containers", "evals", "videos",
     )
 )  # fmt: skip
-OPENAI_ROUTE, OPENAI_REST_ROUTE = "openai", "openai-rest"
+OPENAI_ROUTE, OPENAI_REST_ROUTE, BATCH_ROUTE = "openai", "openai-rest", "openai-batch"
 _OPENAI_STATUS = {
     "envoy.filters.http.lua": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute",
@@ -37,7 +43,7 @@ _OPENAI_STATUS = {
 }
 
 
-def openai_routes(router: dict[str, Any]) -> list[dict[str, Any]]:
+def openai_routes(router: dict[str, Any], jobs: str | None = None) -> list[dict[str, Any]]:
     """The OpenAI surface's two routes, each like the router's catch-all `router` route
     plus the Lua filter that sets the status of the servicer's error answers
     (envoy/openai_status.lua). The filter chain is made for the route a request first
@@ -45,13 +51,17 @@ def openai_routes(router: dict[str, Any]) -> list[dict[str, Any]]:
     is matched again, on its gRPC method and the REST path the transcoder kept in
     x-envoy-original-path: that route runs the script on the response, and carries the
     rate limits, which say they are for the OpenAI surface. A gRPC client calling the
-    service itself matches neither and is answered as before."""
-    rest = {
-        "name": OPENAI_REST_ROUTE,
-        "match": {"safe_regex": {"regex": OPENAI_REST_PATH}},
-        "route": copy.deepcopy(router["route"]),
-        "typed_per_filter_config": copy.deepcopy(_OPENAI_STATUS),
-    }
+    service itself matches neither and is answered as before. With a jobs service
+    (`jobs`, its cluster), the Files and Batch APIs' transcoded calls go to it the same way."""
+    rest = [
+        {
+            "name": OPENAI_REST_ROUTE if index == 0 else f"{OPENAI_REST_ROUTE}-{index}",
+            "match": {"safe_regex": {"regex": regex}},
+            "route": copy.deepcopy(router["route"]),
+            "typed_per_filter_config": copy.deepcopy(_OPENAI_STATUS),
+        }
+        for index, regex in enumerate(OPENAI_REST_PATHS)
+    ]
     transcoded = {
         "name": OPENAI_ROUTE,
         "match": {
@@ -61,7 +71,14 @@ def openai_routes(router: dict[str, Any]) -> list[dict[str, Any]]:
         "route": copy.deepcopy(router["route"]),
         "typed_per_filter_config": copy.deepcopy(_OPENAI_STATUS),
     }
-    return [rest, transcoded]
+    routes = [*rest, transcoded]
+    if jobs is not None:
+        batch = copy.deepcopy(transcoded)
+        batch["name"] = BATCH_ROUTE
+        batch["match"]["prefix"] = BATCH_SERVICE_PREFIX
+        batch["route"] = {"cluster": jobs, "timeout": "0s"}
+        routes.append(batch)
+    return routes
 
 
 def _status_is(op: str, code: int) -> dict[str, Any]:
@@ -81,11 +98,15 @@ def openai_local_replies(max_request_bytes: int) -> dict[str, Any]:
     limiter's (response flag RL) and the authorization service's (its dynamic metadata
     says so)."""
     # A header's value is matched whole, query string and all.
-    path = OPENAI_REST_PATH + r"(\?.*)?"
     on_openai_path = {
         "or_filter": {
             "filters": [
-                {"header_filter": {"header": {"name": name, "string_match": {"safe_regex": {"regex": path}}}}}
+                {
+                    "header_filter": {
+                        "header": {"name": name, "string_match": {"safe_regex": {"regex": path + r"(\?.*)?"}}}
+                    }
+                }
+                for path in OPENAI_REST_PATHS
                 for name in (":path", TRANSCODED_PATH_HEADER)
             ]
         }

@@ -17,6 +17,7 @@ from services.runtime.identity import PRINCIPAL_HEADER
 
 REGISTRY_PREFIX = "/infermesh.registry.v1.RegistryService/"
 VECTOR_PREFIX = "/infermesh.vector.v1.VectorService/"
+JOBS_PREFIX = "/infermesh.jobs.v1.BatchService/"
 REFLECTION_PREFIX = "/grpc.reflection."
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
@@ -95,6 +96,14 @@ def _vector_routes(instances: list[ServiceInstance]) -> list[dict[str, Any]]:
     return [{"match": {"prefix": VECTOR_PREFIX}, "route": {"cluster": instances[0].name, "timeout": "0s"}}]
 
 
+def _jobs_routes(instances: list[ServiceInstance]) -> list[dict[str, Any]]:
+    """gRPC clients reach the jobs service directly (REST callers through the OpenAI
+    surface's routes, openai.py)."""
+    if not instances:
+        return []
+    return [{"match": {"prefix": JOBS_PREFIX}, "route": {"cluster": instances[0].name, "timeout": "0s"}}]
+
+
 def _registry_routes(registries: list[ServiceInstance]) -> list[dict[str, Any]]:
     """Operators reach the registry directly (it is not behind the router). Unary calls
     carry their own deadlines; a watch is a stream that lasts as long as its client."""
@@ -157,7 +166,8 @@ def route_configs(catalog: Catalog, count_requests: bool = True) -> dict[str, di
         *_vector_routes(catalog.instances("vector")),
     ]
     routes = front["virtual_hosts"][0]["routes"]
-    routes[-1:-1] = openai_routes(routes[-1])
+    jobs = catalog.instances("jobs")
+    routes[-1:-1] = [*openai_routes(routes[-1], jobs[0].name if jobs else None), *_jobs_routes(jobs)]
     for route in routes:
         if _checked_by_the_router(route):
             _skip_ext_authz(route)

@@ -9,6 +9,7 @@ import logging
 from grpc_health.v1._async import HealthServicer
 
 from infermesh.inference.v1 import model_service_pb2 as model_pb
+from infermesh.jobs.v1 import batch_service_pb2 as batch_pb
 from infermesh.openai.v1 import openai_service_pb2 as openai_pb
 from infermesh.openai.v1 import openai_service_pb2_grpc as openai_grpc
 from infermesh.registry.v1 import registry_service_pb2 as registry_pb
@@ -16,6 +17,7 @@ from infermesh.router.v1 import router_service_pb2 as router_pb
 from infermesh.router.v1 import router_service_pb2_grpc as router_grpc
 from infermesh.router.v1 import usage_service_pb2 as usage_pb
 from infermesh.router.v1 import usage_service_pb2_grpc as usage_grpc
+from infermesh.vector.v1 import vector_service_pb2 as vector_pb
 from services.authz.callers import CallerCheck
 from services.authz.oidc import OidcVerifier
 from services.limits.limiter import open_limiter
@@ -47,10 +49,13 @@ USAGE_SERVICE = usage_pb.DESCRIPTOR.services_by_name["UsageService"].full_name
 
 class RouterApp(Application):
     name = "router"
-    # Served by inference servers and the registry behind the same front door.
+    # Served by inference servers, the registry, the vector and jobs services behind the
+    # same front door.
     front_door_services = (
         model_pb.DESCRIPTOR.services_by_name["ModelService"].full_name,
         registry_pb.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+        vector_pb.DESCRIPTOR.services_by_name["VectorService"].full_name,
+        batch_pb.DESCRIPTOR.services_by_name["BatchService"].full_name,
     )
 
     def __init__(self, settings: RouterSettings) -> None:

@@ -33,13 +33,13 @@ from google.rpc import code_pb2, status_pb2
 from infermesh.openai.v1 import openai_service_pb2_grpc as pb_grpc
 from services.authz.policy import Denied
 from services.backend.images import check_image
-from services.router import multipart_form
 from services.router import openai_replies as reply
 from services.router import openai_schema as oa
 from services.router.calls import announcer, call_context
 from services.router.core import failover
 from services.router.core.router import RouterCore
 from services.router.core.rpcs import Rpc
+from services.runtime import multipart_form
 from services.runtime.errors import DomainError, InvalidArgument, NotFound, status_of
 from services.runtime.interceptors import validation_status
 from services.runtime.openai_errors import (
@@ -380,7 +380,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         return await _one(context, self._transcription(request, context))
 
     async def _transcription(self, request, context) -> httpbody_pb2.HttpBody:
-        fields, upload = oa.form_fields(multipart_form.parse(request.body.content_type, request.body.data))
+        fields, upload = multipart_form.form_fields(multipart_form.parse(request.body.content_type, request.body.data))
         body = oa.parse_fields(oa.TranscriptionRequest, fields)
         proto = body.to_proto(upload.data, upload.content_type)
         protovalidate.validate(proto)

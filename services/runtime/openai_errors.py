@@ -44,6 +44,8 @@ RETRY_AFTER_HEADER = "retry-after"
 # the REST path it came in on in this header; a gRPC client calling the service itself
 # sends none, and keeps gRPC errors.
 OPENAI_SERVICE_PREFIX = "/infermesh.openai.v1.OpenAIService/"
+# OpenAI's Files and Batch APIs, served by the jobs service (services/jobs/).
+BATCH_SERVICE_PREFIX = "/infermesh.jobs.v1.BatchService/"
 TRANSCODED_PATH_HEADER = "x-envoy-original-path"
 # Envoy reshapes its own local replies on the OpenAI paths (the front door's
 # local_reply_config); a refusal the gateway's authorization service shaped already says
@@ -101,7 +103,7 @@ _TYPES = {
 def is_openai_rest_call(path: str, headers: Mapping[str, str]) -> bool:
     """Whether a request (its gRPC path and lower-cased headers, as Envoy's ext_authz
     sends them) came in on an OpenAI-compatible REST path."""
-    return path.startswith(OPENAI_SERVICE_PREFIX) and TRANSCODED_PATH_HEADER in headers
+    return path.startswith((OPENAI_SERVICE_PREFIX, BATCH_SERVICE_PREFIX)) and TRANSCODED_PATH_HEADER in headers
 
 
 def error_type(http_status: int) -> str:

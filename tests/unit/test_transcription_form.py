@@ -11,9 +11,9 @@ import pytest
 
 from infermesh.inference.v1 import inference_service_pb2 as inference_pb
 from infermesh.router.v1 import router_messages_pb2 as pb
-from services.router import multipart_form
 from services.router import openai_replies as reply
 from services.router import openai_schema as oa
+from services.runtime import multipart_form
 from services.runtime.errors import InvalidArgument
 
 AUDIO = b"RIFF....WAVEfmt \r\n--not-a-boundary\r\n"  # bytes that look like a boundary must survive
@@ -28,7 +28,7 @@ def form(files=None, **fields) -> tuple[str, bytes]:
 
 def transcription_request(files=None, **fields) -> pb.TranscribeRequest:
     parts = multipart_form.parse(*form(files, **fields))
-    values, upload = oa.form_fields(parts)
+    values, upload = multipart_form.form_fields(parts)
     return oa.parse_fields(oa.TranscriptionRequest, values).to_proto(upload.data, upload.content_type)
 
 

@@ -4,6 +4,7 @@ the body has already arrived in one piece through Envoy's transcoder (google.api
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -85,3 +86,27 @@ def parse(content_type: str, body: bytes) -> list[Part]:
     if not ended:
         raise InvalidArgument("the multipart body ends before its closing boundary", reason="INVALID_MULTIPART")
     return parts
+
+
+def form_fields(parts: list[Part], file_field: str = "file") -> tuple[dict[str, Any], Part]:
+    """A multipart form's fields as a request's JSON would hold them (`name[]` parts as
+    one list under `name`), and its file part; a missing file or a field given twice is
+    a 400 naming it."""
+    fields: dict[str, Any] = {}
+    upload = None
+    for part in parts:
+        if part.name == file_field:
+            if upload is not None:
+                raise InvalidArgument(f"'{file_field}' is given twice", reason="DUPLICATE_PARAMETER", param=file_field)
+            upload = part
+        elif part.name.endswith("[]"):
+            fields.setdefault(part.name[:-2], []).append(part.text)
+        elif part.name in fields:
+            raise InvalidArgument(f"'{part.name}' is given twice", reason="DUPLICATE_PARAMETER", param=part.name)
+        else:
+            fields[part.name] = part.text
+    if upload is None or not upload.data:
+        raise InvalidArgument(
+            f"a non-empty '{file_field}' part is required", reason="INVALID_REQUEST_FIELDS", param=file_field
+        )
+    return fields, upload
