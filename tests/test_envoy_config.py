@@ -141,10 +141,10 @@ def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
         config = route.get("typed_per_filter_config", {}).get("envoy.filters.http.ext_authz", {})
         return config.get("disabled") is True
 
-    assert [ext_authz_off(r) for r in routes[-6:]] == [False, False, False, True, True, True]
-    assert not any(ext_authz_off(r) for r in routes[:-6])
+    assert [ext_authz_off(r) for r in routes[-7:]] == [False, False, False, True, True, True, True]
+    assert not any(ext_authz_off(r) for r in routes[:-7])
     identity = ["x-infermesh-principal", "x-infermesh-role", "x-infermesh-models"]
-    assert all(r["request_headers_to_remove"] == identity for r in routes[-3:])
+    assert all(r["request_headers_to_remove"] == identity for r in routes[-4:])
 
     # Rate limits: the caller's requests per minute where ext_authz names the caller (the
     # router counts its own callers'), none on health checks and reflection.
@@ -153,9 +153,9 @@ def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
             policy["actions"][0]["generic_key"]["descriptor_value"] for policy in route["route"].get("rate_limits", [])
         ]
 
-    assert limited(routes[-6]) == ["requests_per_minute"] and limited(routes[0]) == ["requests_per_minute"]
-    assert [limited(r) for r in routes[-5:]] == [[]] * 5
-    caller = routes[-6]["route"]["rate_limits"][0]["actions"][1]["request_headers"]
+    assert limited(routes[-7]) == ["requests_per_minute"] and limited(routes[0]) == ["requests_per_minute"]
+    assert [limited(r) for r in routes[-6:]] == [[]] * 6
+    caller = routes[-7]["route"]["rate_limits"][0]["actions"][1]["request_headers"]
     assert caller == {"header_name": "x-infermesh-principal", "descriptor_key": "api_key"}
 
 
