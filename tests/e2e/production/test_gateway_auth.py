@@ -7,6 +7,7 @@ nobody can claim an identity by sending the gateway's headers."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -194,6 +195,36 @@ def test_refusals_on_the_openai_paths_are_in_openais_shape_and_native_ones_are_n
         "message": unknown.value.body["message"],
         "details": [],
     }
+
+
+def test_files_and_batches_belong_to_their_caller_and_run_as_it(secured):
+    """The jobs service is behind ext_authz: no credentials is OpenAI's 401, another key
+    sees none of a caller's files or batches, and a batch's requests reach the router as
+    its owner, whose model restrictions apply to each line."""
+    front, admin = secured
+    with pytest.raises(openai.AuthenticationError):
+        sdk(front, "imk_not-a-key").files.list()
+    _, owner = issue(front, admin, ["ROLE_USER"], ["gemma-3-270m"])  # may not use MiniLM
+    _, other = issue(front, admin, ["ROLE_USER"], [])
+    line = {"custom_id": "one", "method": "POST", "url": "/v1/embeddings", "body": {"model": MINILM, "input": "hi"}}
+    upload = sdk(front, owner).files.create(file=("in.jsonl", (json.dumps(line) + "\n").encode()), purpose="batch")
+    batch = sdk(front, owner).batches.create(
+        input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    for hidden in (lambda c: c.files.retrieve(upload.id), lambda c: c.batches.retrieve(batch.id)):
+        with pytest.raises(openai.NotFoundError):
+            hidden(sdk(front, other))
+    assert sdk(front, other).batches.list().data == []
+    done = eventually(
+        lambda: sdk(front, owner).batches.retrieve(batch.id),
+        until=lambda b: b.status == "completed",
+        timeout=60,
+        interval=0.5,
+        what="the batch completing",
+    )
+    [refused] = [json.loads(x) for x in sdk(front, owner).files.content(done.error_file_id).text.splitlines()]
+    assert refused["response"]["status_code"] == 403, refused
+    assert "may not use model" in refused["response"]["body"]["error"]["message"]
 
 
 def token(roles: list[str], expires_in: float = 300, **claims: object) -> str:
