@@ -68,6 +68,7 @@ def test_every_documented_series_is_served_with_its_labels_and_plausible_values(
         "openai": s.openai_metrics_port,
         "gemini": s.gemini_metrics_port,
         "vector": s.vector_metrics_port,
+        "jobs": s.jobs_metrics_port,
     }
     served = {service: scrape(port) for service, port in ports.items()}
     rows = documented()

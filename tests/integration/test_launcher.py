@@ -59,14 +59,14 @@ def test_ctrl_c_stops_everything_cleanly(tmp_path):
         assert "models: gemma-3-270m" in text  # readiness progress was printed
         assert f"curl -s 127.0.0.1:{settings.front_door_port}/v1/generate-text" in text
         children = [int(pid) for pid in re.findall(r"started \S+ \(pid (\d+)\)", text)]
-        # The gateway, the inference server, the registry, the vector service, the
-        # router, a provider adapter each, Envoy.
-        assert len(children) == 6 + len(settings.providers)
+        # The gateway, the inference server, the registry, the vector and jobs services,
+        # the router, a provider adapter each, Envoy.
+        assert len(children) == 7 + len(settings.providers)
         # Every service registered itself in the embedded catalog, the inference server
         # with the models it has ready and what they can do.
         catalog = settings.data_dir.resolve() / "run" / str(settings.front_door_port) / "catalog"
         entries = {p.stem: yaml.safe_load(p.read_text()) for p in catalog.glob("*.yaml")}
-        assert set(entries) == {"gateway", "inference-0", "registry", "vector", "router", *settings.providers}
+        assert set(entries) == {"gateway", "inference-0", "registry", "vector", "jobs", "router", *settings.providers}
         assert set(entries["inference-0"]["models"]) == set(settings.models)
         assert {"chat", "embedding", "text-generation"} <= set(entries["inference-0"]["capabilities"])
         process.send_signal(signal.SIGINT)
