@@ -42,6 +42,7 @@ bench: install models
 	$(BIN)/python bench/structured_bench.py
 	$(BIN)/python bench/audio_bench.py
 	$(BIN)/python bench/vision_bench.py
+	$(BIN)/python bench/batch_bench.py
 	$(BIN)/python bench/mesh_overhead.py
 
 lint: install
