@@ -44,6 +44,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, gemini_stand_in: StandIn) -> 
         "GEMINI_TEXT_MODEL": "gemini-test",
         "GEMINI_VISION_MODEL": "gemini-test",
         "GEMINI_EMBEDDING_MODEL": "gemini-embedding-test",
+        "GEMINI_TRANSCRIPTION_MODEL": "gemini-transcribe-test",
+        "GEMINI_SPEECH_MODEL": "gemini-tts-test",
         # The router avoids a failing backend for a short while in tests.
         "COOLDOWN_SECONDS": "3",
     }

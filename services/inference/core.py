@@ -9,6 +9,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
+from services.backend import audio
 from services.backend.images import check_image
 from services.backend.types import (
     Capability,
@@ -26,7 +27,7 @@ from services.backend.types import (
     Transcript,
     TranscriptionParams,
 )
-from services.inference import audio, metrics
+from services.inference import metrics
 from services.inference.batching import DynamicBatcher
 from services.inference.models.base import CancelToken, ServedModel
 from services.inference.models.chat_format import with_answer_format

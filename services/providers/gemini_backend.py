@@ -3,24 +3,34 @@ the design card names, reached its end of life in 2025)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import httpx2
+import numpy as np
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from services.backend.audio import decode
+from services.backend.audio_encoding import StreamEncoder
 from services.backend.types import (
     NO_ARGUMENTS,
     ChatTurn,
     Embeddings,
     FinishReason,
     GenerationParams,
+    Segment,
+    SpeechChunk,
+    SpeechParams,
     TextChunk,
     ToolCallDelta,
+    Transcript,
+    TranscriptionParams,
     Usage,
     new_call_id,
 )
@@ -28,7 +38,7 @@ from services.providers import errors
 from services.providers.apportion import apportion
 from services.providers.retrying import Retrier
 from services.providers.settings import ProviderSettings
-from services.runtime.errors import DomainError, InvalidArgument
+from services.runtime.errors import DomainError, InvalidArgument, Unavailable
 
 ROLES = {"user": "user", "assistant": "model", "tool": "user"}
 CHOICES = {
@@ -37,6 +47,17 @@ CHOICES = {
     "required": types.FunctionCallingConfigMode.ANY,
     "function": types.FunctionCallingConfigMode.ANY,
 }
+# Gemini has no speech-to-text endpoint: its models transcribe when asked to.
+TRANSCRIBE = (
+    "Transcribe the speech in this audio verbatim. Answer with the transcript only: no timestamps, "
+    "speaker labels, descriptions or commentary."
+)
+# The longest audio a Gemini prompt takes (Google's documented limit: 9.5 hours).
+MAX_AUDIO_SECONDS = 9.5 * 3600
+# Gemini's speech: 16-bit little-endian mono PCM, its rate in the MIME type.
+PCM_RATE = re.compile(r"rate=(\d+)")
+DEFAULT_PCM_RATE = 24000
+
 # google-genai sends with httpx2 (or httpx, when asked to): either can raise.
 TRANSPORT_ERRORS = (httpx.HTTPError, httpx2.HTTPError)
 TIMEOUTS = (httpx.TimeoutException, httpx2.TimeoutException)
@@ -54,6 +75,7 @@ class GeminiBackend:
             retry_options=types.HttpRetryOptions(attempts=1),  # retries are ours (retrying.py)
         )
         self._client = genai.Client(api_key=key or "unset", http_options=options)
+        self._voice = settings.gemini_speech_voice
         self._retry = Retrier(settings.max_attempts, settings.max_retry_wait_seconds)
 
     async def close(self) -> None:
@@ -214,6 +236,66 @@ class GeminiBackend:
         metadata = reply.usage_metadata
         usage = Usage(metadata.prompt_token_count or 0, metadata.candidates_token_count or 0) if metadata else Usage()
         return reply.text or "", usage
+
+    async def transcribe(self, model_id: str, audio: bytes, mime_type: str, params: TranscriptionParams) -> Transcript:
+        """A transcript asked of a Gemini model (the audio as an inline part, then the
+        instruction). Gemini times nothing: the transcript is one segment over the whole
+        audio, whose length is read from the audio itself (the adapter decodes it, which
+        also refuses what is not audio before anything is sent)."""
+        if params.word_timestamps:
+            raise InvalidArgument(
+                "Gemini gives no word timestamps", reason="UNSUPPORTED_PARAMETER", param="timestamp_granularities"
+            )
+        seconds = round((await asyncio.to_thread(decode, audio, mime_type, MAX_AUDIO_SECONDS)).seconds, 3)
+        instruction = TRANSCRIBE
+        if params.language:
+            instruction += f" The speech is in the language with ISO-639-1 code {params.language!r}."
+        if params.prompt:
+            instruction += f" It may use words from this text: {params.prompt}"
+        contents = [types.Part.from_bytes(data=audio, mime_type=mime_type or "audio/wav"), instruction]
+        config = types.GenerateContentConfig(temperature=params.temperature)
+        reply = await self._call(
+            lambda: self._client.aio.models.generate_content(model=model_id, contents=contents, config=config)
+        )
+        text = (reply.text or "").strip()
+        metadata = reply.usage_metadata
+        usage = Usage(metadata.prompt_token_count or 0, metadata.candidates_token_count or 0) if metadata else Usage()
+        segments = (Segment(id=0, start=0.0, end=seconds, text=text),) if text else ()
+        return Transcript(text, params.language or "", seconds, segments, usage)
+
+    async def speak(self, model_id: str, text: str, params: SpeechParams) -> AsyncIterator[SpeechChunk]:
+        """Speech from a Gemini TTS model (its PCM, encoded here into the asked format).
+        Gemini answers with the whole audio at once, so it arrives as one piece and the end."""
+        if params.speed != 1.0:
+            raise InvalidArgument("Gemini's speech has no speaking rate", reason="UNSUPPORTED_PARAMETER", param="speed")
+        voice = types.VoiceConfig(
+            prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name=params.voice or self._voice)
+        )
+        config = types.GenerateContentConfig(
+            response_modalities=["AUDIO"], speech_config=types.SpeechConfig(voice_config=voice)
+        )
+        reply = await self._call(
+            lambda: self._client.aio.models.generate_content(model=model_id, contents=text, config=config)
+        )
+        parts = reply.candidates[0].content.parts if reply.candidates and reply.candidates[0].content else None
+        audio = next((part.inline_data for part in parts or [] if part.inline_data and part.inline_data.data), None)
+        if audio is None:
+            raise Unavailable(
+                f"{self.provider} answered a speech request with no audio",
+                reason="PROVIDER_BAD_REPLY",
+                provider=self.provider,
+            )
+        match = PCM_RATE.search(audio.mime_type or "")
+        rate = int(match.group(1)) if match else DEFAULT_PCM_RATE
+        samples = np.frombuffer(audio.data[: len(audio.data) // 2 * 2], dtype="<i2")
+        encoder = StreamEncoder(params.format, rate)
+        if data := encoder.encode(samples):
+            yield SpeechChunk(data, encoder.mime_type, encoder.sample_rate)
+        metadata = reply.usage_metadata
+        usage = Usage(metadata.prompt_token_count or 0, metadata.candidates_token_count or 0) if metadata else Usage()
+        yield SpeechChunk(
+            encoder.finish(), encoder.mime_type, encoder.sample_rate, usage, round(len(samples) / rate, 3), len(text)
+        )
 
 
 def _text(chunk: types.GenerateContentResponse) -> str:

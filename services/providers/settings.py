@@ -29,6 +29,9 @@ class ProviderSettings(ServiceSettings):
     gemini_text_model: str = Field("gemini-2.0-flash", description="Text and chat, when a request names no model.")
     gemini_vision_model: str = Field("gemini-2.0-flash", description="Image description.")
     gemini_embedding_model: str = Field("text-embedding-004", description="Embeddings.")
+    gemini_transcription_model: str = Field("gemini-2.5-flash", description="Speech to text (asked of the model).")
+    gemini_speech_model: str = Field("gemini-2.5-flash-preview-tts", description="Text to speech.")
+    gemini_speech_voice: str = Field("Kore", description="The voice, when a speech request names none.")
 
     def api_key(self) -> SecretStr | None:
         """The provider's key; an empty one (`OPENAI_API_KEY=` in compose) counts as none."""
@@ -36,14 +39,15 @@ class ProviderSettings(ServiceSettings):
         return key if key is not None and key.get_secret_value() else None
 
     def default_models(self) -> dict[str, str]:
-        """Task → model, for requests that name none and for ListModels (OpenAI's adapter
-        also speaks and transcribes)."""
+        """Task → model, for requests that name none and for ListModels."""
         prefix = self.provider
         models = {
             "text": getattr(self, f"{prefix}_text_model"),
             "vision": getattr(self, f"{prefix}_vision_model"),
             "embedding": getattr(self, f"{prefix}_embedding_model"),
         }
-        if self.provider == "openai":
-            models |= {"transcription": self.openai_transcription_model, "speech": self.openai_speech_model}
+        models |= {
+            "transcription": getattr(self, f"{prefix}_transcription_model"),
+            "speech": getattr(self, f"{prefix}_speech_model"),
+        }
         return models

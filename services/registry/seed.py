@@ -188,6 +188,8 @@ def _hosted(settings: RegistrySettings) -> dict[str, tuple[res.Model, dict, dict
                 res.Pricing(input_per_1k_tokens=0.0001, output_per_1k_tokens=0.0004),
             ),
             ("gemini", settings.gemini_embedding_model, ["embedding"], res.Pricing()),
+            ("gemini", settings.gemini_transcription_model, ["transcription"], res.Pricing()),
+            ("gemini", settings.gemini_speech_model, ["speech-synthesis"], res.Pricing()),
         ]
     models = {}
     for provider, name, capabilities, pricing in offers:

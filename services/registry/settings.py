@@ -31,3 +31,5 @@ class RegistrySettings(ServiceSettings):
     gemini_api_key: SecretStr | None = Field(None, description="Registers Gemini's models when set.")
     gemini_text_model: str = Field("gemini-2.0-flash", description="Gemini model for text and chat.")
     gemini_embedding_model: str = Field("text-embedding-004", description="Gemini embedding model.")
+    gemini_transcription_model: str = Field("gemini-2.5-flash", description="Gemini model asked for transcripts.")
+    gemini_speech_model: str = Field("gemini-2.5-flash-preview-tts", description="Gemini text-to-speech model.")

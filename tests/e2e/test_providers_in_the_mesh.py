@@ -9,11 +9,15 @@ from __future__ import annotations
 import time
 
 import httpx
+import openai
+import pytest
 
+from services.backend.audio import decode
 from support.meshes import register_model
 from support.metrics import metric
 from support.polling import eventually
 from support.provider_stand_ins import gemini_error
+from support.speech import spoken
 
 GEMMA = "gemma-3-270m"
 # These tests count work done by backends: they bypass the router's response cache.
@@ -95,3 +99,30 @@ def test_a_provider_that_keeps_failing_is_avoided_then_tried_again(base_url, mes
     time.sleep(3.2)  # the cooldown ends: one probe goes through, succeeds, and closes the circuit
     assert generate(base_url, "cooling-gemini", attempts=0)["model"] == "cooling-gemini"
     assert len(gemini_stand_in.seen) == seen + 1
+
+
+def test_gemini_transcribes_and_speaks_through_the_openai_sdk(base_url, mesh, gemini_stand_in):
+    """The registry seeds Gemini's transcription and speech models with its key; the SDK's
+    audio calls reach them by model id (the stand-in answers what it was sent)."""
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    audio = spoken()
+    router = mesh.settings.router_metrics_port
+    seconds_before = metric(router, "infermesh_router_audio_seconds_total", model="gemini-transcribe-test")
+    transcript = eventually(
+        lambda: client.audio.transcriptions.create(model="gemini-transcribe-test", file=("a.wav", audio, "audio/wav")),
+        timeout=30,
+        interval=0.5,
+        what="Gemini's transcription model routable",
+        ignoring=(openai.NotFoundError, openai.InternalServerError, openai.APIStatusError),
+    )
+    assert transcript.text == f"a recording of {len(audio)} bytes"
+    metered = metric(router, "infermesh_router_audio_seconds_total", model="gemini-transcribe-test") - seconds_before
+    assert 2.0 < metered < 4.0  # the audio's length, metered like a local model's
+    speech = client.audio.speech.create(
+        model="gemini-tts-test", voice="Puck", input="one two three four", response_format="wav"
+    )
+    assert speech.response.headers["content-type"] == "audio/wav"
+    assert abs(decode(speech.content, "audio/wav", max_seconds=60).seconds - 1.0) < 0.05
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.audio.speech.create(model="gemini-tts-test", voice="Puck", input="x", speed=1.5)
+    assert refused.value.param == "speed"

@@ -15,7 +15,7 @@ import numpy as np
 import openai
 import pytest
 
-from services.inference.audio import decode
+from services.backend.audio import decode
 from support.meshes import register_model
 from support.metrics import metric
 from support.polling import eventually

@@ -6,6 +6,7 @@ no credentials → NOT_SERVING, and the Gemini adapter's requests and responses.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
@@ -20,8 +21,10 @@ from grpc_status import rpc_status
 from infermesh.inference.v1 import generation_options_pb2 as options
 from infermesh.inference.v1 import inference_service_pb2 as pb
 from infermesh.inference.v1 import inference_types_pb2 as types
+from services.backend.audio import decode
 from support.provider_stand_ins import Reply, StandIn, gemini_default, gemini_error, openai_chat, openai_error
 from support.services import provider_server
+from support.speech import spoken
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 OPENAI_KEY = "sk-test-SECRETSECRETSECRET"
@@ -329,3 +332,52 @@ async def test_the_openai_adapter_passes_tools_formats_and_logprobs_through_and_
             assert sent["parallel_tool_calls"] is False and sent["logit_bias"] == {"7": -100.0}
             assert (sent["logprobs"], sent["top_logprobs"], sent["frequency_penalty"]) == (True, 2, 0.5)
             assert sent["response_format"] == {"type": "json_object"}
+
+
+async def test_the_gemini_adapter_transcribes_and_speaks_through_gemini_models():
+    """Gemini has no audio endpoints: the adapter sends the audio inline with an
+    instruction to transcribe it, and asks a TTS model for audio (PCM it encodes into
+    the format asked for)."""
+    with StandIn(gemini_default).running() as stand_in:
+        async with provider_server(**gemini_settings(stand_in)) as (_, adapter, _health):
+            audio = spoken()
+            transcript = await adapter.Transcribe(
+                pb.TranscribeRequest(model="gemini-transcribe-test", audio=audio, mime_type="audio/wav", language="en")
+            )
+            sent = stand_in.seen[-1]
+            assert re.fullmatch(r"/v1(beta)?/models/gemini-transcribe-test:generateContent", sent.path)
+            [recording, instruction] = sent.body["contents"][0]["parts"]
+            # google-genai sends bytes in URL-safe base64.
+            assert (
+                base64.urlsafe_b64decode((recording.get("inlineData") or recording.get("inline_data"))["data"]) == audio
+            )
+            assert "Transcribe the speech" in instruction["text"] and "'en'" in instruction["text"]
+            assert transcript.text == f"a recording of {len(audio)} bytes"  # the stand-in's answer, whole
+            assert 2.0 < transcript.duration_seconds < 4.0  # read from the audio itself
+            assert [(s.start, s.end) for s in transcript.segments] == [(0.0, transcript.duration_seconds)]
+            # Word timestamps cannot be had from Gemini: refused by name, nothing sent.
+            before = len(stand_in.seen)
+            refused = await failure(
+                adapter.Transcribe(
+                    pb.TranscribeRequest(model="gemini-transcribe-test", audio=audio, word_timestamps=True)
+                )
+            )
+            assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT and "word timestamps" in refused.details()
+            not_audio = await failure(
+                adapter.Transcribe(pb.TranscribeRequest(model="gemini-transcribe-test", audio=b"not audio"))
+            )
+            assert not_audio.code() == grpc.StatusCode.INVALID_ARGUMENT and len(stand_in.seen) == before
+
+            text = "one two three four five six seven eight"
+            request = pb.SynthesizeRequest(
+                model="gemini-tts-test", input=text, voice="Puck", format=types.AUDIO_FORMAT_WAV
+            )
+            pieces = [piece async for piece in adapter.Synthesize(request)]
+            config = stand_in.seen[-1].body["generationConfig"]
+            assert config["responseModalities"] == ["AUDIO"]
+            # google-genai writes the inner names as they are in Python (Google's JSON takes both).
+            assert config["speechConfig"]["voice_config"]["prebuilt_voice_config"]["voice_name"] == "Puck"
+            speech = decode(b"".join(p.audio for p in pieces), "audio/wav", max_seconds=60)
+            assert abs(speech.seconds - 8 * 0.25) < 0.05  # the stand-in's quarter second per word
+            assert pieces[-1].duration_seconds == pytest.approx(2.0) and pieces[-1].input_characters == len(text)
+            assert {p.mime_type for p in pieces} == {"audio/wav"}

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from support.ports import free_port
 
 
@@ -142,6 +144,21 @@ def gemini_error(status: int, google_status: str, message: str, retry_delay: str
     return Reply(status, {"error": {"code": status, "message": message, "status": google_status, "details": details}})
 
 
+SPEECH_RATE = 24000  # Gemini's TTS: 16-bit mono PCM at 24 kHz
+SECONDS_PER_WORD = 0.25
+
+
+def gemini_speech(words: list[str], model: str) -> Reply:
+    """A TTS model's answer: a tone lasting a quarter second per word of the text, as
+    inline PCM (audio/L16) the way Gemini sends speech."""
+    samples = int(SPEECH_RATE * SECONDS_PER_WORD * len(words))
+    tone = (8000 * np.sin(2 * np.pi * 440 * np.arange(samples) / SPEECH_RATE)).astype("<i2")
+    audio = {"mimeType": f"audio/L16;codec=pcm;rate={SPEECH_RATE}", "data": base64.b64encode(tone.tobytes()).decode()}
+    candidate = {"content": {"role": "model", "parts": [{"inlineData": audio}]}, "finishReason": "STOP", "index": 0}
+    usage = {"promptTokenCount": len(words), "candidatesTokenCount": samples // 1000, "totalTokenCount": len(words)}
+    return Reply(200, {"candidates": [candidate], "modelVersion": model, "usageMetadata": usage})
+
+
 def gemini_default(request: Seen) -> Reply:
     """Gemini's REST API as documented (ai.google.dev/api): generateContent,
     streamGenerateContent with alt=sse, batchEmbedContents. Answers are derived from the
@@ -155,8 +172,16 @@ def gemini_default(request: Seen) -> Reply:
     parts = [p for content in request.body.get("contents", []) for p in content.get("parts", [])]
     words = [w for p in parts if "text" in p for w in p["text"].split()]
     # Google's JSON accepts proto field names in camelCase or snake_case; the SDK may send either.
-    images = [p.get("inlineData") or p.get("inline_data") for p in parts if {"inlineData", "inline_data"} & set(p)]
-    if images:
+    inline = [p.get("inlineData") or p.get("inline_data") for p in parts if {"inlineData", "inline_data"} & set(p)]
+    config = request.body.get("generationConfig", {})
+    if "AUDIO" in (config.get("responseModalities") or config.get("response_modalities") or []):
+        return gemini_speech(words, model)
+    recordings = [i for i in inline if (i.get("mimeType") or i.get("mime_type") or "").startswith("audio/")]
+    images = [i for i in inline if i not in recordings]
+    if recordings:
+        size = len(base64.urlsafe_b64decode(recordings[0]["data"]))  # google-genai's base64 is URL-safe
+        words = ["a", "recording", "of", str(size), "bytes"]
+    elif images:
         size = len(base64.b64decode(images[0]["data"]))
         words = ["an", "image", "of", str(size), "bytes", images[0].get("mimeType") or images[0].get("mime_type")]
     limit = request.body.get("generationConfig", {}).get("maxOutputTokens") or 64

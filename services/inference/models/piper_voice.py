@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from services.backend.audio_encoding import StreamEncoder
 from services.backend.types import Capability, SpeechChunk, SpeechParams, Usage
-from services.inference.audio_encoding import StreamEncoder
 from services.inference.models.base import CancelToken, ServedModel
 from services.runtime.errors import InvalidArgument
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from services.backend.audio import SAMPLE_RATE
 from services.backend.types import Capability, Segment, Transcript, TranscriptionParams, Usage, Word
-from services.inference.audio import SAMPLE_RATE
 from services.inference.models.base import ServedModel
 from services.runtime.errors import InvalidArgument
 
