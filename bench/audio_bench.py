@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from machine import cpu_name  # noqa: E402  (bench/ is this script's own folder)
 
-from services.backend.types import SpeechParams, TranscriptionParams  # noqa: E402
 from services.backend.audio import decode  # noqa: E402
+from services.backend.types import SpeechParams, TranscriptionParams  # noqa: E402
 from services.inference.models.base import CancelToken  # noqa: E402
 from services.inference.models.builtin import (  # noqa: E402
     BUILTIN_SPECS,
