@@ -194,6 +194,20 @@ class InferenceCore:
         metrics.TOKENS.labels(model_id, "output").inc(transcript.usage.output_tokens if transcript.usage else 0)
         return transcript
 
+    async def stream_transcribe(
+        self, model_id: str, data: bytes, mime_type: str, params: TranscriptionParams
+    ) -> AsyncIterator[Transcript]:
+        """Speech to text a segment at a time (checked and decoded first, as above); a
+        caller that goes away stops the model at its next segment."""
+        self.repository.capable(model_id, Capability.TRANSCRIPTION)
+        sound = await asyncio.to_thread(audio.decode, data, mime_type, self._max_audio_seconds)
+        async with self.repository.use(model_id, Capability.TRANSCRIPTION) as entry:
+            work = lambda cancel: entry.model.transcribe_stream(sound.samples, params, cancel)  # noqa: E731
+            async for piece in self._stream(entry, work):
+                if piece.usage is not None:
+                    metrics.TOKENS.labels(model_id, "output").inc(piece.usage.output_tokens)
+                yield piece
+
     async def extract_text(self, model_id: str, image: bytes, mime_type: str) -> ExtractedText:
         """The printed text in an image; the image is checked (it decodes as the type it
         claims, within the pixel limit) before the model sees it."""

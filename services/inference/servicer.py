@@ -90,6 +90,11 @@ class InferenceServicer(ContractServicer):
         transcript = await self.core.transcribe(request.model, request.audio, request.mime_type, params)
         return transcript_proto(transcript, request.model)
 
+    async def StreamTranscribe(self, request, context):
+        params = transcription_params_from(request)
+        async for piece in self.core.stream_transcribe(request.model, request.audio, request.mime_type, params):
+            yield transcript_proto(piece, request.model)
+
     async def Synthesize(self, request, context):
         async for chunk in self.core.synthesize(request.model, request.input, speech_params_from(request)):
             yield speech_proto(chunk, request.model)

@@ -89,6 +89,16 @@ class ProviderServicer(ContractServicer):
         transcript = await self.backend.transcribe(request.model, request.audio, request.mime_type, params)
         return transcript_proto(transcript, request.model)
 
+    async def StreamTranscribe(self, request, context):
+        """The providers' transcripts arrive whole: one piece with every segment, then
+        the usage (a stream's last piece carries it, as the inference server's does)."""
+        transcript = await self.Transcribe(request, context)
+        usage = pb.TranscribeResponse(model=request.model, usage=transcript.usage, language=transcript.language,
+                                      duration_seconds=transcript.duration_seconds)  # fmt: skip
+        transcript.ClearField("usage")
+        yield transcript
+        yield usage
+
     async def Synthesize(self, request, context):
         if not hasattr(self.backend, "speak"):
             raise self._unsupported(request, "speech-synthesis")

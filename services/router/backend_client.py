@@ -20,7 +20,12 @@ from services.runtime.errors import status_of
 from services.runtime.telemetry import client_interceptors
 
 SERVICE = inference_pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
-STREAMING = {Rpc.GENERATE_TEXT: "StreamGenerateText", Rpc.CHAT: "StreamChat", Rpc.SYNTHESIZE: "Synthesize"}
+STREAMING = {
+    Rpc.GENERATE_TEXT: "StreamGenerateText",
+    Rpc.CHAT: "StreamChat",
+    Rpc.TRANSCRIBE: "StreamTranscribe",
+    Rpc.SYNTHESIZE: "Synthesize",
+}
 
 
 def _serialize(message: Message) -> bytes:

@@ -9,6 +9,7 @@ import json
 import math
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -112,6 +113,20 @@ def model_dict(model_id: str, created: int) -> dict[str, Any]:
 def error_event(code: str, message: str) -> dict[str, Any]:
     """The in-band error a stream sends when it fails after it has started."""
     return {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+
+
+async def transcription_events(pieces: AsyncIterator[pb.TranscribeResponse]) -> AsyncIterator[dict[str, Any]]:
+    """A streamed transcript as OpenAI's events: `transcript.text.delta` for each segment
+    as it is transcribed, then `transcript.text.done` with the whole text and the usage."""
+    texts = []
+    async for piece in pieces:
+        if piece.text:
+            texts.append(piece.text)
+            yield {"type": "transcript.text.delta", "delta": piece.text}
+        if piece.HasField("usage"):
+            tokens = piece.usage.output_tokens
+            usage = {"type": "tokens", "input_tokens": 0, "output_tokens": tokens, "total_tokens": tokens}
+            yield {"type": "transcript.text.done", "text": "".join(texts).strip(), "usage": usage}
 
 
 def transcription(answer: pb.TranscribeResponse, response_format: str, words: bool, segments: bool) -> tuple[str, str]:

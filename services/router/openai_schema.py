@@ -462,7 +462,6 @@ class EmbeddingRequest(_Request):
 
 
 REFUSED_TRANSCRIPTION: dict[str, tuple[str, tuple[Any, ...]]] = {
-    "stream": ("streamed transcription is not supported; the transcript comes whole", (False, "false")),
     "include": ("token log probabilities are not returned for transcriptions", ([],)),
     "chunking_strategy": ("the audio is transcribed in Whisper's own 30-second windows", ()),
     "known_speaker_names": ("speaker diarization is not supported", ([],)),
@@ -482,8 +481,8 @@ class TranscriptionRequest(_Request):
     response_format: Literal["json", "text", "srt", "verbose_json", "vtt"] = "json"
     temperature: float | None = Field(None, ge=0, le=1)
     timestamp_granularities: list[Literal["word", "segment"]] | None = None
+    stream: bool = False  # server-sent events, a segment at a time (json and text formats, as OpenAI's)
     # Refused unless absent or their no-op value (REFUSED_TRANSCRIPTION).
-    stream: bool | None = None
     include: list[str] | None = None
     chunking_strategy: str | None = None
     known_speaker_names: list[str] | None = None
@@ -495,6 +494,8 @@ class TranscriptionRequest(_Request):
     def _granularities(self) -> TranscriptionRequest:
         if self.timestamp_granularities and self.response_format != "verbose_json":
             raise unsupported("timestamp_granularities", "timestamps are given only with response_format verbose_json")
+        if self.stream and self.response_format not in ("json", "text"):
+            raise unsupported("stream", "a streamed transcript is text: response_format must be json or text")
         return self
 
     def to_proto(self, audio: bytes, mime_type: str) -> pb.TranscribeRequest:

@@ -377,34 +377,30 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         return json_body({"object": "list", "data": data, "model": answer.model, "usage": usage})
 
     async def CreateTranscription(self, request, context):
-        return await _one(context, self._transcription(request, context))
+        async for body in _answered_or_error(context, self._transcription(request, context)):
+            yield body
 
-    async def _transcription(self, request, context) -> httpbody_pb2.HttpBody:
+    async def _transcription(self, request, context) -> AsyncIterator[httpbody_pb2.HttpBody]:
         fields, upload = multipart_form.form_fields(multipart_form.parse(request.body.content_type, request.body.data))
         body = oa.parse_fields(oa.TranscriptionRequest, fields)
         proto = body.to_proto(upload.data, upload.content_type)
         protovalidate.validate(proto)
         call = call_context(context)
+        if body.stream:
+            pieces = failover.stream(self.core, Rpc.TRANSCRIBE, proto, call, announcer(context), in_band_errors=False)
+            async for event in reply.transcription_events(pieces):
+                yield sse(event)
+            return
         answer = (await failover.unary(self.core, Rpc.TRANSCRIBE, proto, call, announcer(context))).reply
         granularities = body.timestamp_granularities or ()
         content_type, text = reply.transcription(
             answer, body.response_format, "word" in granularities, "segment" in granularities
         )
-        return httpbody_pb2.HttpBody(content_type=content_type, data=text.encode())
+        yield httpbody_pb2.HttpBody(content_type=content_type, data=text.encode())
 
     async def CreateSpeech(self, request, context):
-        """The audio streams as the response body as it is made. A failure before the first
-        bytes is an OpenAI error response; after them the call fails, so the client sees
-        a cut-off body, never error text appended to the audio."""
-        started = False
-        try:
-            async for body in self._speech(request, context):
-                started = True
-                yield body
-        except Exception as exc:  # noqa: BLE001 - answered in OpenAI's shape while nothing was sent
-            if started:
-                raise
-            yield await _error_reply(context, exc)
+        async for body in _answered_or_error(context, self._speech(request, context)):
+            yield body
 
     async def _speech(self, request, context) -> AsyncIterator[httpbody_pb2.HttpBody]:
         body = oa.parse(oa.SpeechRequest, request.body.data)
@@ -427,6 +423,23 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         if request.model not in self.core.requestable():
             raise NotFound(f"model {request.model!r} does not exist", reason="MODEL_NOT_FOUND", model=request.model)
         return json_body(reply.model_dict(request.model, self.created))
+
+
+async def _answered_or_error(
+    context, bodies: AsyncIterator[httpbody_pb2.HttpBody]
+) -> AsyncIterator[httpbody_pb2.HttpBody]:
+    """A streamed answer's bodies. A failure before the first is an OpenAI error response;
+    after them the call fails, so the client sees a cut-off body, never error text
+    appended to audio or events."""
+    started = False
+    try:
+        async for body in bodies:
+            started = True
+            yield body
+    except Exception as exc:  # noqa: BLE001 - answered in OpenAI's shape while nothing was sent
+        if started:
+            raise
+        yield await _error_reply(context, exc)
 
 
 async def _one(context, answer: Awaitable[httpbody_pb2.HttpBody]) -> httpbody_pb2.HttpBody:

@@ -46,6 +46,10 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
     async def Transcribe(self, request, context):
         return await self._unary(Rpc.TRANSCRIBE, request, context)
 
+    async def StreamTranscribe(self, request, context):
+        async for piece in self._stream(Rpc.TRANSCRIBE, request, context):
+            yield piece
+
     async def ExtractText(self, request, context):
         check_image(request.image, request.mime_type)
         return await self._unary(Rpc.EXTRACT_TEXT, request, context)

@@ -32,7 +32,7 @@ HONOURED = {
     "embeddings": {"model", "input", "encoding_format", "dimensions"},
     # tests/e2e/test_transcription.py, tests/unit/test_transcription_form.py
     "transcriptions": {
-        "model", "file", "language", "prompt", "response_format", "temperature", "timestamp_granularities",
+        "model", "file", "language", "prompt", "response_format", "temperature", "timestamp_granularities", "stream",
     },
 }  # fmt: skip
 PARAMS = {
@@ -97,7 +97,6 @@ def test_a_refused_parameter_is_a_400_naming_it(client, kind, name, stream):
 
 # A value for each refused transcription parameter that asks for something the mesh cannot do.
 REFUSED_TRANSCRIPTION_VALUES = {
-    "stream": True,
     "include": ["logprobs"],
     "chunking_strategy": "auto",
     "known_speaker_names": ["agent"],

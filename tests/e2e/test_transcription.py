@@ -7,6 +7,8 @@ the mesh takes is a 400 in OpenAI's shape naming the field."""
 from __future__ import annotations
 
 import base64
+import json
+import time
 
 import httpx
 import openai
@@ -55,6 +57,41 @@ def test_subtitles_and_plain_text(client):
     assert words(text) == words(SENTENCE)
 
 
+# About forty seconds of varied speech: two of Whisper's thirty-second windows (repeated
+# sentences would make Whisper fall back to slower decoding at higher temperatures).
+LONG_SPEECH = (
+    "The morning train left the station a few minutes late. Passengers read newspapers and watched the fields "
+    "go by. A small dog slept under one of the seats near the door. At the second stop, a teacher climbed aboard "
+    "with a box of books. She talked with an old farmer about the weather and the harvest. Later the sun came out "
+    "and the windows grew warm. Children counted cows and horses in the green hills. When the train finally "
+    "reached the city, everyone hurried toward the exit."
+)
+
+
+def test_a_streamed_transcript_arrives_a_segment_at_a_time(client, base_url):
+    """stream=True: OpenAI's transcript.text.delta events as Whisper finishes each
+    segment (the first window's before the second is decoded), then transcript.text.done
+    with the whole text; the native API streams the same segments over REST."""
+    audio = spoken(LONG_SPEECH)
+    whole = client.audio.transcriptions.create(model=WHISPER, file=upload(audio), language="en")
+    started = time.monotonic()
+    events = []
+    for event in client.audio.transcriptions.create(model=WHISPER, file=upload(audio), language="en", stream=True):
+        events.append((time.monotonic() - started, event))
+    deltas = [(at, e) for at, e in events if e.type == "transcript.text.delta"]
+    done_at, done = events[-1]
+    assert done.type == "transcript.text.done" and len(deltas) >= 2
+    assert words("".join(e.delta for _, e in deltas)) == words(done.text) == words(whole.text)
+    assert done.usage.output_tokens > 0
+    print(f"\nfirst segment after {deltas[0][0]:.2f} s, the whole transcript after {done_at:.2f} s")
+    assert deltas[0][0] < 0.9 * done_at  # the first segments did not wait for the last window
+    body = {"model": WHISPER, "audio": base64.b64encode(audio).decode(), "mime_type": "audio/wav", "language": "en"}
+    with httpx.stream("POST", f"{base_url}/v1/transcribe:stream", json=body, timeout=120) as native:
+        pieces = [json.loads(line[len("data: ") :]) for line in native.iter_lines() if line.startswith("data: ")]
+    assert len(pieces) == len(deltas) + 1 and pieces[-1]["usage"]["output_tokens"] == done.usage.output_tokens
+    assert [p["segments"][0]["text"] for p in pieces[:-1]] == [e.delta for _, e in deltas]
+
+
 def test_the_native_rest_call_takes_base64_audio(base_url):
     body = {"model": WHISPER, "audio": base64.b64encode(spoken()).decode(), "mime_type": "audio/wav", "language": "en"}
     reply = httpx.post(f"{base_url}/v1/transcribe", json=body, timeout=120)
@@ -67,7 +104,7 @@ def test_the_native_rest_call_takes_base64_audio(base_url):
     [
         (upload(b"this is not audio" * 64), {}, "file", "INVALID_AUDIO"),
         (upload(b"\x89PNG\r\n\x1a\n" + bytes(64), "photo.png", "image/png"), {}, "file", "UNSUPPORTED_MEDIA_TYPE"),
-        (upload(), {"stream": True}, "stream", "UNSUPPORTED_PARAMETER"),
+        (upload(), {"stream": True, "response_format": "srt"}, "stream", "UNSUPPORTED_PARAMETER"),
         (upload(), {"language": "xx"}, "language", "UNSUPPORTED_LANGUAGE"),
     ],
     ids=["not audio", "an image", "stream", "unknown language"],

@@ -55,7 +55,6 @@ def test_the_form_arrives_whole_in_the_request():
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("stream", "true"),
         ("include[]", "logprobs"),
         ("chunking_strategy", "auto"),
         ("known_speaker_names[]", "alice"),
@@ -65,6 +64,11 @@ def test_the_form_arrives_whole_in_the_request():
 def test_what_cannot_be_honoured_is_refused_by_name(field, value):
     error = refusal(model="whisper-base", **{field: value})
     assert error.metadata["param"] == field.removesuffix("[]")
+
+
+def test_a_streamed_transcript_is_text_as_openai_says():
+    error = refusal(model="whisper-base", stream="true", response_format="verbose_json")
+    assert error.metadata["param"] == "stream"
 
 
 def test_word_timestamps_need_the_verbose_format_as_openai_says():

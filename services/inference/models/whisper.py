@@ -5,14 +5,14 @@ heuristics left as faster-whisper sets them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from services.backend.audio import SAMPLE_RATE
 from services.backend.types import Capability, Segment, Transcript, TranscriptionParams, Usage, Word
-from services.inference.models.base import ServedModel
+from services.inference.models.base import CancelToken, ServedModel
 from services.runtime.errors import InvalidArgument
 
 
@@ -59,6 +59,18 @@ class WhisperTranscriber(ServedModel):
         self.transcribe(np.zeros(SAMPLE_RATE, dtype=np.float32), TranscriptionParams(language="en"))
 
     def transcribe(self, samples: np.ndarray, params: TranscriptionParams) -> Transcript:
+        pieces = list(self.transcribe_stream(samples, params, CancelToken()))
+        segments = tuple(segment for piece in pieces for segment in piece.segments)
+        text = "".join(s.text for s in segments).strip()
+        last = pieces[-1]
+        return Transcript(text, last.language, last.duration_seconds, segments, last.usage)
+
+    def transcribe_stream(
+        self, samples: np.ndarray, params: TranscriptionParams, cancel: CancelToken
+    ) -> Iterator[Transcript]:
+        """The transcript a segment at a time, as Whisper decodes them (each piece's text
+        is its segment's), then a last piece with the usage and no segment. Stops at the
+        next segment once `cancel` is set."""
         assert self._model is not None, "load() first"
         if params.language is not None and params.language not in self._model.supported_languages:
             raise InvalidArgument(
@@ -78,8 +90,12 @@ class WhisperTranscriber(ServedModel):
             word_timestamps=params.word_timestamps,
             beam_size=5,
         )
-        segments = tuple(
-            Segment(
+        language, duration = info.language, round(info.duration, 3)
+        tokens = 0
+        for i, s in enumerate(pieces):  # a generator: each step runs the model on the next window
+            if cancel.cancelled:
+                return
+            segment = Segment(
                 id=i,
                 start=round(s.start, 3),
                 end=round(s.end, 3),
@@ -91,8 +107,6 @@ class WhisperTranscriber(ServedModel):
                 no_speech_prob=s.no_speech_prob,
                 words=tuple(Word(w.word, round(w.start, 3), round(w.end, 3), w.probability) for w in s.words or ()),
             )
-            for i, s in enumerate(pieces)  # a generator: this runs the model
-        )
-        usage = Usage(output_tokens=sum(len(s.tokens) for s in segments))
-        text = "".join(s.text for s in segments).strip()
-        return Transcript(text, info.language, round(info.duration, 3), segments, usage)
+            tokens += len(segment.tokens)
+            yield Transcript(segment.text, language, duration, (segment,))
+        yield Transcript("", language, duration, (), Usage(output_tokens=tokens))
