@@ -102,7 +102,7 @@ ROUTER_MESSAGES = {
     "DescribeImageRequest": {"routing"},
     "DescribeImageResponse": set(),
     "TranscribeRequest": {"routing"},
-    "TranscribeResponse": set(),
+    "TranscribeResponse": {"error"},
     "SynthesizeRequest": {"routing"},
     "SynthesizeResponse": {"error"},
     "ExtractTextRequest": {"routing"},

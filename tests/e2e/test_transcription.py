@@ -57,14 +57,18 @@ def test_subtitles_and_plain_text(client):
     assert words(text) == words(SENTENCE)
 
 
-# About forty seconds of varied speech: two of Whisper's thirty-second windows (repeated
-# sentences would make Whisper fall back to slower decoding at higher temperatures).
+# About fifty seconds of varied speech: two of Whisper's thirty-second windows
+# (repeated sentences would make Whisper fall back to slower decoding at higher temperatures).
 LONG_SPEECH = (
     "The morning train left the station a few minutes late. Passengers read newspapers and watched the fields "
     "go by. A small dog slept under one of the seats near the door. At the second stop, a teacher climbed aboard "
     "with a box of books. She talked with an old farmer about the weather and the harvest. Later the sun came out "
     "and the windows grew warm. Children counted cows and horses in the green hills. When the train finally "
-    "reached the city, everyone hurried toward the exit."
+    "reached the city, everyone hurried toward the exit. Outside, the streets were full of buses and bicycles. "
+    "A baker opened his shop and the smell of fresh bread drifted across the square. Two friends met beside the "
+    "fountain and decided to visit the museum. Inside, they looked at old maps, clocks and paintings of ships. "
+    "In the afternoon it started to rain, so they waited in a quiet cafe. By evening the clouds had gone and the "
+    "lights of the bridge were shining on the river."
 )
 
 
@@ -83,7 +87,7 @@ def test_a_streamed_transcript_arrives_a_segment_at_a_time(client, base_url):
     assert done.type == "transcript.text.done" and len(deltas) >= 2
     assert words("".join(e.delta for _, e in deltas)) == words(done.text) == words(whole.text)
     assert done.usage.output_tokens > 0
-    print(f"\nfirst segment after {deltas[0][0]:.2f} s, the whole transcript after {done_at:.2f} s")
+    print(f"\nsegments after {[round(at, 2) for at, _ in deltas]} s, the whole transcript after {done_at:.2f} s")
     assert deltas[0][0] < 0.9 * done_at  # the first segments did not wait for the last window
     body = {"model": WHISPER, "audio": base64.b64encode(audio).decode(), "mime_type": "audio/wav", "language": "en"}
     with httpx.stream("POST", f"{base_url}/v1/transcribe:stream", json=body, timeout=120) as native:
