@@ -1,4 +1,5 @@
-"""`make run`: start the whole mesh in the foreground; Ctrl-C stops it cleanly."""
+"""`make run`: start the whole mesh in the foreground, restart what dies (launcher/supervision.py);
+Ctrl-C stops it cleanly."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import logging
 import signal
 import sys
 import time
+
+from prometheus_client import start_http_server
 
 from launcher.mesh import Mesh
 from launcher.settings import MeshSettings
@@ -63,11 +66,12 @@ def main() -> None:
         if settings.auth:
             secret = mesh.ensure_admin_key()
             print(FIRST_KEY.format(secret=secret) if secret else KEY_NEEDED, flush=True)
+        if settings.launcher_metrics_port:
+            start_http_server(settings.launcher_metrics_port, addr=settings.host)
+        # From here on a child that dies is restarted (launcher/supervision.py); only a
+        # failed start-up above stops the mesh.
         while not stopping:
-            if dead := mesh.exited():
-                print(f"{dead[0].name} exited with code {dead[0].process.returncode}; stopping the mesh", flush=True)
-                code = 1
-                break
+            mesh.supervise()
             time.sleep(0.5)
     except (RuntimeError, TimeoutError) as exc:
         print(f"start-up failed: {exc}", flush=True)

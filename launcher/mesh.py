@@ -21,17 +21,24 @@ from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import Counter, Gauge
 
 from gateway import envoy_config
 from infermesh.registry.v1 import registry_resources_pb2 as res
 from infermesh.registry.v1 import registry_service_pb2 as registry_pb
 from infermesh.registry.v1 import registry_service_pb2_grpc as registry_grpc
 from launcher.settings import MeshSettings
+from launcher.supervision import GiveUp, Supervisor
 from services.runtime.catalog import model_health_service, pool_name
 from services.runtime.identity import PRINCIPAL_HEADER
 from services.runtime.telemetry import otlp_endpoint
 
 log = logging.getLogger(__name__)
+UP = Gauge("infermesh_launcher_child_up", "1 while the child runs, 0 while it is down.", ["child"])
+RESTARTS = Counter("infermesh_launcher_child_restarts_total", "Children started again after they exited.", ["child"])
+GIVEN_UP = Gauge(
+    "infermesh_launcher_child_given_up", "1 for a child left down after crashing too often in a row.", ["child"]
+)
 ROOT = Path(__file__).resolve().parent.parent
 DESCRIPTOR_SET = ROOT / "build" / "infermesh.binpb"
 
@@ -52,6 +59,8 @@ class Mesh:
     children: list[Child] = field(default_factory=list)
     _logs: list[IO] = field(default_factory=list)
     _common: dict[str, str] = field(default_factory=dict)  # every child's environment
+    supervisor: Supervisor = field(default_factory=Supervisor)
+    _handled: set[int] = field(default_factory=set)  # PIDs whose exit supervise() has seen
 
     @property
     def run_dir(self) -> Path:
@@ -161,6 +170,7 @@ class Mesh:
             argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True
         )
         self.children.append(Child(name, process, argv, env))
+        UP.labels(name).set(1)
         log.info("started %s (pid %d)", name, process.pid)
 
     def child(self, name: str) -> Child:
@@ -177,6 +187,38 @@ class Mesh:
 
     def exited(self) -> list[Child]:
         return [c for c in self.children if c.process.poll() is not None]
+
+    def supervise(self, now: float | None = None) -> None:
+        """Once the mesh is up (`make run` calls this twice a second): a child that exited
+        is started again as it was, after the restart policy's pause; one that keeps
+        crashing is left down and reported, and the others go on serving. A restarted
+        service registers itself again (its catalog entry replaced, not duplicated) and
+        rejoins Envoy's pools once its health checks pass; Envoy comes back with the
+        configuration the control plane serves it."""
+        now = time.monotonic() if now is None else now
+        for child in self.exited():
+            if child.process.pid in self._handled:
+                continue
+            self._handled.add(child.process.pid)
+            UP.labels(child.name).set(0)
+            code = child.process.returncode
+            decision = self.supervisor.exited(child.name, now)
+            if isinstance(decision, GiveUp):
+                GIVEN_UP.labels(child.name).set(1)
+                log.error(
+                    "%s exited with code %s, its %d crash within %.0fs: leaving it down (the rest of the mesh "
+                    "keeps serving; restart `make run` once the cause is fixed)",
+                    child.name, code, decision.crashes, self.supervisor.policy.window_seconds,
+                )  # fmt: skip
+            else:
+                log.warning(
+                    "%s exited with code %s; restarting it in %.1fs (crash %d within %.0fs; left down at %d)",
+                    child.name, code, decision.at - now, decision.crashes, self.supervisor.policy.window_seconds,
+                    self.supervisor.policy.crash_limit,
+                )  # fmt: skip
+        for name in self.supervisor.due(now):
+            self.restart(name)
+            RESTARTS.labels(name).inc()
 
     def model_states(self) -> dict[str, bool]:
         """Per-model readiness, asked of health services: loaded on every inference

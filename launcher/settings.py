@@ -43,6 +43,9 @@ class MeshSettings(BaseSettings):
     gateway_metrics_port: int | None = 9105
     vector_metrics_port: int | None = 9106
     jobs_metrics_port: int | None = 9107
+    launcher_metrics_port: int | None = Field(
+        9108, description="The launcher's own metrics: its children's restarts, which are up, which were given up."
+    )
     registry_database_url: str = Field("", description="The registry's database; empty: SQLite in data_dir.")
     vector_dir: Path | None = Field(None, description="The vector service's collections; empty: data_dir/vector.")
     providers: CommaList = Field(

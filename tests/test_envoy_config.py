@@ -73,7 +73,9 @@ def test_every_backend_gets_a_cluster_health_checked_on_its_service_and_a_header
     config = rendered()
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     pools = {"inference/gemma-3-270m", "inference/all-minilm-l6-v2"}
-    assert set(clusters) == {"router", "inference-0", "registry", "openai", *pools}
+    # The jobs service's cluster is there, empty, while no jobs service is (its calls get a 503).
+    assert set(clusters) == {"router", "inference-0", "registry", "openai", "jobs", *pools}
+    assert clusters["jobs"]["load_assignment"]["endpoints"][0]["lb_endpoints"] == []
     # A pool is the replicas with the model ready, each checked on that model's health.
     gemma = clusters["inference/gemma-3-270m"]
     assert gemma["health_checks"][0]["grpc_health_check"]["service_name"] == (
@@ -120,31 +122,35 @@ def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
     # Model lifecycle goes to the inference server, the registry API to the registry
     # (with no route timeout: a watch lasts as long as its client); everything else to the router.
     assert routes[0]["match"]["prefix"] == "/infermesh.inference.v1.ModelService/"
-    assert {r["route"]["cluster"] for r in routes[:-7]} == {"inference-0"}
-    assert routes[-7]["match"] == {"prefix": "/infermesh.registry.v1.RegistryService/"}
-    assert routes[-7]["route"]["cluster"] == "registry" and routes[-7]["route"]["timeout"] == "0s"
+    assert {r["route"]["cluster"] for r in routes[:-9]} == {"inference-0"}
+    assert routes[-9]["match"] == {"prefix": "/infermesh.registry.v1.RegistryService/"}
+    assert routes[-9]["route"]["cluster"] == "registry" and routes[-9]["route"]["timeout"] == "0s"
     # Reflection (a bidirectional stream) skips the whole-body buffer, which would wait forever.
-    assert routes[-6]["match"] == {"prefix": "/grpc.reflection."} and routes[-6]["route"]["cluster"] == "router"
-    assert routes[-6]["typed_per_filter_config"]["envoy.filters.http.buffer"]["disabled"] is True
-    assert routes[-5]["match"] == {"prefix": "/grpc.health.v1.Health/"} and routes[-5]["route"]["cluster"] == "router"
-    # The OpenAI surface's routes go where everything else does (see the OpenAI test below).
-    assert [r["name"] for r in routes[-4:-1]] == ["openai-rest", "openai-rest-1", "openai"]
-    assert all(r["route"] == routes[-1]["route"] for r in routes[-4:])
+    assert routes[-8]["match"] == {"prefix": "/grpc.reflection."} and routes[-8]["route"]["cluster"] == "router"
+    assert routes[-8]["typed_per_filter_config"]["envoy.filters.http.buffer"]["disabled"] is True
+    assert routes[-7]["match"] == {"prefix": "/grpc.health.v1.Health/"} and routes[-7]["route"]["cluster"] == "router"
+    # The OpenAI surface's routes go where everything else does (see the OpenAI test below),
+    # but for the Files and Batch APIs, which go to the jobs service, as its gRPC calls do.
+    assert [r["name"] for r in routes[-6:-2]] == ["openai-rest", "openai-rest-1", "openai", "openai-batch"]
+    assert all(r["route"] == routes[-1]["route"] for r in routes[-6:-3])
+    assert [r["route"]["cluster"] for r in routes[-3:-1]] == ["jobs", "jobs"]
+    assert routes[-2]["match"] == {"prefix": "/infermesh.jobs.v1.BatchService/"}
     assert routes[-1]["match"] == {"prefix": "/"} and routes[-1]["route"]["cluster"] == "router"
     # Streams outlive Envoy's 15 s default route timeout.
     assert routes[-1]["route"]["timeout"] == "0s"
 
     # Who checks a call: the router its own (services/router/authorization.py), so Envoy
     # skips ext_authz there and removes the identity headers a client might send; ext_authz
-    # everything else, health checks and reflection to the router included.
+    # everything else, health checks, reflection and the jobs service included.
     def ext_authz_off(route: dict) -> bool:
         config = route.get("typed_per_filter_config", {}).get("envoy.filters.http.ext_authz", {})
         return config.get("disabled") is True
 
-    assert [ext_authz_off(r) for r in routes[-7:]] == [False, False, False, True, True, True, True]
-    assert not any(ext_authz_off(r) for r in routes[:-7])
+    checked_by_router = [False, False, False, True, True, True, False, False, True]
+    assert [ext_authz_off(r) for r in routes[-9:]] == checked_by_router
+    assert not any(ext_authz_off(r) for r in routes[:-9])
     identity = ["x-infermesh-principal", "x-infermesh-role", "x-infermesh-models"]
-    assert all(r["request_headers_to_remove"] == identity for r in routes[-4:])
+    assert all(r["request_headers_to_remove"] == identity for r in routes[-9:] if ext_authz_off(r))
 
     # Rate limits: the caller's requests per minute where ext_authz names the caller (the
     # router counts its own callers'), none on health checks and reflection.
@@ -153,9 +159,10 @@ def test_front_door_transcodes_the_public_services_with_json_errors_and_sse():
             policy["actions"][0]["generic_key"]["descriptor_value"] for policy in route["route"].get("rate_limits", [])
         ]
 
-    assert limited(routes[-7]) == ["requests_per_minute"] and limited(routes[0]) == ["requests_per_minute"]
-    assert [limited(r) for r in routes[-6:]] == [[]] * 6
-    caller = routes[-7]["route"]["rate_limits"][0]["actions"][1]["request_headers"]
+    assert limited(routes[-9]) == ["requests_per_minute"] and limited(routes[0]) == ["requests_per_minute"]
+    rpm = ["requests_per_minute"]
+    assert [limited(r) for r in routes[-8:]] == [[], [], [], [], [], rpm, rpm, []]
+    caller = routes[-9]["route"]["rate_limits"][0]["actions"][1]["request_headers"]
     assert caller == {"header_name": "x-infermesh-principal", "descriptor_key": "api_key"}
 
 
@@ -217,7 +224,7 @@ def test_the_openai_paths_answer_errors_in_openais_shape_and_other_routes_are_un
     # and, once transcoded, the service's methods with x-envoy-original-path (not gRPC callers).
     routes = manager["route_config"]["virtual_hosts"][0]["routes"]
     on = [r for r in routes if "envoy.filters.http.lua" in r.get("typed_per_filter_config", {})]
-    assert [r["name"] for r in on] == ["openai-rest", "openai-rest-1", "openai"]
+    assert [r["name"] for r in on] == ["openai-rest", "openai-rest-1", "openai", "openai-batch"]
     rest = [re.compile(r["match"]["safe_regex"]["regex"]) for r in on[:2]]
     assert all(any(r.fullmatch(p) for r in rest) for p in OPENAI_PATHS)
     assert not any(r.fullmatch(p) for r in rest for p in NATIVE_PATHS)
@@ -226,8 +233,10 @@ def test_the_openai_paths_answer_errors_in_openais_shape_and_other_routes_are_un
         "headers": [{"name": "x-envoy-original-path", "present_match": True}],
     }
     # The router checks their calls and counts their callers' requests (and answers its
-    # refusals there in OpenAI's shape): no rate limit descriptors, no ext_authz.
-    assert all("rate_limits" not in route["route"] for route in on)
+    # refusals there in OpenAI's shape): no rate limit descriptors, no ext_authz. The jobs
+    # service's (the last) are ext_authz's.
+    assert all("rate_limits" not in route["route"] for route in on[:3])
+    assert on[3]["match"]["prefix"] == "/infermesh.jobs.v1.BatchService/" and on[3]["route"]["cluster"] == "jobs"
     # Envoy's own replies there are OpenAI-shaped, except refusals the gateway shaped already.
     mappers = manager["local_reply_config"]["mappers"]
     assert "body_format_override" not in mappers[0]

@@ -100,4 +100,18 @@ def clusters(catalog: Catalog, limits: Limits | None = None) -> list[dict[str, A
     if not routers:
         router["load_assignment"]["endpoints"][0]["lb_endpoints"] = []
     pooled = [_pool_cluster(template, name, members) for name, members in sorted(pools(catalog).items())]
-    return [router, *(_cluster(template, i) for i in backends(catalog)), *pooled]
+    absent = [_empty(template, kind) for kind in ALWAYS_ROUTED if not catalog.instances(kind)]
+    return [router, *(_cluster(template, i) for i in backends(catalog)), *pooled, *absent]
+
+
+# Services whose routes exist even while no instance is in the catalog (down, or not
+# started yet): their calls get Envoy's plain 503 "no healthy upstream" (in OpenAI's
+# shape on the OpenAI paths) instead of falling through to the router, which does not
+# serve them.
+ALWAYS_ROUTED = ("jobs",)
+
+
+def _empty(template: dict[str, Any], kind: str) -> dict[str, Any]:
+    cluster = _cluster(template, ServiceInstance(kind, kind, "127.0.0.1", 0))
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = []
+    return cluster

@@ -43,7 +43,7 @@ _OPENAI_STATUS = {
 }
 
 
-def openai_routes(router: dict[str, Any], jobs: str | None = None) -> list[dict[str, Any]]:
+def openai_routes(router: dict[str, Any], jobs: str) -> list[dict[str, Any]]:
     """The OpenAI surface's two routes, each like the router's catch-all `router` route
     plus the Lua filter that sets the status of the servicer's error answers
     (envoy/openai_status.lua). The filter chain is made for the route a request first
@@ -51,8 +51,8 @@ def openai_routes(router: dict[str, Any], jobs: str | None = None) -> list[dict[
     is matched again, on its gRPC method and the REST path the transcoder kept in
     x-envoy-original-path: that route runs the script on the response, and carries the
     rate limits, which say they are for the OpenAI surface. A gRPC client calling the
-    service itself matches neither and is answered as before. With a jobs service
-    (`jobs`, its cluster), the Files and Batch APIs' transcoded calls go to it the same way."""
+    service itself matches neither and is answered as before. The Files and Batch APIs'
+    transcoded calls go the same way to `jobs`, the jobs service's cluster."""
     rest = [
         {
             "name": OPENAI_REST_ROUTE if index == 0 else f"{OPENAI_REST_ROUTE}-{index}",
@@ -71,14 +71,11 @@ def openai_routes(router: dict[str, Any], jobs: str | None = None) -> list[dict[
         "route": copy.deepcopy(router["route"]),
         "typed_per_filter_config": copy.deepcopy(_OPENAI_STATUS),
     }
-    routes = [*rest, transcoded]
-    if jobs is not None:
-        batch = copy.deepcopy(transcoded)
-        batch["name"] = BATCH_ROUTE
-        batch["match"]["prefix"] = BATCH_SERVICE_PREFIX
-        batch["route"] = {"cluster": jobs, "timeout": "0s"}
-        routes.append(batch)
-    return routes
+    batch = copy.deepcopy(transcoded)
+    batch["name"] = BATCH_ROUTE
+    batch["match"]["prefix"] = BATCH_SERVICE_PREFIX
+    batch["route"] = {"cluster": jobs, "timeout": "0s"}
+    return [*rest, transcoded, batch]
 
 
 def _status_is(op: str, code: int) -> dict[str, Any]:

@@ -96,12 +96,10 @@ def _vector_routes(instances: list[ServiceInstance]) -> list[dict[str, Any]]:
     return [{"match": {"prefix": VECTOR_PREFIX}, "route": {"cluster": instances[0].name, "timeout": "0s"}}]
 
 
-def _jobs_routes(instances: list[ServiceInstance]) -> list[dict[str, Any]]:
+def _jobs_routes(cluster: str) -> list[dict[str, Any]]:
     """gRPC clients reach the jobs service directly (REST callers through the OpenAI
     surface's routes, openai.py)."""
-    if not instances:
-        return []
-    return [{"match": {"prefix": JOBS_PREFIX}, "route": {"cluster": instances[0].name, "timeout": "0s"}}]
+    return [{"match": {"prefix": JOBS_PREFIX}, "route": {"cluster": cluster, "timeout": "0s"}}]
 
 
 def _registry_routes(registries: list[ServiceInstance]) -> list[dict[str, Any]]:
@@ -166,8 +164,9 @@ def route_configs(catalog: Catalog, count_requests: bool = True) -> dict[str, di
         *_vector_routes(catalog.instances("vector")),
     ]
     routes = front["virtual_hosts"][0]["routes"]
-    jobs = catalog.instances("jobs")
-    routes[-1:-1] = [*openai_routes(routes[-1], jobs[0].name if jobs else None), *_jobs_routes(jobs)]
+    # The jobs cluster exists even while no jobs service does (clusters.ALWAYS_ROUTED).
+    jobs = next((i.name for i in catalog.instances("jobs")), "jobs")
+    routes[-1:-1] = [*openai_routes(routes[-1], jobs), *_jobs_routes(jobs)]
     for route in routes:
         if _checked_by_the_router(route):
             _skip_ext_authz(route)
