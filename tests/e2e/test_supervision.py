@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from support.load import MINILM, Load
 from support.meshes import mesh_settings
@@ -141,7 +142,7 @@ def test_a_killed_replica_costs_almost_no_calls_and_the_launcher_brings_it_back(
     with Load(launched.base) as load:
         time.sleep(3)
         old, killed_at = launched.kill("inference-1")
-        launched.restarted("inference-1", old)
+        new = launched.restarted("inference-1", old)
         restarted_at = time.monotonic()
         eventually(lambda: healthy_in_pool(launched, port), timeout=60, interval=0.2, what="the replica rejoining")
         rejoined = time.monotonic() - restarted_at
@@ -152,6 +153,10 @@ def test_a_killed_replica_costs_almost_no_calls_and_the_launcher_brings_it_back(
         f"restarted {restarted_at - killed_at:.1f} s after the kill, back in the pool {rejoined:.1f} s later"
     )
     assert total > 200 and len(failed) / total <= 0.001, [(o.started - killed_at, o.status, o.body) for o in failed]
+    # Its catalog entry was replaced, not duplicated: one entry, the new process's.
+    catalog = Path(launched.settings.data_dir).resolve() / "run" / str(launched.settings.front_door_port) / "catalog"
+    entries = [yaml.safe_load(p.read_text()) for p in catalog.glob("*.yaml")]
+    assert [e["pid"] for e in entries if e["name"] == "inference-1"] == [new]
     # The launcher says what happened and keeps the rest running.
     assert "inference-1 exited with code -9; restarting it" in launched.text()
     assert launched.process.poll() is None
