@@ -41,6 +41,14 @@ def _page(items: list[dict[str, Any]], limit: int) -> dict[str, Any]:
     }
 
 
+def _no_file(file_id: str) -> NotFound:
+    return NotFound(f"No such File object: {file_id}", reason="FILE_NOT_FOUND", param="file_id")
+
+
+def _no_batch(batch_id: str) -> NotFound:
+    return NotFound(f"No such Batch object: {batch_id}", reason="BATCH_NOT_FOUND", param="batch_id")
+
+
 def _caller(context) -> Caller:
     return Caller.from_headers(context.invocation_metadata() or ())
 
@@ -86,7 +94,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
     async def _file(self, caller: Caller, file_id: str):
         row = await self.store.file(caller.principal, file_id)
         if row is None:
-            raise NotFound(f"No such File object: {file_id}", reason="FILE_NOT_FOUND", param="file_id")
+            raise _no_file(file_id)
         return row
 
     async def GetFileContent(self, request, context):
@@ -95,7 +103,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
     async def _file_content(self, caller: Caller, file_id: str) -> httpbody_pb2.HttpBody:
         content = await self.store.content(caller.principal, file_id)
         if content is None:
-            raise NotFound(f"No such File object: {file_id}", reason="FILE_NOT_FOUND", param="file_id")
+            raise _no_file(file_id)
         return httpbody_pb2.HttpBody(content_type="application/jsonl", data=content)
 
     async def DeleteFile(self, request, context):
@@ -103,7 +111,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
 
     async def _delete_file(self, caller: Caller, file_id: str) -> httpbody_pb2.HttpBody:
         if not await self.store.delete_file(caller.principal, file_id):
-            raise NotFound(f"No such File object: {file_id}", reason="FILE_NOT_FOUND", param="file_id")
+            raise _no_file(file_id)
         return _json({"id": file_id, "object": "file", "deleted": True})
 
     async def CreateBatch(self, request, context):
@@ -137,7 +145,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
     async def _get_batch(self, caller: Caller, batch_id: str) -> httpbody_pb2.HttpBody:
         batch = await self.store.batch(caller.principal, batch_id)
         if batch is None:
-            raise NotFound(f"No such Batch object: {batch_id}", reason="BATCH_NOT_FOUND", param="batch_id")
+            raise _no_batch(batch_id)
         return _json(batch.body)
 
     async def CancelBatch(self, request, context):
@@ -145,7 +153,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
 
     async def _cancel_batch(self, caller: Caller, batch_id: str) -> httpbody_pb2.HttpBody:
         if await self.store.batch(caller.principal, batch_id) is None:
-            raise NotFound(f"No such Batch object: {batch_id}", reason="BATCH_NOT_FOUND", param="batch_id")
+            raise _no_batch(batch_id)
         batch = await self.store.move(batch_id, b.CANCELLING, (b.VALIDATING, b.IN_PROGRESS))
         if batch is None or batch.status not in (b.CANCELLING, b.CANCELLED):
             status = batch.status if batch else "gone"

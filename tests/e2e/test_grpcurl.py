@@ -22,6 +22,10 @@ def test_list_shows_the_public_services_and_health(front_door):
     assert {
         "infermesh.router.v1.RouterService",
         "infermesh.openai.v1.OpenAIService",
+        # Served by other processes behind the same front door; the router describes them.
+        "infermesh.registry.v1.RegistryService",
+        "infermesh.vector.v1.VectorService",
+        "infermesh.jobs.v1.BatchService",
         "grpc.health.v1.Health",
     } <= services
 
