@@ -130,7 +130,6 @@ class BatchRunner:
     async def _answer(self, caller: Caller, item: Item) -> Answer:
         """The request's answer, retried while the mesh says it is overloaded or gives
         none; the last of those when retries run out."""
-        answer = Answer(503, openai_error_body(503, "the mesh could not be reached", "service_unavailable"))
         for delay in (*self.retry_delays, None):
             try:
                 answer = await self.send(caller, item.url, item.body)

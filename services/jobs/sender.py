@@ -116,14 +116,14 @@ class RouterSender:
             else:
                 message = _native_request(endpoint, body)
         except InvalidArgument as exc:  # answered as the front door's transcoder would
-            return Answer(400, self._error(endpoint, exc.to_status()), request_id)
+            return _error_answer(endpoint, exc.to_status(), request_id)
         try:
             reply = await self._call(endpoint, message, metadata)
         except grpc.aio.AioRpcError as error:
             status = _status(error)
             if status is None:
                 raise Unreachable(f"{error.code().name}: {error.details()}") from None
-            return Answer(self._http_status(endpoint, status), self._error(endpoint, status), request_id)
+            return _error_answer(endpoint, status, request_id)
         if endpoint.openai:
             return Answer(200, json.loads(reply.data), request_id)
         return Answer(200, _as_json(reply), request_id)
@@ -143,17 +143,14 @@ class RouterSender:
         call = channel.unary_unary(endpoint.method, request_serializer=serialize, response_deserializer=deserialize)
         return await call(message, metadata=metadata, timeout=self.timeout)
 
-    @staticmethod
-    def _http_status(endpoint: Endpoint, status: status_pb2.Status) -> int:
-        return openai_error(status)[0] if endpoint.openai else HTTP_STATUS.get(status.code, 500)
 
-    @staticmethod
-    def _error(endpoint: Endpoint, status: status_pb2.Status) -> dict[str, Any]:
-        """The error body the front door would answer: OpenAI's on its paths, else
-        google.rpc.Status JSON."""
-        if endpoint.openai:
-            return openai_error(status)[1]
-        return json_format.MessageToDict(status, preserving_proto_field_name=True)
+def _error_answer(endpoint: Endpoint, status: status_pb2.Status, request_id: str) -> Answer:
+    """A failed call as the front door would answer it: OpenAI's status and error body on
+    its paths, else the transcoder's status and google.rpc.Status JSON."""
+    if endpoint.openai:
+        return Answer(*openai_error(status), request_id)
+    body = json_format.MessageToDict(status, preserving_proto_field_name=True)
+    return Answer(HTTP_STATUS.get(status.code, 500), body, request_id)
 
 
 def _as_json(message: Message) -> dict[str, Any]:

@@ -44,16 +44,23 @@ class Item:
 
 
 def _batch(row: Row) -> Batch:
-    caller = json.loads(row.caller)
-    models = None if caller["models"] is None else frozenset(caller["models"])
-    return Batch(
-        row.id, row.owner, Caller(caller["principal"], caller["role"], models), row.status, json.loads(row.body)
-    )
+    # The owner's identity is kept as the headers that carry it (identity.py says how).
+    caller = Caller.from_headers(json.loads(row.caller))
+    return Batch(row.id, row.owner, caller, row.status, json.loads(row.body))
 
 
-def _caller_json(caller: Caller) -> str:
-    models = None if caller.models is None else sorted(caller.models)
-    return json.dumps({"principal": caller.principal, "role": caller.role, "models": models})
+async def _after(connection, table, after: str, newest_first: bool):
+    """The keyset condition for the page that follows row `after` in (created_at, id)
+    order, newest or oldest first; None for the first page (or an id that is not there)."""
+    c = table.c
+    if (
+        not after
+        or (cursor := (await connection.execute(select(c.created_at, c.id).where(c.id == after))).first()) is None
+    ):
+        return None
+    if newest_first:
+        return (c.created_at < cursor.created_at) | ((c.created_at == cursor.created_at) & (c.id < cursor.id))
+    return (c.created_at > cursor.created_at) | ((c.created_at == cursor.created_at) & (c.id > cursor.id))
 
 
 class BatchStore:
@@ -99,12 +106,8 @@ class BatchStore:
         if purpose:
             query = query.where(f.purpose == purpose)
         async with self.db.read() as connection:
-            if after and (
-                cursor := (await connection.execute(select(f.created_at, f.id).where(f.id == after))).first()
-            ):
-                newer = (f.created_at > cursor.created_at) | ((f.created_at == cursor.created_at) & (f.id > cursor.id))
-                older = (f.created_at < cursor.created_at) | ((f.created_at == cursor.created_at) & (f.id < cursor.id))
-                query = query.where(older if newest_first else newer)
+            if (following := await _after(connection, schema.files, after, newest_first)) is not None:
+                query = query.where(following)
             order = (f.created_at.desc(), f.id.desc()) if newest_first else (f.created_at, f.id)
             return list((await connection.execute(query.order_by(*order).limit(limit))).all())
 
@@ -124,7 +127,7 @@ class BatchStore:
                 insert(schema.batches).values(
                     id=batch_id,
                     owner=caller.principal,
-                    caller=_caller_json(caller),
+                    caller=json.dumps(caller.headers()),
                     status=body["status"],
                     created_at=body["created_at"],
                     body=json.dumps(body),
@@ -168,12 +171,8 @@ class BatchStore:
         c = schema.batches.c
         query = select(c.id).where(c.owner == owner)
         async with self.db.read() as connection:
-            if after and (
-                cursor := (await connection.execute(select(c.created_at, c.id).where(c.id == after))).first()
-            ):
-                query = query.where(
-                    (c.created_at < cursor.created_at) | ((c.created_at == cursor.created_at) & (c.id < cursor.id))
-                )
+            if (following := await _after(connection, schema.batches, after, newest_first=True)) is not None:
+                query = query.where(following)
             ids = (await connection.execute(query.order_by(c.created_at.desc(), c.id.desc()).limit(limit))).scalars()
             ids = list(ids)
         return [batch for batch_id in ids if (batch := await self.batch(owner, batch_id)) is not None]
@@ -186,16 +185,16 @@ class BatchStore:
             ids = list((await connection.execute(query)).scalars())
         return [batch for batch_id in ids if (batch := await self.batch(None, batch_id)) is not None]
 
-    async def move(self, batch_id: str, status: str, allowed_from: tuple[str, ...], **fields: Any) -> Batch | None:
-        """Set a batch's status (and its timestamp, and `fields`) if it is in one of
-        `allowed_from`; the batch as it is afterwards, None if there is no such batch."""
+    async def move(self, batch_id: str, status: str, allowed_from: tuple[str, ...]) -> Batch | None:
+        """Set a batch's status (and its timestamp) if it is in one of `allowed_from`; the
+        batch as it is afterwards, None if there is no such batch."""
         async with self.db.write() as connection:
             row = (await connection.execute(select(schema.batches).where(schema.batches.c.id == batch_id))).first()
             if row is None:
                 return None
             if row.status in allowed_from:
                 body = json.loads(row.body)
-                body.update(fields, status=status)
+                body["status"] = status
                 body[b.STATUS_TIME[status]] = self.now()
                 await connection.execute(
                     update(schema.batches)

@@ -16,6 +16,7 @@ from services.jobs import batches as b
 from services.jobs.runner import Answer, BatchRunner, Unreachable
 from services.jobs.store import BatchStore
 from services.registry.database import Database, database_url
+from services.runtime.errors import InvalidArgument
 from services.runtime.identity import Caller
 
 OWNER = Caller("apiKeys/alice", "user", None)
@@ -45,7 +46,6 @@ class FakeMesh:
         self.sent: list[str] = []
         self.callers: set[Caller] = set()
         self.in_flight = self.most_in_flight = 0
-        self.sent_event = asyncio.Event()
 
     async def __call__(self, caller: Caller, url: str, body: dict) -> Answer:
         custom_id = body["custom_id_echo"]
@@ -53,7 +53,6 @@ class FakeMesh:
         self.callers.add(caller)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        self.sent_event.set()
         try:
             await asyncio.sleep(self.delay)
             return self.answer(custom_id, self.sent.count(custom_id))
@@ -256,14 +255,14 @@ def test_invalid_lines_are_named_by_line_number():
 
 def test_a_create_request_names_what_it_cannot_honour():
     endpoints = {"/v1/embeddings"}
-    with pytest.raises(Exception, match="completion_window") as window:
+    with pytest.raises(InvalidArgument, match="completion_window") as window:
         b.parse_create(b'{"input_file_id": "f", "endpoint": "/v1/embeddings", "completion_window": "1h"}', endpoints)
     assert window.value.metadata["param"] == "completion_window"
-    with pytest.raises(Exception, match="Unrecognized request argument supplied: output_expires_after"):
+    with pytest.raises(InvalidArgument, match="Unrecognized request argument supplied: output_expires_after"):
         b.parse_create(
             b'{"input_file_id": "f", "endpoint": "/v1/embeddings", "completion_window": "24h",'
             b' "output_expires_after": {"anchor": "created_at", "seconds": 3600}}',
             endpoints,
         )
-    with pytest.raises(Exception, match="not supported"):
+    with pytest.raises(InvalidArgument, match="not supported"):
         b.parse_create(b'{"input_file_id": "f", "endpoint": "/v1/responses", "completion_window": "24h"}', endpoints)
