@@ -60,7 +60,3 @@ class Supervisor:
         for name in ready:
             del self._due[name]
         return ready
-
-    def waiting(self) -> set[str]:
-        """Children waiting for their restart."""
-        return set(self._due)

@@ -93,12 +93,12 @@ def clusters(catalog: Catalog, limits: Limits | None = None) -> list[dict[str, A
     # answers 503): a router starting up reaches the registry through the mesh listener,
     # whose routes must not wait for the router itself to be healthy.
     routers = catalog.instances("router")
-    placeholder = ServiceInstance("router", "router", "127.0.0.1", 0)
-    router = _pool_cluster(template, "router/-", routers or [placeholder])
-    router["name"] = router["load_assignment"]["cluster_name"] = "router"
-    router["health_checks"][0]["grpc_health_check"]["service_name"] = HEALTH_SERVICES["router"]
-    if not routers:
-        router["load_assignment"]["endpoints"][0]["lb_endpoints"] = []
+    if routers:
+        router = _pool_cluster(template, "router/-", routers)
+        router["name"] = router["load_assignment"]["cluster_name"] = "router"
+        router["health_checks"][0]["grpc_health_check"]["service_name"] = HEALTH_SERVICES["router"]
+    else:
+        router = _empty(template, "router")
     pooled = [_pool_cluster(template, name, members) for name, members in sorted(pools(catalog).items())]
     absent = [_empty(template, kind) for kind in ALWAYS_ROUTED if not catalog.instances(kind)]
     return [router, *(_cluster(template, i) for i in backends(catalog)), *pooled, *absent]
@@ -107,11 +107,13 @@ def clusters(catalog: Catalog, limits: Limits | None = None) -> list[dict[str, A
 # Services whose routes exist even while no instance is in the catalog (down, or not
 # started yet): their calls get Envoy's plain 503 "no healthy upstream" (in OpenAI's
 # shape on the OpenAI paths) instead of falling through to the router, which does not
-# serve them.
+# serve them. (The router's cluster is always there too, above.)
 ALWAYS_ROUTED = ("jobs",)
 
 
 def _empty(template: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The cluster of a kind of service with no instance yet: named after the kind,
+    health-checked on its service, no hosts."""
     cluster = _cluster(template, ServiceInstance(kind, kind, "127.0.0.1", 0))
     cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = []
     return cluster

@@ -197,8 +197,7 @@ class GeminiBackend:
                     limited = candidate.finish_reason == types.FinishReason.MAX_TOKENS
                     finish = FinishReason.LENGTH if limited else FinishReason.STOP
             if chunk.usage_metadata is not None:
-                metadata = chunk.usage_metadata
-                usage = Usage(metadata.prompt_token_count or 0, metadata.candidates_token_count or 0)
+                usage = _usage(chunk)
             piece = TextChunk(_text(chunk))
             for call in chunk.function_calls or []:  # Gemini sends each call whole
                 arguments = json.dumps(call.args or {})
@@ -233,9 +232,7 @@ class GeminiBackend:
         reply = await self._call(
             lambda: self._client.aio.models.generate_content(model=model_id, contents=contents, config=config)
         )
-        metadata = reply.usage_metadata
-        usage = Usage(metadata.prompt_token_count or 0, metadata.candidates_token_count or 0) if metadata else Usage()
-        return reply.text or "", usage
+        return reply.text or "", _usage(reply)
 
     async def transcribe(self, model_id: str, audio: bytes, mime_type: str, params: TranscriptionParams) -> Transcript:
         """A transcript asked of a Gemini model (the audio as an inline part, then the
@@ -258,10 +255,8 @@ class GeminiBackend:
             lambda: self._client.aio.models.generate_content(model=model_id, contents=contents, config=config)
         )
         text = (reply.text or "").strip()
-        metadata = reply.usage_metadata
-        usage = Usage(metadata.prompt_token_count or 0, metadata.candidates_token_count or 0) if metadata else Usage()
         segments = (Segment(id=0, start=0.0, end=seconds, text=text),) if text else ()
-        return Transcript(text, params.language or "", seconds, segments, usage)
+        return Transcript(text, params.language or "", seconds, segments, _usage(reply))
 
     async def speak(self, model_id: str, text: str, params: SpeechParams) -> AsyncIterator[SpeechChunk]:
         """Speech from a Gemini TTS model (its PCM, encoded here into the asked format).
@@ -277,8 +272,7 @@ class GeminiBackend:
         reply = await self._call(
             lambda: self._client.aio.models.generate_content(model=model_id, contents=text, config=config)
         )
-        parts = reply.candidates[0].content.parts if reply.candidates and reply.candidates[0].content else None
-        audio = next((part.inline_data for part in parts or [] if part.inline_data and part.inline_data.data), None)
+        audio = next((part.inline_data for part in _parts(reply) if part.inline_data and part.inline_data.data), None)
         if audio is None:
             raise Unavailable(
                 f"{self.provider} answered a speech request with no audio",
@@ -291,17 +285,26 @@ class GeminiBackend:
         encoder = StreamEncoder(params.format, rate)
         if data := encoder.encode(samples):
             yield SpeechChunk(data, encoder.mime_type, encoder.sample_rate)
-        metadata = reply.usage_metadata
-        usage = Usage(metadata.prompt_token_count or 0, metadata.candidates_token_count or 0) if metadata else Usage()
         yield SpeechChunk(
-            encoder.finish(), encoder.mime_type, encoder.sample_rate, usage, round(len(samples) / rate, 3), len(text)
-        )
+            encoder.finish(), encoder.mime_type, encoder.sample_rate, _usage(reply), round(len(samples) / rate, 3),
+            len(text),
+        )  # fmt: skip
+
+
+def _parts(reply: types.GenerateContentResponse) -> list[types.Part]:
+    """The first candidate's parts (none when Gemini sent no content)."""
+    return list(reply.candidates[0].content.parts or []) if reply.candidates and reply.candidates[0].content else []
 
 
 def _text(chunk: types.GenerateContentResponse) -> str:
     """The chunk's text parts (not `chunk.text`, which warns when a chunk holds a call)."""
-    parts = chunk.candidates[0].content.parts if chunk.candidates and chunk.candidates[0].content else None
-    return "".join(part.text for part in parts or [] if part.text and not part.thought)
+    return "".join(part.text for part in _parts(chunk) if part.text and not part.thought)
+
+
+def _usage(reply: types.GenerateContentResponse) -> Usage:
+    """Gemini's token counts for a reply (zeros when it sent none)."""
+    metadata = reply.usage_metadata
+    return Usage(metadata.prompt_token_count or 0, metadata.candidates_token_count or 0) if metadata else Usage()
 
 
 def _contents(turns: list[ChatTurn]) -> list[types.Content]:

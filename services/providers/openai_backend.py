@@ -12,6 +12,7 @@ from typing import Any
 
 import openai
 
+from services.backend import audio_encoding
 from services.backend.types import (
     ChatTurn,
     Embeddings,
@@ -210,7 +211,7 @@ class OpenAIBackend:
     async def speak(self, model_id: str, text: str, params: SpeechParams) -> AsyncIterator[SpeechChunk]:
         """OpenAI's speech endpoint, its audio passed on as it streams in. OpenAI says
         nothing of the audio's length: the last piece carries the characters spoken only."""
-        mime_type = MIME_TYPES[params.format]
+        mime_type = audio_encoding.MIME_TYPES[params.format]
         options: dict[str, Any] = {"speed": params.speed} if params.speed != 1.0 else {}
 
         async def start():
@@ -236,7 +237,6 @@ MIME_EXTENSIONS = {
     "audio/mp4": "m4a", "audio/m4a": "m4a", "audio/x-m4a": "m4a", "video/mp4": "mp4", "audio/webm": "webm",
     "video/webm": "webm", "audio/flac": "flac", "audio/x-flac": "flac", "audio/ogg": "ogg", "audio/opus": "ogg",
 }  # fmt: skip
-MIME_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "flac": "audio/flac", "wav": "audio/wav", "pcm": "audio/pcm"}  # fmt: skip
 OPENAI_RATES = {"pcm": 24000, "opus": 48000}  # the rest: 24 kHz as OpenAI makes them
 
 

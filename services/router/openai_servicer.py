@@ -104,9 +104,13 @@ async def refusal_reply(context, error: Exception) -> httpbody_pb2.HttpBody | No
     return await _error_reply(context, error)
 
 
-async def _answered(context, bodies: AsyncIterator[httpbody_pb2.HttpBody]) -> AsyncIterator[httpbody_pb2.HttpBody]:
-    """A reply's bodies; a failure before the first becomes an OpenAI error response,
-    one after it (a stream midway) an in-band SSE error event."""
+async def _answered(
+    context, bodies: AsyncIterator[httpbody_pb2.HttpBody], in_band: bool = True
+) -> AsyncIterator[httpbody_pb2.HttpBody]:
+    """A reply's bodies; a failure before the first becomes an OpenAI error response, one
+    after it (a stream midway) an in-band SSE error event, or with `in_band` False (audio
+    and transcripts) a failed call, so the client sees a cut-off body, never error text
+    appended to it."""
     started = False
     try:
         async for body in bodies:
@@ -116,6 +120,8 @@ async def _answered(context, bodies: AsyncIterator[httpbody_pb2.HttpBody]) -> As
         if not started:
             yield await _error_reply(context, exc)
             return
+        if not in_band:
+            raise
         status = _status(exc)
         code = code_pb2.Code.Name(status.code)
         log.warning("stream failed after it started", extra={"code": code, "error": status.message})
@@ -377,7 +383,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         return json_body({"object": "list", "data": data, "model": answer.model, "usage": usage})
 
     async def CreateTranscription(self, request, context):
-        async for body in _answered_or_error(context, self._transcription(request, context)):
+        async for body in _answered(context, self._transcription(request, context), in_band=False):
             yield body
 
     async def _transcription(self, request, context) -> AsyncIterator[httpbody_pb2.HttpBody]:
@@ -399,7 +405,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         yield httpbody_pb2.HttpBody(content_type=content_type, data=text.encode())
 
     async def CreateSpeech(self, request, context):
-        async for body in _answered_or_error(context, self._speech(request, context)):
+        async for body in _answered(context, self._speech(request, context), in_band=False):
             yield body
 
     async def _speech(self, request, context) -> AsyncIterator[httpbody_pb2.HttpBody]:
@@ -423,23 +429,6 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         if request.model not in self.core.requestable():
             raise NotFound(f"model {request.model!r} does not exist", reason="MODEL_NOT_FOUND", model=request.model)
         return json_body(reply.model_dict(request.model, self.created))
-
-
-async def _answered_or_error(
-    context, bodies: AsyncIterator[httpbody_pb2.HttpBody]
-) -> AsyncIterator[httpbody_pb2.HttpBody]:
-    """A streamed answer's bodies. A failure before the first is an OpenAI error response;
-    after them the call fails, so the client sees a cut-off body, never error text
-    appended to audio or events."""
-    started = False
-    try:
-        async for body in bodies:
-            started = True
-            yield body
-    except Exception as exc:  # noqa: BLE001 - answered in OpenAI's shape while nothing was sent
-        if started:
-            raise
-        yield await _error_reply(context, exc)
 
 
 async def _one(context, answer: Awaitable[httpbody_pb2.HttpBody]) -> httpbody_pb2.HttpBody:

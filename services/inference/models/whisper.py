@@ -1,5 +1,5 @@
 """Speech to text with Whisper on CTranslate2 (faster-whisper): int8 on CPU, float16 on
-CUDA. The audio arrives decoded and checked (services/inference/audio.py); the model
+CUDA. The audio arrives decoded and checked (services/backend/audio.py); the model
 transcribes it in segments, with Whisper's own voice activity and temperature fallback
 heuristics left as faster-whisper sets them."""
 
