@@ -88,37 +88,30 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from launcher.mesh import Mesh
     from services.jobs.settings import JobsSettings
-    from support.meshes import mesh_settings
+    from support.meshes import mesh_running, mesh_settings
 
     concurrency = JobsSettings.model_fields["batch_concurrency"].default
     print(f"machine: {os.cpu_count()} CPUs ({cpu_name()}); the mesh as `make run` starts it, authorization off")
     settings = mesh_settings(auth=False)
-    with tempfile.TemporaryDirectory() as logs:
-        mesh = Mesh(settings, log_dir=Path(logs))
-        mesh.start()
-        try:
-            mesh.wait_ready()
-            base_url = f"http://127.0.0.1:{settings.front_door_port}/v1"
-            client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=300)
-            interactive(client, 3, args.max_tokens)  # warm-up
-            alone = interactive(client, args.calls, args.max_tokens)
-            # The batch with nothing else running, then the same requests from a client.
-            started = time.perf_counter()
-            batch_id = run_batch(client, args.requests, args.max_tokens)
-            while client.batches.retrieve(batch_id).status not in DONE:
-                time.sleep(0.1)
-            batch_rate = args.requests / (time.perf_counter() - started)
-            client_rate = asyncio.run(as_client(base_url, args.requests, concurrency, args.max_tokens))
-            # A batch again, with interactive calls beside it.
-            batch_id = run_batch(client, args.requests, args.max_tokens)
-            during: list[float] = []
-            while (batch := client.batches.retrieve(batch_id)).status not in DONE:
-                during += interactive(client, 1, args.max_tokens)
-            assert batch.status == "completed" and batch.request_counts.completed == args.requests, batch
-        finally:
-            mesh.stop()
+    with tempfile.TemporaryDirectory() as logs, mesh_running(settings, Path(logs)):
+        base_url = f"http://127.0.0.1:{settings.front_door_port}/v1"
+        client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=300)
+        interactive(client, 3, args.max_tokens)  # warm-up
+        alone = interactive(client, args.calls, args.max_tokens)
+        # The batch with nothing else running, then the same requests from a client.
+        started = time.perf_counter()
+        batch_id = run_batch(client, args.requests, args.max_tokens)
+        while client.batches.retrieve(batch_id).status not in DONE:
+            time.sleep(0.1)
+        batch_rate = args.requests / (time.perf_counter() - started)
+        client_rate = asyncio.run(as_client(base_url, args.requests, concurrency, args.max_tokens))
+        # A batch again, with interactive calls beside it.
+        batch_id = run_batch(client, args.requests, args.max_tokens)
+        during: list[float] = []
+        while (batch := client.batches.retrieve(batch_id)).status not in DONE:
+            during += interactive(client, 1, args.max_tokens)
+        assert batch.status == "completed" and batch.request_counts.completed == args.requests, batch
     print(f"\ninteractive chats ({MODEL}, {args.max_tokens} tokens), one at a time through the front door:")
     print("  " + describe(f"alone ({len(alone)} calls)          ", alone))
     print("  " + describe(f"beside a batch ({len(during)} calls)", during))

@@ -216,23 +216,16 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from launcher.mesh import Mesh
-    from support.meshes import mesh_settings
+    from support.meshes import mesh_running, mesh_settings
 
     print(f"machine: {os.cpu_count()} CPUs ({cpu_name()}); the mesh as `make run` starts it (one inference server)")
     for auth in {"on": [True], "off": [False], "both": [True, False]}[args.auth]:
         settings = mesh_settings(auth=auth)
-        with tempfile.TemporaryDirectory() as logs:
-            mesh = Mesh(settings, log_dir=Path(logs))
-            mesh.start()
-            try:
-                mesh.wait_ready()
-                key = mesh.ensure_admin_key() if auth else None
-                print(f"\nauthorization {'on' if auth else 'off'}:")
-                processes = {child.name: child.process.pid for child in mesh.children}
-                asyncio.run(measure(settings, processes, key, args.calls, args.seconds, args.only))
-            finally:
-                mesh.stop()
+        with tempfile.TemporaryDirectory() as logs, mesh_running(settings, Path(logs)) as mesh:
+            key = mesh.ensure_admin_key() if auth else None
+            print(f"\nauthorization {'on' if auth else 'off'}:")
+            processes = {child.name: child.process.pid for child in mesh.children}
+            asyncio.run(measure(settings, processes, key, args.calls, args.seconds, args.only))
 
 
 if __name__ == "__main__":

@@ -89,7 +89,8 @@ def _valid_metadata(metadata: Any) -> bool:
 
 @dataclass(frozen=True)
 class Line:
-    """One request of a batch's input file (`line` counts from 1, as OpenAI's errors do)."""
+    """One request of a batch's input file (`line` counts from 1, as OpenAI's errors do);
+    the store hands pending ones back to the runner as the same type."""
 
     line: int
     custom_id: str

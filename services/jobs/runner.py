@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.jobs import batches as b
-from services.jobs.store import Batch, BatchStore, Item
+from services.jobs.store import Batch, BatchStore
 from services.runtime.identity import Caller
 from services.runtime.openai_errors import openai_error_body
 
@@ -127,7 +127,7 @@ class BatchRunner:
 
         await asyncio.gather(*(worker() for _ in range(self.concurrency)))
 
-    async def _answer(self, caller: Caller, item: Item) -> Answer:
+    async def _answer(self, caller: Caller, item: b.Line) -> Answer:
         """The request's answer, retried while the mesh says it is overloaded or gives
         none; the last of those when retries run out."""
         for delay in (*self.retry_delays, None):
@@ -160,9 +160,9 @@ class _Pages:
 
     def __init__(self, store: BatchStore, batch_id: str) -> None:
         self.store, self.batch_id = store, batch_id
-        self.after, self.queue, self.lock = 0, list[Item](), asyncio.Lock()
+        self.after, self.queue, self.lock = 0, list[b.Line](), asyncio.Lock()
 
-    async def next(self) -> Item | None:
+    async def next(self) -> b.Line | None:
         async with self.lock:
             if not self.queue:
                 self.queue = await self.store.pending(self.batch_id, self.after, PAGE)

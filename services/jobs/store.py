@@ -35,14 +35,6 @@ class Batch:
     body: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class Item:
-    line: int
-    custom_id: str
-    url: str
-    body: dict[str, Any]
-
-
 def _batch(row: Row) -> Batch:
     # The owner's identity is kept as the headers that carry it (identity.py says how).
     caller = Caller.from_headers(json.loads(row.caller))
@@ -205,7 +197,7 @@ class BatchStore:
 
     # Items
 
-    async def pending(self, batch_id: str, after_line: int, limit: int) -> list[Item]:
+    async def pending(self, batch_id: str, after_line: int, limit: int) -> list[b.Line]:
         i = schema.items.c
         query = (
             select(i.line, i.custom_id, i.url, i.body)
@@ -215,7 +207,7 @@ class BatchStore:
         )
         async with self.db.read() as connection:
             rows = (await connection.execute(query)).all()
-        return [Item(r.line, r.custom_id, r.url, json.loads(r.body)) for r in rows]
+        return [b.Line(r.line, r.custom_id, r.url, json.loads(r.body)) for r in rows]
 
     async def record(self, batch_id: str, line: int, succeeded: bool, result: dict[str, Any]) -> bool:
         """Record an item's result; False when it was recorded already (nothing changes)."""
